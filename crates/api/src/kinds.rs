@@ -1,0 +1,279 @@
+//! Kind descriptors: every kind is declared once, here.
+
+use schemars::{Schema, SchemaGenerator};
+use serde_json::Value;
+
+use crate::problems::Problems;
+use crate::specs::{
+    AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, RoleSpec, Spec, TeamSpec, UserSpec,
+    WorkspaceSpec,
+};
+use crate::validate::Reference;
+
+/// The parent of top-level kinds: the installation itself. Their paths have
+/// no prefix, and a binding attached here holds for everything.
+pub const TOP_LEVEL: &str = "";
+
+/// Which team owns a kind; the concern roles may change only their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concern {
+    /// The hierarchy and clusters: editors and admins.
+    General,
+    Traffic,
+    Security,
+    Gateway,
+    /// Users, teams, roles, bindings: admins only.
+    Iam,
+}
+
+/// Everything the API, CLI and store need to know about a kind.
+pub struct Kind {
+    /// As written in `kind:` (`TrafficGroup`).
+    pub name: &'static str,
+    /// The REST path segment and the CLI's plural (`trafficgroups`).
+    pub plural: &'static str,
+    /// More CLI names beside the lowercase name and the plural.
+    pub aliases: &'static [&'static str],
+    /// Kinds this kind may sit under ([`TOP_LEVEL`] for the root).
+    pub parents: &'static [&'static str],
+    /// The metadata field that names a resource of this kind as a parent.
+    pub parent_field: Option<&'static str>,
+    pub concern: Concern,
+    /// At most one resource of this kind exists (the Organization).
+    pub singleton: bool,
+    /// Extra `weft get` table columns: header and field inside `spec`.
+    pub columns: &'static [(&'static str, &'static str)],
+    check_spec: fn(&Value, &mut Problems) -> Vec<Reference>,
+    spec_schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Nodes an AccessBinding can attach to.
+const IAM_NODES: &[&str] = &[
+    TOP_LEVEL,
+    "Tenant",
+    "Workspace",
+    "TrafficGroup",
+    "SecurityGroup",
+    "GatewayGroup",
+];
+
+const DESCRIBED: &[(&str, &str)] = &[("DISPLAY NAME", "displayName")];
+
+/// Every kind weft knows, parents before children.
+pub static KINDS: &[Kind] = &[
+    Kind {
+        name: "Organization",
+        plural: "organizations",
+        aliases: &["org"],
+        parents: &[TOP_LEVEL],
+        parent_field: None,
+        concern: Concern::General,
+        singleton: true,
+        columns: DESCRIBED,
+        check_spec: check_spec::<DescribedSpec>,
+        spec_schema: spec_schema::<DescribedSpec>,
+    },
+    Kind {
+        name: "Tenant",
+        plural: "tenants",
+        aliases: &[],
+        parents: &[TOP_LEVEL],
+        parent_field: Some("tenant"),
+        concern: Concern::General,
+        singleton: false,
+        columns: DESCRIBED,
+        check_spec: check_spec::<DescribedSpec>,
+        spec_schema: spec_schema::<DescribedSpec>,
+    },
+    Kind {
+        name: "Workspace",
+        plural: "workspaces",
+        aliases: &["ws"],
+        parents: &["Tenant"],
+        parent_field: Some("workspace"),
+        concern: Concern::General,
+        singleton: false,
+        columns: &[("NAMESPACES", "namespaceSelector")],
+        check_spec: check_spec::<WorkspaceSpec>,
+        spec_schema: spec_schema::<WorkspaceSpec>,
+    },
+    Kind {
+        name: "TrafficGroup",
+        plural: "trafficgroups",
+        aliases: &["tg"],
+        parents: &["Workspace"],
+        parent_field: Some("trafficGroup"),
+        concern: Concern::Traffic,
+        singleton: false,
+        columns: &[("NAMESPACES", "namespaceSelector")],
+        check_spec: check_spec::<GroupSpec>,
+        spec_schema: spec_schema::<GroupSpec>,
+    },
+    Kind {
+        name: "SecurityGroup",
+        plural: "securitygroups",
+        aliases: &["sg"],
+        parents: &["Workspace"],
+        parent_field: Some("securityGroup"),
+        concern: Concern::Security,
+        singleton: false,
+        columns: &[("NAMESPACES", "namespaceSelector")],
+        check_spec: check_spec::<GroupSpec>,
+        spec_schema: spec_schema::<GroupSpec>,
+    },
+    Kind {
+        name: "GatewayGroup",
+        plural: "gatewaygroups",
+        aliases: &["gg"],
+        parents: &["Workspace"],
+        parent_field: Some("gatewayGroup"),
+        concern: Concern::Gateway,
+        singleton: false,
+        columns: &[("NAMESPACES", "namespaceSelector")],
+        check_spec: check_spec::<GroupSpec>,
+        spec_schema: spec_schema::<GroupSpec>,
+    },
+    Kind {
+        name: "Cluster",
+        plural: "clusters",
+        aliases: &[],
+        parents: &[TOP_LEVEL],
+        parent_field: None,
+        concern: Concern::General,
+        singleton: false,
+        columns: &[
+            ("REGION", "region"),
+            ("ZONE", "zone"),
+            ("NETWORK", "network"),
+        ],
+        check_spec: check_spec::<ClusterSpec>,
+        spec_schema: spec_schema::<ClusterSpec>,
+    },
+    Kind {
+        name: "User",
+        plural: "users",
+        aliases: &[],
+        parents: &[TOP_LEVEL],
+        parent_field: None,
+        concern: Concern::Iam,
+        singleton: false,
+        columns: &[("DISPLAY NAME", "displayName"), ("EMAIL", "email")],
+        check_spec: check_spec::<UserSpec>,
+        spec_schema: spec_schema::<UserSpec>,
+    },
+    Kind {
+        name: "Team",
+        plural: "teams",
+        aliases: &[],
+        parents: &[TOP_LEVEL],
+        parent_field: None,
+        concern: Concern::Iam,
+        singleton: false,
+        columns: &[("MEMBERS", "members")],
+        check_spec: check_spec::<TeamSpec>,
+        spec_schema: spec_schema::<TeamSpec>,
+    },
+    Kind {
+        name: "Role",
+        plural: "roles",
+        aliases: &[],
+        parents: &[TOP_LEVEL],
+        parent_field: None,
+        concern: Concern::Iam,
+        singleton: false,
+        columns: &[("DESCRIPTION", "description")],
+        check_spec: check_spec::<RoleSpec>,
+        spec_schema: spec_schema::<RoleSpec>,
+    },
+    Kind {
+        name: "AccessBinding",
+        plural: "accessbindings",
+        aliases: &["binding", "bindings"],
+        parents: IAM_NODES,
+        parent_field: None,
+        concern: Concern::Iam,
+        singleton: false,
+        columns: &[("ROLE", "role"), ("SUBJECTS", "subjects")],
+        check_spec: check_spec::<AccessBindingSpec>,
+        spec_schema: spec_schema::<AccessBindingSpec>,
+    },
+];
+
+fn check_spec<S: Spec>(spec: &Value, problems: &mut Problems) -> Vec<Reference> {
+    match S::deserialize(spec) {
+        Ok(typed) => {
+            typed.check("spec", problems);
+            typed.references("spec")
+        }
+        // The schema check runs first, so this is a safety net, not a path
+        // users normally see.
+        Err(e) => {
+            problems.add("spec", e.to_string());
+            Vec::new()
+        }
+    }
+}
+
+fn spec_schema<S: Spec>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<S>()
+}
+
+impl Kind {
+    /// The kind as written in `kind:`.
+    pub fn named(name: &str) -> Option<&'static Kind> {
+        KINDS.iter().find(|k| k.name == name)
+    }
+
+    /// The kind whose REST path segment is `plural`.
+    pub fn by_plural(plural: &str) -> Option<&'static Kind> {
+        KINDS.iter().find(|k| k.plural == plural)
+    }
+
+    /// The kind a CLI user means: its name, plural or an alias, any case.
+    pub fn lookup(word: &str) -> Option<&'static Kind> {
+        let word = word.to_ascii_lowercase();
+        KINDS.iter().find(|k| {
+            k.name.to_ascii_lowercase() == word
+                || k.plural == word
+                || k.aliases.contains(&word.as_str())
+        })
+    }
+
+    /// Checks the typed spec and returns what it references.
+    pub fn check_spec(&self, spec: &Value, problems: &mut Problems) -> Vec<Reference> {
+        (self.check_spec)(spec, problems)
+    }
+
+    /// The spec's JSON Schema; shared definitions go into `generator`.
+    pub fn spec_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        (self.spec_schema)(generator)
+    }
+}
+
+/// The path of a top-level resource (`users/alice`).
+pub fn top_level_path(kind: &str, name: &str) -> String {
+    let plural = Kind::named(kind).map_or("unknown", |k| k.plural);
+    format!("{plural}/{name}")
+}
+
+/// `parent/plural/name`, or `plural/name` at the top.
+pub fn child_path(parent: &str, kind: &Kind, name: &str) -> String {
+    if parent.is_empty() {
+        format!("{}/{name}", kind.plural)
+    } else {
+        format!("{parent}/{}/{name}", kind.plural)
+    }
+}
+
+/// The kind of the resource at a path, from its last-but-one segment.
+pub fn kind_of_path(path: &str) -> Option<&'static Kind> {
+    let mut segments = path.rsplit('/');
+    segments.next()?;
+    Kind::by_plural(segments.next()?)
+}

@@ -1,0 +1,26 @@
+//! weft's resource model, with no I/O.
+//!
+//! A manifest is a Kubernetes-style document (`apiVersion`, `kind`,
+//! `metadata`, `spec`). Every kind is declared once as a [`Kind`] descriptor:
+//! its spec type, where it sits in the hierarchy, its REST/CLI names, its
+//! IAM concern, and what it references. The REST API, the CLI and the store
+//! are generic over these descriptors, so a new kind is a spec type plus one
+//! entry in [`kinds::KINDS`].
+//!
+//! Data flow: raw JSON (from YAML or a request body) → [`validate::validate`]
+//! (schema check of the whole document, then the kind's own rules; every
+//! problem is collected with its field path) → [`Validated`] (the resource,
+//! its hierarchical path and the paths it references) → the store.
+
+pub mod iam;
+pub mod kinds;
+pub mod problems;
+pub mod resource;
+pub mod specs;
+pub mod validate;
+
+pub use iam::{Rule, Verb};
+pub use kinds::{Concern, KINDS, Kind};
+pub use problems::{Problem, Problems};
+pub use resource::{API_VERSION, Metadata, Resource};
+pub use validate::{Reference, Validated, validate};
