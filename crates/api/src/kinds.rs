@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::problems::Problems;
 use crate::specs::{
     AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, RoleSpec, Spec, TeamSpec, UserSpec,
-    WorkspaceSpec,
+    WorkspaceSpec, check_group_within_workspace, check_role_name,
 };
 use crate::validate::Reference;
 
@@ -45,6 +45,11 @@ pub struct Kind {
     pub columns: &'static [(&'static str, &'static str)],
     check_spec: fn(&Value, &mut Problems) -> Vec<Reference>,
     spec_schema: fn(&mut SchemaGenerator) -> Schema,
+    /// Checks a spec against its parent's spec, for kinds that must fit
+    /// inside their parent.
+    parent_check: Option<fn(&Value, &Value, &mut Problems)>,
+    /// Names this kind may not take, beyond the DNS label rule.
+    name_check: Option<fn(&str) -> Result<(), String>>,
 }
 
 impl std::fmt::Debug for Kind {
@@ -78,6 +83,8 @@ pub static KINDS: &[Kind] = &[
         columns: DESCRIBED,
         check_spec: check_spec::<DescribedSpec>,
         spec_schema: spec_schema::<DescribedSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "Tenant",
@@ -90,6 +97,8 @@ pub static KINDS: &[Kind] = &[
         columns: DESCRIBED,
         check_spec: check_spec::<DescribedSpec>,
         spec_schema: spec_schema::<DescribedSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "Workspace",
@@ -102,6 +111,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<WorkspaceSpec>,
         spec_schema: spec_schema::<WorkspaceSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "TrafficGroup",
@@ -114,6 +125,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<GroupSpec>,
         spec_schema: spec_schema::<GroupSpec>,
+        parent_check: Some(check_group_within_workspace),
+        name_check: None,
     },
     Kind {
         name: "SecurityGroup",
@@ -126,6 +139,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<GroupSpec>,
         spec_schema: spec_schema::<GroupSpec>,
+        parent_check: Some(check_group_within_workspace),
+        name_check: None,
     },
     Kind {
         name: "GatewayGroup",
@@ -138,6 +153,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<GroupSpec>,
         spec_schema: spec_schema::<GroupSpec>,
+        parent_check: Some(check_group_within_workspace),
+        name_check: None,
     },
     Kind {
         name: "Cluster",
@@ -154,6 +171,8 @@ pub static KINDS: &[Kind] = &[
         ],
         check_spec: check_spec::<ClusterSpec>,
         spec_schema: spec_schema::<ClusterSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "User",
@@ -166,6 +185,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("DISPLAY NAME", "displayName"), ("EMAIL", "email")],
         check_spec: check_spec::<UserSpec>,
         spec_schema: spec_schema::<UserSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "Team",
@@ -178,6 +199,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("MEMBERS", "members")],
         check_spec: check_spec::<TeamSpec>,
         spec_schema: spec_schema::<TeamSpec>,
+        parent_check: None,
+        name_check: None,
     },
     Kind {
         name: "Role",
@@ -190,6 +213,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("DESCRIPTION", "description")],
         check_spec: check_spec::<RoleSpec>,
         spec_schema: spec_schema::<RoleSpec>,
+        parent_check: None,
+        name_check: Some(check_role_name),
     },
     Kind {
         name: "AccessBinding",
@@ -202,6 +227,8 @@ pub static KINDS: &[Kind] = &[
         columns: &[("ROLE", "role"), ("SUBJECTS", "subjects")],
         check_spec: check_spec::<AccessBindingSpec>,
         spec_schema: spec_schema::<AccessBindingSpec>,
+        parent_check: None,
+        name_check: None,
     },
 ];
 
@@ -248,6 +275,23 @@ impl Kind {
     /// Checks the typed spec and returns what it references.
     pub fn check_spec(&self, spec: &Value, problems: &mut Problems) -> Vec<Reference> {
         (self.check_spec)(spec, problems)
+    }
+
+    /// Whether [`Kind::check_against_parent`] does anything for this kind.
+    pub fn checks_parent(&self) -> bool {
+        self.parent_check.is_some()
+    }
+
+    /// Checks `spec` against the spec of the parent it will sit under.
+    pub fn check_against_parent(&self, spec: &Value, parent_spec: &Value, problems: &mut Problems) {
+        if let Some(check) = self.parent_check {
+            check(spec, parent_spec, problems);
+        }
+    }
+
+    /// Kind-specific rules for `metadata.name`.
+    pub fn check_name(&self, name: &str) -> Result<(), String> {
+        self.name_check.map_or(Ok(()), |check| check(name))
     }
 
     /// The spec's JSON Schema; shared definitions go into `generator`.

@@ -40,6 +40,16 @@ impl Problems {
         self.0
     }
 
+    /// Whether a problem is at `part` or inside it.
+    pub fn any_within(&self, part: &str) -> bool {
+        self.0.iter().any(|p| {
+            p.field == part
+                || p.field
+                    .strip_prefix(part)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Problem> {
         self.0.iter()
     }

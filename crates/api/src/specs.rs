@@ -251,9 +251,38 @@ impl Spec for AccessBindingSpec {
     }
 }
 
-/// Role names a custom Role may not take.
-pub fn is_builtin_role(name: &str) -> bool {
-    BUILTIN_ROLES.iter().any(|(n, _)| *n == name)
+/// A group's namespaces must lie within its workspace's.
+pub fn check_group_within_workspace(
+    group: &serde_json::Value,
+    workspace: &serde_json::Value,
+    problems: &mut Problems,
+) {
+    let (Ok(group), Ok(workspace)) = (
+        GroupSpec::deserialize(group),
+        WorkspaceSpec::deserialize(workspace),
+    ) else {
+        return;
+    };
+    for (i, entry) in group.namespace_selector.iter().enumerate() {
+        if !selector_covers(&workspace.namespace_selector, entry) {
+            problems.add(
+                index("spec.namespaceSelector", i),
+                format!(
+                    "{entry:?} is outside the workspace's namespaces ({})",
+                    workspace.namespace_selector.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// A custom Role may not take a built-in role's name.
+pub fn check_role_name(name: &str) -> Result<(), String> {
+    if BUILTIN_ROLES.iter().any(|(n, _)| *n == name) {
+        Err(format!("{name:?} is a built-in role; choose another name"))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_names(names: &[String], at: &str, problems: &mut Problems) {

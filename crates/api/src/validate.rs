@@ -104,56 +104,69 @@ pub fn validate(doc: &Value) -> Result<Validated, Problems> {
     for error in validator(kind).iter_errors(&doc) {
         add_schema_problem(&error, &mut problems);
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let resource: Resource = match serde_json::from_value(doc) {
-        Ok(r) => r,
-        Err(e) => {
-            problems.add("", e.to_string());
-            return Err(problems);
+    // The second pass runs on every part the schema found sound, so one
+    // unknown field does not hide a bad name elsewhere.
+    let (metadata_flawed, spec_flawed) =
+        (problems.any_within("metadata"), problems.any_within("spec"));
+    let structural_problems = !problems.is_empty();
+    let metadata: Option<Metadata> = if metadata_flawed {
+        None
+    } else {
+        serde_json::from_value(doc["metadata"].clone()).ok()
+    };
+    let mut parent = None;
+    let mut expected_version = None;
+    if let Some(meta) = &metadata {
+        if let Err(e) = check_dns_label(&meta.name).and_then(|()| kind.check_name(&meta.name)) {
+            problems.add("metadata.name", e);
         }
-    };
-
-    let meta = &resource.metadata;
-    if let Err(e) = check_dns_label(&meta.name) {
-        problems.add("metadata.name", e);
+        check_map_keys(&meta.labels, "metadata.labels", true, &mut problems);
+        check_map_keys(
+            &meta.annotations,
+            "metadata.annotations",
+            false,
+            &mut problems,
+        );
+        expected_version = meta
+            .resource_version
+            .as_deref()
+            .and_then(|v| match v.parse::<i64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    problems.add(
+                        "metadata.resourceVersion",
+                        format!("{v:?} is not a version this server issued"),
+                    );
+                    None
+                }
+            });
+        parent = parent_path(kind, meta, &mut problems);
     }
-    check_map_keys(&meta.labels, "metadata.labels", true, &mut problems);
-    check_map_keys(
-        &meta.annotations,
-        "metadata.annotations",
-        false,
-        &mut problems,
-    );
-    let expected_version = meta
-        .resource_version
-        .as_deref()
-        .and_then(|v| match v.parse::<i64>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                problems.add(
-                    "metadata.resourceVersion",
-                    format!("{v:?} is not a version this server issued"),
-                );
-                None
-            }
-        });
-    let parent = parent_path(kind, meta, &mut problems);
-    let spec_references = kind.check_spec(&resource.spec, &mut problems);
-    let Some((parent, parent_field)) = parent else {
-        return Err(problems);
+    let spec_references = if spec_flawed {
+        Vec::new()
+    } else {
+        kind.check_spec(&doc["spec"], &mut problems)
     };
-    if !problems.is_empty() {
+    if structural_problems || !problems.is_empty() {
         return Err(problems);
     }
+    let (Some(meta), Some((parent, parent_field))) = (metadata, parent) else {
+        return Err(problems);
+    };
+    let resource = Resource {
+        api_version: API_VERSION.to_string(),
+        kind: kind.name.to_string(),
+        metadata: meta,
+        spec: doc["spec"].clone(),
+        status: None,
+    };
     let mut references = Vec::new();
     if let Some(field) = parent_field {
         references.push(Reference::new(field, parent.clone()));
     }
     references.extend(spec_references);
     Ok(Validated {
-        path: child_path(&parent, kind, &meta.name),
+        path: child_path(&parent, kind, &resource.metadata.name),
         kind,
         resource: resource.desired(),
         parent,

@@ -62,6 +62,18 @@ fn bad_manifests_report_every_problem_with_its_field_path() {
             ],
         ),
         (
+            "a structural problem in spec does not hide a bad name",
+            doc(
+                "Workspace",
+                json!({"name": "Bad", "tenant": "retail"}),
+                json!({"namespaceSelector": ["east"], "foo": 1}),
+            ),
+            vec![
+                ("spec.foo", "unknown field"),
+                ("metadata.name", "not a DNS label"),
+            ],
+        ),
+        (
             "wrong apiVersion",
             json!({"apiVersion": "v1", "kind": "Tenant", "metadata": {"name": "a"}}),
             vec![("apiVersion", "must be \"weft.dev/v1alpha1\"")],
@@ -170,6 +182,15 @@ fn bad_manifests_report_every_problem_with_its_field_path() {
                 json!({"rules": [{"verbs": ["read"], "kinds": ["Workspace", "Nope"]}]}),
             ),
             vec![("spec.rules[0].kinds[1]", "unknown kind \"Nope\"")],
+        ),
+        (
+            "a custom role may not take a built-in name",
+            doc(
+                "Role",
+                json!({"name": "admin"}),
+                json!({"rules": [{"verbs": ["read"], "kinds": ["*"]}]}),
+            ),
+            vec![("metadata.name", "built-in role")],
         ),
         (
             "unknown verb",

@@ -1,1 +1,329 @@
-fn main() {}
+//! `weft`: the server and the client commands in one binary.
+//!
+//! `weft server` runs the management plane; every other command is a client
+//! of its REST API (see `client.rs`), resolving the server and token from
+//! flags, then the environment, then the file `weft login` writes.
+
+mod admin;
+mod client;
+mod config;
+mod manifests;
+mod output;
+mod resources;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::admin::AuditArgs;
+use crate::client::{CliError, Client, Connection, Exit};
+use crate::output::Format;
+use crate::resources::Place;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  `diff` found differences; `audit verify` found a broken chain
+  2  usage error
+  3  invalid input (bad manifest, bad flag value)
+  4  conflict (stale resourceVersion, exists already, still referenced)
+  5  not authenticated, or not allowed
+  6  not found
+  7  the server cannot be reached
+  8  any other failure";
+
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "weft: a zero-trust, multi-cluster service mesh and gateway platform",
+    after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    /// Log format of `weft server` (text or json); levels come from RUST_LOG
+    #[arg(long, env = "WEFT_LOG_FORMAT", global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the management plane (REST API, IAM, audit) on SQLite or PostgreSQL
+    #[command(after_help = "\
+Examples:
+  weft server                                   # SQLite in ~/.local/share/weft, API on 127.0.0.1:7070
+  weft server --data ./weft-data --listen 127.0.0.1:8080
+  weft server --store postgres://weft:secret@db.internal/weft   # replicas share one store")]
+    Server(server::ServerArgs),
+
+    /// Create or update every resource in the manifests, atomically
+    #[command(after_help = "\
+Examples:
+  weft apply -f tenant.yaml
+  weft apply -f config/            # every .yaml/.yml/.json below, recursively
+  cat all.yaml | weft apply -f -
+  weft apply -f config/ --dry-run  # check everything, store nothing")]
+    Apply {
+        /// Manifest files or directories; - for stdin
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and check against the store, but store nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Show resources of a kind, or one resource
+    #[command(after_help = "\
+Examples:
+  weft get tenants
+  weft get workspaces                          # in every tenant you may read
+  weft get workspaces --tenant retail
+  weft get workspace checkout --tenant retail -o yaml
+  weft get trafficgroups --tenant retail --workspace checkout -o json")]
+    Get {
+        /// Kind: its name, plural or short name (tenant, workspaces, tg, …)
+        kind: String,
+        /// One resource's name
+        name: Option<String>,
+        #[command(flatten)]
+        place: Place,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+
+    /// Delete a resource by name, or everything the manifests name
+    #[command(after_help = "\
+Examples:
+  weft delete workspace checkout --tenant retail
+  weft delete -f config/     # atomically; parents and children together are fine
+A resource that others still name (children, bindings, team members) is not deleted.")]
+    Delete {
+        /// Kind of the resource to delete
+        #[arg(required_unless_present = "files", requires = "name")]
+        kind: Option<String>,
+        /// Name of the resource to delete
+        name: Option<String>,
+        #[command(flatten)]
+        place: Place,
+        /// Manifest files or directories whose resources to delete; - for stdin
+        #[arg(short = 'f', long = "filename", conflicts_with = "kind")]
+        files: Vec<PathBuf>,
+        /// With -f: check, but delete nothing
+        #[arg(long, requires = "files")]
+        dry_run: bool,
+    },
+
+    /// Show what `apply` would change, as a diff (exit 1 when something differs)
+    #[command(after_help = "\
+Examples:
+  weft diff -f config/
+  weft diff -f config/ && echo 'in sync'")]
+    Diff {
+        /// Manifest files or directories; - for stdin
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+
+    /// Read the audit log (only entries about what you may read), or check its hash chain
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "\
+Examples:
+  weft audit --since 2h
+  weft audit --path tenants/retail --user ann --diff
+  weft audit verify      # exit 1 if an entry was edited or removed"
+    )]
+    Audit {
+        #[command(subcommand)]
+        check: Option<AuditCommand>,
+        #[command(flatten)]
+        filters: AuditArgs,
+    },
+
+    /// Create, list and revoke API tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+
+    /// Save the server and a credential for later commands
+    #[command(after_help = "\
+Examples:
+  weft login --server http://127.0.0.1:7070 --token-file ~/.local/share/weft/admin.token")]
+    Login {
+        /// A file holding the token (the server's admin.token, or one from `weft token create`)
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+
+    /// Show who the token belongs to, their teams and grants
+    Whoami {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+
+    /// Print a shell completion script
+    #[command(after_help = "\
+Examples:
+  weft completions bash > /etc/bash_completion.d/weft
+  weft completions zsh > \"${fpath[1]}/_weft\"")]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit 1 if an entry was edited or removed
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; the secret is printed once, on stdout
+    #[command(after_help = "\
+Examples:
+  weft token create --description laptop
+  weft token create --user ci-bot --ttl 30d --description 'deploy pipeline' > ci.token")]
+    Create {
+        /// Whose token (default: yours; another user's needs admin)
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lifetime, e.g. 12h or 90d (default: until revoked)
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (never their secrets)
+    List {
+        /// Whose tokens (default: yours)
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke a token by its id
+    Revoke { id: String },
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Server(args) = cli.command {
+        init_logging(&cli.log_format);
+        return match server::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(Exit::Failed as u8)
+            }
+        };
+    }
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            e.report();
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let ok = Ok(ExitCode::SUCCESS);
+    let differs = |d: bool| {
+        Ok(if d {
+            ExitCode::from(Exit::Differs as u8)
+        } else {
+            ExitCode::SUCCESS
+        })
+    };
+    match cli.command {
+        Command::Server(_) => unreachable!("handled in main"),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
+            ok
+        }
+        Command::Login { token_file } => {
+            admin::login(&cli.connection, token_file.as_deref()).await?;
+            ok
+        }
+        command => {
+            let client = Client::new(&cli.connection)?;
+            match command {
+                Command::Apply { files, dry_run } => {
+                    resources::apply(&client, &files, dry_run).await.and(ok)
+                }
+                Command::Get {
+                    kind,
+                    name,
+                    place,
+                    format,
+                } => resources::get(&client, &kind, name.as_deref(), &place, format)
+                    .await
+                    .and(ok),
+                Command::Delete { files, dry_run, .. } if !files.is_empty() => {
+                    resources::delete_files(&client, &files, dry_run)
+                        .await
+                        .and(ok)
+                }
+                Command::Delete {
+                    kind, name, place, ..
+                } => {
+                    let (Some(kind), Some(name)) = (kind, name) else {
+                        return Err(CliError::new(Exit::Invalid, "give KIND NAME, or -f FILE"));
+                    };
+                    resources::delete_one(&client, &kind, &name, &place)
+                        .await
+                        .and(ok)
+                }
+                Command::Diff { files } => differs(resources::diff(&client, &files).await?),
+                Command::Audit {
+                    check: Some(AuditCommand::Verify),
+                    ..
+                } => differs(!admin::verify(&client).await?),
+                Command::Audit {
+                    check: None,
+                    filters,
+                } => admin::audit(&client, &filters).await.and(ok),
+                Command::Token(TokenCommand::Create {
+                    user,
+                    description,
+                    ttl,
+                }) => admin::token_create(&client, user, description, ttl)
+                    .await
+                    .and(ok),
+                Command::Token(TokenCommand::List { user, format }) => {
+                    admin::token_list(&client, user, format).await.and(ok)
+                }
+                Command::Token(TokenCommand::Revoke { id }) => {
+                    admin::token_revoke(&client, &id).await.and(ok)
+                }
+                Command::Whoami { format } => admin::whoami(&client, format).await.and(ok),
+                Command::Server(_) | Command::Completions { .. } | Command::Login { .. } => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,107 @@
-//! placeholder
+//! weft's management plane: the REST API inside `weft server`.
+//!
+//! Requests flow: [`metrics::observe`] (metrics and the access log) →
+//! [`iam::Caller`] (bearer token → user → grants) → a handler. Resource
+//! handlers ([`resources`]) are generic over the kind descriptors of
+//! `weft-api`; every write is validated, authorized per document and handed
+//! to the store as one atomic change set, which also appends the audit
+//! entries. Refused attempts are audited too.
+
+pub mod audit;
+pub mod bootstrap;
+pub mod error;
+pub mod iam;
+pub mod metrics;
+pub mod openapi;
+pub mod request;
+pub mod resources;
+pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use tokio::net::TcpListener;
+use weft_store::Store;
+
+use crate::error::ApiError;
+use crate::iam::Caller;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> AppState {
+        AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/apply", post(resources::apply))
+        .route("/v1/delete", post(resources::delete_documents))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/v1/{*rest}",
+            get(resources::read)
+                .put(resources::replace)
+                .post(resources::create)
+                .delete(resources::remove),
+        )
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; the API is under /v1 (see /v1/openapi.json)")
+        })
+        .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), metrics::observe))
+        .with_state(state)
+}
+
+async fn whoami(caller: Caller) -> Json<Caller> {
+    Json(caller)
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

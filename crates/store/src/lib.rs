@@ -26,7 +26,7 @@ pub mod tokens;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use weft_api::kinds::Kind;
@@ -129,7 +129,7 @@ impl Change {
 }
 
 /// What a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Outcome {
     Created,
@@ -150,7 +150,7 @@ impl Outcome {
 }
 
 /// The result of one change, with the resource before and after.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub path: String,
     pub kind: String,
@@ -257,9 +257,19 @@ impl Store {
             .connect(&connect_url)
             .await
             .map_err(open_error)?;
-        for statement in SCHEMA {
-            pool.execute(*statement).await.map_err(open_error)?;
+        // Replicas starting together would race on CREATE TABLE IF NOT
+        // EXISTS (it is not safe to run concurrently in PostgreSQL), so the
+        // schema is created in one transaction under an advisory lock.
+        let mut tx = pool.begin().await.map_err(open_error)?;
+        if !sqlite {
+            tx.execute("SELECT pg_advisory_xact_lock(7413001)")
+                .await
+                .map_err(open_error)?;
         }
+        for statement in SCHEMA {
+            tx.execute(*statement).await.map_err(open_error)?;
+        }
+        tx.commit().await.map_err(open_error)?;
         Ok(Store { pool })
     }
 

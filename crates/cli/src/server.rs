@@ -1,0 +1,110 @@
+//! `weft server`: opens the store, bootstraps on first start, serves the API.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use weft_manage::bootstrap::{TOKEN_FILE, bootstrap};
+use weft_manage::{AppState, serve};
+use weft_store::{Store, redact};
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address for the API (port 0 picks a free one; the chosen address is printed)
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Directory for the embedded store and the first admin token
+    /// [default: $XDG_DATA_HOME/weft, else ~/.local/share/weft]
+    #[arg(long, env = "WEFT_DATA")]
+    pub data: Option<PathBuf>,
+    /// Store URL: sqlite:///path/weft.db, or postgres://user:password@host/db to share one store
+    /// between replicas [default: sqlite in --data]
+    #[arg(long, env = "WEFT_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// The organization's name, used on first start
+    #[arg(long, env = "WEFT_ORGANIZATION", default_value = "weft")]
+    pub organization: String,
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share")))
+        .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")?;
+    Ok(base.join("weft"))
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let data = match args.data {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+        format!(
+            "cannot restrict the data directory {} to its owner",
+            data.display()
+        )
+    })?;
+    let data = data.canonicalize().unwrap_or(data);
+    let store_url = args
+        .store
+        .unwrap_or_else(|| format!("sqlite://{}", data.join("weft.db").display()));
+
+    let store = Store::open(&store_url)
+        .await
+        .context("cannot open the store")?;
+    let token_file = bootstrap(&store, &data, &args.organization)
+        .await
+        .context("first-start bootstrap failed")?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let url = format!("http://{address}");
+
+    println!(
+        "weft server: API listening on {url} (store: {})",
+        redact(&store_url)
+    );
+    match token_file {
+        Some(path) => {
+            println!(
+                "weft server: first start: admin token written to {} (readable by its owner only)",
+                path.display()
+            );
+            println!(
+                "weft server: log in with: weft login --server {url} --token-file {}",
+                path.display()
+            );
+        }
+        None if data.join(TOKEN_FILE).exists() => {
+            println!(
+                "weft server: admin token from the first start: {}",
+                data.join(TOKEN_FILE).display()
+            );
+        }
+        None => println!("weft server: store already set up; use a token from 'weft token create'"),
+    }
+    tracing::info!(%url, store = %redact(&store_url), data = %data.display(), "weft server started");
+
+    serve(listener, AppState::new(store), shutdown_signal()).await?;
+    tracing::info!("weft server stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM, so in-flight requests can finish.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler works on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

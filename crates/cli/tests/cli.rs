@@ -1,0 +1,419 @@
+//! End to end through the real `weft` binary: server on SQLite and on
+//! PostgreSQL, the README walkthrough, exit codes, login, restarts.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Server, mode, run, write};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+
+/// The walkthrough of the README, against one server.
+fn walkthrough(server: &Server, scratch: &Path) {
+    let admin = server.admin_token();
+    let applied = server.weft(&admin, &["apply", "-f", EXAMPLES]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    for line in [
+        "tenants/retail created",
+        "clusters/us-east created",
+        "tenants/retail/workspaces/checkout created",
+        "tenants/retail/workspaces/checkout/trafficgroups/checkout-traffic created",
+        "tenants/retail/workspaces/checkout/accessbindings/payments-traffic created",
+    ] {
+        assert!(
+            applied.stdout.contains(line),
+            "missing {line:?} in {applied:?}"
+        );
+    }
+    let again = server.weft(&admin, &["apply", "-f", EXAMPLES]);
+    assert_eq!(again.stdout.matches("unchanged").count(), 11, "{again:?}");
+
+    let table = server.weft(&admin, &["get", "workspaces"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.starts_with("NAME"), "{table:?}");
+    assert!(
+        table
+            .stdout
+            .contains("checkout   tenants/retail   */checkout,us-east/checkout-canary"),
+        "{table:?}"
+    );
+    let clusters = server.weft(&admin, &["get", "clusters"]);
+    assert!(
+        clusters.stdout.contains("us-east-1") && clusters.stdout.contains("eu-west-1b"),
+        "{clusters:?}"
+    );
+
+    let yaml = server.weft(
+        &admin,
+        &["get", "ws", "checkout", "--tenant", "retail", "-o", "yaml"],
+    );
+    assert!(
+        yaml.stdout.contains("kind: Workspace") && yaml.stdout.contains("resourceVersion:"),
+        "{yaml:?}"
+    );
+    let json = server.weft(
+        &admin,
+        &[
+            "get",
+            "tg",
+            "--tenant",
+            "retail",
+            "--workspace",
+            "checkout",
+            "-o",
+            "json",
+        ],
+    );
+    let groups: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(groups[0]["metadata"]["name"], "checkout-traffic");
+
+    // What get prints can be applied back as it is.
+    let round_trip = write(scratch, "round-trip.yaml", &yaml.stdout);
+    let back = server.weft(&admin, &["apply", "-f", &round_trip]);
+    assert!(back.stdout.contains("unchanged"), "{back:?}");
+
+    // diff: 0 when in sync, 1 with a readable diff when not.
+    assert_eq!(server.weft(&admin, &["diff", "-f", EXAMPLES]).code, 0);
+    let changed = std::fs::read_to_string(format!("{EXAMPLES}/30-workspace.yaml"))
+        .unwrap()
+        .replace("us-east/checkout-canary", "eu-west/checkout-canary");
+    let changed = write(scratch, "changed.yaml", &changed);
+    let diff = server.weft(&admin, &["diff", "-f", &changed]);
+    assert_eq!(diff.code, 1, "{diff:?}");
+    assert!(
+        diff.stdout
+            .contains("-  - us-east/checkout-canary\n+  - eu-west/checkout-canary"),
+        "{diff:?}"
+    );
+    assert!(
+        diff.stdout
+            .contains("--- tenants/retail/workspaces/checkout (live)"),
+        "{diff:?}"
+    );
+
+    // A parent with children stays, and the message names them.
+    let refused = server.weft(&admin, &["delete", "tenant", "retail"]);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("tenants/retail/workspaces/checkout (metadata.tenant)"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("tenants/retail/accessbindings/sam-security"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn walkthrough_on_sqlite_then_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("admin token written to")),
+        "{:?}",
+        server.banner
+    );
+    assert_eq!(mode(&data.join("admin.token")), 0o600);
+    assert_eq!(mode(&data), 0o700);
+    walkthrough(&server, dir.path());
+    let admin = server.admin_token();
+    let before = server
+        .weft(
+            &admin,
+            &[
+                "get",
+                "workspace",
+                "checkout",
+                "--tenant",
+                "retail",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout;
+    server.stop();
+
+    let server = Server::start(&data, None);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("admin token from the first start")),
+        "{:?}",
+        server.banner
+    );
+    assert_eq!(
+        server.admin_token(),
+        admin,
+        "a restart must not replace the admin token"
+    );
+    let after = server
+        .weft(
+            &admin,
+            &[
+                "get",
+                "workspace",
+                "checkout",
+                "--tenant",
+                "retail",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout;
+    assert_eq!(before, after);
+    let verify = server.weft(&admin, &["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[tokio::test]
+async fn walkthrough_on_postgres_with_two_replicas() {
+    let store = weft_store::testing::fresh_postgres_database().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // Two replicas start at once on one store: exactly one bootstraps.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start(&dirs[0].path().join("data"), Some(&store)));
+        let b = s.spawn(|| Server::start(&dirs[1].path().join("data"), Some(&store)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let tokens: Vec<&Server> = [&a, &b]
+        .into_iter()
+        .filter(|s| s.data.join("admin.token").exists())
+        .collect();
+    assert_eq!(tokens.len(), 1, "exactly one replica bootstraps");
+    let (first, other) = if a.data.join("admin.token").exists() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        other
+            .banner
+            .iter()
+            .any(|l| l.contains("store already set up")),
+        "{:?}",
+        other.banner
+    );
+
+    walkthrough(first, dirs[0].path());
+    // The other replica serves the same store.
+    let admin = first.admin_token();
+    let seen = other.weft(&admin, &["get", "workspaces", "-o", "json"]);
+    assert!(seen.stdout.contains("checkout"), "{seen:?}");
+    assert_eq!(other.weft(&admin, &["audit", "verify"]).code, 0);
+}
+
+#[test]
+fn bad_manifests_report_every_problem_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let manifests = dir.path().join("bad");
+    write(
+        &manifests,
+        "a.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {name: fine}\n",
+    );
+    write(
+        &manifests,
+        "b.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: Workspace\nmetadata: {name: w, tenant: fine}\nspec:\n  namespaceSelector: [\"*/ok\", east]\n  colour: blue\n---\napiVersion: weft.dev/v1alpha1\nkind: Cluster\nmetadata: {name: Bad_Name}\nspec: {}\n",
+    );
+    write(
+        &manifests,
+        "nested/c.yml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficGroup\nmetadata: {name: g, tenant: fine, workspace: w2}\nspec: {}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workspace\nmetadata: {name: w2, tenant: fine}\nspec: {namespaceSelector: [\"east/a\"]}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficGroup\nmetadata: {name: g2, tenant: fine, workspace: w2}\nspec: {namespaceSelector: [\"west/a\"]}\n",
+    );
+    write(&manifests, "ignored.txt", "not a manifest");
+    let out = server.weft(&admin, &["apply", "-f", manifests.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    for expected in [
+        "b.yaml#1: spec.colour: unknown field",
+        "b.yaml#2: spec.region: is required",
+        "b.yaml#2: metadata.name: \"Bad_Name\" is not a DNS label",
+        "c.yml#3: spec.namespaceSelector[0]: \"west/a\" is outside the workspace's namespaces (east/a)",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "missing {expected:?} in {out:?}"
+        );
+    }
+    let tenants = server.weft(&admin, &["get", "tenants", "-o", "json"]);
+    assert_eq!(
+        tenants.stdout.trim(),
+        "[]",
+        "nothing may be stored: {tenants:?}"
+    );
+
+    // A missing parent is reported with the field that names it.
+    let orphan = write(
+        dir.path(),
+        "orphan.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: Workspace\nmetadata: {name: w, tenant: nobody}\nspec: {namespaceSelector: [\"*/w\"]}\n",
+    );
+    let out = server.weft(&admin, &["apply", "-f", &orphan]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("orphan.yaml#1: metadata.tenant: tenants/nobody does not exist"),
+        "{out:?}"
+    );
+
+    // Broken YAML and bad UTF-8 are caught before anything is sent.
+    let broken = write(
+        dir.path(),
+        "broken.yaml",
+        "kind: Tenant\nmetadata: {name: [x\n",
+    );
+    let out = server.weft(&admin, &["apply", "-f", &broken]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("broken.yaml#1:") && out.stderr.contains("line"),
+        "{out:?}"
+    );
+    std::fs::write(
+        dir.path().join("latin1.yaml"),
+        b"kind: Tenant\nmetadata: {name: caf\xe9}\n",
+    )
+    .unwrap();
+    let out = server.weft(
+        &admin,
+        &[
+            "apply",
+            "-f",
+            dir.path().join("latin1.yaml").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("not UTF-8"), "{out:?}");
+}
+
+#[test]
+fn exit_codes_login_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+
+    let missing = server.weft(&admin, &["get", "tenant", "nope"]);
+    assert_eq!(missing.code, 6, "{missing:?}");
+    let unknown = server.weft(&admin, &["get", "gizmos"]);
+    assert_eq!(unknown.code, 3, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("kinds: organizations, tenants"),
+        "{unknown:?}"
+    );
+    let no_parent = server.weft(&admin, &["get", "workspace", "w"]);
+    assert_eq!(no_parent.code, 3, "{no_parent:?}");
+    assert!(
+        no_parent.stderr.contains("a Workspace sits under a Tenant"),
+        "{no_parent:?}"
+    );
+    let bad_token = server.weft("weft_not-a-token", &["get", "tenants"]);
+    assert_eq!(bad_token.code, 5, "{bad_token:?}");
+    assert!(
+        bad_token.stderr.contains("not recognized") && bad_token.stderr.contains("hint:"),
+        "{bad_token:?}"
+    );
+    let unreachable = run(std::process::Command::new(support::WEFT).args([
+        "get",
+        "tenants",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "x",
+    ]));
+    assert_eq!(unreachable.code, 7, "{unreachable:?}");
+    let usage = run(std::process::Command::new(support::WEFT).args(["apply"]));
+    assert_eq!(usage.code, 2, "{usage:?}");
+
+    // login saves the server and token (0600); later commands need neither flag.
+    let config = dir.path().join("cfg").join("config.yaml");
+    let token_file = server.data.join("admin.token");
+    let login = run(std::process::Command::new(support::WEFT)
+        .args([
+            "login",
+            "--server",
+            &server.url,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .env("WEFT_CONFIG", &config));
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stdout.contains("as admin"), "{login:?}");
+    assert_eq!(mode(&config), 0o600);
+    let me = run(std::process::Command::new(support::WEFT)
+        .args(["whoami"])
+        .env("WEFT_CONFIG", &config));
+    assert_eq!(me.code, 0, "{me:?}");
+    assert!(
+        me.stdout
+            .contains("admin   (top level)   accessbindings/bootstrap-admin"),
+        "{me:?}"
+    );
+    let bad_login = run(std::process::Command::new(support::WEFT)
+        .args(["login", "--server", &server.url, "--token", "weft_wrong"])
+        .env("WEFT_CONFIG", dir.path().join("other.yaml")));
+    assert_eq!(bad_login.code, 5, "{bad_login:?}");
+    assert!(
+        !dir.path().join("other.yaml").exists(),
+        "a failed login saves nothing"
+    );
+
+    // Every command has examples in its help; completions are generated.
+    for command in [
+        "server",
+        "apply",
+        "get",
+        "delete",
+        "diff",
+        "audit",
+        "login",
+        "completions",
+    ] {
+        let help = run(std::process::Command::new(support::WEFT).args([command, "--help"]));
+        assert!(help.stdout.contains("Examples:"), "{command}: {help:?}");
+    }
+    let bash = run(std::process::Command::new(support::WEFT).args(["completions", "bash"]));
+    assert!(bash.code == 0 && bash.stdout.contains("weft"), "{bash:?}");
+}
+
+#[test]
+fn concurrent_applies_of_different_documents_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let files: Vec<String> = (0..8)
+        .map(|i| {
+            write(
+                dir.path(),
+                &format!("t{i}.yaml"),
+                &format!("apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t{i}}}\n"),
+            )
+        })
+        .collect();
+    let results: Vec<support::Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|f| s.spawn(|| server.weft(&admin, &["apply", "-f", f])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let tenants = server.weft(&admin, &["get", "tenants", "-o", "json"]);
+    assert_eq!(
+        tenants.stdout.matches("\"kind\": \"Tenant\"").count(),
+        8,
+        "{tenants:?}"
+    );
+}

@@ -1,0 +1,186 @@
+//! The OpenAPI 3.1 document, generated from the kind descriptors and the
+//! same JSON Schemas that validate manifests.
+
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+use weft_api::kinds::{KINDS, Kind, TOP_LEVEL};
+use weft_api::validate::document_schema;
+
+/// URL prefixes of every place a kind can sit, with their path parameters.
+fn places(kind: &Kind) -> Vec<(String, Vec<&'static str>)> {
+    let mut out = Vec::new();
+    for parent in kind.parents {
+        if *parent == TOP_LEVEL {
+            out.push((String::new(), Vec::new()));
+            continue;
+        }
+        let Some(parent_kind) = Kind::named(parent) else {
+            continue;
+        };
+        let param = parent_kind.parent_field.unwrap_or("name");
+        for (prefix, mut params) in places(parent_kind) {
+            params.push(param);
+            out.push((
+                format!("{prefix}/{}/{{{param}}}", parent_kind.plural),
+                params,
+            ));
+        }
+    }
+    out
+}
+
+fn parameters(names: &[&str]) -> Value {
+    Value::Array(
+        names
+            .iter()
+            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect(),
+    )
+}
+
+fn error_responses() -> Value {
+    let error = json!({"description": "see the error body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({"400": error, "401": error, "403": error, "404": error, "409": error, "413": error, "422": error})
+}
+
+fn merge(into: &mut Value, more: Value) {
+    if let (Some(into), Value::Object(more)) = (into.as_object_mut(), more) {
+        into.extend(more);
+    }
+}
+
+fn build() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    for kind in KINDS {
+        schemas.insert(
+            kind.name.to_string(),
+            document_schema(kind, &mut generator).to_value(),
+        );
+        let one = json!({"$ref": format!("#/components/schemas/{}", kind.name)});
+        let body = json!({"required": true, "content": {"application/json": {"schema": one}}});
+        let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": one}}});
+        for (prefix, params) in places(kind) {
+            let collection = format!("/v1{prefix}/{}", kind.plural);
+            let mut item_params = params.clone();
+            item_params.push("name");
+            let mut list = json!({"200": {"description": format!("the {} the caller may read", kind.plural),
+                "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": one}}}}}}});
+            merge(&mut list, error_responses());
+            let mut created = json!({"201": ok("created")});
+            merge(&mut created, error_responses());
+            let mut read = json!({"200": ok("the resource")});
+            merge(&mut read, error_responses());
+            let mut put = json!({"200": ok("updated or unchanged"), "201": ok("created")});
+            merge(&mut put, error_responses());
+            let mut deleted = json!({"200": {"description": "deleted"}});
+            merge(&mut deleted, error_responses());
+            paths.insert(collection.clone(), json!({
+                "parameters": parameters(&params),
+                "get": {"summary": format!("List {}", kind.plural), "tags": [kind.name], "responses": list},
+                "post": {"summary": format!("Create a {}", kind.name), "tags": [kind.name], "requestBody": body, "responses": created},
+            }));
+            paths.insert(format!("{collection}/{{name}}"), json!({
+                "parameters": parameters(&item_params),
+                "get": {"summary": format!("Read a {}", kind.name), "tags": [kind.name], "responses": read},
+                "put": {"summary": format!("Create or update a {}; send metadata.resourceVersion to fail with 409 if it changed since", kind.name),
+                        "tags": [kind.name], "requestBody": body, "responses": put},
+                "delete": {"summary": format!("Delete a {}; refused with 409 while other resources name it", kind.name), "tags": [kind.name],
+                           "parameters": [{"name": "resourceVersion", "in": "query", "schema": {"type": "integer"}}],
+                           "responses": deleted},
+            }));
+        }
+    }
+    schemas.extend(generator.take_definitions(true));
+    schemas.insert("Error".into(), json!({
+        "type": "object", "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "enum": ["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "too_large", "internal"]},
+            "message": {"type": "string"},
+            "hint": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object", "properties": {
+                "document": {"type": "integer"}, "path": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}}}
+        }
+    }));
+    let bulk = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["resources"], "additionalProperties": false,
+        "properties": {"resources": {"type": "array", "items": {"type": "object"}}, "dryRun": {"type": "boolean"}}}}}});
+    let mut bulk_ok = json!({"200": {"description": "what each document did (created, updated, unchanged, deleted) with the resource before and after"}});
+    merge(&mut bulk_ok, error_responses());
+    paths.insert("/v1/apply".into(), json!({"post": {"summary": "Create or update every document, atomically", "requestBody": bulk, "responses": bulk_ok}}));
+    paths.insert("/v1/delete".into(), json!({"post": {"summary": "Delete what every document names, atomically", "requestBody": bulk, "responses": bulk_ok}}));
+    paths.insert(
+        "/v1/audit".into(),
+        json!({"get": {"summary": "Audit entries about resources the caller may read, oldest first",
+        "parameters": [
+            {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "path", "in": "query", "schema": {"type": "string"}},
+            {"name": "user", "in": "query", "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}}],
+        "responses": {"200": {"description": "entries"}}}}),
+    );
+    paths.insert("/v1/audit/verify".into(), json!({"get": {"summary": "Recompute the audit log's hash chain", "responses": {"200": {"description": "the chain report"}}}}));
+    paths.insert("/v1/tokens".into(), json!({
+        "get": {"summary": "List a user's tokens (no secrets)", "parameters": [{"name": "user", "in": "query", "schema": {"type": "string"}}], "responses": {"200": {"description": "tokens"}}},
+        "post": {"summary": "Create a token; the secret is in the answer only", "responses": {"201": {"description": "the token and its secret"}}}}));
+    paths.insert(
+        "/v1/tokens/{id}".into(),
+        json!({"parameters": parameters(&["id"]),
+        "delete": {"summary": "Revoke a token", "responses": {"200": {"description": "revoked"}}}}),
+    );
+    paths.insert("/v1/whoami".into(), json!({"get": {"summary": "The caller, their teams and grants", "responses": {"200": {"description": "the caller"}}}}));
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "weft management API", "version": env!("CARGO_PKG_VERSION")},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        }
+    })
+}
+
+/// The document, built once.
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(build)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_paths_and_schema() {
+        let doc = document();
+        for kind in KINDS {
+            assert!(
+                doc["components"]["schemas"][kind.name].is_object(),
+                "{}",
+                kind.name
+            );
+        }
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(
+            paths.contains_key("/v1/tenants/{tenant}/workspaces/{workspace}/trafficgroups/{name}")
+        );
+        assert!(paths.contains_key("/v1/tenants/{tenant}/workspaces/{workspace}/securitygroups/{securityGroup}/accessbindings"));
+        assert!(paths.contains_key("/v1/accessbindings/{name}"));
+        // Every $ref resolves inside the document.
+        let text = doc.to_string();
+        for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "dangling $ref {name}"
+            );
+        }
+    }
+}

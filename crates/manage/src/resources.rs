@@ -1,0 +1,453 @@
+//! Resource endpoints, generic over the kind descriptors:
+//! `GET|PUT|POST|DELETE /v1/<hierarchical path>` and the atomic bulk
+//! endpoints `POST /v1/apply` and `POST /v1/delete` that the CLI uses.
+//!
+//! Every write goes through [`write`]: validate every document (all problems
+//! at once), check each against its parent, authorize each, then hand the
+//! whole change set to the store, which applies it in one transaction.
+
+use axum::Json;
+use axum::extract::{OriginalUri, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weft_api::{Problems, Resource, Validated, Verb, validate};
+use weft_store::{Applied, Change, Expect, Outcome, Reason, StoreError};
+
+use crate::AppState;
+use crate::error::{ApiError, Detail};
+use crate::iam::{Caller, record_denial};
+use crate::request::{JsonBody, Target, parse_target};
+
+/// `POST /v1/apply` and `POST /v1/delete`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BulkRequest {
+    pub resources: Vec<Value>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkResponse {
+    pub dry_run: bool,
+    pub results: Vec<Applied>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct List {
+    pub items: Vec<Resource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Delete only if the resource is still at this version.
+    pub resource_version: Option<i64>,
+}
+
+/// What a request wants done with its documents.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Create or update each.
+    Apply,
+    /// Create each; it must not exist yet.
+    Create,
+    Delete,
+}
+
+fn rest_of(uri: &axum::http::Uri) -> &str {
+    uri.path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .trim_end_matches('/')
+}
+
+/// `GET`: one resource, or a collection filtered to what the caller may read.
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, ApiError> {
+    match parse_target(rest_of(&uri))? {
+        Target::Item { kind, path } => {
+            caller
+                .require(&state.store, Verb::Read, kind.name, &path)
+                .await?;
+            let stored = state
+                .store
+                .get(&path)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("{path} does not exist")))?;
+            Ok(Json(
+                serde_json::to_value(stored.resource).expect("a resource serializes"),
+            ))
+        }
+        Target::Collection { kind, parent } => {
+            let items = state
+                .store
+                .list(kind.name)
+                .await?
+                .into_iter()
+                .filter(|s| parent.as_ref().is_none_or(|p| &s.parent == p))
+                .filter(|s| caller.can(Verb::Read, kind.name, &s.path))
+                .map(|s| s.resource)
+                .collect();
+            Ok(Json(
+                serde_json::to_value(List { items }).expect("a list serializes"),
+            ))
+        }
+    }
+}
+
+/// `PUT` on an item: create or update it; the document must name it.
+pub async fn replace(
+    State(state): State<AppState>,
+    caller: Caller,
+    OriginalUri(uri): OriginalUri,
+    JsonBody(doc): JsonBody<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Target::Item { path, .. } = parse_target(rest_of(&uri))? else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid",
+            "PUT a single resource, or POST to a collection",
+        ));
+    };
+    single(write(&state, &caller, vec![doc], Mode::Apply, false, Some(&path)).await?)
+}
+
+/// `POST` on a collection: create a resource in it.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    OriginalUri(uri): OriginalUri,
+    JsonBody(doc): JsonBody<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Target::Collection { kind, parent } = parse_target(rest_of(&uri))? else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid",
+            "POST to a collection, or PUT a single resource",
+        ));
+    };
+    let v = validated_one(&doc)?;
+    let parent = parent.unwrap_or_default();
+    if v.kind.name != kind.name || v.parent != parent {
+        return Err(ApiError::bad_request(format!(
+            "the document is a {} under {:?}, but this collection holds {} under {parent:?}",
+            v.kind.name, v.parent, kind.plural
+        )));
+    }
+    single(write(&state, &caller, vec![doc], Mode::Create, false, None).await?)
+}
+
+/// `DELETE` on an item, optionally only at `?resourceVersion=N`.
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    OriginalUri(uri): OriginalUri,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Target::Item { kind, path } = parse_target(rest_of(&uri))? else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid",
+            "DELETE a single resource",
+        ));
+    };
+    caller
+        .require(&state.store, Verb::Delete, kind.name, &path)
+        .await?;
+    let expect = query
+        .resource_version
+        .map_or(Expect::Present, Expect::Version);
+    let applied = store_apply(
+        &state,
+        &caller,
+        &[Change::Delete { path, expect }],
+        &[false],
+        false,
+    )
+    .await?;
+    Ok(Json(serde_json::to_value(&applied[0]).expect("serializes")))
+}
+
+/// `POST /v1/apply`: every document is stored, or none is.
+pub async fn apply(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<BulkRequest>,
+) -> Result<Json<BulkResponse>, ApiError> {
+    let results = write(
+        &state,
+        &caller,
+        request.resources,
+        Mode::Apply,
+        request.dry_run,
+        None,
+    )
+    .await?;
+    Ok(Json(BulkResponse {
+        dry_run: request.dry_run,
+        results,
+    }))
+}
+
+/// `POST /v1/delete`: deletes what the documents name, all or nothing.
+pub async fn delete_documents(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<BulkRequest>,
+) -> Result<Json<BulkResponse>, ApiError> {
+    let results = write(
+        &state,
+        &caller,
+        request.resources,
+        Mode::Delete,
+        request.dry_run,
+        None,
+    )
+    .await?;
+    Ok(Json(BulkResponse {
+        dry_run: request.dry_run,
+        results,
+    }))
+}
+
+fn single(mut applied: Vec<Applied>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let a = applied.remove(0);
+    let status = if a.outcome == Outcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::to_value(a.after).expect("serializes")),
+    ))
+}
+
+fn validated_one(doc: &Value) -> Result<Validated, ApiError> {
+    validate(doc).map_err(|problems| {
+        ApiError::invalid(
+            "the document has problems; nothing was stored",
+            details(0, "", problems),
+        )
+    })
+}
+
+fn details(document: usize, path: &str, problems: Problems) -> Vec<Detail> {
+    problems
+        .into_vec()
+        .into_iter()
+        .map(|p| Detail {
+            document: Some(document),
+            path: path.to_string(),
+            field: p.field,
+            message: p.message,
+        })
+        .collect()
+}
+
+/// Validates, checks, authorizes and stores a set of documents atomically.
+/// `only_path` pins a single document to the resource its URL names.
+async fn write(
+    state: &AppState,
+    caller: &Caller,
+    docs: Vec<Value>,
+    mode: Mode,
+    dry_run: bool,
+    only_path: Option<&str>,
+) -> Result<Vec<Applied>, ApiError> {
+    if docs.is_empty() {
+        return Err(ApiError::bad_request("the request names no resources"));
+    }
+    let mut problems = Vec::new();
+    let mut valid = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        match validate(doc) {
+            Ok(v) => valid.push((i, v)),
+            Err(p) => problems.extend(details(i, "", p)),
+        }
+    }
+    if mode != Mode::Delete {
+        problems.extend(check_against_parents(state, &valid).await?);
+    }
+    if !problems.is_empty() {
+        let documents = problems
+            .iter()
+            .filter_map(|d| d.document)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        return Err(ApiError::invalid(
+            format!(
+                "{documents} of {} documents have problems; nothing was stored",
+                docs.len()
+            ),
+            problems,
+        ));
+    }
+    if let (Some(expected), Some((_, v))) = (only_path, valid.first())
+        && v.path != expected
+    {
+        return Err(ApiError::bad_request(format!(
+            "the document names {}, but the URL names {expected}",
+            v.path
+        )));
+    }
+
+    let mut changes = Vec::with_capacity(valid.len());
+    let mut create_only = Vec::with_capacity(valid.len());
+    let mut denied = Vec::new();
+    for (i, v) in valid {
+        let can = |verb| caller.can(verb, v.kind.name, &v.path);
+        let (may_create, may_update) = (can(Verb::Create), can(Verb::Update));
+        let expect = match (mode, v.expected_version) {
+            (Mode::Delete, version) if can(Verb::Delete) => {
+                version.map_or(Expect::Present, Expect::Version)
+            }
+            (Mode::Delete, _) => {
+                denied.push((i, Verb::Delete, v));
+                continue;
+            }
+            (Mode::Create, _) if may_create => Expect::Absent,
+            (Mode::Apply, Some(version)) if may_update => Expect::Version(version),
+            (Mode::Apply, None) if may_create && may_update => Expect::Any,
+            (Mode::Apply, None) if may_create => Expect::Absent,
+            (Mode::Apply, None) if may_update => Expect::Present,
+            (Mode::Create, _) => {
+                denied.push((i, Verb::Create, v));
+                continue;
+            }
+            (Mode::Apply, _) => {
+                denied.push((
+                    i,
+                    if may_create {
+                        Verb::Update
+                    } else {
+                        Verb::Create
+                    },
+                    v,
+                ));
+                continue;
+            }
+        };
+        create_only.push(expect == Expect::Absent && !may_update);
+        changes.push(if mode == Mode::Delete {
+            Change::Delete {
+                path: v.path,
+                expect,
+            }
+        } else {
+            Change::Put {
+                path: v.path,
+                parent: v.parent,
+                resource: v.resource,
+                references: v.references,
+                expect,
+            }
+        });
+    }
+    if let Some((_, verb, v)) = denied.first() {
+        let mut error = caller.forbidden(*verb, v.kind.name, &v.path);
+        let mut details = Vec::new();
+        for (i, verb, v) in &denied {
+            let message = caller.forbidden(*verb, v.kind.name, &v.path).body.message;
+            record_denial(
+                &state.store,
+                &caller.user,
+                *verb,
+                v.kind.name,
+                &v.path,
+                &message,
+            )
+            .await;
+            details.push(Detail {
+                document: Some(*i),
+                path: v.path.clone(),
+                field: String::new(),
+                message,
+            });
+        }
+        if denied.len() > 1 {
+            error.body.message = format!(
+                "{} documents need permissions you lack; nothing was stored",
+                denied.len()
+            );
+        }
+        return Err(error.with_details(details));
+    }
+    store_apply(state, caller, &changes, &create_only, dry_run).await
+}
+
+/// Runs the change set and maps refusals; a create-only caller who hits an
+/// existing resource is told the permission it lacks.
+async fn store_apply(
+    state: &AppState,
+    caller: &Caller,
+    changes: &[Change],
+    create_only: &[bool],
+    dry_run: bool,
+) -> Result<Vec<Applied>, ApiError> {
+    match state.store.apply(changes, &caller.user, dry_run).await {
+        Ok(applied) => {
+            if !dry_run {
+                for a in &applied {
+                    let outcome = match a.outcome {
+                        Outcome::Created => "created",
+                        Outcome::Updated => "updated",
+                        Outcome::Deleted => "deleted",
+                        Outcome::Unchanged => continue,
+                    };
+                    state
+                        .metrics
+                        .changes
+                        .get_or_create(&vec![("outcome", outcome)])
+                        .inc();
+                }
+            }
+            Ok(applied)
+        }
+        Err(StoreError::Refused { refusals }) => {
+            if let Some(r) = refusals
+                .iter()
+                .find(|r| r.reason == Reason::Exists && create_only[r.change])
+            {
+                let kind = weft_api::kinds::kind_of_path(&r.path).map_or("resource", |k| k.name);
+                caller
+                    .require(&state.store, Verb::Update, kind, &r.path)
+                    .await?;
+            }
+            Err(StoreError::Refused { refusals }.into())
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Runs each kind's check against its parent (a group's namespaces must lie
+/// within its workspace's). The parent comes from the same request or the
+/// store; a missing parent is left to the store's reference check.
+async fn check_against_parents(
+    state: &AppState,
+    valid: &[(usize, Validated)],
+) -> Result<Vec<Detail>, ApiError> {
+    let mut problems = Vec::new();
+    for (i, v) in valid {
+        if !v.kind.checks_parent() || v.parent.is_empty() {
+            continue;
+        }
+        let parent_spec = match valid.iter().find(|(_, p)| p.path == v.parent) {
+            Some((_, p)) => Some(p.resource.spec.clone()),
+            None => state.store.get(&v.parent).await?.map(|s| s.resource.spec),
+        };
+        if let Some(parent_spec) = parent_spec {
+            let mut p = Problems::default();
+            v.kind
+                .check_against_parent(&v.resource.spec, &parent_spec, &mut p);
+            problems.extend(details(*i, &v.path, p));
+        }
+    }
+    Ok(problems)
+}

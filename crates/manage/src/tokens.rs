@@ -1,0 +1,143 @@
+//! API tokens: `GET|POST /v1/tokens`, `DELETE /v1/tokens/{id}`.
+//!
+//! Anyone may manage their own tokens; managing another user's needs
+//! `update` on that User (admins). The secret is shown once, at creation.
+
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use weft_api::Verb;
+use weft_api::kinds::top_level_path;
+use weft_store::TokenRecord;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::iam::{Caller, hash_secret, new_secret, new_token_id};
+use crate::request::JsonBody;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateToken {
+    /// Whose token; the caller by default.
+    pub user: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Lifetime; none means until revoked.
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedToken {
+    pub token: TokenRecord,
+    /// The bearer secret. It is not stored and cannot be shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub user: Option<String>,
+}
+
+/// Checks the caller may manage `user`'s tokens, and that the user exists.
+async fn may_manage(
+    state: &AppState,
+    caller: &Caller,
+    user: &str,
+    verb: Verb,
+) -> Result<(), ApiError> {
+    let path = top_level_path("User", user);
+    if user != caller.user {
+        caller.require(&state.store, verb, "User", &path).await?;
+    }
+    if state.store.get(&path).await?.is_none() {
+        return Err(ApiError::not_found(format!("user {user:?} does not exist")));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let user = request.user.unwrap_or_else(|| caller.user.clone());
+    may_manage(&state, &caller, &user, Verb::Update).await?;
+    if request.description.len() > 256 {
+        return Err(ApiError::bad_request("description: at most 256 characters"));
+    }
+    let now = SystemTime::now();
+    let expires_at = match request.ttl_seconds {
+        Some(0) => return Err(ApiError::bad_request("ttlSeconds: must be positive")),
+        Some(seconds) => {
+            let at = now
+                .checked_add(Duration::from_secs(seconds))
+                .filter(|at| *at < SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+                .ok_or_else(|| ApiError::bad_request("ttlSeconds: too large"))?;
+            Some(humantime::format_rfc3339_millis(at).to_string())
+        }
+        None => None,
+    };
+    let secret = new_secret();
+    let token = TokenRecord {
+        id: new_token_id(),
+        user,
+        description: request.description,
+        created_at: humantime::format_rfc3339_millis(now).to_string(),
+        expires_at,
+        revoked_at: None,
+    };
+    state
+        .store
+        .create_token(&token, &hash_secret(&secret), &caller.user)
+        .await?;
+    tracing::info!(token = %token.id, user = %token.user, by = %caller.user, "token created");
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<TokenRecord>>, ApiError> {
+    let user = query.user.unwrap_or_else(|| caller.user.clone());
+    may_manage(&state, &caller, &user, Verb::Read).await?;
+    Ok(Json(state.store.list_tokens(Some(&user)).await?))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenRecord>, ApiError> {
+    let Some(token) = state.store.token(&id).await? else {
+        return Err(ApiError::not_found(format!("no token {id:?}")));
+    };
+    if token.user != caller.user {
+        caller
+            .require(
+                &state.store,
+                Verb::Update,
+                "User",
+                &top_level_path("User", &token.user),
+            )
+            .await?;
+    }
+    let at = weft_store::now_rfc3339();
+    if !state.store.revoke_token(&token, &at, &caller.user).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("token {id} was already revoked"),
+        ));
+    }
+    tracing::info!(token = %token.id, user = %token.user, by = %caller.user, "token revoked");
+    Ok(Json(TokenRecord {
+        revoked_at: Some(at),
+        ..token
+    }))
+}
