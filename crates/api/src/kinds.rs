@@ -26,6 +26,9 @@ pub enum Concern {
     Iam,
 }
 
+/// A kind's own rule for names: an error message, or Ok.
+type NameCheck = fn(&str) -> Result<(), String>;
+
 /// Everything the API, CLI and store need to know about a kind.
 pub struct Kind {
     /// As written in `kind:` (`TrafficGroup`).
@@ -49,7 +52,7 @@ pub struct Kind {
     /// inside their parent.
     parent_check: Option<fn(&Value, &Value, &mut Problems)>,
     /// Names this kind may not take, beyond the DNS label rule.
-    name_check: Option<fn(&str) -> Result<(), String>>,
+    name_check: Option<NameCheck>,
 }
 
 impl std::fmt::Debug for Kind {

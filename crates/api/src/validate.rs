@@ -101,8 +101,15 @@ pub fn validate(doc: &Value) -> Result<Validated, Problems> {
         // `weft get -o yaml` may carry it and is still a valid apply.
         object.remove("status");
     }
+    let mut unknown_fields = Vec::new();
     for error in validator(kind).iter_errors(&doc) {
         add_schema_problem(&error, &mut problems);
+        if let ValidationErrorKind::AdditionalProperties { unexpected } = error.kind() {
+            unknown_fields.push((
+                error.instance_path().as_str().to_string(),
+                unexpected.clone(),
+            ));
+        }
     }
     // The second pass runs on every part the schema found sound, so one
     // unknown field does not hide a bad name elsewhere.
@@ -142,10 +149,27 @@ pub fn validate(doc: &Value) -> Result<Validated, Problems> {
             });
         parent = parent_path(kind, meta, &mut problems);
     }
-    let spec_references = if spec_flawed {
+    // A misspelt field should not hide the spec's other problems: when
+    // unknown fields are all that is wrong with the spec, check the rest.
+    let only_unknown_in_spec = problems
+        .iter()
+        .filter(|p| {
+            p.field == "spec" || p.field.starts_with("spec.") || p.field.starts_with("spec[")
+        })
+        .all(|p| p.message == "unknown field");
+    let spec_references = if !spec_flawed {
+        kind.check_spec(&doc["spec"], &mut problems)
+    } else if only_unknown_in_spec {
+        let mut pruned = doc.clone();
+        for (pointer, names) in &unknown_fields {
+            if let Some(Value::Object(object)) = pruned.pointer_mut(pointer) {
+                names.iter().for_each(|n| drop(object.remove(n)));
+            }
+        }
+        kind.check_spec(&pruned["spec"], &mut problems);
         Vec::new()
     } else {
-        kind.check_spec(&doc["spec"], &mut problems)
+        Vec::new()
     };
     if structural_problems || !problems.is_empty() {
         return Err(problems);

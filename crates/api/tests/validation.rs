@@ -8,9 +8,13 @@ fn doc(kind: &str, metadata: Value, spec: Value) -> Value {
     json!({"apiVersion": "weft.dev/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
 }
 
+/// What a case is about, the manifest, and (field, text in the message)
+/// for every problem it must report.
+type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
+
 #[test]
 fn bad_manifests_report_every_problem_with_its_field_path() {
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "selector entry without a slash",
             doc(
@@ -62,7 +66,7 @@ fn bad_manifests_report_every_problem_with_its_field_path() {
             ],
         ),
         (
-            "a structural problem in spec does not hide a bad name",
+            "an unknown field hides neither a bad name nor the spec's other problems",
             doc(
                 "Workspace",
                 json!({"name": "Bad", "tenant": "retail"}),
@@ -71,6 +75,10 @@ fn bad_manifests_report_every_problem_with_its_field_path() {
             vec![
                 ("spec.foo", "unknown field"),
                 ("metadata.name", "not a DNS label"),
+                (
+                    "spec.namespaceSelector[0]",
+                    "not of the form cluster/namespace",
+                ),
             ],
         ),
         (

@@ -6,6 +6,7 @@ use reqwest::Method;
 use serde_json::Value;
 use weft_api::kinds::{TOP_LEVEL, child_path};
 use weft_api::{Kind, Resource};
+use weft_manage::request::MAX_BODY_BYTES;
 use weft_manage::resources::{BulkRequest, BulkResponse};
 use weft_store::{Applied, Outcome};
 
@@ -119,6 +120,16 @@ async fn bulk(
         resources: documents.into_iter().map(|d| d.value).collect(),
         dry_run,
     };
+    // Said here rather than by a 413, which can arrive as a reset connection
+    // while the body is still being sent.
+    let size = serde_json::to_vec(&request).map_or(0, |b| b.len());
+    if size > MAX_BODY_BYTES {
+        return Err(CliError::new(
+            Exit::Invalid,
+            format!("the manifests make a request of {size} bytes; the server takes at most {MAX_BODY_BYTES}"),
+        )
+        .with_hint("apply them in parts (one directory at a time)"));
+    }
     let response = client
         .send(Method::POST, endpoint, Some(&request))
         .await

@@ -295,6 +295,15 @@ fn bad_manifests_report_every_problem_and_store_nothing() {
     );
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("not UTF-8"), "{out:?}");
+
+    let huge = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: big}}\nspec: {{description: {}}}\n",
+        "x".repeat(5 << 20)
+    );
+    let huge = write(dir.path(), "huge.yaml", &huge);
+    let out = server.weft(&admin, &["apply", "-f", &huge]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("the server takes at most"), "{out:?}");
 }
 
 #[test]
