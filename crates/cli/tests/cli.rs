@@ -92,6 +92,20 @@ fn walkthrough(server: &Server, scratch: &Path) {
         "{diff:?}"
     );
 
+    // A dry run checks against the store and stores nothing.
+    let extra = write(
+        scratch,
+        "extra.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {name: extra}\n",
+    );
+    let dry = server.weft(&admin, &["apply", "-f", &extra, "--dry-run"]);
+    assert_eq!(
+        (dry.code, dry.stdout.as_str()),
+        (0, "tenants/extra created (dry run)\n"),
+        "{dry:?}"
+    );
+    assert_eq!(server.weft(&admin, &["get", "tenant", "extra"]).code, 6);
+
     // A parent with children stays, and the message names them.
     let refused = server.weft(&admin, &["delete", "tenant", "retail"]);
     assert_eq!(refused.code, 4, "{refused:?}");
@@ -107,6 +121,41 @@ fn walkthrough(server: &Server, scratch: &Path) {
             .contains("tenants/retail/accessbindings/sam-security"),
         "{refused:?}"
     );
+
+    // delete -f removes parents and children together, atomically.
+    let workspace_file = format!("{EXAMPLES}/30-workspace.yaml");
+    let dry = server.weft(&admin, &["delete", "-f", &workspace_file, "--dry-run"]);
+    assert_eq!(dry.code, 4, "the workspace still has its binding: {dry:?}");
+    assert!(
+        dry.stderr.contains("accessbindings/payments-traffic"),
+        "{dry:?}"
+    );
+    let gone = server.weft(
+        &admin,
+        &[
+            "delete",
+            "-f",
+            &format!("{EXAMPLES}/40-access.yaml"),
+            "-f",
+            &workspace_file,
+        ],
+    );
+    assert_eq!(gone.code, 0, "{gone:?}");
+    assert!(
+        gone.stdout
+            .contains("tenants/retail/workspaces/checkout deleted"),
+        "{gone:?}"
+    );
+    assert_eq!(
+        server
+            .weft(&admin, &["get", "workspaces", "-o", "json"])
+            .stdout
+            .trim(),
+        "[]"
+    );
+    let org = server.weft(&admin, &["delete", "organization", "weft"]);
+    assert_eq!(org.code, 4, "{org:?}");
+    assert!(org.stderr.contains("cannot be deleted"), "{org:?}");
 }
 
 #[test]
@@ -207,8 +256,11 @@ async fn walkthrough_on_postgres_with_two_replicas() {
     walkthrough(first, dirs[0].path());
     // The other replica serves the same store.
     let admin = first.admin_token();
-    let seen = other.weft(&admin, &["get", "workspaces", "-o", "json"]);
-    assert!(seen.stdout.contains("checkout"), "{seen:?}");
+    let seen = other.weft(&admin, &["get", "clusters", "-o", "json"]);
+    assert!(
+        seen.stdout.contains("us-east-1") && seen.stdout.contains("eu-west-1"),
+        "{seen:?}"
+    );
     assert_eq!(other.weft(&admin, &["audit", "verify"]).code, 0);
 }
 

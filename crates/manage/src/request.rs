@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
 use weft_api::Kind;
@@ -22,16 +23,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+            .with_hint("split the manifests into several applies")
+        };
+        // Refuse on the announced length before reading anything; bodies
+        // without one are cut off at the limit while they are read.
+        let announced = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                    )
-                    .with_hint("split the manifests into several applies")
+                    too_large()
                 } else {
                     ApiError::bad_request(format!("cannot read the request body: {rejection}"))
                 }

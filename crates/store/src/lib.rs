@@ -371,6 +371,15 @@ impl Store {
                     );
                 }
                 Change::Delete { .. } => {
+                    let kind = current.as_ref().and_then(|c| Kind::named(&c.resource.kind));
+                    if let Some(kind) = kind.filter(|k| k.singleton) {
+                        let message = format!(
+                            "the {} is the root of the installation and cannot be deleted",
+                            kind.name
+                        );
+                        refusals.push(refuse(Reason::Referenced, "", message));
+                        continue;
+                    }
                     sqlx::query("DELETE FROM resources WHERE path = $1")
                         .bind(path)
                         .execute(&mut *tx)

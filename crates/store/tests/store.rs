@@ -301,6 +301,12 @@ async fn singleton_kind_allows_one(f: Fixture) {
     let r = refusals(f.store.apply(&[put(org("other"))], "ann", false).await);
     assert_eq!(r[0].reason, Reason::Duplicate);
     assert!(r[0].message.contains("organizations/acme"));
+    let r = refusals(
+        f.store
+            .apply(&[delete("organizations/acme")], "ann", false)
+            .await,
+    );
+    assert!(r[0].message.contains("cannot be deleted"), "{r:?}");
 }
 
 async fn audit_chain_detects_edits_and_removals(f: Fixture) {
