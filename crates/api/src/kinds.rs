@@ -117,48 +117,27 @@ pub static KINDS: &[Kind] = &[
         parent_check: None,
         name_check: None,
     },
-    Kind {
-        name: "TrafficGroup",
-        plural: "trafficgroups",
-        aliases: &["tg"],
-        parents: &["Workspace"],
-        parent_field: Some("trafficGroup"),
-        concern: Concern::Traffic,
-        singleton: false,
-        columns: &[("NAMESPACES", "namespaceSelector")],
-        check_spec: check_spec::<GroupSpec>,
-        spec_schema: spec_schema::<GroupSpec>,
-        parent_check: Some(check_group_within_workspace),
-        name_check: None,
-    },
-    Kind {
-        name: "SecurityGroup",
-        plural: "securitygroups",
-        aliases: &["sg"],
-        parents: &["Workspace"],
-        parent_field: Some("securityGroup"),
-        concern: Concern::Security,
-        singleton: false,
-        columns: &[("NAMESPACES", "namespaceSelector")],
-        check_spec: check_spec::<GroupSpec>,
-        spec_schema: spec_schema::<GroupSpec>,
-        parent_check: Some(check_group_within_workspace),
-        name_check: None,
-    },
-    Kind {
-        name: "GatewayGroup",
-        plural: "gatewaygroups",
-        aliases: &["gg"],
-        parents: &["Workspace"],
-        parent_field: Some("gatewayGroup"),
-        concern: Concern::Gateway,
-        singleton: false,
-        columns: &[("NAMESPACES", "namespaceSelector")],
-        check_spec: check_spec::<GroupSpec>,
-        spec_schema: spec_schema::<GroupSpec>,
-        parent_check: Some(check_group_within_workspace),
-        name_check: None,
-    },
+    group(
+        "TrafficGroup",
+        "trafficgroups",
+        &["tg"],
+        "trafficGroup",
+        Concern::Traffic,
+    ),
+    group(
+        "SecurityGroup",
+        "securitygroups",
+        &["sg"],
+        "securityGroup",
+        Concern::Security,
+    ),
+    group(
+        "GatewayGroup",
+        "gatewaygroups",
+        &["gg"],
+        "gatewayGroup",
+        Concern::Gateway,
+    ),
     Kind {
         name: "Cluster",
         plural: "clusters",
@@ -235,6 +214,30 @@ pub static KINDS: &[Kind] = &[
     },
 ];
 
+/// The three group kinds differ only in names and concern.
+const fn group(
+    name: &'static str,
+    plural: &'static str,
+    aliases: &'static [&'static str],
+    parent_field: &'static str,
+    concern: Concern,
+) -> Kind {
+    Kind {
+        name,
+        plural,
+        aliases,
+        parents: &["Workspace"],
+        parent_field: Some(parent_field),
+        concern,
+        singleton: false,
+        columns: &[("NAMESPACES", "namespaceSelector")],
+        check_spec: check_spec::<GroupSpec>,
+        spec_schema: spec_schema::<GroupSpec>,
+        parent_check: Some(check_group_within_workspace),
+        name_check: None,
+    }
+}
+
 fn check_spec<S: Spec>(spec: &Value, problems: &mut Problems) -> Vec<Reference> {
     match S::deserialize(spec) {
         Ok(typed) => {
@@ -273,6 +276,22 @@ impl Kind {
                 || k.plural == word
                 || k.aliases.contains(&word.as_str())
         })
+    }
+
+    /// Where this kind sits, in words: "the top level or a Tenant".
+    pub fn places(&self) -> String {
+        let places: Vec<String> = self
+            .parents
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    "the top level".to_string()
+                } else {
+                    format!("a {p}")
+                }
+            })
+            .collect();
+        places.join(" or ")
     }
 
     /// Checks the typed spec and returns what it references.

@@ -247,24 +247,13 @@ fn parent_path(
     }
     let parent_kind = chain.last().map_or(TOP_LEVEL, |(_, k, _)| *k);
     if !kind.parents.contains(&parent_kind) {
-        let places: Vec<String> = kind
-            .parents
-            .iter()
-            .map(|p| {
-                if p.is_empty() {
-                    "the top level".to_string()
-                } else {
-                    format!("a {p}")
-                }
-            })
-            .collect();
         let (at, what) = match chain.last() {
             Some((field, _, _)) => (format!("metadata.{field}"), "is not allowed".to_string()),
             None => ("metadata".to_string(), "names no parent".to_string()),
         };
         problems.add(
             at,
-            format!("{what}: a {} sits under {}", kind.name, places.join(" or ")),
+            format!("{what}: a {} sits under {}", kind.name, kind.places()),
         );
         return None;
     }

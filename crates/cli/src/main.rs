@@ -143,7 +143,14 @@ Examples:
     },
 
     /// Create, list and revoke API tokens
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  weft token create --user ci-bot --ttl 30d > ci.token
+  weft token list --user ci-bot
+  weft token revoke 3997dfb44efe"
+    )]
     Token(TokenCommand),
 
     /// Save the server and a credential for later commands
@@ -157,6 +164,10 @@ Examples:
     },
 
     /// Show who the token belongs to, their teams and grants
+    #[command(after_help = "\
+Examples:
+  weft whoami
+  WEFT_TOKEN=$(cat ci.token) weft whoami -o json")]
     Whoami {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -194,6 +205,10 @@ Examples:
         ttl: Option<String>,
     },
     /// List tokens (never their secrets)
+    #[command(after_help = "\
+Examples:
+  weft token list
+  weft token list --user ci-bot -o json")]
     List {
         /// Whose tokens (default: yours)
         #[arg(long)]
@@ -201,7 +216,10 @@ Examples:
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Revoke a token by its id
+    /// Revoke a token by its id (from `weft token list`)
+    #[command(after_help = "\
+Examples:
+  weft token revoke 3997dfb44efe")]
     Revoke { id: String },
 }
 

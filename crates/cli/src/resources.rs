@@ -70,20 +70,9 @@ impl Place {
         let (node, node_kind) = self.node()?;
         let anywhere = node.is_empty() && name.is_none();
         if !anywhere && !kind.parents.contains(&node_kind) {
-            let places: Vec<String> = kind
-                .parents
-                .iter()
-                .map(|p| {
-                    if p.is_empty() {
-                        "the top level".into()
-                    } else {
-                        format!("a {p}")
-                    }
-                })
-                .collect();
             return Err(CliError::new(
                 Exit::Invalid,
-                format!("a {} sits under {}", kind.name, places.join(" or ")),
+                format!("a {} sits under {}", kind.name, kind.places()),
             )
             .with_hint("name where it is with --tenant, --workspace and the group flags"));
         }

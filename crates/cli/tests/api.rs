@@ -437,6 +437,27 @@ async fn iam_matrix() {
         "{body}"
     );
 
+    // A custom role that may update but not create is told so, not "not found".
+    let (status, body) = apply(&server, &admin, vec![
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "Role", "metadata": {"name": "updater"},
+               "spec": {"rules": [{"verbs": ["read", "update"], "kinds": ["Workspace"]}]}}),
+        binding("u", at_a.clone(), "updater", json!({"user": "custom"})),
+    ]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = apply(&server, &tokens["custom"], vec![workspace("a", "w")]).await;
+    assert_eq!(status, 200, "an update is allowed: {body}");
+    let (status, body) = apply(
+        &server,
+        &tokens["custom"],
+        vec![workspace("a", "brand-new")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"create\""),
+        "{body}"
+    );
+
     // IAM: a tenant admin manages bindings in their tenant only; editors cannot.
     let (status, body) = apply(
         &server,

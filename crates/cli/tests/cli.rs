@@ -430,18 +430,26 @@ fn exit_codes_login_and_help() {
     );
 
     // Every command has examples in its help; completions are generated.
-    for command in [
-        "server",
-        "apply",
-        "get",
-        "delete",
-        "diff",
-        "audit",
-        "login",
-        "completions",
-    ] {
-        let help = run(std::process::Command::new(support::WEFT).args([command, "--help"]));
-        assert!(help.stdout.contains("Examples:"), "{command}: {help:?}");
+    let commands: [&[&str]; 13] = [
+        &["server"],
+        &["apply"],
+        &["get"],
+        &["delete"],
+        &["diff"],
+        &["audit"],
+        &["login"],
+        &["whoami"],
+        &["completions"],
+        &["token"],
+        &["token", "create"],
+        &["token", "list"],
+        &["token", "revoke"],
+    ];
+    for command in commands {
+        let help = run(std::process::Command::new(support::WEFT)
+            .args(command)
+            .arg("--help"));
+        assert!(help.stdout.contains("Examples:"), "{command:?}: {help:?}");
     }
     let bash = run(std::process::Command::new(support::WEFT).args(["completions", "bash"]));
     assert!(bash.code == 0 && bash.stdout.contains("weft"), "{bash:?}");

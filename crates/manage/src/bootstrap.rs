@@ -56,13 +56,7 @@ pub async fn bootstrap(
                 .collect::<Vec<_>>()
                 .join("; "),
         })?;
-        changes.push(Change::Put {
-            path: v.path,
-            parent: v.parent,
-            resource: v.resource,
-            references: v.references,
-            expect: Expect::Absent,
-        });
+        changes.push(Change::put(v, Expect::Absent));
     }
     match store.apply(&changes, BOOTSTRAP_ACTOR, false).await {
         Ok(_) => {}

@@ -167,7 +167,7 @@ pub async fn remove(
         &state,
         &caller,
         &[Change::Delete { path, expect }],
-        &[false],
+        &[None],
         false,
     )
     .await?;
@@ -176,36 +176,33 @@ pub async fn remove(
 
 /// `POST /v1/apply`: every document is stored, or none is.
 pub async fn apply(
-    State(state): State<AppState>,
+    state: State<AppState>,
     caller: Caller,
-    JsonBody(request): JsonBody<BulkRequest>,
+    body: JsonBody<BulkRequest>,
 ) -> Result<Json<BulkResponse>, ApiError> {
-    let results = write(
-        &state,
-        &caller,
-        request.resources,
-        Mode::Apply,
-        request.dry_run,
-        None,
-    )
-    .await?;
-    Ok(Json(BulkResponse {
-        dry_run: request.dry_run,
-        results,
-    }))
+    bulk(state, caller, body, Mode::Apply).await
 }
 
 /// `POST /v1/delete`: deletes what the documents name, all or nothing.
 pub async fn delete_documents(
+    state: State<AppState>,
+    caller: Caller,
+    body: JsonBody<BulkRequest>,
+) -> Result<Json<BulkResponse>, ApiError> {
+    bulk(state, caller, body, Mode::Delete).await
+}
+
+async fn bulk(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(request): JsonBody<BulkRequest>,
+    mode: Mode,
 ) -> Result<Json<BulkResponse>, ApiError> {
     let results = write(
         &state,
         &caller,
         request.resources,
-        Mode::Delete,
+        mode,
         request.dry_run,
         None,
     )
@@ -299,7 +296,7 @@ async fn write(
     }
 
     let mut changes = Vec::with_capacity(valid.len());
-    let mut create_only = Vec::with_capacity(valid.len());
+    let mut lacking = Vec::with_capacity(valid.len());
     let mut denied = Vec::new();
     for (i, v) in valid {
         let can = |verb| caller.can(verb, v.kind.name, &v.path);
@@ -334,20 +331,25 @@ async fn write(
                 continue;
             }
         };
-        create_only.push(expect == Expect::Absent && !may_update);
+        // What a refusal of this change really means for this caller: a
+        // create-only caller who meets an existing resource lacks update,
+        // an update-only caller who meets none lacks create.
+        lacking.push(match expect {
+            Expect::Absent if mode == Mode::Apply && !may_update => {
+                Some((Reason::Exists, Verb::Update))
+            }
+            Expect::Present if mode == Mode::Apply && !may_create => {
+                Some((Reason::Missing, Verb::Create))
+            }
+            _ => None,
+        });
         changes.push(if mode == Mode::Delete {
             Change::Delete {
                 path: v.path,
                 expect,
             }
         } else {
-            Change::Put {
-                path: v.path,
-                parent: v.parent,
-                resource: v.resource,
-                references: v.references,
-                expect,
-            }
+            Change::put(v, expect)
         });
     }
     if let Some((_, verb, v)) = denied.first() {
@@ -379,16 +381,17 @@ async fn write(
         }
         return Err(error.with_details(details));
     }
-    store_apply(state, caller, &changes, &create_only, dry_run).await
+    store_apply(state, caller, &changes, &lacking, dry_run).await
 }
 
-/// Runs the change set and maps refusals; a create-only caller who hits an
-/// existing resource is told the permission it lacks.
+/// Runs the change set and maps refusals. `lacking[i]` is the refusal
+/// reason that, for change `i`, means the caller lacks a permission: then
+/// the answer is a 403 naming it, not a conflict.
 async fn store_apply(
     state: &AppState,
     caller: &Caller,
     changes: &[Change],
-    create_only: &[bool],
+    lacking: &[Option<(Reason, Verb)>],
     dry_run: bool,
 ) -> Result<Vec<Applied>, ApiError> {
     match state.store.apply(changes, &caller.user, dry_run).await {
@@ -411,14 +414,13 @@ async fn store_apply(
             Ok(applied)
         }
         Err(StoreError::Refused { refusals }) => {
-            if let Some(r) = refusals
-                .iter()
-                .find(|r| r.reason == Reason::Exists && create_only[r.change])
-            {
-                let kind = weft_api::kinds::kind_of_path(&r.path).map_or("resource", |k| k.name);
-                caller
-                    .require(&state.store, Verb::Update, kind, &r.path)
-                    .await?;
+            for r in &refusals {
+                if let Some((_, verb)) = lacking[r.change].filter(|(reason, _)| *reason == r.reason)
+                {
+                    let kind =
+                        weft_api::kinds::kind_of_path(&r.path).map_or("resource", |k| k.name);
+                    caller.require(&state.store, verb, kind, &r.path).await?;
+                }
             }
             Err(StoreError::Refused { refusals }.into())
         }

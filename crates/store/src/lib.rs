@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use weft_api::kinds::Kind;
-use weft_api::{Reference, Resource};
+use weft_api::{Reference, Resource, Validated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use tokens::TokenRecord;
@@ -125,6 +125,17 @@ pub enum Change {
 }
 
 impl Change {
+    /// Writes a validated document.
+    pub fn put(validated: Validated, expect: Expect) -> Change {
+        Change::Put {
+            path: validated.path,
+            parent: validated.parent,
+            resource: validated.resource,
+            references: validated.references,
+            expect,
+        }
+    }
+
     pub fn path(&self) -> &str {
         match self {
             Change::Put { path, .. } | Change::Delete { path, .. } => path,

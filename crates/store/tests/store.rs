@@ -40,13 +40,7 @@ fn put(doc: Value) -> Change {
 
 fn put_expecting(doc: Value, expect: Expect) -> Change {
     let v = validate(&doc).unwrap_or_else(|p| panic!("test manifest invalid: {p:?}"));
-    Change::Put {
-        path: v.path,
-        parent: v.parent,
-        resource: v.resource,
-        references: v.references,
-        expect,
-    }
+    Change::put(v, expect)
 }
 
 fn delete(path: &str) -> Change {
