@@ -1,0 +1,608 @@
+//! The Aggregated Discovery Service, in both variants Envoy speaks.
+//!
+//! Each stream is a session task. It learns the node from the first request,
+//! watches that node's snapshot, and keeps per type what the proxy asked
+//! for and what it was sent. On a new snapshot it sends, per type, only
+//! what changed, in two phases: first additions and updates (clusters,
+//! endpoints, listeners, routes, keeping anything about to be removed), then
+//! removals in the reverse order.
+//!
+//! Rules from real Envoy (see shared/notes/envoy-over-xds.md): a SotW
+//! request whose nonce is not the latest sent is stale and ignored; a NACK
+//! is recorded and the refused config is not sent again; every first delta
+//! request of a type gets an answer, even an empty one.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::{Nack, SnapshotCache};
+use crate::snapshot::{Entry, ResourceType, Snapshot};
+
+/// Serves every proxy's ADS streams from one [`SnapshotCache`].
+#[derive(Clone)]
+pub struct AdsServer {
+    cache: Arc<SnapshotCache>,
+}
+
+impl AdsServer {
+    pub fn new(cache: Arc<SnapshotCache>) -> AdsServer {
+        AdsServer { cache }
+    }
+
+    /// The gRPC service to add to a tonic server.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session::new(
+            self.cache.clone(),
+            Sotw {
+                tx,
+                types: BTreeMap::new(),
+            },
+        );
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session::new(
+            self.cache.clone(),
+            Delta {
+                tx,
+                types: BTreeMap::new(),
+            },
+        );
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The stream went away; the session ends.
+struct Closed;
+
+/// How long a push waits for the proxy to confirm what it depends on
+/// before it goes out anyway (with a warning).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What differs between the two protocol variants.
+trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+    /// Handles a request; returns the type it concerns if a response for it
+    /// should go out now (first request, or the subscription changed).
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        node: &str,
+        cache: &SnapshotCache,
+    ) -> Option<ResourceType>;
+    /// Sends what changed for `t`. In the first phase nothing is removed.
+    async fn push(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        removals: bool,
+        nonce: String,
+    ) -> Result<(), Closed>;
+    /// Whether the proxy accepted the latest response of type `t` (or was
+    /// never sent one).
+    fn acked(&self, t: ResourceType) -> bool;
+    /// Whether the proxy holds, and accepted, these resources of `t` at the
+    /// snapshot's versions.
+    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool;
+}
+
+/// One step of bringing a proxy to a new snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Step {
+    t: ResourceType,
+    removals: bool,
+}
+
+struct Session<P> {
+    cache: Arc<SnapshotCache>,
+    protocol: P,
+    node: Option<String>,
+    snapshot_rx: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
+    nonces: u64,
+    /// Steps still to take for the latest snapshot, in order.
+    pending: VecDeque<Step>,
+    /// When the first pending step started waiting for a confirmation.
+    waiting_since: Option<Instant>,
+}
+
+impl<P: Protocol> Session<P> {
+    fn new(cache: Arc<SnapshotCache>, protocol: P) -> Session<P> {
+        Session {
+            cache,
+            protocol,
+            node: None,
+            snapshot_rx: None,
+            nonces: 0,
+            pending: VecDeque::new(),
+            waiting_since: None,
+        }
+    }
+
+    fn nonce(&mut self) -> String {
+        self.nonces += 1;
+        self.nonces.to_string()
+    }
+
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot_rx.as_ref().and_then(|rx| rx.borrow().clone())
+    }
+
+    async fn run<S>(mut self, mut inbound: S)
+    where
+        S: tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin,
+    {
+        use tokio_stream::StreamExt;
+        loop {
+            let changed = async {
+                match self.snapshot_rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let give_up_waiting = async {
+                match self.waiting_since {
+                    Some(since) => tokio::time::sleep_until((since + CONFIRM_TIMEOUT).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let outcome = tokio::select! {
+                message = inbound.next() => match message {
+                    Some(Ok(request)) => self.on_request(request).await,
+                    Some(Err(status)) => {
+                        tracing::debug!(node = ?self.node, %status, "xDS stream failed");
+                        Err(Closed)
+                    }
+                    None => Err(Closed),
+                },
+                alive = changed => if alive { self.on_snapshot().await } else { Err(Closed) },
+                () = give_up_waiting => self.advance(true).await,
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        if let Some(node) = &self.node {
+            self.cache
+                .update_status(node, |s| s.streams = s.streams.saturating_sub(1));
+            tracing::info!(node, "proxy disconnected");
+        }
+    }
+
+    async fn on_request(&mut self, request: P::Request) -> Result<(), Closed> {
+        if self.node.is_none() {
+            let Some(id) = P::node(&request)
+                .map(|n| n.id.clone())
+                .filter(|id| !id.is_empty())
+            else {
+                tracing::warn!("xDS stream without a node id in its first request; closing it");
+                return Err(Closed);
+            };
+            self.snapshot_rx = Some(self.cache.subscribe(&id));
+            self.cache.update_status(&id, |s| s.streams += 1);
+            tracing::info!(node = %id, "proxy connected");
+            self.node = Some(id);
+        }
+        let node = self.node.clone().unwrap_or_default();
+        if let Some(t) = self.protocol.on_request(request, &node, &self.cache) {
+            let snapshot = self.snapshot().unwrap_or_default();
+            let nonce = self.nonce();
+            self.protocol.push(t, &snapshot, true, nonce).await?;
+        }
+        self.advance(false).await
+    }
+
+    async fn on_snapshot(&mut self) -> Result<(), Closed> {
+        let adds = ResourceType::ALL
+            .into_iter()
+            .map(|t| Step { t, removals: false });
+        let removals = ResourceType::ALL
+            .into_iter()
+            .rev()
+            .map(|t| Step { t, removals: true });
+        self.pending = adds.chain(removals).collect();
+        self.waiting_since = None;
+        self.advance(false).await
+    }
+
+    /// Whether a step's dependencies are confirmed by the proxy: clusters
+    /// before their endpoints; warm clusters (endpoints delivered) before
+    /// listeners and routes that use them; removals of clusters and
+    /// endpoints only once listeners and routes no longer need them.
+    fn ready(&self, step: Step, snapshot: &Snapshot) -> bool {
+        use ResourceType::*;
+        let p = &self.protocol;
+        match (step.t, step.removals) {
+            (Cluster, false) | (Route, true) | (Listener, true) => true,
+            (Endpoint, false) => p.acked(Cluster),
+            (Listener, false) | (Route, false) => {
+                p.acked(Cluster)
+                    && p.acked(Endpoint)
+                    && p.holds(Endpoint, snapshot.eds_services(), snapshot)
+            }
+            (Endpoint, true) | (Cluster, true) => p.acked(Listener) && p.acked(Route),
+        }
+    }
+
+    /// Takes every pending step whose dependencies are confirmed, or the
+    /// next one regardless when `force` (the wait timed out).
+    async fn advance(&mut self, force: bool) -> Result<(), Closed> {
+        let Some(snapshot) = self.snapshot() else {
+            return Ok(());
+        };
+        let mut force = force;
+        while let Some(&step) = self.pending.front() {
+            if !force && !self.ready(step, &snapshot) {
+                self.waiting_since.get_or_insert_with(Instant::now);
+                return Ok(());
+            }
+            if force {
+                tracing::warn!(node = ?self.node, resource_type = step.t.short(), "proxy did not confirm what this update depends on in time; sending it anyway");
+                force = false;
+            }
+            self.pending.pop_front();
+            self.waiting_since = None;
+            let nonce = self.nonce();
+            self.protocol
+                .push(step.t, &snapshot, step.removals, nonce)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one type's subscription asks for.
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+fn record_nack(
+    cache: &SnapshotCache,
+    node: &str,
+    t: ResourceType,
+    version: String,
+    message: String,
+) {
+    tracing::warn!(node, resource_type = t.short(), version, error = %message, "proxy rejected a configuration");
+    cache.update_status(node, |s| {
+        s.last_nack = Some(Nack {
+            resource_type: t,
+            version,
+            message,
+        })
+    });
+}
+
+/// State of the world: every response carries the whole set of a type.
+struct Sotw {
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    types: BTreeMap<ResourceType, SotwType>,
+}
+
+#[derive(Default)]
+struct SotwType {
+    subscription: Subscription,
+    nonce: String,
+    acked_nonce: String,
+    /// What the last response carried (None before the first).
+    sent: Option<BTreeMap<String, Entry>>,
+    sent_version: String,
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        node: &str,
+        cache: &SnapshotCache,
+    ) -> Option<ResourceType> {
+        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
+            tracing::debug!(node, type_url = %request.type_url, "request for a type weft does not serve");
+            return None;
+        };
+        let state = self.types.entry(t).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
+            return None; // stale: answers a response that has been superseded
+        }
+        if let Some(error) = request.error_detail {
+            record_nack(cache, node, t, state.sent_version.clone(), error.message);
+            return None;
+        }
+        if !request.response_nonce.is_empty() {
+            state.acked_nonce = request.response_nonce.clone();
+            let version = request.version_info.clone();
+            cache.update_status(node, |s| {
+                s.acked.insert(t, version);
+            });
+        }
+        let names: BTreeSet<String> = request
+            .resource_names
+            .into_iter()
+            .filter(|n| n != "*")
+            .collect();
+        let subscription = Subscription {
+            wildcard: names.is_empty() && t.wildcard_by_default(),
+            names,
+        };
+        let changed = state.sent.is_none() || subscription.names != state.subscription.names;
+        state.subscription = subscription;
+        // Resend only when the proxy asks for something new; the snapshot
+        // watch sends updates.
+        changed.then_some(t)
+    }
+
+    async fn push(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        removals: bool,
+        nonce: String,
+    ) -> Result<(), Closed> {
+        let Some(state) = self.types.get_mut(&t) else {
+            return Ok(());
+        };
+        let mut payload: BTreeMap<String, Entry> = snapshot
+            .resources(t)
+            .iter()
+            .filter(|(name, _)| state.subscription.wants(name))
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect();
+        let mut version = snapshot.version(t);
+        if !removals {
+            // A SotW response is the whole set: leaving a resource out removes
+            // it. Keep what is going away until the second phase.
+            let previous = state.sent.iter().flatten();
+            let held: Vec<(String, Entry)> = previous
+                .filter(|(name, _)| !payload.contains_key(*name) && state.subscription.wants(name))
+                .map(|(name, entry)| (name.clone(), entry.clone()))
+                .collect();
+            if !held.is_empty() {
+                version.push_str("-before-removals");
+                payload.extend(held);
+            }
+        }
+        let versions = |m: &BTreeMap<String, Entry>| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(n, e)| (n.clone(), e.version.clone()))
+                .collect()
+        };
+        if state.sent.as_ref().map(versions) == Some(versions(&payload)) {
+            return Ok(());
+        }
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources: payload.values().map(|e| e.any.clone()).collect(),
+            type_url: t.type_url(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        state.nonce = nonce;
+        state.sent = Some(payload);
+        state.sent_version = response.version_info.clone();
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    fn acked(&self, t: ResourceType) -> bool {
+        self.types.get(&t).is_none_or(|s| s.nonce == s.acked_nonce)
+    }
+
+    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
+        let Some(state) = self.types.get(&t) else {
+            return names.is_empty();
+        };
+        let current = snapshot.resources(t);
+        state.nonce == state.acked_nonce
+            && names.iter().all(|n| {
+                let sent = state
+                    .sent
+                    .as_ref()
+                    .and_then(|m| m.get(n))
+                    .map(|e| &e.version);
+                sent.is_some() && sent == current.get(n).map(|e| &e.version)
+            })
+    }
+}
+
+/// Delta: responses carry only what changed, and what was removed.
+struct Delta {
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    types: BTreeMap<ResourceType, DeltaType>,
+}
+
+#[derive(Default)]
+struct DeltaType {
+    subscription: Subscription,
+    nonce: String,
+    acked_nonce: String,
+    /// What the proxy has: name → version.
+    known: BTreeMap<String, String>,
+    /// The snapshot version the latest response brought the proxy to.
+    sent_version: String,
+    answered: bool,
+}
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        node: &str,
+        cache: &SnapshotCache,
+    ) -> Option<ResourceType> {
+        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
+            tracing::debug!(node, type_url = %request.type_url, "request for a type weft does not serve");
+            return None;
+        };
+        let state = self.types.entry(t).or_default();
+        let first = !state.answered;
+        if first {
+            // A reconnecting proxy says what it has; with content-hash
+            // versions, nothing it has needs sending again.
+            state.known = request.initial_resource_versions.into_iter().collect();
+            state.subscription.wildcard =
+                t.wildcard_by_default() && request.resource_names_subscribe.is_empty();
+        }
+        let answers_latest =
+            !request.response_nonce.is_empty() && request.response_nonce == state.nonce;
+        if answers_latest {
+            match request.error_detail {
+                Some(error) => {
+                    record_nack(cache, node, t, state.sent_version.clone(), error.message)
+                }
+                None => {
+                    state.acked_nonce = request.response_nonce.clone();
+                    let version = state.sent_version.clone();
+                    cache.update_status(node, |s| {
+                        s.acked.insert(t, version);
+                    });
+                }
+            }
+        }
+        let mut changed = false;
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                changed |= !state.subscription.wildcard;
+                state.subscription.wildcard = true;
+            } else {
+                changed |= state.subscription.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                state.subscription.wildcard = false;
+            } else {
+                state.subscription.names.remove(&name);
+                state.known.remove(&name);
+            }
+        }
+        (first || changed).then_some(t)
+    }
+
+    async fn push(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        removals: bool,
+        nonce: String,
+    ) -> Result<(), Closed> {
+        let Some(state) = self.types.get_mut(&t) else {
+            return Ok(());
+        };
+        let all = snapshot.resources(t);
+        let updated: Vec<Resource> = all
+            .iter()
+            .filter(|(name, entry)| {
+                state.subscription.wants(name) && state.known.get(*name) != Some(&entry.version)
+            })
+            .map(|(name, entry)| Resource {
+                name: name.clone(),
+                version: entry.version.clone(),
+                resource: Some(entry.any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let removed: Vec<String> = if removals {
+            state
+                .known
+                .keys()
+                .filter(|name| !all.contains_key(*name) || !state.subscription.wants(name))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let must_answer = !state.answered;
+        if updated.is_empty() && removed.is_empty() && !must_answer {
+            return Ok(());
+        }
+        for r in &updated {
+            state.known.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.version(t),
+            resources: updated,
+            type_url: t.type_url(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        state.nonce = nonce;
+        state.answered = true;
+        state.sent_version = response.system_version_info.clone();
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    fn acked(&self, t: ResourceType) -> bool {
+        self.types.get(&t).is_none_or(|s| s.nonce == s.acked_nonce)
+    }
+
+    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
+        let Some(state) = self.types.get(&t) else {
+            return names.is_empty();
+        };
+        let current = snapshot.resources(t);
+        state.nonce == state.acked_nonce
+            && names.iter().all(|n| {
+                state
+                    .known
+                    .get(n)
+                    .is_some_and(|v| current.get(n).is_some_and(|e| &e.version == v))
+            })
+    }
+}

@@ -1,0 +1,437 @@
+//! The ADS server against real Envoy, over state of the world and delta:
+//! traffic follows snapshots, an update that removes a cluster loses no
+//! request, and a configuration Envoy refuses is recorded as a NACK while
+//! the last good one keeps serving.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter, Rds};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::util::pack_any;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
+
+fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WEFT_ENVOY") {
+        return path.into();
+    }
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.tools/venv/bin/envoy"
+    ));
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run scripts/setup (or set WEFT_ENVOY)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP/1.1 server that answers every request with `body`.
+async fn backend(body: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn socket(port: u32, ip: &str) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn endpoints(cluster: &str, port: u16) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket(port.into(), "127.0.0.1")),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn listener(port: u16, ip: &str) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: "ingress".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_source()),
+            route_config_name: "routes".into(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: "ingress".into(),
+        address: Some(socket(port.into(), ip)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn routes_to(cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: "routes".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy with a bootstrap pointing at the ADS server; killed on drop.
+struct Envoy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_envoy(node: &str, ads_port: u16, delta: bool) -> Envoy {
+    let dir = tempfile::tempdir().unwrap();
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    let bootstrap = format!(
+        r#"
+node: {{id: {node}, cluster: test}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}}}]}}]
+"#,
+        admin = free_port()
+    );
+    let path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&path, bootstrap).unwrap();
+    let child = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--use-dynamic-base-id", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("envoy starts");
+    Envoy { child, _dir: dir }
+}
+
+async fn get(port: u16) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn traffic_follows_snapshots(delta: bool) {
+    let cache = Arc::new(SnapshotCache::new());
+    let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ads_port = ads.local_addr().unwrap().port();
+    let server = AdsServer::new(cache.clone()).into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(ads)),
+    );
+    let (a, b) = (backend("a").await, backend("b").await);
+    let port = free_port();
+    let node = "proxy-1";
+    cache.set(
+        node,
+        Snapshot::new(
+            &[eds_cluster("a")],
+            &[endpoints("a", a)],
+            &[listener(port, "127.0.0.1")],
+            &[routes_to("a")],
+        )
+        .unwrap(),
+    );
+    let _envoy = start_envoy(node, ads_port, delta);
+    until(
+        "traffic reaches backend a",
+        Duration::from_secs(30),
+        async || get(port).await.as_deref() == Some("a"),
+    )
+    .await;
+    let status = cache.status(node).unwrap();
+    assert_eq!(status.streams, 1);
+    assert!(status.last_nack.is_none(), "{status:?}");
+
+    // Switch to b and remove a, under continuous traffic: the route must
+    // never name a cluster that is gone.
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                match get(port).await {
+                    Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    None => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    cache.set(
+        node,
+        Snapshot::new(
+            &[eds_cluster("b")],
+            &[endpoints("b", b)],
+            &[listener(port, "127.0.0.1")],
+            &[routes_to("b")],
+        )
+        .unwrap(),
+    );
+    until(
+        "traffic reaches backend b",
+        Duration::from_secs(30),
+        async || get(port).await.as_deref() == Some("b"),
+    )
+    .await;
+    let switched = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.store(false, Ordering::Relaxed);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "{}: switch applied in {switched:?}; {ok} requests succeeded, {failed} failed during the switch",
+        if delta { "delta" } else { "sotw" }
+    );
+    assert_eq!(failed, 0, "requests failed while a cluster was replaced");
+    assert!(ok > 10, "too little traffic to judge: {ok}");
+    until(
+        "every type is acknowledged",
+        Duration::from_secs(10),
+        async || {
+            let status = cache.status(node).unwrap();
+            ResourceType::ALL
+                .iter()
+                .all(|t| status.acked.contains_key(t))
+        },
+    )
+    .await;
+
+    // A listener Envoy refuses: recorded as a NACK; the last good config serves.
+    cache.set(
+        node,
+        Snapshot::new(
+            &[eds_cluster("b")],
+            &[endpoints("b", b)],
+            &[listener(port, "not-an-ip")],
+            &[routes_to("b")],
+        )
+        .unwrap(),
+    );
+    until(
+        "the refusal is recorded",
+        Duration::from_secs(30),
+        async || cache.status(node).unwrap().last_nack.is_some(),
+    )
+    .await;
+    let nack = cache.status(node).unwrap().last_nack.unwrap();
+    assert_eq!(nack.resource_type, ResourceType::Listener);
+    assert!(nack.message.contains("not-an-ip"), "{nack:?}");
+    assert_eq!(
+        get(port).await.as_deref(),
+        Some("b"),
+        "the last good listener keeps serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_the_world_with_real_envoy() {
+    traffic_follows_snapshots(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_with_real_envoy() {
+    traffic_follows_snapshots(true).await;
+}
+
+#[test]
+fn inconsistent_snapshots_are_refused() {
+    let error = Snapshot::new(&[], &[], &[listener(1, "127.0.0.1")], &[]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "listener ingress names route configuration routes, which is not in the snapshot"
+    );
+    let error = Snapshot::new(&[], &[], &[], &[routes_to("a")]).unwrap_err();
+    assert!(error.to_string().contains("names cluster a"), "{error}");
+    let error = Snapshot::new(&[eds_cluster("a")], &[], &[], &[]).unwrap_err();
+    assert!(
+        error.to_string().contains("EDS cluster a has no endpoints"),
+        "{error}"
+    );
+    let one = Snapshot::new(&[eds_cluster("a")], &[endpoints("a", 1)], &[], &[]).unwrap();
+    let same = Snapshot::new(&[eds_cluster("a")], &[endpoints("a", 1)], &[], &[]).unwrap();
+    let other = Snapshot::new(&[eds_cluster("a")], &[endpoints("a", 2)], &[], &[]).unwrap();
+    assert_eq!(
+        one.version(ResourceType::Endpoint),
+        same.version(ResourceType::Endpoint)
+    );
+    assert_ne!(
+        one.version(ResourceType::Endpoint),
+        other.version(ResourceType::Endpoint)
+    );
+    assert_eq!(
+        one.version(ResourceType::Cluster),
+        other.version(ResourceType::Cluster)
+    );
+}
