@@ -105,14 +105,16 @@ trait Protocol: Send + 'static {
         node: &str,
         cache: &SnapshotCache,
     ) -> Option<ResourceType>;
-    /// Sends what changed for `t`. In the first phase nothing is removed.
+    /// Sends what changed for `t` (in the first phase nothing is removed);
+    /// returns how many resources the response carried, or None if
+    /// nothing needed sending.
     async fn push(
         &mut self,
         t: ResourceType,
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<(), Closed>;
+    ) -> Result<Option<usize>, Closed>;
     /// Whether the proxy accepted the latest response of type `t` (or was
     /// never sent one).
     fn acked(&self, t: ResourceType) -> bool;
@@ -220,8 +222,7 @@ impl<P: Protocol> Session<P> {
         let node = self.node.clone().unwrap_or_default();
         if let Some(t) = self.protocol.on_request(request, &node, &self.cache) {
             let snapshot = self.snapshot().unwrap_or_default();
-            let nonce = self.nonce();
-            self.protocol.push(t, &snapshot, true, nonce).await?;
+            self.push(t, &snapshot, true).await?;
         }
         self.advance(false).await
     }
@@ -276,10 +277,26 @@ impl<P: Protocol> Session<P> {
             }
             self.pending.pop_front();
             self.waiting_since = None;
-            let nonce = self.nonce();
-            self.protocol
-                .push(step.t, &snapshot, step.removals, nonce)
-                .await?;
+            self.push(step.t, &snapshot, step.removals).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes one type and counts what went out in the proxy's status.
+    async fn push(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        removals: bool,
+    ) -> Result<(), Closed> {
+        let nonce = self.nonce();
+        if let Some(count) = self.protocol.push(t, snapshot, removals, nonce).await?
+            && let Some(node) = &self.node
+        {
+            self.cache.update_status(node, |s| {
+                s.responses += 1;
+                s.resources_sent += count as u64;
+            });
         }
         Ok(())
     }
@@ -385,9 +402,9 @@ impl Protocol for Sotw {
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<(), Closed> {
+    ) -> Result<Option<usize>, Closed> {
         let Some(state) = self.types.get_mut(&t) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut payload: BTreeMap<String, Entry> = snapshot
             .resources(t)
@@ -415,7 +432,7 @@ impl Protocol for Sotw {
                 .collect()
         };
         if state.sent.as_ref().map(versions) == Some(versions(&payload)) {
-            return Ok(());
+            return Ok(None);
         }
         let response = DiscoveryResponse {
             version_info: version,
@@ -427,7 +444,9 @@ impl Protocol for Sotw {
         state.nonce = nonce;
         state.sent = Some(payload);
         state.sent_version = response.version_info.clone();
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        let count = response.resources.len();
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        Ok(Some(count))
     }
 
     fn acked(&self, t: ResourceType) -> bool {
@@ -537,9 +556,9 @@ impl Protocol for Delta {
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<(), Closed> {
+    ) -> Result<Option<usize>, Closed> {
         let Some(state) = self.types.get_mut(&t) else {
-            return Ok(());
+            return Ok(None);
         };
         let all = snapshot.resources(t);
         let updated: Vec<Resource> = all
@@ -566,7 +585,7 @@ impl Protocol for Delta {
         };
         let must_answer = !state.answered;
         if updated.is_empty() && removed.is_empty() && !must_answer {
-            return Ok(());
+            return Ok(None);
         }
         for r in &updated {
             state.known.insert(r.name.clone(), r.version.clone());
@@ -585,7 +604,9 @@ impl Protocol for Delta {
         state.nonce = nonce;
         state.answered = true;
         state.sent_version = response.system_version_info.clone();
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        let count = response.resources.len();
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        Ok(Some(count))
     }
 
     fn acked(&self, t: ResourceType) -> bool {

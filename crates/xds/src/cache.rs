@@ -24,6 +24,9 @@ pub struct Nack {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyStatus {
     pub streams: usize,
+    /// Responses sent, and the resources they carried, over all streams.
+    pub responses: u64,
+    pub resources_sent: u64,
     pub acked: BTreeMap<ResourceType, String>,
     pub last_nack: Option<Nack>,
 }

@@ -278,16 +278,104 @@ async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> b
     }
 }
 
+/// An ADS server in a runtime of its own, so stopping it drops every
+/// stream and socket at once, as when an edge process dies.
+struct AdsProcess {
+    port: u16,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdsProcess {
+    fn start(cache: Arc<SnapshotCache>, port: u16) -> AdsProcess {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the ADS port is free");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(AdsServer::new(cache).into_service())
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+            });
+            let _ = stopped.recv();
+            runtime.shutdown_background();
+        });
+        AdsProcess {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for AdsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Counts requests that fail while it runs.
+struct Load {
+    running: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let task = {
+            let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    match get(port).await {
+                        Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        None => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        Load {
+            running,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Stops and returns (succeeded, failed).
+    async fn stop(self) -> (usize, usize) {
+        self.running.store(false, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 async fn traffic_follows_snapshots(delta: bool) {
     let cache = Arc::new(SnapshotCache::new());
-    let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ads_port = ads.local_addr().unwrap().port();
-    let server = AdsServer::new(cache.clone()).into_service();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(ads)),
-    );
+    let ads = AdsProcess::start(cache.clone(), 0);
+    let ads_port = ads.port;
     let (a, b) = (backend("a").await, backend("b").await);
     let port = free_port();
     let node = "proxy-1";
@@ -314,19 +402,7 @@ async fn traffic_follows_snapshots(delta: bool) {
 
     // Switch to b and remove a, under continuous traffic: the route must
     // never name a cluster that is gone.
-    let running = Arc::new(AtomicBool::new(true));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            while running.load(Ordering::Relaxed) {
-                match get(port).await {
-                    Some(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    None => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(port);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     cache.set(
@@ -347,9 +423,7 @@ async fn traffic_follows_snapshots(delta: bool) {
     .await;
     let switched = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    running.store(false, Ordering::Relaxed);
-    load.await.unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     println!(
         "{}: switch applied in {switched:?}; {ok} requests succeeded, {failed} failed during the switch",
         if delta { "delta" } else { "sotw" }
@@ -393,6 +467,80 @@ async fn traffic_follows_snapshots(delta: bool) {
         Some("b"),
         "the last good listener keeps serving"
     );
+}
+
+/// The edge dies and comes back from its saved snapshot: the proxy keeps
+/// serving meanwhile, reconnects by itself, and (delta) is sent nothing it
+/// already has.
+async fn proxies_outlive_their_edge(delta: bool) {
+    let snapshot = |backend: u16, port: u16| {
+        Snapshot::new(
+            &[eds_cluster("a")],
+            &[endpoints("a", backend)],
+            &[listener(port, "127.0.0.1")],
+            &[routes_to("a")],
+        )
+        .unwrap()
+    };
+    let a = backend("a").await;
+    let port = free_port();
+    let node = "proxy-2";
+    let first = Arc::new(SnapshotCache::new());
+    first.set(node, snapshot(a, port));
+    let mut ads = AdsProcess::start(first.clone(), 0);
+    let ads_port = ads.port;
+    let _envoy = start_envoy(node, ads_port, delta);
+    until("traffic flows", Duration::from_secs(30), async || {
+        get(port).await.as_deref() == Some("a")
+    })
+    .await;
+
+    let load = Load::start(port);
+    ads.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = Arc::new(SnapshotCache::new());
+    restarted.set(node, snapshot(a, port));
+    let _ads = AdsProcess::start(restarted.clone(), ads_port);
+    until(
+        "the proxy reconnects and confirms every type",
+        Duration::from_secs(30),
+        async || {
+            let status = restarted.status(node).unwrap_or_default();
+            status.streams == 1
+                && ResourceType::ALL
+                    .iter()
+                    .all(|t| status.acked.contains_key(t))
+        },
+    )
+    .await;
+    let (ok, failed) = load.stop().await;
+    let status = restarted.status(node).unwrap();
+    println!(
+        "{}: edge down ~1 s; {ok} requests succeeded, {failed} failed; after reconnecting: {} responses carrying {} resources",
+        if delta { "delta" } else { "sotw" },
+        status.responses,
+        status.resources_sent
+    );
+    assert_eq!(
+        failed, 0,
+        "the proxy must keep serving while its edge is down"
+    );
+    if delta {
+        assert_eq!(
+            status.resources_sent, 0,
+            "a reconnecting delta proxy already has everything"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_proxy_outlives_its_edge() {
+    proxies_outlive_their_edge(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_proxy_outlives_its_edge() {
+    proxies_outlive_their_edge(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
