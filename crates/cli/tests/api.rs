@@ -838,3 +838,101 @@ async fn openapi_health_and_metrics_are_served() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn watch_streams_the_changes_the_caller_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let (status, _) = apply(&server, &admin, vec![tenant("a"), tenant("b")]).await;
+    assert_eq!(status, 200);
+    let editor = user_with_token(&server, &admin, "ed").await;
+    apply(
+        &server,
+        &admin,
+        vec![binding(
+            "e",
+            json!({"tenant": "a"}),
+            "editor",
+            json!({"user": "ed"}),
+        )],
+    )
+    .await;
+
+    let (_, list) = api(&server, "GET", "/v1/tenants", Some(&editor), None).await;
+    let since = list["revision"]
+        .as_i64()
+        .expect("lists carry their revision");
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/watch?since={since}", server.url))
+        .bearer_auth(&editor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+
+    apply(
+        &server,
+        &admin,
+        vec![workspace("b", "hidden"), workspace("a", "w")],
+    )
+    .await;
+    api(
+        &server,
+        "DELETE",
+        "/v1/tenants/a/workspaces/w",
+        Some(&admin),
+        None,
+    )
+    .await;
+
+    let mut lines: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut buffer = String::new();
+    while lines.iter().filter(|l| l["type"] != "heartbeat").count() < 2 {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("events within 10 s")
+            .unwrap()
+            .unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find('\n') {
+            lines.push(serde_json::from_str(&buffer[..end]).unwrap());
+            buffer.drain(..=end);
+        }
+    }
+    let seen: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["type"].as_str().unwrap(),
+                l["path"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("put", "tenants/a/workspaces/w"),
+            ("delete", "tenants/a/workspaces/w")
+        ],
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[0]["resource"]["kind"], "Workspace",
+        "puts carry the resource"
+    );
+
+    let (status, body) = api(
+        &server,
+        "GET",
+        "/v1/watch?since=999999",
+        Some(&editor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api(&server, "GET", "/v1/watch", None, None).await;
+    assert_eq!(status, 401);
+}

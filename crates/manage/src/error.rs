@@ -130,6 +130,11 @@ impl From<StoreError> for ApiError {
                     .collect();
                 ApiError::new(status, code, message).with_details(details)
             }
+            StoreError::Compacted { .. } => {
+                ApiError::new(StatusCode::GONE, "gone", error.to_string()).with_hint(
+                    "list the resources again and watch from the revision the list carries",
+                )
+            }
             other => ApiError::internal(other),
         }
     }

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod request;
 pub mod resources;
 pub mod tokens;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/watch", get(watch::watch))
         .route(
             "/v1/{*rest}",
             get(resources::read)

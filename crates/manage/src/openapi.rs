@@ -134,6 +134,9 @@ fn build() -> Value {
         json!({"parameters": parameters(&["id"]),
         "delete": {"summary": "Revoke a token", "responses": {"200": {"description": "revoked"}}}}),
     );
+    paths.insert("/v1/watch".into(), json!({"get": {"summary": "Stream changes the caller may read, one JSON object a line (put, delete, heartbeat, error); 410 if `since` is older than the store keeps",
+        "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}, "description": "a revision, e.g. a list's `revision`; default: now"}],
+        "responses": {"200": {"description": "application/x-ndjson"}, "410": {"description": "list again and watch from the list's revision"}}}}));
     paths.insert("/v1/whoami".into(), json!({"get": {"summary": "The caller, their teams and grants", "responses": {"200": {"description": "the caller"}}}}));
     json!({
         "openapi": "3.1.0",

@@ -38,6 +38,8 @@ pub struct BulkResponse {
 #[derive(Debug, Serialize)]
 pub struct List {
     pub items: Vec<Resource>,
+    /// The store revision the list was read at: watch from here.
+    pub revision: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,9 @@ pub async fn read(
             ))
         }
         Target::Collection { kind, parent } => {
+            // Read before listing: a watch from here may repeat a change
+            // the list already shows, but never misses one.
+            let revision = state.store.revision().await?;
             let items = state
                 .store
                 .list(kind.name)
@@ -95,7 +100,7 @@ pub async fn read(
                 .map(|s| s.resource)
                 .collect();
             Ok(Json(
-                serde_json::to_value(List { items }).expect("a list serializes"),
+                serde_json::to_value(List { items, revision }).expect("a list serializes"),
             ))
         }
     }

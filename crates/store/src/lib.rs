@@ -22,6 +22,7 @@ pub mod audit;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tokens;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -34,6 +35,7 @@ use weft_api::{Reference, Resource, Validated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use tokens::TokenRecord;
+pub use watch::{ChangeEvent, Op};
 
 /// Failures of the store, at the boundary to the management plane.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error("store error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A watcher asked for changes older than the store keeps.
+    #[error(
+        "changes after revision {since} are no longer kept (the oldest kept is {oldest}); list again and watch from the list's revision"
+    )]
+    Compacted { since: i64, oldest: i64 },
     #[error("corrupt stored document at {path}: {source}")]
     Corrupt {
         path: String,
@@ -187,6 +194,10 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The latest revision this process committed; wakes its watchers.
+    committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    /// Revisions of changes kept for watchers.
+    change_retention: i64,
 }
 
 const SCHEMA: &[&str] = &[
@@ -208,6 +219,12 @@ const SCHEMA: &[&str] = &[
         target TEXT NOT NULL,
         PRIMARY KEY (source, field))",
     "CREATE INDEX IF NOT EXISTS refs_target ON refs (target)",
+    "CREATE TABLE IF NOT EXISTS changes (
+        revision BIGINT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        op TEXT NOT NULL,
+        PRIMARY KEY (revision, path))",
     "CREATE TABLE IF NOT EXISTS audit (
         seq BIGINT PRIMARY KEY,
         at TEXT NOT NULL,
@@ -285,7 +302,17 @@ impl Store {
             tx.execute(*statement).await.map_err(open_error)?;
         }
         tx.commit().await.map_err(open_error)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            change_retention: watch::DEFAULT_RETENTION,
+        })
+    }
+
+    /// Keeps changes of the last `revisions` revisions for watchers.
+    pub fn with_change_retention(mut self, revisions: i64) -> Store {
+        self.change_retention = revisions.max(1);
+        self
     }
 
     /// Closes every connection (waiting for those in use).
@@ -433,10 +460,12 @@ impl Store {
             };
             audit::append(&mut tx, &record).await?;
         }
+        watch::record(&mut tx, revision, self.change_retention, &applied).await?;
         if dry_run {
             tx.rollback().await?;
         } else {
             tx.commit().await?;
+            self.committed.send_replace(revision);
         }
         Ok(applied)
     }

@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use sqlx::any::install_default_drivers;
 use sqlx::{AnyConnection, Connection, Executor};
 use weft_api::validate;
-use weft_store::{AuditFilter, Change, Expect, Outcome, Reason, Store, StoreError, TokenRecord};
+use weft_store::{
+    AuditFilter, Change, Expect, Op, Outcome, Reason, Store, StoreError, TokenRecord,
+};
 
 /// A store on a fresh database, its URL, and (for SQLite) the directory
 /// that must outlive it.
@@ -512,6 +514,91 @@ async fn reopening_keeps_everything(f: Fixture) {
     assert!(again.verify_audit().await.unwrap().intact);
 }
 
+async fn change_feed_lists_committed_changes_in_order(f: Fixture) {
+    let s = &f.store;
+    let start = s.revision().await.unwrap();
+    s.apply(
+        &[put(tenant("a", "x")), put(workspace("a", "w"))],
+        "ann",
+        false,
+    )
+    .await
+    .unwrap();
+    s.apply(&[put(tenant("a", "x"))], "ann", false)
+        .await
+        .unwrap(); // unchanged
+    s.apply(&[put(tenant("b", "x"))], "ann", true)
+        .await
+        .unwrap(); // dry run
+    refusals(s.apply(&[put(workspace("nope", "w"))], "ann", false).await);
+    s.apply(&[delete("tenants/a/workspaces/w")], "ann", false)
+        .await
+        .unwrap();
+    let now = s.revision().await.unwrap();
+    let events: Vec<(Op, String)> = s
+        .changes_since(start, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.op, e.path))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (Op::Put, "tenants/a".to_string()),
+            (Op::Put, "tenants/a/workspaces/w".to_string()),
+            (Op::Delete, "tenants/a/workspaces/w".to_string()),
+        ]
+    );
+    let revisions: Vec<i64> = s
+        .changes_since(start, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert!(revisions.windows(2).all(|w| w[0] <= w[1]), "{revisions:?}");
+    assert!(s.changes_since(now, now).await.unwrap().is_empty());
+}
+
+async fn change_feed_is_bounded_and_says_so(f: Fixture) {
+    let s = f.store.clone().with_change_retention(3);
+    let start = s.revision().await.unwrap();
+    for i in 0..5 {
+        s.apply(&[put(tenant("a", &format!("v{i}")))], "ann", false)
+            .await
+            .unwrap();
+    }
+    let now = s.revision().await.unwrap();
+    match s.changes_since(start, now).await {
+        Err(StoreError::Compacted { since, oldest }) => {
+            assert_eq!((since, oldest), (start, now - 2))
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert_eq!(s.changes_since(now - 3, now).await.unwrap().len(), 3);
+}
+
+async fn waiting_for_a_change_wakes_on_commit(f: Fixture) {
+    let before = f.store.revision().await.unwrap();
+    let waiter = {
+        let s = f.store.clone();
+        tokio::spawn(async move { s.wait_for_change(before).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "nothing changed yet");
+    f.store
+        .apply(&[put(tenant("a", "x"))], "ann", false)
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(woke > before);
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -539,4 +626,7 @@ suite!(
     audit_filters_by_path_actor_and_time,
     tokens_are_found_by_hash_and_revoked,
     reopening_keeps_everything,
+    change_feed_lists_committed_changes_in_order,
+    change_feed_is_bounded_and_says_so,
+    waiting_for_a_change_wakes_on_commit,
 );
