@@ -115,12 +115,30 @@ trait Protocol: Send + 'static {
         removals: bool,
         nonce: String,
     ) -> Result<Option<usize>, Closed>;
+    /// Where type `t` stands, if the proxy ever asked for it.
+    fn progress(&self, t: ResourceType) -> Option<&Progress>;
+    /// The version of resource `name` of type `t` the proxy was given.
+    fn held_version(&self, t: ResourceType, name: &str) -> Option<&str>;
+
     /// Whether the proxy accepted the latest response of type `t` (or was
     /// never sent one).
-    fn acked(&self, t: ResourceType) -> bool;
+    fn acked(&self, t: ResourceType) -> bool {
+        self.progress(t).is_none_or(Progress::acked)
+    }
+
     /// Whether the proxy holds, and accepted, these resources of `t` at the
     /// snapshot's versions.
-    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool;
+    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
+        let Some(progress) = self.progress(t) else {
+            return names.is_empty();
+        };
+        let current = snapshot.resources(t);
+        progress.acked()
+            && names.iter().all(|n| {
+                self.held_version(t, n)
+                    .is_some_and(|held| current.get(n).is_some_and(|e| e.version == held))
+            })
+    }
 }
 
 /// One step of bringing a proxy to a new snapshot.
@@ -338,14 +356,37 @@ struct Sotw {
     types: BTreeMap<ResourceType, SotwType>,
 }
 
-#[derive(Default)]
-struct SotwType {
+/// Where one type stands with the proxy, in either protocol.
+#[derive(Debug, Default)]
+struct Progress {
     subscription: Subscription,
+    /// Nonce of the latest response, and of the latest one the proxy ACKed.
     nonce: String,
     acked_nonce: String,
+    /// Version the latest response brought the proxy to.
+    sent_version: String,
+}
+
+impl Progress {
+    fn acked(&self) -> bool {
+        self.nonce == self.acked_nonce
+    }
+}
+
+/// The type a request is about, if weft serves it.
+fn served_type(type_url: &str, node: &str) -> Option<ResourceType> {
+    let t = ResourceType::from_type_url(type_url);
+    if t.is_none() {
+        tracing::debug!(node, type_url, "request for a type weft does not serve");
+    }
+    t
+}
+
+#[derive(Default)]
+struct SotwType {
+    progress: Progress,
     /// What the last response carried (None before the first).
     sent: Option<BTreeMap<String, Entry>>,
-    sent_version: String,
 }
 
 impl Protocol for Sotw {
@@ -361,20 +402,23 @@ impl Protocol for Sotw {
         node: &str,
         cache: &SnapshotCache,
     ) -> Option<ResourceType> {
-        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::debug!(node, type_url = %request.type_url, "request for a type weft does not serve");
-            return None;
-        };
+        let t = served_type(&request.type_url, node)?;
         let state = self.types.entry(t).or_default();
-        if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
+        if !request.response_nonce.is_empty() && request.response_nonce != state.progress.nonce {
             return None; // stale: answers a response that has been superseded
         }
         if let Some(error) = request.error_detail {
-            record_nack(cache, node, t, state.sent_version.clone(), error.message);
+            record_nack(
+                cache,
+                node,
+                t,
+                state.progress.sent_version.clone(),
+                error.message,
+            );
             return None;
         }
         if !request.response_nonce.is_empty() {
-            state.acked_nonce = request.response_nonce.clone();
+            state.progress.acked_nonce = request.response_nonce.clone();
             let version = request.version_info.clone();
             cache.update_status(node, |s| {
                 s.acked.insert(t, version);
@@ -389,8 +433,9 @@ impl Protocol for Sotw {
             wildcard: names.is_empty() && t.wildcard_by_default(),
             names,
         };
-        let changed = state.sent.is_none() || subscription.names != state.subscription.names;
-        state.subscription = subscription;
+        let changed =
+            state.sent.is_none() || subscription.names != state.progress.subscription.names;
+        state.progress.subscription = subscription;
         // Resend only when the proxy asks for something new; the snapshot
         // watch sends updates.
         changed.then_some(t)
@@ -409,7 +454,7 @@ impl Protocol for Sotw {
         let mut payload: BTreeMap<String, Entry> = snapshot
             .resources(t)
             .iter()
-            .filter(|(name, _)| state.subscription.wants(name))
+            .filter(|(name, _)| state.progress.subscription.wants(name))
             .map(|(name, entry)| (name.clone(), entry.clone()))
             .collect();
         let mut version = snapshot.version(t);
@@ -418,7 +463,9 @@ impl Protocol for Sotw {
             // it. Keep what is going away until the second phase.
             let previous = state.sent.iter().flatten();
             let held: Vec<(String, Entry)> = previous
-                .filter(|(name, _)| !payload.contains_key(*name) && state.subscription.wants(name))
+                .filter(|(name, _)| {
+                    !payload.contains_key(*name) && state.progress.subscription.wants(name)
+                })
                 .map(|(name, entry)| (name.clone(), entry.clone()))
                 .collect();
             if !held.is_empty() {
@@ -441,32 +488,21 @@ impl Protocol for Sotw {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        state.nonce = nonce;
+        state.progress.nonce = nonce;
         state.sent = Some(payload);
-        state.sent_version = response.version_info.clone();
+        state.progress.sent_version = response.version_info.clone();
         let count = response.resources.len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         Ok(Some(count))
     }
 
-    fn acked(&self, t: ResourceType) -> bool {
-        self.types.get(&t).is_none_or(|s| s.nonce == s.acked_nonce)
+    fn progress(&self, t: ResourceType) -> Option<&Progress> {
+        self.types.get(&t).map(|s| &s.progress)
     }
 
-    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
-        let Some(state) = self.types.get(&t) else {
-            return names.is_empty();
-        };
-        let current = snapshot.resources(t);
-        state.nonce == state.acked_nonce
-            && names.iter().all(|n| {
-                let sent = state
-                    .sent
-                    .as_ref()
-                    .and_then(|m| m.get(n))
-                    .map(|e| &e.version);
-                sent.is_some() && sent == current.get(n).map(|e| &e.version)
-            })
+    fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
+        let sent = self.types.get(&t)?.sent.as_ref()?;
+        sent.get(name).map(|e| e.version.as_str())
     }
 }
 
@@ -478,13 +514,9 @@ struct Delta {
 
 #[derive(Default)]
 struct DeltaType {
-    subscription: Subscription,
-    nonce: String,
-    acked_nonce: String,
+    progress: Progress,
     /// What the proxy has: name → version.
     known: BTreeMap<String, String>,
-    /// The snapshot version the latest response brought the proxy to.
-    sent_version: String,
     answered: bool,
 }
 
@@ -501,29 +533,30 @@ impl Protocol for Delta {
         node: &str,
         cache: &SnapshotCache,
     ) -> Option<ResourceType> {
-        let Some(t) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::debug!(node, type_url = %request.type_url, "request for a type weft does not serve");
-            return None;
-        };
+        let t = served_type(&request.type_url, node)?;
         let state = self.types.entry(t).or_default();
         let first = !state.answered;
         if first {
             // A reconnecting proxy says what it has; with content-hash
             // versions, nothing it has needs sending again.
             state.known = request.initial_resource_versions.into_iter().collect();
-            state.subscription.wildcard =
+            state.progress.subscription.wildcard =
                 t.wildcard_by_default() && request.resource_names_subscribe.is_empty();
         }
         let answers_latest =
-            !request.response_nonce.is_empty() && request.response_nonce == state.nonce;
+            !request.response_nonce.is_empty() && request.response_nonce == state.progress.nonce;
         if answers_latest {
             match request.error_detail {
-                Some(error) => {
-                    record_nack(cache, node, t, state.sent_version.clone(), error.message)
-                }
+                Some(error) => record_nack(
+                    cache,
+                    node,
+                    t,
+                    state.progress.sent_version.clone(),
+                    error.message,
+                ),
                 None => {
-                    state.acked_nonce = request.response_nonce.clone();
-                    let version = state.sent_version.clone();
+                    state.progress.acked_nonce = request.response_nonce.clone();
+                    let version = state.progress.sent_version.clone();
                     cache.update_status(node, |s| {
                         s.acked.insert(t, version);
                     });
@@ -533,17 +566,17 @@ impl Protocol for Delta {
         let mut changed = false;
         for name in request.resource_names_subscribe {
             if name == "*" {
-                changed |= !state.subscription.wildcard;
-                state.subscription.wildcard = true;
+                changed |= !state.progress.subscription.wildcard;
+                state.progress.subscription.wildcard = true;
             } else {
-                changed |= state.subscription.names.insert(name);
+                changed |= state.progress.subscription.names.insert(name);
             }
         }
         for name in request.resource_names_unsubscribe {
             if name == "*" {
-                state.subscription.wildcard = false;
+                state.progress.subscription.wildcard = false;
             } else {
-                state.subscription.names.remove(&name);
+                state.progress.subscription.names.remove(&name);
                 state.known.remove(&name);
             }
         }
@@ -564,7 +597,8 @@ impl Protocol for Delta {
         let updated: Vec<Resource> = all
             .iter()
             .filter(|(name, entry)| {
-                state.subscription.wants(name) && state.known.get(*name) != Some(&entry.version)
+                state.progress.subscription.wants(name)
+                    && state.known.get(*name) != Some(&entry.version)
             })
             .map(|(name, entry)| Resource {
                 name: name.clone(),
@@ -577,7 +611,7 @@ impl Protocol for Delta {
             state
                 .known
                 .keys()
-                .filter(|name| !all.contains_key(*name) || !state.subscription.wants(name))
+                .filter(|name| !all.contains_key(*name) || !state.progress.subscription.wants(name))
                 .cloned()
                 .collect()
         } else {
@@ -601,29 +635,19 @@ impl Protocol for Delta {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        state.nonce = nonce;
+        state.progress.nonce = nonce;
         state.answered = true;
-        state.sent_version = response.system_version_info.clone();
+        state.progress.sent_version = response.system_version_info.clone();
         let count = response.resources.len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         Ok(Some(count))
     }
 
-    fn acked(&self, t: ResourceType) -> bool {
-        self.types.get(&t).is_none_or(|s| s.nonce == s.acked_nonce)
+    fn progress(&self, t: ResourceType) -> Option<&Progress> {
+        self.types.get(&t).map(|s| &s.progress)
     }
 
-    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
-        let Some(state) = self.types.get(&t) else {
-            return names.is_empty();
-        };
-        let current = snapshot.resources(t);
-        state.nonce == state.acked_nonce
-            && names.iter().all(|n| {
-                state
-                    .known
-                    .get(n)
-                    .is_some_and(|v| current.get(n).is_some_and(|e| &e.version == v))
-            })
+    fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
+        self.types.get(&t)?.known.get(name).map(String::as_str)
     }
 }
