@@ -285,11 +285,13 @@ impl<P: Protocol> Session<P> {
         };
         let mut force = force;
         while let Some(&step) = self.pending.front() {
-            if !force && !self.ready(step, &snapshot) {
+            // A type the proxy never asked for has nothing to send or wait for.
+            let asked = self.protocol.progress(step.t).is_some();
+            if asked && !force && !self.ready(step, &snapshot) {
                 self.waiting_since.get_or_insert_with(Instant::now);
                 return Ok(());
             }
-            if force {
+            if force && asked {
                 tracing::warn!(node = ?self.node, resource_type = step.t.short(), "proxy did not confirm what this update depends on in time; sending it anyway");
                 force = false;
             }

@@ -1,0 +1,329 @@
+//! The ADS protocol rules, checked with a hand-driven client where real
+//! Envoy would hide the details: each update step waits for the ACK it
+//! depends on, stale requests are ignored, a NACKed config is not resent,
+//! and delta removals follow subscriptions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn serve(
+    cache: Arc<SnapshotCache>,
+) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdsServer::new(cache).into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+fn eds_cluster(name: &str, connect_timeout_s: i64) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: connect_timeout_s,
+            nanos: 0,
+        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn endpoints(name: &str) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "fake-proxy".into(),
+        cluster: "test".into(),
+        ..Default::default()
+    })
+}
+
+struct SotwClient {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+impl SotwClient {
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> SotwClient {
+        let (tx, requests) = mpsc::channel(16);
+        let rx = client
+            .stream_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        SotwClient { tx, rx }
+    }
+
+    async fn ask(
+        &self,
+        t: ResourceType,
+        names: &[&str],
+        nonce: &str,
+        version: &str,
+        error: Option<&str>,
+    ) {
+        let request = DiscoveryRequest {
+            node: node(),
+            type_url: t.type_url(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.into(),
+            version_info: version.into(),
+            error_detail: error.map(|m| RpcStatus {
+                code: 13,
+                message: m.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        self.tx.send(request).await.unwrap();
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn nothing(&mut self) {
+        if let Ok(message) = tokio::time::timeout(QUIET, self.rx.message()).await {
+            panic!("expected no response, got {message:?}");
+        }
+    }
+
+    async fn ack(&self, r: &DiscoveryResponse, names: &[&str]) {
+        let t = ResourceType::from_type_url(&r.type_url).unwrap();
+        self.ask(t, names, &r.nonce, &r.version_info, None).await;
+    }
+}
+
+fn kind(r: &DiscoveryResponse) -> ResourceType {
+    ResourceType::from_type_url(&r.type_url).unwrap()
+}
+
+#[tokio::test]
+async fn sotw_waits_for_each_confirmation_ignores_stale_requests_and_never_resends_a_nack() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let mut proxy = SotwClient::open(&mut client).await;
+
+    // First requests are answered even before there is a snapshot.
+    proxy.ask(ResourceType::Cluster, &[], "", "", None).await;
+    let empty = proxy.next().await;
+    assert_eq!(
+        (kind(&empty), empty.resources.len()),
+        (ResourceType::Cluster, 0)
+    );
+    proxy.ack(&empty, &[]).await;
+    proxy
+        .ask(ResourceType::Endpoint, &["a"], "", "", None)
+        .await;
+    let empty_eds = proxy.next().await;
+    proxy.ack(&empty_eds, &["a"]).await;
+    proxy.nothing().await;
+
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap(),
+    );
+    let clusters = proxy.next().await;
+    assert_eq!(
+        (kind(&clusters), clusters.resources.len()),
+        (ResourceType::Cluster, 1)
+    );
+    // Endpoints wait until the proxy confirms the clusters.
+    proxy.nothing().await;
+    proxy.ack(&clusters, &[]).await;
+    let eds = proxy.next().await;
+    assert_eq!(
+        (kind(&eds), eds.resources.len()),
+        (ResourceType::Endpoint, 1)
+    );
+    proxy.ack(&eds, &["a"]).await;
+    proxy.nothing().await;
+    assert!(
+        cache
+            .status("fake-proxy")
+            .unwrap()
+            .acked
+            .contains_key(&ResourceType::Endpoint)
+    );
+
+    // A request answering an older response is stale and ignored, even if
+    // it names other resources.
+    proxy
+        .ask(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &empty_eds.nonce,
+            "",
+            None,
+        )
+        .await;
+    proxy.nothing().await;
+
+    // A refused config is recorded and not sent again...
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("a", 2)], &[endpoints("a")], &[], &[]).unwrap(),
+    );
+    let refused = proxy.next().await;
+    proxy
+        .ask(
+            ResourceType::Cluster,
+            &[],
+            &refused.nonce,
+            &clusters.version_info,
+            Some("no thanks"),
+        )
+        .await;
+    proxy.nothing().await;
+    let nack = cache.status("fake-proxy").unwrap().last_nack.unwrap();
+    assert_eq!(
+        (nack.resource_type, nack.message.as_str()),
+        (ResourceType::Cluster, "no thanks")
+    );
+    assert_eq!(nack.version, refused.version_info);
+    // ...but a new snapshot is.
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("a", 3)], &[endpoints("a")], &[], &[]).unwrap(),
+    );
+    let fixed = proxy.next().await;
+    assert_eq!(kind(&fixed), ResourceType::Cluster);
+    assert_ne!(fixed.version_info, refused.version_info);
+}
+
+#[tokio::test]
+async fn sotw_holds_removed_clusters_until_the_rest_is_confirmed() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let mut proxy = SotwClient::open(&mut client).await;
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap(),
+    );
+    proxy.ask(ResourceType::Cluster, &[], "", "", None).await;
+    let first = proxy.next().await;
+    proxy.ack(&first, &[]).await;
+
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("b", 1)], &[endpoints("b")], &[], &[]).unwrap(),
+    );
+    let both = proxy.next().await;
+    assert_eq!(both.resources.len(), 2, "b is added while a is kept");
+    proxy.ack(&both, &[]).await;
+    let only_b = proxy.next().await;
+    assert_eq!(
+        only_b.resources.len(),
+        1,
+        "a goes once the additions are confirmed"
+    );
+    assert!(!only_b.version_info.ends_with("-before-removals"));
+}
+
+struct DeltaClient {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl DeltaClient {
+    async fn ask(&self, t: ResourceType, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) {
+        let request = DeltaDiscoveryRequest {
+            node: node(),
+            type_url: t.type_url(),
+            resource_names_subscribe: subscribe.iter().map(|n| n.to_string()).collect(),
+            resource_names_unsubscribe: unsubscribe.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        self.tx.send(request).await.unwrap();
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn delta_sends_changes_and_removals_by_subscription() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let (tx, requests) = mpsc::channel(16);
+    let rx = client
+        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut proxy = DeltaClient { tx, rx };
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(
+            &[eds_cluster("a", 1), eds_cluster("b", 1)],
+            &[endpoints("a"), endpoints("b")],
+            &[],
+            &[],
+        )
+        .unwrap(),
+    );
+
+    proxy.ask(ResourceType::Endpoint, &["a"], &[], "").await;
+    let first = proxy.next().await;
+    let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["a"], "only what is subscribed");
+    proxy
+        .ask(ResourceType::Endpoint, &["b"], &[], &first.nonce)
+        .await;
+    let second = proxy.next().await;
+    let names: Vec<&str> = second.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["b"], "a subscription adds only the new name");
+
+    // b leaves the snapshot: it is removed, in the second phase.
+    proxy
+        .ask(ResourceType::Endpoint, &[], &[], &second.nonce)
+        .await;
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap(),
+    );
+    let removal = proxy.next().await;
+    assert!(removal.resources.is_empty(), "{removal:?}");
+    assert_eq!(removal.removed_resources, vec!["b".to_string()]);
+}
