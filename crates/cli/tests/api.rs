@@ -220,6 +220,47 @@ async fn raw_put(server: &Server, path: &str, token: &str, body: &Value) -> Stri
     raw(server, &head, body.as_bytes()).await
 }
 
+/// Two writers read the same version and write at once: exactly one wins,
+/// the other is told its copy is stale.
+#[tokio::test]
+async fn concurrent_updates_of_one_resource_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let (_, created) = api(
+        &server,
+        "POST",
+        "/v1/tenants",
+        Some(&admin),
+        Some(&tenant("retail")),
+    )
+    .await;
+    for round in 0..5 {
+        let (_, current) = api(&server, "GET", "/v1/tenants/retail", Some(&admin), None).await;
+        let write = |writer: usize| {
+            let mut doc = current.clone();
+            doc["spec"] = json!({"description": format!("round {round}, writer {writer}")});
+            let (server, admin) = (&server, &admin);
+            async move { api(server, "PUT", "/v1/tenants/retail", Some(admin), Some(&doc)).await }
+        };
+        let (a, b, c, d) = tokio::join!(write(0), write(1), write(2), write(3));
+        let results = [a, b, c, d];
+        let won = results.iter().filter(|(status, _)| *status == 200).count();
+        let stale = results
+            .iter()
+            .filter(|(status, body)| {
+                *status == 409
+                    && body["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("based on version")
+            })
+            .count();
+        assert_eq!((won, stale), (1, 3), "round {round}: {results:?}");
+    }
+    assert!(created["metadata"]["resourceVersion"].is_string());
+}
+
 #[tokio::test]
 async fn stale_writes_get_a_conflict_and_deletes_can_be_conditional() {
     let dir = tempfile::tempdir().unwrap();

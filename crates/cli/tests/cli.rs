@@ -429,6 +429,39 @@ fn exit_codes_login_and_help() {
         "a failed login saves nothing"
     );
 
+    // Flags and the environment win over the saved login.
+    let overridden = run(std::process::Command::new(support::WEFT)
+        .args(["whoami"])
+        .env("WEFT_CONFIG", &config)
+        .env("WEFT_TOKEN", "weft_wrong"));
+    assert_eq!(overridden.code, 5, "{overridden:?}");
+    let flagged = run(std::process::Command::new(support::WEFT)
+        .args(["whoami", "--server", "http://127.0.0.1:9"])
+        .env("WEFT_CONFIG", &config));
+    assert_eq!(flagged.code, 7, "{flagged:?}");
+
+    // Manifests on stdin.
+    let mut child = std::process::Command::new(support::WEFT)
+        .args(["apply", "-f", "-"])
+        .env("WEFT_CONFIG", &config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {name: piped}\n")
+        .unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert!(piped.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        "tenants/piped created\n"
+    );
+
     // Every command has examples in its help; completions are generated.
     let commands: [&[&str]; 13] = [
         &["server"],

@@ -160,6 +160,45 @@ async fn stale_version_is_a_conflict(f: Fixture) {
     assert_eq!(r[0].reason, Reason::Exists);
 }
 
+async fn concurrent_writers_of_one_version_exactly_one_wins(f: Fixture) {
+    f.store
+        .apply(&[put(tenant("retail", "start"))], "ann", false)
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let seen = f
+            .store
+            .get("tenants/retail")
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        let mut writers = Vec::new();
+        for w in 0..6 {
+            let s = f.store.clone();
+            let doc = tenant("retail", &format!("round {round} writer {w}"));
+            writers.push(tokio::spawn(async move {
+                s.apply(&[put_expecting(doc, Expect::Version(seen))], "ann", false)
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for w in writers {
+            match w.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(StoreError::Refused { refusals }) => {
+                    assert_eq!(refusals[0].reason, Reason::Stale)
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "round {round}: exactly one writer of version {seen} may win"
+        );
+    }
+}
+
 async fn change_set_is_atomic_and_reports_every_refusal(f: Fixture) {
     let s = &f.store;
     let r = refusals(
@@ -615,6 +654,7 @@ macro_rules! suite {
 suite!(
     create_update_unchanged_and_versions,
     stale_version_is_a_conflict,
+    concurrent_writers_of_one_version_exactly_one_wins,
     change_set_is_atomic_and_reports_every_refusal,
     children_and_parents_in_one_set_in_any_order,
     delete_is_refused_while_referenced,
