@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::{Nack, SnapshotCache};
+use crate::cache::SnapshotCache;
 use crate::snapshot::{Entry, ResourceType, Snapshot};
 
 /// Serves every proxy's ADS streams from one [`SnapshotCache`].
@@ -217,8 +217,7 @@ impl<P: Protocol> Session<P> {
             }
         }
         if let Some(node) = &self.node {
-            self.cache
-                .update_status(node, |s| s.streams = s.streams.saturating_sub(1));
+            self.cache.stream_closed(node);
             tracing::info!(node, "proxy disconnected");
         }
     }
@@ -233,7 +232,7 @@ impl<P: Protocol> Session<P> {
                 return Err(Closed);
             };
             self.snapshot_rx = Some(self.cache.subscribe(&id));
-            self.cache.update_status(&id, |s| s.streams += 1);
+            self.cache.stream_opened(&id);
             tracing::info!(node = %id, "proxy connected");
             self.node = Some(id);
         }
@@ -313,10 +312,7 @@ impl<P: Protocol> Session<P> {
         if let Some(count) = self.protocol.push(t, snapshot, removals, nonce).await?
             && let Some(node) = &self.node
         {
-            self.cache.update_status(node, |s| {
-                s.responses += 1;
-                s.resources_sent += count as u64;
-            });
+            self.cache.record_response(node, t, count);
         }
         Ok(())
     }
@@ -333,23 +329,6 @@ impl Subscription {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
-}
-
-fn record_nack(
-    cache: &SnapshotCache,
-    node: &str,
-    t: ResourceType,
-    version: String,
-    message: String,
-) {
-    tracing::warn!(node, resource_type = t.short(), version, error = %message, "proxy rejected a configuration");
-    cache.update_status(node, |s| {
-        s.last_nack = Some(Nack {
-            resource_type: t,
-            version,
-            message,
-        })
-    });
 }
 
 /// State of the world: every response carries the whole set of a type.
@@ -410,21 +389,12 @@ impl Protocol for Sotw {
             return None; // stale: answers a response that has been superseded
         }
         if let Some(error) = request.error_detail {
-            record_nack(
-                cache,
-                node,
-                t,
-                state.progress.sent_version.clone(),
-                error.message,
-            );
+            cache.record_nack(node, t, state.progress.sent_version.clone(), error.message);
             return None;
         }
         if !request.response_nonce.is_empty() {
             state.progress.acked_nonce = request.response_nonce.clone();
-            let version = request.version_info.clone();
-            cache.update_status(node, |s| {
-                s.acked.insert(t, version);
-            });
+            cache.record_ack(node, t, request.version_info.clone());
         }
         let names: BTreeSet<String> = request
             .resource_names
@@ -549,19 +519,12 @@ impl Protocol for Delta {
             !request.response_nonce.is_empty() && request.response_nonce == state.progress.nonce;
         if answers_latest {
             match request.error_detail {
-                Some(error) => record_nack(
-                    cache,
-                    node,
-                    t,
-                    state.progress.sent_version.clone(),
-                    error.message,
-                ),
+                Some(error) => {
+                    cache.record_nack(node, t, state.progress.sent_version.clone(), error.message)
+                }
                 None => {
                     state.progress.acked_nonce = request.response_nonce.clone();
-                    let version = state.progress.sent_version.clone();
-                    cache.update_status(node, |s| {
-                        s.acked.insert(t, version);
-                    });
+                    cache.record_ack(node, t, state.progress.sent_version.clone());
                 }
             }
         }

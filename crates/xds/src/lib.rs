@@ -13,5 +13,5 @@ pub mod cache;
 pub mod snapshot;
 
 pub use ads::AdsServer;
-pub use cache::{Nack, ProxyStatus, SnapshotCache};
+pub use cache::{Nack, ProxyStatus, SnapshotCache, XdsMetrics};
 pub use snapshot::{Inconsistent, ResourceType, Snapshot};

@@ -467,6 +467,19 @@ async fn traffic_follows_snapshots(delta: bool) {
         Some("b"),
         "the last good listener keeps serving"
     );
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("weft");
+    cache.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for expected in [
+        "weft_xds_connected_proxies 1",
+        "weft_xds_nacks_total{type=\"lds\"} 1",
+        "weft_xds_ack_latency_seconds_count{type=\"rds\"}",
+        "weft_xds_resources_sent_total{type=\"cds\"}",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
 }
 
 /// The edge dies and comes back from its saved snapshot: the proxy keeps
