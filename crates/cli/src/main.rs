@@ -238,16 +238,6 @@ fn init_logging(format: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Server(args) = cli.command {
-        init_logging(&cli.log_format);
-        return match server::run(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(Exit::Failed as u8)
-            }
-        };
-    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -259,80 +249,72 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
-    let differs = |d: bool| {
-        Ok(if d {
-            ExitCode::from(Exit::Differs as u8)
-        } else {
-            ExitCode::SUCCESS
-        })
-    };
+    let differs = |d: bool| Ok(ExitCode::from(if d { Exit::Differs as u8 } else { 0 }));
+    let client = || Client::new(&cli.connection);
     match cli.command {
-        Command::Server(_) => unreachable!("handled in main"),
+        Command::Server(args) => {
+            init_logging(&cli.log_format);
+            server::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             ok
         }
-        Command::Login { token_file } => {
-            admin::login(&cli.connection, token_file.as_deref()).await?;
-            ok
+        Command::Login { token_file } => admin::login(&cli.connection, token_file.as_deref())
+            .await
+            .and(ok),
+        Command::Apply { files, dry_run } => {
+            resources::apply(&client()?, &files, dry_run).await.and(ok)
         }
-        command => {
-            let client = Client::new(&cli.connection)?;
-            match command {
-                Command::Apply { files, dry_run } => {
-                    resources::apply(&client, &files, dry_run).await.and(ok)
-                }
-                Command::Get {
-                    kind,
-                    name,
-                    place,
-                    format,
-                } => resources::get(&client, &kind, name.as_deref(), &place, format)
-                    .await
-                    .and(ok),
-                Command::Delete { files, dry_run, .. } if !files.is_empty() => {
-                    resources::delete_files(&client, &files, dry_run)
-                        .await
-                        .and(ok)
-                }
-                Command::Delete {
-                    kind, name, place, ..
-                } => {
-                    let (Some(kind), Some(name)) = (kind, name) else {
-                        return Err(CliError::new(Exit::Invalid, "give KIND NAME, or -f FILE"));
-                    };
-                    resources::delete_one(&client, &kind, &name, &place)
-                        .await
-                        .and(ok)
-                }
-                Command::Diff { files } => differs(resources::diff(&client, &files).await?),
-                Command::Audit {
-                    check: Some(AuditCommand::Verify),
-                    ..
-                } => differs(!admin::verify(&client).await?),
-                Command::Audit {
-                    check: None,
-                    filters,
-                } => admin::audit(&client, &filters).await.and(ok),
-                Command::Token(TokenCommand::Create {
-                    user,
-                    description,
-                    ttl,
-                }) => admin::token_create(&client, user, description, ttl)
-                    .await
-                    .and(ok),
-                Command::Token(TokenCommand::List { user, format }) => {
-                    admin::token_list(&client, user, format).await.and(ok)
-                }
-                Command::Token(TokenCommand::Revoke { id }) => {
-                    admin::token_revoke(&client, &id).await.and(ok)
-                }
-                Command::Whoami { format } => admin::whoami(&client, format).await.and(ok),
-                Command::Server(_) | Command::Completions { .. } | Command::Login { .. } => {
-                    unreachable!("handled above")
-                }
-            }
+        Command::Get {
+            kind,
+            name,
+            place,
+            format,
+        } => resources::get(&client()?, &kind, name.as_deref(), &place, format)
+            .await
+            .and(ok),
+        Command::Delete { files, dry_run, .. } if !files.is_empty() => {
+            resources::delete_files(&client()?, &files, dry_run)
+                .await
+                .and(ok)
         }
+        Command::Delete {
+            kind, name, place, ..
+        } => {
+            let (Some(kind), Some(name)) = (kind, name) else {
+                return Err(CliError::new(Exit::Invalid, "give KIND NAME, or -f FILE"));
+            };
+            resources::delete_one(&client()?, &kind, &name, &place)
+                .await
+                .and(ok)
+        }
+        Command::Diff { files } => differs(resources::diff(&client()?, &files).await?),
+        Command::Audit {
+            check: Some(AuditCommand::Verify),
+            ..
+        } => differs(!admin::verify(&client()?).await?),
+        Command::Audit {
+            check: None,
+            filters,
+        } => admin::audit(&client()?, &filters).await.and(ok),
+        Command::Token(TokenCommand::Create {
+            user,
+            description,
+            ttl,
+        }) => admin::token_create(&client()?, user, description, ttl)
+            .await
+            .and(ok),
+        Command::Token(TokenCommand::List { user, format }) => {
+            admin::token_list(&client()?, user, format).await.and(ok)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            admin::token_revoke(&client()?, &id).await.and(ok)
+        }
+        Command::Whoami { format } => admin::whoami(&client()?, format).await.and(ok),
     }
 }
 

@@ -57,9 +57,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .store
         .unwrap_or_else(|| format!("sqlite://{}", data.join("weft.db").display()));
 
+    tracing::info!(store = %redact(&store_url), "opening the store");
+    let hint = if store_url.starts_with("sqlite:") {
+        "is the data directory writable?"
+    } else {
+        "is the database server running and reachable, and are the credentials and database name in the URL right?"
+    };
     let store = Store::open(&store_url)
         .await
-        .context("cannot open the store")?;
+        .with_context(|| format!("cannot open the store ({hint})"))?;
     let token_file = bootstrap(&store, &data, &args.organization)
         .await
         .context("first-start bootstrap failed")?;

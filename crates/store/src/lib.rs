@@ -29,7 +29,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 use weft_api::kinds::Kind;
 use weft_api::{Reference, Resource, Validated};
 
@@ -43,7 +43,8 @@ pub enum StoreError {
     /// The change set was refused as a whole; nothing was written.
     #[error("{}", refusals.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
     Refused { refusals: Vec<Refusal> },
-    #[error("cannot open store {url}: {source}")]
+    /// The cause is the `source`, printed by whoever prints the chain.
+    #[error("cannot open store {url}")]
     Open { url: String, source: sqlx::Error },
     #[error("store error: {0}")]
     Database(#[from] sqlx::Error),
@@ -272,6 +273,14 @@ impl Store {
         } else {
             url.to_string()
         };
+        // One direct connection first: a pool would retry until its timeout
+        // and then report only that it timed out, hiding the cause.
+        AnyConnection::connect(&connect_url)
+            .await
+            .map_err(open_error)?
+            .close()
+            .await
+            .map_err(open_error)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 8 })
             .after_connect(move |conn, _| {
