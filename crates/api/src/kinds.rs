@@ -8,6 +8,7 @@ use crate::specs::{
     AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, RoleSpec, Spec, TeamSpec, UserSpec,
     WorkspaceSpec, check_group_within_workspace, check_role_name,
 };
+use crate::traffic::{ServiceRouteSpec, TrafficSettingSpec, check_service_within_parent};
 use crate::validate::Reference;
 
 /// The parent of top-level kinds: the installation itself. Their paths have
@@ -138,6 +139,38 @@ pub static KINDS: &[Kind] = &[
         "gatewayGroup",
         Concern::Gateway,
     ),
+    Kind {
+        name: "ServiceRoute",
+        plural: "serviceroutes",
+        aliases: &["sr"],
+        parents: &["TrafficGroup"],
+        parent_field: None,
+        concern: Concern::Traffic,
+        singleton: false,
+        columns: &[("SERVICE", "service")],
+        check_spec: check_spec::<ServiceRouteSpec>,
+        spec_schema: spec_schema::<ServiceRouteSpec>,
+        parent_check: Some(check_service_within_parent),
+        name_check: None,
+    },
+    Kind {
+        name: "TrafficSetting",
+        plural: "trafficsettings",
+        aliases: &["ts"],
+        parents: &["Workspace", "TrafficGroup"],
+        parent_field: None,
+        concern: Concern::Traffic,
+        singleton: false,
+        columns: &[
+            ("SERVICE", "service"),
+            ("TIMEOUT", "timeout"),
+            ("LB", "loadBalancer"),
+        ],
+        check_spec: check_spec::<TrafficSettingSpec>,
+        spec_schema: spec_schema::<TrafficSettingSpec>,
+        parent_check: Some(check_service_within_parent),
+        name_check: None,
+    },
     Kind {
         name: "Cluster",
         plural: "clusters",

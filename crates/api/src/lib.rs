@@ -17,6 +17,7 @@ pub mod kinds;
 pub mod problems;
 pub mod resource;
 pub mod specs;
+pub mod traffic;
 pub mod validate;
 
 pub use iam::{Rule, Verb};

@@ -8,7 +8,8 @@
 
 use std::sync::OnceLock;
 
-use jsonschema::error::ValidationErrorKind;
+use jsonschema::JsonType;
+use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::LocationSegment;
 use jsonschema::{ValidationError, Validator};
 use schemars::generate::SchemaSettings;
@@ -103,13 +104,7 @@ pub fn validate(doc: &Value) -> Result<Validated, Problems> {
     }
     let mut unknown_fields = Vec::new();
     for error in validator(kind).iter_errors(&doc) {
-        add_schema_problem(&error, &mut problems);
-        if let ValidationErrorKind::AdditionalProperties { unexpected } = error.kind() {
-            unknown_fields.push((
-                error.instance_path().as_str().to_string(),
-                unexpected.clone(),
-            ));
-        }
+        add_schema_problem(&error, &mut problems, &mut unknown_fields);
     }
     // The second pass runs on every part the schema found sound, so one
     // unknown field does not hide a bad name elsewhere.
@@ -297,7 +292,13 @@ fn check_map_keys(
     }
 }
 
-fn add_schema_problem(error: &ValidationError, problems: &mut Problems) {
+/// Turns a schema error into problems at field paths. `unknown` collects
+/// where unknown fields are, so they can be set aside for the second pass.
+fn add_schema_problem(
+    error: &ValidationError,
+    problems: &mut Problems,
+    unknown: &mut Vec<(String, Vec<String>)>,
+) {
     let mut at = String::new();
     for segment in error.instance_path().segments() {
         at = match segment {
@@ -310,10 +311,61 @@ fn add_schema_problem(error: &ValidationError, problems: &mut Problems) {
             for name in unexpected {
                 problems.add(field(&at, name), "unknown field");
             }
+            unknown.push((
+                error.instance_path().as_str().to_string(),
+                unexpected.clone(),
+            ));
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             problems.add(field(&at, name), "is required");
+        }
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            // An optional object is "it, or null": what is wrong is inside it.
+            let is_null_branch = |branch: &Vec<ValidationError>| {
+                matches!(branch.as_slice(), [only] if matches!(
+                    only.kind(),
+                    ValidationErrorKind::Type { kind: TypeKind::Single(JsonType::Null) }
+                ))
+            };
+            let others: Vec<&Vec<ValidationError>> =
+                context.iter().filter(|b| !is_null_branch(b)).collect();
+            if let [branch] = others.as_slice() {
+                for inner in branch.iter() {
+                    add_schema_problem(inner, problems, unknown);
+                }
+                return;
+            }
+            // A documented enum is a choice of constants: list them.
+            let allowed: Option<Vec<String>> = others
+                .iter()
+                .map(|branch| match branch.as_slice() {
+                    [only] => match only.kind() {
+                        ValidationErrorKind::Constant { expected_value } => {
+                            Some(vec![expected_value.to_string()])
+                        }
+                        ValidationErrorKind::Enum { options } => options
+                            .as_array()
+                            .map(|a| a.iter().map(Value::to_string).collect()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect::<Option<Vec<Vec<String>>>>()
+                .map(|lists| lists.concat());
+            match allowed {
+                Some(allowed) => problems.add(at, format!("must be one of {}", allowed.join(", "))),
+                None => problems.add(at, error.to_string()),
+            }
+        }
+        ValidationErrorKind::Enum { options } => {
+            let allowed: Vec<String> = options
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect();
+            problems.add(at, format!("must be one of {}", allowed.join(", ")));
         }
         _ => problems.add(at, error.to_string()),
     }

@@ -489,6 +489,70 @@ fn exit_codes_login_and_help() {
 }
 
 #[test]
+fn traffic_kinds_follow_their_concern_and_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    assert_eq!(server.weft(&admin, &["apply", "-f", EXAMPLES]).code, 0);
+    let traffic = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/traffic");
+    // ann is in the payments team, traffic-editor on the checkout workspace;
+    // sam is security-editor on the retail tenant.
+    let token = |user: &str| {
+        let out = server.weft(&admin, &["token", "create", "--user", user]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_string()
+    };
+    let (ann, sam) = (token("ann"), token("sam"));
+    let refused = server.weft(&sam, &["apply", "-f", traffic]);
+    assert_eq!(
+        refused.code, 5,
+        "a security editor cannot change traffic: {refused:?}"
+    );
+    let applied = server.weft(&ann, &["apply", "-f", traffic]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(
+        applied
+            .stdout
+            .contains("trafficgroups/checkout-traffic/serviceroutes/reviews created"),
+        "{applied:?}"
+    );
+    let listed = server.weft(
+        &ann,
+        &[
+            "get",
+            "serviceroutes",
+            "--tenant",
+            "retail",
+            "--workspace",
+            "checkout",
+            "--traffic-group",
+            "checkout-traffic",
+        ],
+    );
+    assert!(
+        listed.stdout.contains("name=reviews,namespace=checkout"),
+        "{listed:?}"
+    );
+
+    // A service outside the group's namespaces, and a bad setting.
+    let bad = write(
+        dir.path(),
+        "bad-traffic.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficSetting\nmetadata: {name: other, tenant: retail, workspace: checkout, trafficGroup: checkout-traffic}\nspec:\n  service: {name: ledger, namespace: billing}\n  timeout: 1s\n  retries: {attempts: 3, perTryTimeout: 2s}\n",
+    );
+    let out = server.weft(&ann, &["apply", "-f", &bad]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("bad-traffic.yaml#1: spec.retries.perTryTimeout: is longer than the whole request's timeout"), "{out:?}");
+    let fixed = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("perTryTimeout: 2s", "perTryTimeout: 500ms");
+    let fixed = write(dir.path(), "fixed.yaml", &fixed);
+    let out = server.weft(&ann, &["apply", "-f", &fixed]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("spec.service.namespace: \"billing\" is not among the namespaces this is attached to (*/checkout)"), "{out:?}");
+}
+
+#[test]
 fn concurrent_applies_of_different_documents_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);

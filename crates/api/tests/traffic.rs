@@ -1,0 +1,188 @@
+//! The traffic kinds' validation: bad settings are refused with the field
+//! path of every problem; good ones resolve to their place.
+
+use serde_json::{Value, json};
+use weft_api::validate;
+
+fn route(spec: Value) -> Value {
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ServiceRoute",
+           "metadata": {"name": "reviews", "tenant": "retail", "workspace": "shop", "trafficGroup": "web"}, "spec": spec})
+}
+
+fn setting(metadata: Value, spec: Value) -> Value {
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": "TrafficSetting", "metadata": metadata, "spec": spec})
+}
+
+fn at_workspace() -> Value {
+    json!({"name": "defaults", "tenant": "retail", "workspace": "shop"})
+}
+
+type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
+
+#[test]
+fn bad_traffic_settings_name_every_problem() {
+    let service = json!({"name": "reviews", "namespace": "shop"});
+    let cases: Vec<Case> = vec![
+        (
+            "split weights, unknown subset, catch-all before others",
+            route(json!({"service": service,
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v1", "labels": {}}],
+            "rules": [
+                {"destinations": [{"subset": "v1", "weight": 90}, {"subset": "v3", "weight": 20}]},
+                {"matches": [{"path": {"prefix": "api"}}], "destinations": [{}]}
+            ]})),
+            vec![
+                ("spec.subsets[1].name", "listed twice"),
+                ("spec.subsets[1].labels", "at least one label"),
+                ("spec.rules[0]", "must be the last rule"),
+                ("spec.rules[0].destinations[1].subset", "no subset \"v3\""),
+                ("spec.rules[0].destinations", "add up to 100, not 110"),
+                ("spec.rules[1].matches[0].path.prefix", "must start with /"),
+            ],
+        ),
+        (
+            "matches need a condition; headers exactly one test; sticky exactly one",
+            route(json!({"service": service,
+                "rules": [{"matches": [{}, {"headers": [{"name": "X-User", "exact": "a", "present": true}]}], "destinations": [{}]}],
+                "stickySession": {}})),
+            vec![
+                (
+                    "spec.rules[0].matches[0]",
+                    "at least one of path, method or headers",
+                ),
+                (
+                    "spec.rules[0].matches[1].headers[0].name",
+                    "not a lowercase HTTP header name",
+                ),
+                (
+                    "spec.rules[0].matches[1].headers[0]",
+                    "exactly one of exact, prefix, present",
+                ),
+                ("spec.stickySession", "exactly one of header, cookie"),
+            ],
+        ),
+        (
+            "unknown method and weight over 100 are schema errors",
+            route(
+                json!({"service": service, "rules": [{"matches": [{"method": "FETCH"}], "destinations": [{"weight": 101}]}]}),
+            ),
+            vec![
+                ("spec.rules[0].matches[0].method", ""),
+                ("spec.rules[0].destinations[0].weight", ""),
+            ],
+        ),
+        (
+            "durations, ranges and retry conditions",
+            setting(
+                at_workspace(),
+                json!({
+                "timeout": "2s",
+                "retries": {"attempts": 11, "perTryTimeout": "5s", "retryOn": ["5xx", "5xx", "sometimes"]},
+                "outlierDetection": {"interval": "soon", "maxEjectionPercent": 0},
+                "connectionPool": {"idleTimeout": "0s"},
+                "loadBalancer": "fastest"}),
+            ),
+            vec![
+                ("spec.retries.attempts", ""),
+                ("spec.retries.retryOn[2]", ""),
+                ("spec.outlierDetection.maxEjectionPercent", ""),
+                ("spec.loadBalancer", ""),
+            ],
+        ),
+        (
+            "rules the schema cannot say",
+            setting(
+                at_workspace(),
+                json!({
+                "timeout": "2s",
+                "retries": {"attempts": 3, "perTryTimeout": "5s", "retryOn": ["5xx", "5xx"], "budget": {"percent": 0}},
+                "outlierDetection": {"interval": "soon"},
+                "connectionPool": {"idleTimeout": "0s", "connectTimeout": "48h"}}),
+            ),
+            vec![
+                (
+                    "spec.retries.perTryTimeout",
+                    "longer than the whole request's timeout",
+                ),
+                ("spec.retries.retryOn[1]", "listed twice"),
+                ("spec.retries.budget.percent", "more than 0"),
+                ("spec.outlierDetection.interval", "not a duration"),
+                ("spec.connectionPool.idleTimeout", "longer than zero"),
+                ("spec.connectionPool.connectTimeout", "at most 24h"),
+            ],
+        ),
+        (
+            "a setting that sets nothing",
+            setting(
+                at_workspace(),
+                json!({"service": {"name": "Reviews", "namespace": "shop"}}),
+            ),
+            vec![
+                ("spec", "sets nothing"),
+                ("spec.service.name", "not a DNS label"),
+            ],
+        ),
+        (
+            "a route must be in a traffic group",
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ServiceRoute",
+                   "metadata": {"name": "r", "tenant": "retail", "workspace": "shop"},
+                   "spec": {"service": service, "rules": [{"destinations": [{}]}]}}),
+            vec![(
+                "metadata.workspace",
+                "a ServiceRoute sits under a TrafficGroup",
+            )],
+        ),
+    ];
+    for (what, manifest, expected) in cases {
+        let problems = match validate(&manifest) {
+            Ok(v) => panic!("{what}: expected problems, got a valid {}", v.path),
+            Err(p) => p.into_vec(),
+        };
+        for (field, text) in &expected {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field == *field && p.message.contains(text)),
+                "{what}: expected a problem at {field:?} containing {text:?}, got {problems:#?}"
+            );
+        }
+        assert_eq!(
+            problems.len(),
+            expected.len(),
+            "{what}: unexpected extra problems {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn good_traffic_settings_resolve_to_their_place() {
+    let canary = route(json!({
+        "service": {"name": "reviews", "namespace": "shop"},
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+        "rules": [
+            {"matches": [{"headers": [{"name": "x-canary", "exact": "yes"}]}, {"path": {"prefix": "/beta"}, "method": "GET"}],
+             "destinations": [{"subset": "v2"}]},
+            {"destinations": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}
+        ],
+        "stickySession": {"cookie": {"name": "session", "ttl": "1h"}}
+    }));
+    assert_eq!(
+        validate(&canary).unwrap().path,
+        "tenants/retail/workspaces/shop/trafficgroups/web/serviceroutes/reviews"
+    );
+    let defaults = setting(
+        at_workspace(),
+        json!({
+            "timeout": "15s",
+            "retries": {"attempts": 2, "perTryTimeout": "5s", "retryOn": ["connect-failure", "5xx"], "budget": {"percent": 20, "minConcurrency": 3}},
+            "circuitBreaker": {"maxConnections": 1000, "maxPendingRequests": 100, "maxRequests": 1000, "maxRetries": 3},
+            "outlierDetection": {"consecutive5xx": 5, "interval": "10s", "baseEjectionTime": "30s", "maxEjectionPercent": 50},
+            "loadBalancer": "least-request",
+            "connectionPool": {"connectTimeout": "1s", "idleTimeout": "5m", "maxRequestsPerConnection": 100}
+        }),
+    );
+    assert_eq!(
+        validate(&defaults).unwrap().path,
+        "tenants/retail/workspaces/shop/trafficsettings/defaults"
+    );
+}
