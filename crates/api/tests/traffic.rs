@@ -1,6 +1,9 @@
 //! The traffic kinds' validation: bad settings are refused with the field
 //! path of every problem; good ones resolve to their place.
 
+mod common;
+
+use common::{Case, assert_problems};
 use serde_json::{Value, json};
 use weft_api::validate;
 
@@ -16,8 +19,6 @@ fn setting(metadata: Value, spec: Value) -> Value {
 fn at_workspace() -> Value {
     json!({"name": "defaults", "tenant": "retail", "workspace": "shop"})
 }
-
-type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
 
 #[test]
 fn bad_traffic_settings_name_every_problem() {
@@ -133,25 +134,7 @@ fn bad_traffic_settings_name_every_problem() {
             )],
         ),
     ];
-    for (what, manifest, expected) in cases {
-        let problems = match validate(&manifest) {
-            Ok(v) => panic!("{what}: expected problems, got a valid {}", v.path),
-            Err(p) => p.into_vec(),
-        };
-        for (field, text) in &expected {
-            assert!(
-                problems
-                    .iter()
-                    .any(|p| p.field == *field && p.message.contains(text)),
-                "{what}: expected a problem at {field:?} containing {text:?}, got {problems:#?}"
-            );
-        }
-        assert_eq!(
-            problems.len(),
-            expected.len(),
-            "{what}: unexpected extra problems {problems:#?}"
-        );
-    }
+    assert_problems(cases);
 }
 
 #[test]

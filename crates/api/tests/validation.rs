@@ -1,16 +1,15 @@
 //! Table-driven validation: each bad manifest with the field paths it must
 //! report, and good manifests with the path they resolve to.
 
+mod common;
+
+use common::{Case, assert_problems};
 use serde_json::{Value, json};
 use weft_api::validate;
 
 fn doc(kind: &str, metadata: Value, spec: Value) -> Value {
     json!({"apiVersion": "weft.dev/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
 }
-
-/// What a case is about, the manifest, and (field, text in the message)
-/// for every problem it must report.
-type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
 
 #[test]
 fn bad_manifests_report_every_problem_with_its_field_path() {
@@ -243,25 +242,7 @@ fn bad_manifests_report_every_problem_with_its_field_path() {
             ],
         ),
     ];
-    for (what, manifest, expected) in cases {
-        let problems = match validate(&manifest) {
-            Ok(v) => panic!("{what}: expected problems, got a valid {}", v.path),
-            Err(p) => p.into_vec(),
-        };
-        for (field, text) in &expected {
-            assert!(
-                problems
-                    .iter()
-                    .any(|p| p.field == *field && p.message.contains(text)),
-                "{what}: expected a problem at {field:?} containing {text:?}, got {problems:#?}"
-            );
-        }
-        assert_eq!(
-            problems.len(),
-            expected.len(),
-            "{what}: unexpected extra problems {problems:#?}"
-        );
-    }
+    assert_problems(cases);
 }
 
 #[test]
