@@ -175,20 +175,19 @@ fn walkthrough_on_sqlite_then_restart_keeps_everything() {
     assert_eq!(mode(&data), 0o700);
     walkthrough(&server, dir.path());
     let admin = server.admin_token();
-    let before = server
-        .weft(
-            &admin,
-            &[
-                "get",
-                "workspace",
-                "checkout",
-                "--tenant",
-                "retail",
-                "-o",
-                "json",
-            ],
-        )
-        .stdout;
+    let checkout = |server: &Server| {
+        let args = [
+            "get",
+            "workspace",
+            "checkout",
+            "--tenant",
+            "retail",
+            "-o",
+            "json",
+        ];
+        server.weft(&admin, &args).stdout
+    };
+    let before = checkout(&server);
     server.stop();
 
     let server = Server::start(&data, None);
@@ -205,21 +204,7 @@ fn walkthrough_on_sqlite_then_restart_keeps_everything() {
         admin,
         "a restart must not replace the admin token"
     );
-    let after = server
-        .weft(
-            &admin,
-            &[
-                "get",
-                "workspace",
-                "checkout",
-                "--tenant",
-                "retail",
-                "-o",
-                "json",
-            ],
-        )
-        .stdout;
-    assert_eq!(before, after);
+    assert_eq!(before, checkout(&server));
     let verify = server.weft(&admin, &["audit", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
 }
