@@ -977,3 +977,67 @@ async fn watch_streams_the_changes_the_caller_may_read() {
     let (status, _) = api(&server, "GET", "/v1/watch", None, None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn nobody_can_remove_the_last_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let (status, body) = api(
+        &server,
+        "DELETE",
+        "/v1/accessbindings/bootstrap-admin",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no user with the admin role"),
+        "{body}"
+    );
+
+    // Hand admin to someone else first; then the bootstrap binding can go,
+    // and with it the admin user's rights.
+    let alice = user_with_token(&server, &admin, "alice").await;
+    let ops = |members: Value| json!({"apiVersion": "weft.dev/v1alpha1", "kind": "Team", "metadata": {"name": "ops"}, "spec": {"members": members}});
+    let (status, body) = apply(
+        &server,
+        &admin,
+        vec![
+            ops(json!(["alice"])),
+            binding("ops-admin", json!({}), "admin", json!({"team": "ops"})),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api(
+        &server,
+        "DELETE",
+        "/v1/accessbindings/bootstrap-admin",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, _) = api(&server, "GET", "/v1/teams/ops", Some(&admin), None).await;
+    assert_eq!(status, 403, "the admin user is no admin any more");
+    // Now the ops team is the only way to admin: it cannot be emptied.
+    let (status, body) = apply(&server, &alice, vec![ops(json!([]))]).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = api(
+        &server,
+        "POST",
+        "/v1/apply",
+        Some(&alice),
+        Some(&json!({"resources": [ops(json!([]))], "dryRun": true})),
+    )
+    .await;
+    assert_eq!(status, 409, "a dry run says so too");
+    let (_, team) = api(&server, "GET", "/v1/teams/ops", Some(&alice), None).await;
+    assert_eq!(team["spec"]["members"], json!(["alice"]));
+}

@@ -5,6 +5,8 @@
 //! AccessBindings naming the user or one of their teams; a binding holds on
 //! the node it is attached to and everything below it.
 
+use std::collections::BTreeMap;
+
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
@@ -13,10 +15,10 @@ use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use weft_api::iam::builtin_rules;
-use weft_api::kinds::top_level_path;
+use weft_api::kinds::{kind_of_path, top_level_path};
 use weft_api::specs::{AccessBindingSpec, RoleSpec, TeamSpec};
 use weft_api::{Rule, Verb};
-use weft_store::{AuditRecord, Store};
+use weft_store::{AuditRecord, Change, Store};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -236,6 +238,72 @@ pub async fn grants_of(store: &Store, user: &str) -> Result<Caller, ApiError> {
         teams,
         grants,
     })
+}
+
+/// Refuses a change set that would leave no existing user with the admin
+/// role at the top level (directly or through a team), so nobody can lock
+/// the installation out of its own IAM. Checked on the state the change set
+/// would leave; two concurrent changes could still each remove one of two
+/// admins.
+pub async fn check_someone_stays_admin(store: &Store, changes: &[Change]) -> Result<(), ApiError> {
+    let iam_kinds = ["User", "Team", "AccessBinding"];
+    let touches_iam = changes
+        .iter()
+        .any(|c| kind_of_path(c.path()).is_some_and(|k| iam_kinds.contains(&k.name)));
+    if !touches_iam {
+        return Ok(());
+    }
+    // path → (parent, spec) of every User, Team and AccessBinding after the change.
+    let mut after: BTreeMap<String, (String, serde_json::Value)> = BTreeMap::new();
+    for kind in iam_kinds {
+        for stored in store.list(kind).await? {
+            after.insert(stored.path, (stored.parent, stored.resource.spec));
+        }
+    }
+    for change in changes {
+        match change {
+            Change::Put {
+                path,
+                parent,
+                resource,
+                ..
+            } if iam_kinds.contains(&resource.kind.as_str()) => {
+                after.insert(path.clone(), (parent.clone(), resource.spec.clone()));
+            }
+            Change::Delete { path, .. } => {
+                after.remove(path);
+            }
+            Change::Put { .. } => {}
+        }
+    }
+    let user_exists = |name: &str| after.contains_key(&top_level_path("User", name));
+    let team_has_user = |name: &str| {
+        after
+            .get(&top_level_path("Team", name))
+            .and_then(|(_, spec)| serde_json::from_value::<TeamSpec>(spec.clone()).ok())
+            .is_some_and(|team| team.members.iter().any(|m| user_exists(m)))
+    };
+    let admin_remains = after.iter().any(|(path, (parent, spec))| {
+        kind_of_path(path).is_some_and(|k| k.name == "AccessBinding")
+            && parent.is_empty()
+            && serde_json::from_value::<AccessBindingSpec>(spec.clone()).is_ok_and(|b| {
+                b.role == "admin"
+                    && b.subjects.iter().any(|s| {
+                        s.user.as_deref().is_some_and(user_exists)
+                            || s.team.as_deref().is_some_and(team_has_user)
+                    })
+            })
+    });
+    if admin_remains {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "this change would leave no user with the admin role at the top level, locking everyone out of IAM",
+        )
+        .with_hint("bind another user (or a team with members) to the admin role at the top level first"))
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -399,6 +399,7 @@ async fn store_apply(
     lacking: &[Option<(Reason, Verb)>],
     dry_run: bool,
 ) -> Result<Vec<Applied>, ApiError> {
+    crate::iam::check_someone_stays_admin(&state.store, changes).await?;
     match state.store.apply(changes, &caller.user, dry_run).await {
         Ok(applied) => {
             if !dry_run {
