@@ -120,7 +120,17 @@ pub async fn replace(
             "PUT a single resource, or POST to a collection",
         ));
     };
-    single(write(&state, &caller, vec![doc], Mode::Apply, false, Some(&path)).await?)
+    single(
+        write(
+            &state,
+            &caller,
+            vec![doc],
+            Mode::Apply,
+            false,
+            Some(Pin::Item(&path)),
+        )
+        .await?,
+    )
 }
 
 /// `POST` on a collection: create a resource in it.
@@ -137,15 +147,12 @@ pub async fn create(
             "POST to a collection, or PUT a single resource",
         ));
     };
-    let v = validated_one(&doc)?;
-    let parent = parent.unwrap_or_default();
-    if v.kind.name != kind.name || v.parent != parent {
-        return Err(ApiError::bad_request(format!(
-            "the document is a {} under {:?}, but this collection holds {} under {parent:?}",
-            v.kind.name, v.parent, kind.plural
-        )));
-    }
-    single(write(&state, &caller, vec![doc], Mode::Create, false, None).await?)
+    let collection = match parent.filter(|p| !p.is_empty()) {
+        Some(parent) => format!("{parent}/{}", kind.plural),
+        None => kind.plural.to_string(),
+    };
+    let pin = Pin::Collection(&collection);
+    single(write(&state, &caller, vec![doc], Mode::Create, false, Some(pin)).await?)
 }
 
 /// `DELETE` on an item, optionally only at `?resourceVersion=N`.
@@ -231,15 +238,6 @@ fn single(mut applied: Vec<Applied>) -> Result<(StatusCode, Json<Value>), ApiErr
     ))
 }
 
-fn validated_one(doc: &Value) -> Result<Validated, ApiError> {
-    validate(doc).map_err(|problems| {
-        ApiError::invalid(
-            "the document has problems; nothing was stored",
-            details(0, "", problems),
-        )
-    })
-}
-
 fn details(document: usize, path: &str, problems: Problems) -> Vec<Detail> {
     problems
         .into_vec()
@@ -253,15 +251,24 @@ fn details(document: usize, path: &str, problems: Problems) -> Vec<Detail> {
         .collect()
 }
 
+/// What the URL of a single-resource request says its document must be.
+#[derive(Clone, Copy)]
+enum Pin<'a> {
+    /// `PUT …/plural/name`: exactly this resource.
+    Item(&'a str),
+    /// `POST …/plural`: a resource in this collection.
+    Collection(&'a str),
+}
+
 /// Validates, checks, authorizes and stores a set of documents atomically.
-/// `only_path` pins a single document to the resource its URL names.
+/// `pin` ties a single document to what its URL names.
 async fn write(
     state: &AppState,
     caller: &Caller,
     docs: Vec<Value>,
     mode: Mode,
     dry_run: bool,
-    only_path: Option<&str>,
+    pin: Option<Pin<'_>>,
 ) -> Result<Vec<Applied>, ApiError> {
     if docs.is_empty() {
         return Err(ApiError::bad_request("the request names no resources"));
@@ -291,13 +298,23 @@ async fn write(
             problems,
         ));
     }
-    if let (Some(expected), Some((_, v))) = (only_path, valid.first())
-        && v.path != expected
-    {
-        return Err(ApiError::bad_request(format!(
-            "the document names {}, but the URL names {expected}",
-            v.path
-        )));
+    if let (Some(pin), Some((_, v))) = (pin, valid.first()) {
+        let collection = v.path.rsplit_once('/').map_or("", |(c, _)| c);
+        match pin {
+            Pin::Item(url) if v.path != url => {
+                return Err(ApiError::bad_request(format!(
+                    "the document names {}, but the URL names {url}",
+                    v.path
+                )));
+            }
+            Pin::Collection(url) if collection != url => {
+                return Err(ApiError::bad_request(format!(
+                    "the document names {}, which is not in the collection the URL names ({url})",
+                    v.path
+                )));
+            }
+            _ => {}
+        }
     }
 
     let mut changes = Vec::with_capacity(valid.len());
