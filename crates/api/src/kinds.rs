@@ -45,7 +45,8 @@ pub struct Kind {
     pub concern: Concern,
     /// At most one resource of this kind exists (the Organization).
     pub singleton: bool,
-    /// Extra `weft get` table columns: header and field inside `spec`.
+    /// Extra `weft get` table columns: header and field inside `spec`
+    /// (or inside `status`, written `status.field`).
     pub columns: &'static [(&'static str, &'static str)],
     check_spec: fn(&Value, &mut Problems) -> Vec<Reference>,
     spec_schema: fn(&mut SchemaGenerator) -> Schema,
@@ -182,7 +183,11 @@ pub static KINDS: &[Kind] = &[
         columns: &[
             ("REGION", "region"),
             ("ZONE", "zone"),
-            ("NETWORK", "network"),
+            ("EDGE", "status.edge"),
+            ("PROXIES", "status.proxies"),
+            ("NACKS", "status.nacks"),
+            ("CONFIG", "status.configVersion"),
+            ("LAST SEEN", "status.lastSeen"),
         ],
         check_spec: check_spec::<ClusterSpec>,
         spec_schema: spec_schema::<ClusterSpec>,

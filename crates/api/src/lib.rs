@@ -12,6 +12,7 @@
 //! problem is collected with its field path) → [`Validated`] (the resource,
 //! its hierarchical path and the paths it references) → the store.
 
+pub mod edge;
 pub mod iam;
 pub mod kinds;
 pub mod problems;

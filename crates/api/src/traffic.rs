@@ -137,6 +137,20 @@ pub enum Method {
     Options,
 }
 
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
@@ -307,7 +321,7 @@ pub struct TrafficSettingSpec {
     pub connection_pool: Option<ConnectionPool>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
     /// Retries after the first try.
@@ -338,7 +352,7 @@ pub enum RetryOn {
     Retriable4xx,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     /// Retries may be at most this percentage of active requests.
@@ -348,7 +362,7 @@ pub struct RetryBudget {
 }
 
 /// Limits per upstream service; over them, calls fail fast with 503.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     #[schemars(range(min = 1))]
@@ -362,7 +376,7 @@ pub struct CircuitBreaker {
 }
 
 /// Ejects instances that keep failing, and brings them back later.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx answers that eject an instance (default 5).
@@ -387,7 +401,7 @@ pub enum LoadBalancer {
     Random,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPool {
     pub connect_timeout: Option<String>,

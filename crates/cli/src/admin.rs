@@ -143,8 +143,7 @@ pub async fn verify(client: &Client) -> Result<bool, CliError> {
 
 pub async fn token_create(
     client: &Client,
-    user: Option<String>,
-    description: String,
+    request: CreateToken,
     ttl: Option<String>,
 ) -> Result<(), CliError> {
     let ttl_seconds = ttl
@@ -155,9 +154,8 @@ pub async fn token_create(
         })
         .transpose()?;
     let request = CreateToken {
-        user,
-        description,
         ttl_seconds,
+        ..request
     };
     let created: CreatedToken = client.send(Method::POST, "tokens", Some(&request)).await?;
     let until = created
@@ -166,7 +164,7 @@ pub async fn token_create(
         .as_deref()
         .map_or("until revoked".to_string(), |at| format!("until {at}"));
     eprintln!(
-        "token {} for user {:?} created, valid {until}. This is the only time the secret is shown:",
+        "token {} for {:?} created, valid {until}. This is the only time the secret is shown:",
         created.token.id, created.token.user
     );
     println!("{}", created.secret);
@@ -176,9 +174,14 @@ pub async fn token_create(
 pub async fn token_list(
     client: &Client,
     user: Option<String>,
+    cluster: Option<String>,
     format: Format,
 ) -> Result<(), CliError> {
-    let query: Vec<(&str, String)> = user.into_iter().map(|u| ("user", u)).collect();
+    let query: Vec<(&str, String)> = user
+        .map(|u| ("user", u))
+        .into_iter()
+        .chain(cluster.map(|c| ("cluster", c)))
+        .collect();
     let tokens: Vec<TokenRecord> = client.get_with("tokens", &query).await?;
     match format {
         Format::Json => print!("{}", output::json(&tokens)),

@@ -7,10 +7,14 @@
 mod admin;
 mod client;
 mod config;
+mod echo;
+mod edge;
 mod manifests;
 mod output;
 mod resources;
 mod server;
+mod sidecar;
+mod translate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +26,7 @@ use crate::admin::AuditArgs;
 use crate::client::{CliError, Client, Connection, Exit};
 use crate::output::Format;
 use crate::resources::Place;
+use weft_manage::tokens::CreateToken;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -50,6 +55,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the local control plane of one cluster: workload registry and xDS for its proxies
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east > edge.token
+  weft edge --cluster east --credential-file edge.token
+  weft edge --cluster east --credential-file edge.token --xds-listen 0.0.0.0:15010
+The edge keeps the last configuration from the server in --data and serves it
+while the server is unreachable, restarts included.")]
+    Edge(edge::EdgeArgs),
+
+    /// Run a workload's Envoy sidecar (and optionally the app) connected to its edge
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east --namespace shop --service-account reviews > reviews.token
+  weft sidecar --service reviews --namespace shop --label version=v2 --app-port 9080 \\
+      --inbound 127.0.0.1:15006 --outbound-port 15001 --credential-file reviews.token \\
+      -- ./reviews-server --port 9080
+The app calls other services through its sidecar with the service name as the host:
+  curl -H 'Host: ratings' http://127.0.0.1:15001/           # same namespace
+  curl -x http://127.0.0.1:15001 http://ratings.shop/       # as an HTTP proxy
+  grpcurl -plaintext -authority ratings 127.0.0.1:15001 list # h2c and gRPC too")]
+    Sidecar(sidecar::SidecarArgs),
+
+    /// Tools for testing and inspecting: offline translation, a test workload
+    #[command(subcommand)]
+    X(XCommand),
+
     /// Run the management plane (REST API, IAM, audit) on SQLite or PostgreSQL
     #[command(after_help = "\
 Examples:
@@ -188,16 +220,48 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum XCommand {
+    /// Translate manifests plus a registry of workloads into each proxy's xDS resources, offline
+    #[command(after_help = "\
+Examples:
+  weft x translate -f examples/quickstart/ -f examples/traffic/ --registry workloads.yaml --cluster east
+  weft x translate -f config/ --registry workloads.yaml --cluster east --node reviews-1
+A registry is a YAML list of workloads:
+  - {node: reviews-1, service: reviews, namespace: shop, serviceAccount: reviews,
+     labels: {version: v1}, address: 127.0.0.2, port: 15006, appPort: 9080, outboundPort: 15001}
+Exit status 3 when a resource could not be translated (listed on stderr).")]
+    Translate(translate::TranslateArgs),
+    /// A test workload that answers with its service, version and the request it saw
+    #[command(after_help = "\
+Examples:
+  weft x echo --service reviews --version v2 --listen 127.0.0.1:9080
+Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503 on that instance only).")]
+    Echo(echo::EchoArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token; the secret is printed once, on stdout
     #[command(after_help = "\
 Examples:
   weft token create --description laptop
-  weft token create --user ci-bot --ttl 30d --description 'deploy pipeline' > ci.token")]
+  weft token create --user ci-bot --ttl 30d --description 'deploy pipeline' > ci.token
+  weft token create --cluster east > edge.token              # for `weft edge`
+  weft token create --cluster east --namespace shop --service-account cart > cart.token
+                                                             # for `weft sidecar`")]
     Create {
         /// Whose token (default: yours; another user's needs admin)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         user: Option<String>,
+        /// An edge credential for this cluster (needs update on the Cluster)
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With --service-account: a workload credential for this namespace
+        #[arg(long, requires_all = ["cluster", "service_account"])]
+        namespace: Option<String>,
+        /// With --namespace: the workload's service account
+        #[arg(long, requires_all = ["cluster", "namespace"])]
+        service_account: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
         /// Lifetime, e.g. 12h or 90d (default: until revoked)
@@ -208,11 +272,15 @@ Examples:
     #[command(after_help = "\
 Examples:
   weft token list
-  weft token list --user ci-bot -o json")]
+  weft token list --user ci-bot -o json
+  weft token list --cluster east")]
     List {
         /// Whose tokens (default: yours)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         user: Option<String>,
+        /// The edge and workload credentials of this cluster
+        #[arg(long)]
+        cluster: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -255,6 +323,35 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Server(args) => {
             init_logging(&cli.log_format);
             server::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
+        }
+        Command::Edge(args) => {
+            init_logging(&cli.log_format);
+            let server = client()?.server;
+            edge::run_edge(args, server)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
+        }
+        Command::Sidecar(args) => {
+            init_logging(&cli.log_format);
+            let code = sidecar::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::X(XCommand::Translate(args)) => {
+            if translate::run(args)? {
+                ok
+            } else {
+                Ok(ExitCode::from(Exit::Invalid as u8))
+            }
+        }
+        Command::X(XCommand::Echo(args)) => {
+            init_logging(&cli.log_format);
+            echo::run(args)
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             ok
@@ -303,14 +400,29 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         } => admin::audit(&client()?, &filters).await.and(ok),
         Command::Token(TokenCommand::Create {
             user,
+            cluster,
+            namespace,
+            service_account,
             description,
             ttl,
-        }) => admin::token_create(&client()?, user, description, ttl)
+        }) => {
+            let request = CreateToken {
+                user,
+                cluster,
+                namespace,
+                service_account,
+                description,
+                ttl_seconds: None,
+            };
+            admin::token_create(&client()?, request, ttl).await.and(ok)
+        }
+        Command::Token(TokenCommand::List {
+            user,
+            cluster,
+            format,
+        }) => admin::token_list(&client()?, user, cluster, format)
             .await
             .and(ok),
-        Command::Token(TokenCommand::List { user, format }) => {
-            admin::token_list(&client()?, user, format).await.and(ok)
-        }
         Command::Token(TokenCommand::Revoke { id }) => {
             admin::token_revoke(&client()?, &id).await.and(ok)
         }

@@ -232,33 +232,35 @@ fn resource_table(kind: &Kind, items: &[Resource]) -> String {
     }
     headers.extend(kind.columns.iter().map(|(header, _)| *header));
     headers.extend(["VERSION", "AGE"]);
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|r| {
-            let mut row = vec![r.metadata.name.clone()];
-            if nested {
-                let parent = r
-                    .metadata
-                    .parents()
-                    .iter()
-                    .fold(String::new(), |path, (_, k, n)| {
-                        Kind::named(k).map_or(path.clone(), |k| child_path(&path, k, n))
+    let rows: Vec<Vec<String>> =
+        items
+            .iter()
+            .map(|r| {
+                let mut row = vec![r.metadata.name.clone()];
+                if nested {
+                    let parent =
+                        r.metadata
+                            .parents()
+                            .iter()
+                            .fold(String::new(), |path, (_, k, n)| {
+                                Kind::named(k).map_or(path.clone(), |k| child_path(&path, k, n))
+                            });
+                    row.push(if parent.is_empty() {
+                        "(top level)".into()
+                    } else {
+                        parent
                     });
-                row.push(if parent.is_empty() {
-                    "(top level)".into()
-                } else {
-                    parent
-                });
-            }
-            row.extend(
-                kind.columns
-                    .iter()
-                    .map(|(_, field)| output::cell(r.spec.get(*field))),
-            );
-            row.push(r.metadata.resource_version.clone().unwrap_or_default());
-            row.push(output::age(r.metadata.created_at.as_deref()));
-            row
-        })
-        .collect();
+                }
+                row.extend(kind.columns.iter().map(
+                    |(_, field)| match field.strip_prefix("status.") {
+                        Some(field) => output::cell(r.status.as_ref().and_then(|s| s.get(field))),
+                        None => output::cell(r.spec.get(*field)),
+                    },
+                ));
+                row.push(r.metadata.resource_version.clone().unwrap_or_default());
+                row.push(output::age(r.metadata.created_at.as_deref()));
+                row
+            })
+            .collect();
     output::table(&headers, &rows)
 }

@@ -27,13 +27,17 @@ pub struct ServerArgs {
     pub organization: String,
 }
 
-fn default_data_dir() -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
+/// `$XDG_DATA_HOME`, else `~/.local/share`.
+pub fn data_home() -> Result<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share")))
-        .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")?;
-    Ok(base.join("weft"))
+        .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    Ok(data_home()?.join("weft"))
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -106,7 +110,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 }
 
 /// Completes on Ctrl-C or SIGTERM, so in-flight requests can finish.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler works on Unix");
     tokio::select! {

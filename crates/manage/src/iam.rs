@@ -13,12 +13,11 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use rand::RngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use weft_api::iam::builtin_rules;
 use weft_api::kinds::{kind_of_path, top_level_path};
 use weft_api::specs::{AccessBindingSpec, RoleSpec, TeamSpec};
 use weft_api::{Rule, Verb};
-use weft_store::{AuditRecord, Change, Store};
+use weft_store::{AuditRecord, Change, Store, TokenRecord};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -37,10 +36,7 @@ pub fn new_token_id() -> String {
     hex::encode(bytes)
 }
 
-/// What the store keeps of a secret.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
+pub use weft_api::edge::hash_secret;
 
 /// One binding's worth of permissions.
 #[derive(Debug, Clone, Serialize)]
@@ -144,14 +140,37 @@ pub async fn record_denial(
 
 /// Resolves a bearer token to a caller with their grants.
 pub async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Caller, ApiError> {
-    let fail = |reason: &'static str, message: &str| {
-        state
-            .metrics
-            .auth_failures
-            .get_or_create(&vec![("reason", reason)])
-            .inc();
-        ApiError::unauthenticated(message.to_string())
-    };
+    let token = valid_token(state, header).await?;
+    let store = &state.store;
+    if store
+        .get(&top_level_path("User", &token.user))
+        .await?
+        .is_none()
+    {
+        return Err(auth_failure(
+            state,
+            "no_user",
+            &format!(
+                "user {:?} of token {} no longer exists (edge and workload credentials only work with `weft edge` and `weft sidecar`)",
+                token.user, token.id
+            ),
+        ));
+    }
+    grants_of(store, &token.user).await
+}
+
+fn auth_failure(state: &AppState, reason: &'static str, message: &str) -> ApiError {
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&vec![("reason", reason)])
+        .inc();
+    ApiError::unauthenticated(message.to_string())
+}
+
+/// The live (known, unrevoked, unexpired) token a bearer header carries.
+pub async fn valid_token(state: &AppState, header: Option<&str>) -> Result<TokenRecord, ApiError> {
+    let fail = |reason: &'static str, message: &str| auth_failure(state, reason, message);
     let Some(header) = header else {
         return Err(fail("missing", "this request carries no token"));
     };
@@ -175,20 +194,7 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Call
     {
         return Err(fail("expired", &format!("token {} has expired", token.id)));
     }
-    if store
-        .get(&top_level_path("User", &token.user))
-        .await?
-        .is_none()
-    {
-        return Err(fail(
-            "no_user",
-            &format!(
-                "user {:?} of token {} no longer exists",
-                token.user, token.id
-            ),
-        ));
-    }
-    grants_of(store, &token.user).await
+    Ok(token)
 }
 
 /// The user's teams and every grant that names them or their teams.

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod bootstrap;
+pub mod edges;
 pub mod error;
 pub mod iam;
 pub mod metrics;
@@ -68,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/edge/config", get(edges::config))
+        .route("/v1/edge/status", axum::routing::put(edges::status))
         .route(
             "/v1/{*rest}",
             get(resources::read)

@@ -82,15 +82,17 @@ pub async fn read(
                 .get(&path)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("{path} does not exist")))?;
+            let mut items = vec![stored.resource];
+            with_edge_status(&state, kind.name, &mut items).await?;
             Ok(Json(
-                serde_json::to_value(stored.resource).expect("a resource serializes"),
+                serde_json::to_value(&items[0]).expect("a resource serializes"),
             ))
         }
         Target::Collection { kind, parent } => {
             // Read before listing: a watch from here may repeat a change
             // the list already shows, but never misses one.
             let revision = state.store.revision().await?;
-            let items = state
+            let mut items: Vec<weft_api::Resource> = state
                 .store
                 .list(kind.name)
                 .await?
@@ -99,11 +101,29 @@ pub async fn read(
                 .filter(|s| caller.can(Verb::Read, kind.name, &s.path))
                 .map(|s| s.resource)
                 .collect();
+            with_edge_status(&state, kind.name, &mut items).await?;
             Ok(Json(
                 serde_json::to_value(List { items, revision }).expect("a list serializes"),
             ))
         }
     }
+}
+
+/// Clusters carry their edge's last report as `status`.
+async fn with_edge_status(
+    state: &AppState,
+    kind: &str,
+    items: &mut [weft_api::Resource],
+) -> Result<(), ApiError> {
+    if kind != "Cluster" {
+        return Ok(());
+    }
+    let reports = state.store.edge_reports().await?;
+    for item in items {
+        let report = reports.iter().find(|r| r.cluster == item.metadata.name);
+        item.status = Some(crate::edges::cluster_status(report));
+    }
+    Ok(())
 }
 
 /// `PUT` on an item: create or update it; the document must name it.

@@ -10,7 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use weft_api::Verb;
+use weft_api::edge::{edge_principal, parse_workload_principal, workload_principal};
 use weft_api::kinds::top_level_path;
+use weft_api::problems::check_dns_label;
 use weft_store::TokenRecord;
 
 use crate::AppState;
@@ -23,6 +25,11 @@ use crate::request::JsonBody;
 pub struct CreateToken {
     /// Whose token; the caller by default.
     pub user: Option<String>,
+    /// An edge credential for this cluster instead of a user token; with
+    /// `namespace` and `serviceAccount`, a workload credential there.
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
     #[serde(default)]
     pub description: String,
     /// Lifetime; none means until revoked.
@@ -41,6 +48,69 @@ pub struct CreatedToken {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub user: Option<String>,
+    /// The edge and workload credentials of this cluster.
+    pub cluster: Option<String>,
+}
+
+/// The cluster an edge or workload principal belongs to.
+fn cluster_of(principal: &str) -> Option<&str> {
+    principal
+        .strip_prefix("cluster:")
+        .or_else(|| parse_workload_principal(principal).map(|(cluster, _, _)| cluster))
+}
+
+/// Credentials of a cluster are managed by those who may update it.
+async fn may_manage_cluster(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &str,
+    verb: Verb,
+) -> Result<(), ApiError> {
+    let path = top_level_path("Cluster", cluster);
+    caller.require(&state.store, verb, "Cluster", &path).await?;
+    if state.store.get(&path).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "cluster {cluster:?} does not exist; apply a Cluster resource first"
+        )));
+    }
+    Ok(())
+}
+
+/// Whose credential a request asks for: a user, an edge, or a workload.
+async fn principal(
+    state: &AppState,
+    caller: &Caller,
+    request: &CreateToken,
+) -> Result<String, ApiError> {
+    let Some(cluster) = &request.cluster else {
+        if request.namespace.is_some() || request.service_account.is_some() {
+            return Err(ApiError::bad_request(
+                "namespace and serviceAccount make a workload credential: give cluster too",
+            ));
+        }
+        let user = request.user.clone().unwrap_or_else(|| caller.user.clone());
+        may_manage(state, caller, &user, Verb::Update).await?;
+        return Ok(user);
+    };
+    if request.user.is_some() {
+        return Err(ApiError::bad_request(
+            "give either user (a user token) or cluster (an edge or workload credential), not both",
+        ));
+    }
+    may_manage_cluster(state, caller, cluster, Verb::Update).await?;
+    match (&request.namespace, &request.service_account) {
+        (None, None) => Ok(edge_principal(cluster)),
+        (Some(namespace), Some(account)) => {
+            for (field, value) in [("namespace", namespace), ("serviceAccount", account)] {
+                check_dns_label(value)
+                    .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
+            }
+            Ok(workload_principal(cluster, namespace, account))
+        }
+        _ => Err(ApiError::bad_request(
+            "a workload credential needs both namespace and serviceAccount",
+        )),
+    }
 }
 
 /// Checks the caller may manage `user`'s tokens, and that the user exists.
@@ -65,8 +135,7 @@ pub async fn create(
     caller: Caller,
     JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let user = request.user.unwrap_or_else(|| caller.user.clone());
-    may_manage(&state, &caller, &user, Verb::Update).await?;
+    let user = principal(&state, &caller, &request).await?;
     if request.description.len() > 256 {
         return Err(ApiError::bad_request("description: at most 256 characters"));
     }
@@ -104,6 +173,12 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<TokenRecord>>, ApiError> {
+    if let Some(cluster) = &query.cluster {
+        may_manage_cluster(&state, &caller, cluster, Verb::Read).await?;
+        let mut tokens = state.store.list_tokens(None).await?;
+        tokens.retain(|t| cluster_of(&t.user) == Some(cluster.as_str()));
+        return Ok(Json(tokens));
+    }
     let user = query.user.unwrap_or_else(|| caller.user.clone());
     may_manage(&state, &caller, &user, Verb::Read).await?;
     Ok(Json(state.store.list_tokens(Some(&user)).await?))
@@ -117,7 +192,9 @@ pub async fn revoke(
     let Some(token) = state.store.token(&id).await? else {
         return Err(ApiError::not_found(format!("no token {id:?}")));
     };
-    if token.user != caller.user {
+    if let Some(cluster) = cluster_of(&token.user) {
+        may_manage_cluster(&state, &caller, cluster, Verb::Update).await?;
+    } else if token.user != caller.user {
         caller
             .require(
                 &state.store,

@@ -19,6 +19,7 @@
 //!   consistent order.
 
 pub mod audit;
+pub mod edges;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tokens;
@@ -34,6 +35,7 @@ use weft_api::kinds::Kind;
 use weft_api::{Reference, Resource, Validated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
+pub use edges::EdgeReport;
 pub use tokens::TokenRecord;
 pub use watch::{ChangeEvent, Op};
 
@@ -248,6 +250,10 @@ const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL,
         expires_at TEXT,
         revoked_at TEXT)",
+    "CREATE TABLE IF NOT EXISTS edge_status (
+        cluster TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        reported_at TEXT NOT NULL)",
     // The row every writer locks first; see the module docs.
     "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
         ON CONFLICT (id) DO NOTHING",

@@ -107,6 +107,26 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
+    /// Tokens whose principal starts with `prefix`, with their secret
+    /// hashes: what an edge needs to check workload credentials offline.
+    pub async fn tokens_with_hashes(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(TokenRecord, String)>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            ", hash FROM tokens WHERE substr(user_name, 1, $1) = $2 ORDER BY id"
+        ))
+        .bind(prefix.chars().count() as i64)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((token_from_row(r)?, r.try_get(6)?)))
+            .collect()
+    }
+
     /// Marks a token revoked; returns false if it was already revoked.
     pub async fn revoke_token(
         &self,

@@ -25,20 +25,50 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 use crate::snapshot::{Entry, ResourceType, Snapshot};
 
+/// Decides which proxies may connect and hears when they leave: the
+/// edge's workload registry. Without one, every proxy is admitted.
+pub trait Admission: Send + Sync + 'static {
+    /// Called once per stream with the node of its first request and the
+    /// stream's gRPC metadata; an error closes the stream with that status,
+    /// which the proxy logs.
+    fn admit(&self, node: &Node, metadata: &MetadataMap) -> Result<(), Status>;
+    /// An admitted stream of `node_id` ended.
+    fn left(&self, node_id: &str);
+}
+
 /// Serves every proxy's ADS streams from one [`SnapshotCache`].
 #[derive(Clone)]
 pub struct AdsServer {
     cache: Arc<SnapshotCache>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl AdsServer {
     pub fn new(cache: Arc<SnapshotCache>) -> AdsServer {
-        AdsServer { cache }
+        AdsServer {
+            cache,
+            admission: None,
+        }
+    }
+
+    /// Asks `admission` before serving a proxy.
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> AdsServer {
+        self.admission = Some(admission);
+        self
+    }
+
+    fn session<P: Protocol>(&self, protocol: P, metadata: MetadataMap) -> Session<P> {
+        Session::new(
+            self.cache.clone(),
+            protocol,
+            self.admission.clone().map(|a| (a, metadata)),
+        )
     }
 
     /// The gRPC service to add to a tonic server.
@@ -57,14 +87,12 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(
-            self.cache.clone(),
-            Sotw {
-                tx,
-                types: BTreeMap::new(),
-            },
-        );
-        tokio::spawn(session.run(request.into_inner()));
+        let (metadata, _, inbound) = request.into_parts();
+        let protocol = Sotw {
+            tx,
+            types: BTreeMap::new(),
+        };
+        tokio::spawn(self.session(protocol, metadata).run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -73,14 +101,12 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(
-            self.cache.clone(),
-            Delta {
-                tx,
-                types: BTreeMap::new(),
-            },
-        );
-        tokio::spawn(session.run(request.into_inner()));
+        let (metadata, _, inbound) = request.into_parts();
+        let protocol = Delta {
+            tx,
+            types: BTreeMap::new(),
+        };
+        tokio::spawn(self.session(protocol, metadata).run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -115,6 +141,8 @@ trait Protocol: Send + 'static {
         removals: bool,
         nonce: String,
     ) -> Result<Option<usize>, Closed>;
+    /// Ends the stream with `status`.
+    async fn refuse(&mut self, status: Status);
     /// Where type `t` stands, if the proxy ever asked for it.
     fn progress(&self, t: ResourceType) -> Option<&Progress>;
     /// The version of resource `name` of type `t` the proxy was given.
@@ -151,6 +179,9 @@ struct Step {
 struct Session<P> {
     cache: Arc<SnapshotCache>,
     protocol: P,
+    /// Asked once the node is known; the stream's metadata goes with it.
+    admission: Option<(Arc<dyn Admission>, MetadataMap)>,
+    admitted: bool,
     node: Option<String>,
     snapshot_rx: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
     nonces: u64,
@@ -161,10 +192,16 @@ struct Session<P> {
 }
 
 impl<P: Protocol> Session<P> {
-    fn new(cache: Arc<SnapshotCache>, protocol: P) -> Session<P> {
+    fn new(
+        cache: Arc<SnapshotCache>,
+        protocol: P,
+        admission: Option<(Arc<dyn Admission>, MetadataMap)>,
+    ) -> Session<P> {
         Session {
             cache,
             protocol,
+            admission,
+            admitted: false,
             node: None,
             snapshot_rx: None,
             nonces: 0,
@@ -219,18 +256,27 @@ impl<P: Protocol> Session<P> {
         if let Some(node) = &self.node {
             self.cache.stream_closed(node);
             tracing::info!(node, "proxy disconnected");
+            if let (Some((admission, _)), true) = (&self.admission, self.admitted) {
+                admission.left(node);
+            }
         }
     }
 
     async fn on_request(&mut self, request: P::Request) -> Result<(), Closed> {
         if self.node.is_none() {
-            let Some(id) = P::node(&request)
-                .map(|n| n.id.clone())
-                .filter(|id| !id.is_empty())
-            else {
+            let Some(node) = P::node(&request).filter(|n| !n.id.is_empty()) else {
                 tracing::warn!("xDS stream without a node id in its first request; closing it");
                 return Err(Closed);
             };
+            let id = node.id.clone();
+            if let Some((admission, metadata)) = &self.admission {
+                if let Err(status) = admission.admit(node, metadata) {
+                    tracing::warn!(node = %id, reason = status.message(), "proxy refused");
+                    self.protocol.refuse(status).await;
+                    return Err(Closed);
+                }
+                self.admitted = true;
+            }
             self.snapshot_rx = Some(self.cache.subscribe(&id));
             self.cache.stream_opened(&id);
             tracing::info!(node = %id, "proxy connected");
@@ -468,6 +514,10 @@ impl Protocol for Sotw {
         Ok(Some(count))
     }
 
+    async fn refuse(&mut self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
+    }
+
     fn progress(&self, t: ResourceType) -> Option<&Progress> {
         self.types.get(&t).map(|s| &s.progress)
     }
@@ -606,6 +656,10 @@ impl Protocol for Delta {
         let count = response.resources.len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         Ok(Some(count))
+    }
+
+    async fn refuse(&mut self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
     }
 
     fn progress(&self, t: ResourceType) -> Option<&Progress> {

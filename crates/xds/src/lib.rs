@@ -12,6 +12,6 @@ pub mod ads;
 pub mod cache;
 pub mod snapshot;
 
-pub use ads::AdsServer;
+pub use ads::{Admission, AdsServer};
 pub use cache::{Nack, ProxyStatus, SnapshotCache, XdsMetrics};
 pub use snapshot::{Inconsistent, ResourceType, Snapshot};

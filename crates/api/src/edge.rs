@@ -1,0 +1,118 @@
+//! What crosses between `weft server` and an edge: the configuration for
+//! one cluster going down, the edge's status coming up.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::resource::Resource;
+
+/// The part of the configuration that applies to one cluster: the
+/// workspaces whose selectors name it, everything under them that shapes
+/// traffic, and the workload credentials issued for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeConfig {
+    /// A hash of everything below; the edge sends it back to wait for the
+    /// next change.
+    pub version: String,
+    pub cluster: String,
+    pub resources: Vec<Resource>,
+    pub workload_credentials: Vec<WorkloadCredential>,
+}
+
+/// A credential a workload presents to its edge, by the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCredential {
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// What is kept of a credential's secret: its SHA-256, hex. The server
+/// stores only this; edges compare workload credentials by it.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The principal of an edge credential for `cluster`.
+pub fn edge_principal(cluster: &str) -> String {
+    format!("cluster:{cluster}")
+}
+
+/// The principal of a workload credential.
+pub fn workload_principal(cluster: &str, namespace: &str, service_account: &str) -> String {
+    format!("workload:{cluster}/{namespace}/{service_account}")
+}
+
+/// Splits a workload principal into cluster, namespace and service account.
+pub fn parse_workload_principal(principal: &str) -> Option<(&str, &str, &str)> {
+    let rest = principal.strip_prefix("workload:")?;
+    let (cluster, rest) = rest.split_once('/')?;
+    let (namespace, service_account) = rest.split_once('/')?;
+    Some((cluster, namespace, service_account))
+}
+
+/// What an edge reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeStatus {
+    /// The configuration version the edge serves ("" before the first).
+    pub config_version: String,
+    /// Whether the edge serves configuration read back from its disk
+    /// because it has not reached the server since it started.
+    #[serde(default)]
+    pub from_disk: bool,
+    pub proxies: Vec<ProxyReport>,
+    /// Resources the edge could not translate; the rest still applies.
+    #[serde(default)]
+    pub errors: Vec<ConfigError>,
+}
+
+/// One proxy known to the edge.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyReport {
+    pub node: String,
+    pub service: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub address: String,
+    pub connected: bool,
+    /// Accepted version per resource type (cds, eds, lds, rds).
+    #[serde(default)]
+    pub acked: BTreeMap<String, String>,
+    /// Whether the proxy accepted the configuration the edge has for it.
+    #[serde(default)]
+    pub in_sync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack: Option<NackReport>,
+}
+
+/// A configuration the proxy refused, in its own words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NackReport {
+    pub resource_type: String,
+    pub version: String,
+    pub message: String,
+}
+
+/// A resource that could not be translated, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigError {
+    /// The resource's path (`tenants/t/workspaces/w/...`).
+    pub path: String,
+    /// A field inside it, if one is to blame.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    pub message: String,
+}

@@ -1,0 +1,117 @@
+//! `weft x echo`: a small test workload. It answers every request with its
+//! service, version and instance, and the request it saw; query parameters
+//! let tests inject behavior:
+//! `?status=503` answers with that status, `?delay=300ms` waits first,
+//! `?fail=NAME` answers 503 only on the instance called NAME.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use crate::server::shutdown_signal;
+
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, default_value = "v1")]
+    pub version: String,
+    /// This instance's name [default: SERVICE-VERSION]
+    #[arg(long)]
+    pub instance: Option<String>,
+}
+
+struct Identity {
+    service: String,
+    version: String,
+    instance: String,
+}
+
+#[derive(Serialize)]
+struct Echo<'a> {
+    service: &'a str,
+    version: &'a str,
+    instance: &'a str,
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
+}
+
+async fn answer(
+    State(me): State<Arc<Identity>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> impl IntoResponse {
+    if let Some(delay) = query
+        .get("delay")
+        .and_then(|d| humantime::parse_duration(d).ok())
+    {
+        tokio::time::sleep(delay.min(Duration::from_secs(60))).await;
+    }
+    let mut status = query
+        .get("status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    if query.get("fail") == Some(&me.instance) {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let body = Echo {
+        service: &me.service,
+        version: &me.version,
+        instance: &me.instance,
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: query.clone(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    (
+        status,
+        [("x-echo-instance", me.instance.clone())],
+        Json(serde_json::to_value(body).unwrap_or_default()),
+    )
+}
+
+pub async fn run(args: EchoArgs) -> Result<()> {
+    let me = Arc::new(Identity {
+        instance: args
+            .instance
+            .unwrap_or_else(|| format!("{}-{}", args.service, args.version)),
+        service: args.service,
+        version: args.version,
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "weft echo: {} ({}) on http://{}",
+        me.instance,
+        me.version,
+        listener.local_addr()?
+    );
+    let app = axum::Router::new().fallback(answer).with_state(me);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}

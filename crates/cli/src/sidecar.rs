@@ -1,0 +1,261 @@
+//! `weft sidecar`: writes the Envoy bootstrap that announces a workload to
+//! its edge, then runs Envoy (and optionally the app) and supervises them:
+//! when either exits, or on Ctrl-C/SIGTERM, both stop.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use rand::RngCore;
+use tokio::process::{Child, Command};
+use weft_control::workload::Workload;
+
+use crate::edge::read_credential;
+use crate::server::shutdown_signal;
+
+#[derive(Debug, clap::Args)]
+pub struct SidecarArgs {
+    /// The service this workload is an instance of
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The workload's service account [default: the service name]
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// A label other services' routes can select on, e.g. version=v2 (repeatable)
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The app's port on 127.0.0.1; without it the workload only calls out
+    #[arg(long)]
+    pub app_port: Option<u16>,
+    /// Where other workloads reach this one (the inbound listener)
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    pub inbound: std::net::SocketAddr,
+    /// Port on 127.0.0.1 where the app calls other services
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// The edge's xDS address
+    #[arg(long, env = "WEFT_EDGE", default_value = "127.0.0.1:15010")]
+    pub edge: std::net::SocketAddr,
+    /// A file holding the workload credential
+    /// (`weft token create --cluster C --namespace N --service-account S`)
+    #[arg(long, env = "WEFT_WORKLOAD_CREDENTIAL_FILE")]
+    pub credential_file: PathBuf,
+    /// The proxy's node id [default: SERVICE-<random>]
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The Envoy binary
+    #[arg(long, env = "WEFT_ENVOY", default_value = "envoy")]
+    pub envoy: PathBuf,
+    /// Envoy's admin port on 127.0.0.1 (0 picks a free one)
+    #[arg(long, default_value_t = 0)]
+    pub admin_port: u16,
+    /// Envoy's log level
+    #[arg(long, default_value = "warning")]
+    pub envoy_log_level: String,
+    /// Use state-of-the-world xDS instead of delta
+    #[arg(long)]
+    pub sotw: bool,
+    /// The app to run beside Envoy, after `--`
+    #[arg(last = true)]
+    pub app: Vec<String>,
+}
+
+fn parse_label(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{value:?} is not key=value")),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The Envoy bootstrap: who this proxy is, and how to reach the edge.
+pub fn bootstrap(
+    workload: &Workload,
+    edge: std::net::SocketAddr,
+    credential: &str,
+    admin_port: u16,
+    delta: bool,
+) -> serde_json::Value {
+    let ads = serde_json::json!({"ads": {}, "resource_api_version": "V3"});
+    serde_json::json!({
+        "node": {
+            "id": workload.node,
+            "cluster": workload.service,
+            "metadata": workload.to_metadata(),
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": if delta { "DELTA_GRPC" } else { "GRPC" },
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": {"cluster_name": "weft-edge"},
+                    "initial_metadata": [{"key": "authorization", "value": format!("Bearer {credential}")}],
+                }],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "weft-edge",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": "weft-edge",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": edge.ip().to_string(), "port_value": edge.port(),
+                    }}}}]}],
+                },
+            }],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+    })
+}
+
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SIGTERM first so Envoy and the app can drain.
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+pub async fn run(args: SidecarArgs) -> Result<i32> {
+    let credential = read_credential(&args.credential_file)?;
+    let node = args.node_id.clone().unwrap_or_else(|| {
+        let mut bytes = [0u8; 4];
+        rand::rng().fill_bytes(&mut bytes);
+        format!("{}-{}", args.service, hex_string(&bytes))
+    });
+    let workload = Workload {
+        node: node.clone(),
+        service: args.service.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args
+            .service_account
+            .clone()
+            .unwrap_or_else(|| args.service.clone()),
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        address: args.inbound.ip().to_string(),
+        port: args.inbound.port(),
+        app_port: args.app_port,
+        outbound_port: args.outbound_port,
+    };
+    let admin_port = if args.admin_port == 0 {
+        free_port()?
+    } else {
+        args.admin_port
+    };
+    // The bootstrap carries the credential: a private directory, a 0600 file.
+    let dir = tempfile::Builder::new()
+        .prefix("weft-sidecar-")
+        .tempdir()
+        .context("cannot create a directory for the Envoy bootstrap")?;
+    let path = dir.path().join("envoy.json");
+    let bootstrap = bootstrap(&workload, args.edge, &credential, admin_port, !args.sotw);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(serde_json::to_string_pretty(&bootstrap)?.as_bytes())?;
+    }
+    let mut envoy = Command::new(&args.envoy)
+        .args([
+            "--use-dynamic-base-id",
+            "--log-level",
+            &args.envoy_log_level,
+            "-c",
+        ])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start Envoy ({}); install it with scripts/setup or pass --envoy PATH",
+                args.envoy.display()
+            )
+        })?;
+    println!(
+        "weft sidecar: {}.{} node {node}: inbound {} -> app {}; outbound 127.0.0.1:{}; edge {}; Envoy admin http://127.0.0.1:{admin_port}",
+        workload.service,
+        workload.namespace,
+        args.inbound,
+        args.app_port
+            .map_or("(none)".to_string(), |p| format!("127.0.0.1:{p}")),
+        args.outbound_port,
+        args.edge,
+    );
+    let mut app = match args.app.split_first() {
+        Some((program, rest)) => Some(
+            Command::new(program)
+                .args(rest)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start the app {program:?}"))?,
+        ),
+        None => None,
+    };
+    let app_exit = async {
+        match app.as_mut() {
+            Some(app) => app.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let code = tokio::select! {
+        status = envoy.wait() => {
+            let status = status?;
+            tracing::error!(%status, "Envoy exited");
+            if let Some(app) = app.as_mut() { stop(app).await; }
+            status.code().unwrap_or(1).max(1)
+        }
+        status = app_exit => {
+            let status = status?;
+            tracing::info!(%status, "the app exited; stopping Envoy");
+            stop(&mut envoy).await;
+            status.code().unwrap_or(1)
+        }
+        () = shutdown_signal() => {
+            if let Some(app) = app.as_mut() { stop(app).await; }
+            stop(&mut envoy).await;
+            0
+        }
+    };
+    drop(dir);
+    if code != 0 && args.app.is_empty() {
+        bail!("Envoy exited with status {code}; see its log above");
+    }
+    Ok(code)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,69 @@
+//! `weft x translate`: the edge's translation, offline.
+
+use std::path::PathBuf;
+
+use weft_api::Resource;
+use weft_control::translate::{Config, translate};
+use weft_control::workload::Workload;
+
+use crate::client::{CliError, Exit};
+use crate::manifests;
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct TranslateArgs {
+    /// Manifest files or directories; - for stdin
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// A YAML list of workloads, as their proxies would announce them
+    #[arg(long)]
+    pub registry: PathBuf,
+    /// The cluster to translate for
+    #[arg(long)]
+    pub cluster: String,
+    /// Print only this proxy's resources
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
+    let documents = manifests::read(&args.files)?;
+    let mut resources = Vec::new();
+    for doc in documents {
+        let resource: Resource = serde_json::from_value(doc.value).map_err(|e| {
+            CliError::new(
+                Exit::Invalid,
+                format!("{}: not a resource: {e}", doc.source),
+            )
+        })?;
+        resources.push(resource);
+    }
+    let text = std::fs::read_to_string(&args.registry)
+        .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
+    let workloads: Vec<Workload> = serde_norway::from_str(&text)
+        .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
+    let config = Config::parse(&args.cluster, &resources);
+    let mut translation = translate(&config, &workloads);
+    if let Some(node) = &args.node {
+        if !translation.proxies.contains_key(node) {
+            return Err(CliError::new(
+                Exit::NotFound,
+                format!(
+                    "no workload in {} has node {node:?}",
+                    args.registry.display()
+                ),
+            ));
+        }
+        translation.proxies.retain(|n, _| n == node);
+    }
+    for (node, proxy) in &translation.proxies {
+        if let Err(e) = proxy.to_snapshot() {
+            return Err(CliError::new(Exit::Failed, format!("proxy {node}: {e}")));
+        }
+    }
+    print!("{}", output::yaml(&translation));
+    for e in &translation.errors {
+        eprintln!("error: {} {}: {}", e.path, e.field, e.message);
+    }
+    Ok(translation.errors.is_empty())
+}

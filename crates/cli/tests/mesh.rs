@@ -1,0 +1,688 @@
+//! End-to-end mesh tests: the real `weft server`, `weft edge`, `weft
+//! sidecar` with real Envoy, and `weft x echo` workloads, on loopback.
+//! Every assertion is about real requests through the sidecars.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Server, WEFT, write};
+
+fn envoy() -> PathBuf {
+    if let Some(path) = std::env::var_os("WEFT_ENVOY") {
+        return PathBuf::from(path);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/envoy");
+    assert!(
+        local.exists(),
+        "Envoy is missing: run scripts/setup (or set WEFT_ENVOY)"
+    );
+    local
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process stopped with SIGTERM (so a sidecar stops its Envoy too).
+struct Proc(Child);
+
+impl Proc {
+    fn stop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const BASE: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east}
+spec: {region: us-east-1}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Tenant
+metadata: {name: retail}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: shop, tenant: retail}
+spec: {namespaceSelector: [east/shop]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficGroup
+metadata: {name: traffic, tenant: retail, workspace: shop}
+spec: {}
+";
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    admin: String,
+    edge: Option<Proc>,
+    xds_port: u16,
+    edge_admin: u16,
+    credentials: BTreeMap<String, PathBuf>,
+    http: reqwest::Client,
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("server"), None);
+        let admin = server.admin_token();
+        let base = write(dir.path(), "base.yaml", BASE);
+        let applied = server.weft(&admin, &["apply", "-f", &base]);
+        assert_eq!(applied.code, 0, "{applied:?}");
+        let token = server.weft(&admin, &["token", "create", "--cluster", "east"]);
+        assert_eq!(token.code, 0, "{token:?}");
+        write(dir.path(), "edge.token", &token.stdout);
+        let mut mesh = Mesh {
+            dir,
+            server: Some(server),
+            admin,
+            edge: None,
+            xds_port: free_port(),
+            edge_admin: free_port(),
+            credentials: BTreeMap::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        mesh.start_edge().await;
+        mesh
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    async fn start_edge(&mut self) {
+        let server_url = self
+            .server
+            .as_ref()
+            .map_or("http://127.0.0.1:9".to_string(), |s| s.url.clone());
+        let log = std::fs::File::create(self.dir.path().join("edge.log")).unwrap();
+        let child = Command::new(WEFT)
+            .args([
+                "edge",
+                "--cluster",
+                "east",
+                "--grace",
+                "1s",
+                "--credential-file",
+            ])
+            .arg(self.dir.path().join("edge.token"))
+            .args(["--xds-listen", &format!("127.0.0.1:{}", self.xds_port)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.edge_admin)])
+            .arg("--data")
+            .arg(self.dir.path().join("edge-data"))
+            .args(["--server", &server_url])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.edge = Some(Proc(child));
+        let url = format!("http://127.0.0.1:{}/healthz", self.edge_admin);
+        until("the edge answers", Duration::from_secs(20), async || {
+            self.http.get(&url).send().await.is_ok()
+        })
+        .await;
+    }
+
+    fn edge_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
+    }
+
+    async fn edge_status(&self) -> Value {
+        let url = format!("http://127.0.0.1:{}/status", self.edge_admin);
+        self.http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Applies `yaml` and waits until the edge has the new configuration
+    /// and all `proxies` accepted it; returns the time that took.
+    async fn apply(&self, yaml: &str, proxies: usize) -> Duration {
+        let before = self.edge_status().await["configVersion"].clone();
+        let file = write(self.dir.path(), "apply.yaml", yaml);
+        let started = Instant::now();
+        let run = self.server().weft(&self.admin, &["apply", "-f", &file]);
+        assert_eq!(run.code, 0, "{run:?}");
+        until(
+            "the edge has the new configuration",
+            Duration::from_secs(30),
+            async || self.edge_status().await["configVersion"] != before,
+        )
+        .await;
+        self.until_in_sync(proxies).await;
+        started.elapsed()
+    }
+
+    fn credential(&mut self, service_account: &str) -> PathBuf {
+        if let Some(path) = self.credentials.get(service_account) {
+            return path.clone();
+        }
+        let run = self.server().weft(
+            &self.admin,
+            &[
+                "token",
+                "create",
+                "--cluster",
+                "east",
+                "--namespace",
+                "shop",
+                "--service-account",
+                service_account,
+            ],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        let path = PathBuf::from(write(
+            self.dir.path(),
+            &format!("{service_account}.token"),
+            &run.stdout,
+        ));
+        self.credentials
+            .insert(service_account.to_string(), path.clone());
+        path
+    }
+
+    /// Starts a sidecar; with `version`, an echo app behind it.
+    fn sidecar(
+        &mut self,
+        service: &str,
+        node: &str,
+        version: Option<&str>,
+        credential: &Path,
+        outbound: u16,
+    ) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
+        let mut command = Command::new(WEFT);
+        command
+            .args([
+                "sidecar",
+                "--service",
+                service,
+                "--namespace",
+                "shop",
+                "--node-id",
+                node,
+            ])
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--outbound-port", &outbound.to_string()])
+            .args(["--edge", &format!("127.0.0.1:{}", self.xds_port)])
+            .arg("--credential-file")
+            .arg(credential)
+            .arg("--envoy")
+            .arg(envoy())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(version) = version {
+            let app = free_port();
+            command
+                .args([
+                    "--label",
+                    &format!("version={version}"),
+                    "--app-port",
+                    &app.to_string(),
+                    "--",
+                ])
+                .args([
+                    WEFT,
+                    "x",
+                    "echo",
+                    "--service",
+                    service,
+                    "--version",
+                    version,
+                    "--instance",
+                    node,
+                ])
+                .args(["--listen", &format!("127.0.0.1:{app}")]);
+        }
+        Proc(command.spawn().unwrap())
+    }
+
+    fn workload(&mut self, service: &str, node: &str, version: &str) -> Proc {
+        let credential = self.credential(service);
+        self.sidecar(service, node, Some(version), &credential, free_port())
+    }
+
+    /// A sidecar without an app; returns it and its outbound port.
+    fn client(&mut self) -> (Proc, u16) {
+        let credential = self.credential("client");
+        let port = free_port();
+        (
+            self.sidecar("client", "client-1", None, &credential, port),
+            port,
+        )
+    }
+
+    fn sidecar_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{node}.log"))).unwrap_or_default()
+    }
+
+    /// Sends one request through the client's sidecar.
+    async fn call(
+        &self,
+        port: u16,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<Value>) {
+        let mut request = self
+            .http
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .header("host", host);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.ok())
+            }
+            Err(_) => (0, None),
+        }
+    }
+
+    /// Instances answering `n` plain requests to reviews.
+    async fn instances(&self, port: u16, n: usize, path: &str) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let (status, body) = self.call(port, "reviews", path, &[]).await;
+            let who = match body {
+                Some(b) if status == 200 => b["instance"].as_str().unwrap_or("?").to_string(),
+                _ => format!("status {status}"),
+            };
+            *seen.entry(who).or_default() += 1;
+        }
+        seen
+    }
+
+    /// Waits until every proxy accepted what the edge has for it; returns
+    /// how long that took.
+    async fn until_in_sync(&self, proxies: usize) -> Duration {
+        let started = Instant::now();
+        until(
+            "every proxy has accepted its configuration",
+            Duration::from_secs(30),
+            async || {
+                let status = self.edge_status().await;
+                let list = status["proxies"].as_array().cloned().unwrap_or_default();
+                list.len() == proxies
+                    && list
+                        .iter()
+                        .all(|p| p["inSync"] == true && p["connected"] == true)
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+}
+
+async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {deadline:?} waiting until {what}");
+}
+
+fn route(spec: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: ServiceRoute
+metadata: {{name: reviews, tenant: retail, workspace: shop, trafficGroup: traffic}}
+spec:
+  service: {{name: reviews, namespace: shop}}
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - {{name: v2, labels: {{version: v2}}}}
+{spec}"
+    )
+}
+
+fn setting(spec: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: TrafficSetting
+metadata: {{name: reviews, tenant: retail, workspace: shop, trafficGroup: traffic}}
+spec:
+  service: {{name: reviews, namespace: shop}}
+{spec}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_split_match_and_stick() {
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let _v2 = mesh.workload("reviews", "reviews-v2", "v2");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(3).await;
+    until(
+        "both versions answer",
+        Duration::from_secs(20),
+        async || mesh.instances(port, 10, "/").await.len() == 2,
+    )
+    .await;
+
+    // Unknown names get a clear 404, not a hang.
+    let (status, _) = mesh.call(port, "nope", "/", &[]).await;
+    assert_eq!(status, 404);
+
+    let took = mesh
+        .apply(
+            &route(
+                "  rules:
+    - matches:
+        - headers: [{name: x-canary, exact: 'yes'}]
+        - path: {prefix: /beta/}
+      destinations: [{subset: v2}]
+    - destinations: [{subset: v1, weight: 80}, {subset: v2, weight: 20}]
+",
+            ),
+            3,
+        )
+        .await;
+    println!("apply -> every proxy ACKed: {took:?}");
+    until(
+        "the canary header reaches v2 only",
+        Duration::from_secs(20),
+        async || {
+            let (_, body) = mesh
+                .call(port, "reviews", "/", &[("x-canary", "yes")])
+                .await;
+            body.is_some_and(|b| b["version"] == "v2")
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        let (_, body) = mesh
+            .call(port, "reviews", "/", &[("x-canary", "yes")])
+            .await;
+        assert_eq!(body.unwrap()["version"], "v2");
+        let (_, body) = mesh.call(port, "reviews.shop", "/beta/x", &[]).await;
+        assert_eq!(body.unwrap()["version"], "v2");
+    }
+    let seen = mesh.instances(port, 1000, "/").await;
+    let v2 = *seen.get("reviews-v2").unwrap_or(&0) as f64 / 1000.0;
+    println!("80/20 split over 1000 requests: {seen:?}");
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        seen.get("reviews-v1").unwrap_or(&0) + seen.get("reviews-v2").unwrap_or(&0),
+        "every request answered: {seen:?}"
+    );
+    // 4 standard deviations of a binomial(1000, 0.2) is about 0.05.
+    assert!(
+        (v2 - 0.2).abs() < 0.05,
+        "v2 share {v2} is not 20% ± 5%: {seen:?}"
+    );
+
+    // Sticky sessions: each user stays on one instance of a 50/50 split.
+    mesh.apply(
+        &route(
+            "  rules:
+    - destinations: [{subset: v1, weight: 50}, {subset: v2, weight: 50}]
+  stickySession: {header: x-user}
+",
+        ),
+        3,
+    )
+    .await;
+    let mut users_per_version = BTreeMap::new();
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let mut versions = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let (_, body) = mesh.call(port, "reviews", "/", &[("x-user", &user)]).await;
+            versions.insert(body.unwrap()["version"].as_str().unwrap().to_string());
+        }
+        assert_eq!(versions.len(), 1, "{user} moved between {versions:?}");
+        *users_per_version
+            .entry(versions.into_iter().next().unwrap())
+            .or_insert(0) += 1;
+    }
+    println!("sticky users per version: {users_per_version:?}");
+    assert_eq!(
+        users_per_version.len(),
+        2,
+        "20 users all hashed to one side: {users_per_version:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resilience_settings_act_on_real_failures() {
+    let mut mesh = Mesh::start().await;
+    let _a = mesh.workload("reviews", "reviews-a", "v1");
+    let _b = mesh.workload("reviews", "reviews-b", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(3).await;
+    until(
+        "both instances answer",
+        Duration::from_secs(20),
+        async || mesh.instances(port, 10, "/").await.len() == 2,
+    )
+    .await;
+
+    // Without retries, the failing instance's answers reach the caller.
+    let seen = mesh.instances(port, 40, "/?fail=reviews-a").await;
+    assert!(seen.contains_key("status 503"), "{seen:?}");
+
+    // Retries hide them.
+    mesh.apply(&setting("  retries: {attempts: 3, retryOn: [5xx]}\n"), 3)
+        .await;
+    let seen = mesh.instances(port, 100, "/?fail=reviews-a").await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("reviews-b".to_string(), 100)]),
+        "retries did not hide the failures"
+    );
+
+    // Outlier detection ejects the failing instance, then brings it back.
+    mesh.apply(&setting(
+        "  outlierDetection: {consecutive5xx: 3, interval: 500ms, baseEjectionTime: 3s, maxEjectionPercent: 50}\n",
+    ), 3).await;
+    let _ = mesh.instances(port, 20, "/?fail=reviews-a").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let seen = mesh.instances(port, 30, "/?fail=reviews-a").await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("reviews-b".to_string(), 30)]),
+        "the failing instance was not ejected"
+    );
+    until(
+        "the ejected instance comes back",
+        Duration::from_secs(20),
+        async || {
+            mesh.instances(port, 10, "/")
+                .await
+                .contains_key("reviews-a")
+        },
+    )
+    .await;
+
+    // The circuit breaker rejects what overflows its limits.
+    mesh.apply(
+        &setting("  circuitBreaker: {maxRequests: 1, maxPendingRequests: 1, maxConnections: 1}\n"),
+        3,
+    )
+    .await;
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let request = mesh
+                .http
+                .get(format!("http://127.0.0.1:{port}/?delay=800ms"))
+                .header("host", "reviews");
+            tokio::spawn(async move { request.send().await.map_or(0, |r| r.status().as_u16()) })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    let rejected = statuses.iter().filter(|s| **s == 503).count();
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    println!("circuit breaker, 12 concurrent slow calls: {served} served, {rejected} rejected");
+    assert!(rejected >= 6 && served >= 1, "{statuses:?}");
+
+    // Timeouts fire.
+    mesh.apply(&setting("  timeout: 300ms\n"), 3).await;
+    let started = Instant::now();
+    let (status, _) = mesh.call(port, "reviews", "/?delay=3s", &[]).await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the timeout took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_follows_workloads_and_edge_outlives_server() {
+    let mut mesh = Mesh::start().await;
+    let mut a = mesh.workload("reviews", "reviews-a", "v1");
+    let (_client, port) = mesh.client();
+    until("reviews-a answers", Duration::from_secs(20), async || {
+        mesh.instances(port, 3, "/").await.contains_key("reviews-a")
+    })
+    .await;
+    let _b = mesh.workload("reviews", "reviews-b", "v1");
+    until(
+        "a new instance gets traffic",
+        Duration::from_secs(20),
+        async || mesh.instances(port, 10, "/").await.len() == 2,
+    )
+    .await;
+    a.stop();
+    until(
+        "a stopped instance gets none",
+        Duration::from_secs(20),
+        async || {
+            mesh.instances(port, 10, "/").await == BTreeMap::from([("reviews-b".to_string(), 10)])
+        },
+    )
+    .await;
+
+    // An unknown credential is refused, with a log line on both sides.
+    let bogus = PathBuf::from(write(
+        mesh.dir.path(),
+        "bogus.token",
+        "weft_not-a-real-secret\n",
+    ));
+    let _intruder = mesh.sidecar("reviews", "intruder", Some("v9"), &bogus, free_port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(mesh.edge_log().contains("unknown or revoked")
+        && mesh
+            .sidecar_log("intruder")
+            .contains("credential%20is%20unknown%20or%20revoked"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged\n--- edge\n{}\n--- intruder\n{}",
+            mesh.edge_log(),
+            mesh.sidecar_log("intruder")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!mesh.instances(port, 10, "/").await.contains_key("intruder"));
+
+    // `weft get clusters` shows the edge connected with its proxies.
+    let get = mesh
+        .server()
+        .weft(&mesh.admin, &["get", "cluster", "east", "-o", "json"]);
+    let cluster: Value = serde_json::from_str(&get.stdout).unwrap();
+    assert_eq!(cluster["status"]["edge"], "connected", "{cluster}");
+    let table = mesh.server().weft(&mesh.admin, &["get", "clusters"]);
+    assert!(table.stdout.contains("connected"), "{table:?}");
+
+    // With the server gone, a restarted edge serves its last configuration
+    // and still registers new workloads.
+    let credential = mesh.credential("reviews");
+    mesh.server.take().unwrap().stop();
+    mesh.edge.take().unwrap().stop();
+    mesh.start_edge().await;
+    let status = mesh.edge_status().await;
+    assert_eq!(status["fromDisk"], true, "{status}");
+    let _c = mesh.sidecar("reviews", "reviews-c", Some("v1"), &credential, free_port());
+    until(
+        "a workload started without the server gets traffic",
+        Duration::from_secs(30),
+        async || {
+            mesh.instances(port, 10, "/")
+                .await
+                .contains_key("reviews-c")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_settings_never_reach_proxies_and_nacks_show() {
+    let mut mesh = Mesh::start().await;
+    let bad = write(mesh.dir.path(), "bad.yaml", &setting("  timeout: soon\n"));
+    let run = mesh.server().weft(&mesh.admin, &["apply", "-f", &bad]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("spec.timeout"), "{run:?}");
+
+    // A proxy whose outbound port is taken cannot take its listener: Envoy
+    // refuses it, and the refusal shows in the cluster's status.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let credential = mesh.credential("client");
+    let _client = mesh.sidecar("client", "client-1", None, &credential, port);
+    until(
+        "the NACK reaches `weft get`",
+        Duration::from_secs(30),
+        async || {
+            let get = mesh
+                .server()
+                .weft(&mesh.admin, &["get", "cluster", "east", "-o", "json"]);
+            serde_json::from_str::<Value>(&get.stdout).is_ok_and(|c| c["status"]["nacks"] == 1)
+        },
+    )
+    .await;
+    let get = mesh
+        .server()
+        .weft(&mesh.admin, &["get", "cluster", "east", "-o", "json"]);
+    let cluster: Value = serde_json::from_str(&get.stdout).unwrap();
+    let nack = &cluster["status"]["proxyDetails"][0]["nack"];
+    assert_eq!(nack["resourceType"], "lds", "{cluster}");
+    assert!(nack["message"].as_str().unwrap().contains("bind"), "{nack}");
+    drop(taken);
+}

@@ -1,0 +1,602 @@
+//! `weft edge`: the local control plane of one cluster at run time.
+//!
+//! Data flow: the sync task long-polls the server for this cluster's
+//! [`EdgeConfig`] and writes each new one to disk before using it; on start
+//! the edge serves the copy on disk until the server answers (static
+//! stability). Config changes and registry changes (proxies coming and
+//! going) wake the build task, which translates and publishes a snapshot
+//! per proxy in the [`SnapshotCache`]; the ADS server streams them out. The
+//! status task reports proxies, versions, NACKs and translation errors back
+//! to the server every few seconds.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use reqwest::StatusCode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport};
+use weft_xds::{AdsServer, SnapshotCache};
+
+use crate::proxy::ProxyConfig;
+use crate::registry::Registry;
+use crate::translate::{Config, translate};
+
+/// How long one long poll of the server may wait for a change.
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// How often the edge reports its status.
+const STATUS_EVERY: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serving {what}: {source}")]
+    Serve {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How to run an edge.
+pub struct EdgeOptions {
+    pub cluster: String,
+    /// The server's API base URL.
+    pub server: String,
+    /// The edge credential's secret.
+    pub credential: String,
+    /// Where the last good configuration is kept.
+    pub data_dir: PathBuf,
+    /// Where proxies connect (ADS).
+    pub xds: TcpListener,
+    /// Where `/metrics`, `/healthz` and `/status` are served.
+    pub admin: TcpListener,
+    /// How long a workload stays registered after its proxy disconnects.
+    pub grace: Duration,
+}
+
+#[derive(Clone)]
+struct EdgeMetrics {
+    server_connected: Gauge,
+    config_updates: Counter,
+    builds: Counter,
+    build_seconds: Histogram,
+    workloads: Gauge,
+    proxy_config_bytes: Gauge,
+}
+
+impl EdgeMetrics {
+    fn new() -> EdgeMetrics {
+        EdgeMetrics {
+            server_connected: Gauge::default(),
+            config_updates: Counter::default(),
+            builds: Counter::default(),
+            build_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            workloads: Gauge::default(),
+            proxy_config_bytes: Gauge::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut MetricsRegistry) {
+        registry.register(
+            "edge_server_connected",
+            "1 while the last request to the server succeeded",
+            self.server_connected.clone(),
+        );
+        registry.register(
+            "edge_config_updates",
+            "New configurations received from the server",
+            self.config_updates.clone(),
+        );
+        registry.register(
+            "edge_snapshot_builds",
+            "Translations of the whole cluster into proxy snapshots",
+            self.builds.clone(),
+        );
+        registry.register(
+            "edge_snapshot_build_seconds",
+            "Time to translate and publish every proxy's snapshot",
+            self.build_seconds.clone(),
+        );
+        registry.register(
+            "edge_registered_workloads",
+            "Workloads registered by their proxies",
+            self.workloads.clone(),
+        );
+        registry.register(
+            "edge_largest_proxy_config_bytes",
+            "Encoded size of the largest proxy snapshot",
+            self.proxy_config_bytes.clone(),
+        );
+    }
+}
+
+/// What the edge serves now.
+#[derive(Default)]
+struct Current {
+    config: Option<Arc<EdgeConfig>>,
+    from_disk: bool,
+    /// The configuration version whose translation is published.
+    published: String,
+    errors: Vec<ConfigError>,
+}
+
+struct Edge {
+    options_cluster: String,
+    data_dir: PathBuf,
+    cache: Arc<SnapshotCache>,
+    registry: Registry,
+    current: Mutex<Current>,
+    config_tx: watch::Sender<Option<Arc<EdgeConfig>>>,
+    metrics: EdgeMetrics,
+    prometheus: MetricsRegistry,
+}
+
+impl Edge {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.data_dir.join("config.json")
+    }
+
+    /// Starts serving `config`, remembered as coming from disk or not.
+    fn use_config(&self, config: EdgeConfig, from_disk: bool) {
+        let config = Arc::new(config);
+        self.registry
+            .set_credentials(config.workload_credentials.clone());
+        {
+            let mut current = self.lock();
+            current.config = Some(config.clone());
+            current.from_disk = from_disk;
+        }
+        self.config_tx.send_replace(Some(config));
+    }
+
+    fn status(&self) -> EdgeStatus {
+        let current = self.lock();
+        let proxies = self
+            .registry
+            .connections()
+            .into_iter()
+            .map(|(w, connected)| {
+                let status = self.cache.status(&w.node).unwrap_or_default();
+                let snapshot = self.cache.subscribe(&w.node).borrow().clone();
+                // A refusal matters while the refused version is still the
+                // one the edge wants the proxy to run.
+                let nack = status.last_nack.filter(|n| {
+                    snapshot
+                        .as_ref()
+                        .is_some_and(|s| s.version(n.resource_type) == n.version)
+                });
+                let in_sync = snapshot.as_ref().is_some_and(|s| {
+                    weft_xds::ResourceType::ALL
+                        .into_iter()
+                        .all(|t| status.acked.get(&t) == Some(&s.version(t)))
+                });
+                ProxyReport {
+                    in_sync,
+                    node: w.node.clone(),
+                    service: w.service.clone(),
+                    namespace: w.namespace.clone(),
+                    labels: w.labels.clone(),
+                    address: format!("{}:{}", w.address, w.port),
+                    connected,
+                    acked: status
+                        .acked
+                        .iter()
+                        .map(|(t, v)| (t.short().to_string(), v.clone()))
+                        .collect(),
+                    nack: nack.map(|n| NackReport {
+                        resource_type: n.resource_type.short().to_string(),
+                        version: n.version,
+                        message: n.message,
+                    }),
+                }
+            })
+            .collect();
+        EdgeStatus {
+            config_version: current.published.clone(),
+            from_disk: current.from_disk,
+            proxies,
+            errors: current.errors.clone(),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` readable by the owner only, replacing it
+/// atomically so a crash never leaves half a file.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs the edge until `shutdown` completes.
+pub async fn run(
+    options: EdgeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
+    let data_dir = options.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .and_then(|()| std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| EdgeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+    let cache = Arc::new(SnapshotCache::new());
+    let registry = Registry::new(&options.cluster, options.grace);
+    let metrics = EdgeMetrics::new();
+    let mut prometheus = MetricsRegistry::with_prefix("weft");
+    metrics.register(&mut prometheus);
+    cache.metrics().register(&mut prometheus);
+    let edge = Arc::new(Edge {
+        options_cluster: options.cluster.clone(),
+        data_dir,
+        cache: cache.clone(),
+        registry: registry.clone(),
+        current: Mutex::new(Current::default()),
+        config_tx: watch::Sender::new(None),
+        metrics,
+        prometheus,
+    });
+
+    // The last good configuration, until the server answers.
+    match std::fs::read(edge.config_file()) {
+        Ok(bytes) => match serde_json::from_slice::<EdgeConfig>(&bytes) {
+            Ok(config) if config.cluster == options.cluster => {
+                tracing::info!(version = %config.version, file = %edge.config_file().display(), "serving the last configuration kept on disk until the server answers");
+                edge.use_config(config, true);
+            }
+            Ok(config) => {
+                tracing::warn!(file = %edge.config_file().display(), cluster = %config.cluster, "ignoring a kept configuration for another cluster")
+            }
+            Err(error) => {
+                tracing::warn!(file = %edge.config_file().display(), %error, "ignoring an unreadable kept configuration")
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(file = %edge.config_file().display(), %error, "cannot read the kept configuration")
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(build_loop(edge.clone(), stop_rx.clone()));
+    tokio::spawn(sync_loop(
+        edge.clone(),
+        options.server.trim_end_matches('/').to_string(),
+        options.credential.clone(),
+        stop_rx.clone(),
+    ));
+    {
+        let registry = registry.clone();
+        let every = (options.grace / 4).max(Duration::from_millis(100));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => registry.sweep(),
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    let admin = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/status",
+            get(|State(edge): State<Arc<Edge>>| async move { axum::Json(edge.status()) }),
+        )
+        .with_state(edge.clone());
+    let mut admin_stop = stop_rx.clone();
+    let admin_server = axum::serve(options.admin, admin).with_graceful_shutdown(async move {
+        let _ = admin_stop.changed().await;
+    });
+    let admin_task = tokio::spawn(async move { admin_server.await });
+
+    let ads = AdsServer::new(cache).with_admission(Arc::new(registry));
+    let mut xds_stop = stop_rx.clone();
+    let xds = tonic::transport::Server::builder()
+        .add_service(ads.into_service())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(options.xds), async move {
+            let _ = xds_stop.changed().await;
+        });
+    let xds_task = tokio::spawn(xds);
+
+    shutdown.await;
+    tracing::info!(cluster = %edge.options_cluster, "edge stopping");
+    let _ = stop_tx.send(true);
+    xds_task
+        .await
+        .map_err(|e| EdgeError::Serve {
+            what: "xDS",
+            source: Box::new(e),
+        })?
+        .map_err(|e| EdgeError::Serve {
+            what: "xDS",
+            source: Box::new(e),
+        })?;
+    admin_task
+        .await
+        .map_err(|e| EdgeError::Serve {
+            what: "admin",
+            source: Box::new(e),
+        })?
+        .map_err(|e| EdgeError::Serve {
+            what: "admin",
+            source: Box::new(e),
+        })?;
+    Ok(())
+}
+
+async fn render_metrics(State(edge): State<Arc<Edge>>) -> impl IntoResponse {
+    let mut text = String::new();
+    if let Err(error) = encode(&mut text, &edge.prometheus) {
+        tracing::error!(%error, "cannot encode metrics");
+    }
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Translates and publishes whenever the configuration or the registry
+/// changes. Changes that arrive together are built once.
+async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
+    let mut config_rx = edge.config_tx.subscribe();
+    let mut registry_rx = edge.registry.subscribe();
+    let mut parsed: Option<(String, Config)> = None;
+    let mut published: std::collections::BTreeMap<String, ProxyConfig> = Default::default();
+    loop {
+        let config = config_rx.borrow_and_update().clone();
+        registry_rx.borrow_and_update();
+        if let Some(config) = config {
+            let started = Instant::now();
+            // Parsing validates every resource: once per configuration.
+            if parsed.as_ref().is_some_and(|(v, _)| *v != config.version) {
+                parsed = None;
+            }
+            let (_, parsed_config) = parsed.get_or_insert_with(|| {
+                (
+                    config.version.clone(),
+                    Config::parse(&config.cluster, &config.resources),
+                )
+            });
+            let workloads = edge.registry.workloads();
+            edge.metrics.workloads.set(workloads.len() as i64);
+            let translation = translate(parsed_config, &workloads);
+            let mut errors = translation.errors;
+            let mut largest = 0;
+            for (node, proxy) in translation.proxies {
+                if published.get(&node) == Some(&proxy) {
+                    continue;
+                }
+                match proxy.to_snapshot() {
+                    Ok(snapshot) => {
+                        largest = largest.max(snapshot.encoded_len());
+                        edge.cache.set(&node, snapshot);
+                        published.insert(node, proxy);
+                    }
+                    Err(e) => {
+                        tracing::error!(node, error = %e, "inconsistent snapshot not published; the proxy keeps its previous one");
+                        errors.push(ConfigError {
+                            path: format!("proxies/{node}"),
+                            field: String::new(),
+                            message: format!("not published: {e}"),
+                        });
+                    }
+                }
+            }
+            if largest > 0 {
+                edge.metrics.proxy_config_bytes.set(largest as i64);
+            }
+            for e in &errors {
+                tracing::debug!(path = %e.path, field = %e.field, message = %e.message, "configuration problem");
+            }
+            {
+                let mut current = edge.lock();
+                current.errors = errors;
+                current.published = config.version.clone();
+            }
+            edge.metrics.builds.inc();
+            edge.metrics
+                .build_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        tokio::select! {
+            r = config_rx.changed() => if r.is_err() { return },
+            r = registry_rx.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        // Let a burst of changes (many proxies starting) settle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Long-polls the server for this cluster's configuration and reports
+/// status; keeps going (with the last configuration) while the server is
+/// unreachable.
+async fn sync_loop(
+    edge: Arc<Edge>,
+    server: String,
+    credential: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(POLL_WAIT + Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build an HTTP client; the edge will not sync");
+            return;
+        }
+    };
+    {
+        let (edge, client, server, credential, stop) = (
+            edge.clone(),
+            client.clone(),
+            server.clone(),
+            credential.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(report_loop(edge, client, server, credential, stop));
+    }
+    let mut backoff = Duration::from_millis(500);
+    let mut reachable = None;
+    loop {
+        let version = edge
+            .lock()
+            .config
+            .as_ref()
+            .map(|c| c.version.clone())
+            .unwrap_or_default();
+        let request = client
+            .get(format!("{server}/v1/edge/config"))
+            .query(&[
+                ("version", version.as_str()),
+                ("wait", &POLL_WAIT.as_secs().to_string()),
+            ])
+            .bearer_auth(&credential)
+            .send();
+        let outcome = tokio::select! {
+            r = request => r,
+            _ = stop.changed() => return,
+        };
+        let failure = match outcome {
+            Ok(response) if response.status() == StatusCode::NOT_MODIFIED => None,
+            Ok(response) if response.status().is_success() => match response
+                .json::<EdgeConfig>()
+                .await
+            {
+                Ok(config) => {
+                    match write_private(
+                        &edge.config_file(),
+                        &serde_json::to_vec(&config).unwrap_or_default(),
+                    ) {
+                        Ok(()) => {}
+                        Err(error) => {
+                            tracing::error!(file = %edge.config_file().display(), %error, "cannot keep the configuration on disk; a restart without the server would lose it")
+                        }
+                    }
+                    tracing::info!(version = %config.version, resources = config.resources.len(), "configuration received");
+                    edge.metrics.config_updates.inc();
+                    edge.use_config(config, false);
+                    None
+                }
+                Err(error) => Some(format!("unreadable configuration from the server: {error}")),
+            },
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+                {
+                    format!(
+                        "; check the edge credential (issue one with `weft token create --cluster {}`)",
+                        edge.options_cluster
+                    )
+                } else {
+                    String::new()
+                };
+                Some(format!("server answered {status}: {}{hint}", body.trim()))
+            }
+            Err(error) => Some(format!(
+                "server unreachable: {error}; serving the last configuration"
+            )),
+        };
+        edge.metrics
+            .server_connected
+            .set(i64::from(failure.is_none()));
+        match failure {
+            None => {
+                if reachable != Some(true) {
+                    tracing::info!(%server, "connected to the server");
+                }
+                reachable = Some(true);
+                backoff = Duration::from_millis(500);
+            }
+            Some(message) => {
+                if reachable != Some(false) {
+                    tracing::warn!(%server, "{message}");
+                } else {
+                    tracing::debug!(%server, "{message}");
+                }
+                reachable = Some(false);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn report_loop(
+    edge: Arc<Edge>,
+    client: reqwest::Client,
+    server: String,
+    credential: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<EdgeStatus> = None;
+    let mut last_sent = Instant::now();
+    loop {
+        let status = edge.status();
+        // Send on change at once, and at least every STATUS_EVERY as a
+        // heartbeat.
+        if last.as_ref() != Some(&status) || last_sent.elapsed() >= STATUS_EVERY {
+            let sent = client
+                .put(format!("{server}/v1/edge/status"))
+                .bearer_auth(&credential)
+                .json(&status)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    last = Some(status);
+                    last_sent = Instant::now();
+                }
+                Ok(r) => tracing::debug!(status = %r.status(), "status report refused"),
+                Err(error) => tracing::debug!(%error, "status report failed"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {},
+            _ = stop.changed() => return,
+        }
+    }
+}

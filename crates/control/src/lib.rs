@@ -1,0 +1,13 @@
+//! weft's local control plane, the heart of `weft edge`.
+//!
+//! Data flows: the server's configuration for this cluster ([`edge`]) and
+//! the workloads their proxies announce ([`registry`], [`workload`]) go
+//! into [`translate`], a pure function that plans every service and gives
+//! each proxy a [`proxy::ProxyConfig`]; that converts into an xDS snapshot
+//! which `weft-xds` serves over ADS.
+
+pub mod edge;
+pub mod proxy;
+pub mod registry;
+pub mod translate;
+pub mod workload;

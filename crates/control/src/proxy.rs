@@ -1,0 +1,577 @@
+//! One proxy's configuration in weft's own terms: the xDS resources weft
+//! generates, with only the fields weft uses. Translation produces these;
+//! they print as YAML (golden files, `weft x translate`) and convert into
+//! Envoy's wire types at the boundary ([`ProxyConfig::to_snapshot`]).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as XdsRetryBudget;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster as XdsCluster, OutlierDetection as XdsOutlierDetection,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Http1ProtocolOptions,
+    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as XdsEndpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener as XdsListener};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+    Cookie, Header, PolicySpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HashPolicy};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::{ClusterWeight, RandomValueSpecifier};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, Route as XdsRoute, RouteAction, RouteConfiguration,
+    RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost, WeightedCluster,
+    retry_policy::RetryHostPredicate, RetryPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier as DataSpecifier};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, UseDownstreamHttpConfig,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use serde::{Deserialize, Serialize};
+use weft_xds::{Inconsistent, Snapshot};
+
+/// Everything one proxy is sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<Endpoints>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteTable>,
+}
+
+/// An upstream: a service (or a subset of it) or the local app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub name: String,
+    /// Endpoints come over EDS; none: the fixed `local` address (the app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    pub connect_timeout_ms: u64,
+    pub lb_policy: LbPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Outlier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    RingHash,
+    Random,
+}
+
+/// Circuit-breaker thresholds; over them a call fails fast with 503.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_min_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub interval_ms: u64,
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SocketAddr {
+    pub address: String,
+    pub port: u16,
+}
+
+/// The instances behind one EDS cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    pub cluster: String,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// An HTTP listener whose routes come over RDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub route_table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+/// First matching route wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// "/" when neither path nor prefix is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderCondition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderCondition {
+    pub name: String,
+    #[serde(flatten)]
+    pub test: HeaderTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderTest {
+    Exact(String),
+    Prefix(String),
+    Present(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    Forward(Forward),
+    DirectResponse { status: u32, body: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    /// Cluster names and their weights (shares of 100).
+    pub clusters: BTreeMap<String, u32>,
+    /// Whole-request timeout; 0 disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub retry_on: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+}
+
+/// What consistent hashing keys on (sticky sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    Header(String),
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+fn duration(ms: u64) -> PbDuration {
+    PbDuration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn uint(value: u32) -> UInt32Value {
+    UInt32Value { value }
+}
+
+fn socket(addr: &SocketAddr) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: addr.address.clone(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(cluster: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssignment {
+    let lb_endpoints = endpoints
+        .iter()
+        .map(|addr| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
+                address: Some(socket(addr)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+impl Cluster {
+    fn to_xds(&self) -> XdsCluster {
+        // Upstream calls speak what the caller spoke: HTTP/1.1 stays HTTP/1.1,
+        // h2c and gRPC stay HTTP/2.
+        let protocol = HttpProtocolOptions {
+            common_http_protocol_options: Some(CommonHttpOptions {
+                idle_timeout: self.idle_timeout_ms.map(duration),
+                max_requests_per_connection: self.max_requests_per_connection.map(uint),
+                ..Default::default()
+            }),
+            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                UseDownstreamHttpConfig {
+                    http_protocol_options: Some(Http1ProtocolOptions::default()),
+                    http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let (discovery, eds_cluster_config, load_assignment) = match &self.local {
+            Some(addr) => (
+                DiscoveryType::Static,
+                None,
+                Some(load_assignment(&self.name, std::slice::from_ref(addr))),
+            ),
+            None => (
+                DiscoveryType::Eds,
+                Some(EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: String::new(),
+                }),
+                None,
+            ),
+        };
+        let circuit_breakers = self.limits.as_ref().map(|l| CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: l.max_connections.map(uint),
+                max_pending_requests: l.max_pending_requests.map(uint),
+                max_requests: l.max_requests.map(uint),
+                max_retries: l.max_retries.map(uint),
+                retry_budget: l.retry_budget_percent.map(|percent| XdsRetryBudget {
+                    budget_percent: Some(Percent { value: percent }),
+                    min_retry_concurrency: l.retry_budget_min_concurrency.map(uint),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let outlier_detection = self
+            .outlier_detection
+            .as_ref()
+            .map(|o| XdsOutlierDetection {
+                consecutive_5xx: Some(uint(o.consecutive_5xx)),
+                interval: Some(duration(o.interval_ms)),
+                base_ejection_time: Some(duration(o.base_ejection_time_ms)),
+                max_ejection_percent: Some(uint(o.max_ejection_percent)),
+                ..Default::default()
+            });
+        let lb_policy = match self.lb_policy {
+            LbPolicy::RoundRobin => XdsLbPolicy::RoundRobin,
+            LbPolicy::LeastRequest => XdsLbPolicy::LeastRequest,
+            LbPolicy::RingHash => XdsLbPolicy::RingHash,
+            LbPolicy::Random => XdsLbPolicy::Random,
+        };
+        XdsCluster {
+            name: self.name.clone(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+            eds_cluster_config,
+            load_assignment,
+            connect_timeout: Some(duration(self.connect_timeout_ms)),
+            lb_policy: lb_policy as i32,
+            circuit_breakers,
+            outlier_detection,
+            typed_extension_protocol_options: [(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+                pack_any(protocol),
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Listener {
+    fn to_xds(&self) -> XdsListener {
+        let hcm = HttpConnectionManager {
+            stat_prefix: self.name.clone(),
+            codec_type: CodecType::Auto as i32,
+            // `Host: reviews:8080` routes like `Host: reviews`.
+            strip_matching_host_port: false,
+            strip_port_mode: Some(
+                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode::StripAnyHostPort(true),
+            ),
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ads()),
+                route_config_name: self.route_table.clone(),
+            })),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        XdsListener {
+            name: self.name.clone(),
+            address: Some(socket(&self.address)),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+}
+
+impl HeaderCondition {
+    fn to_xds(&self) -> HeaderMatcher {
+        let string = |pattern| {
+            HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(pattern),
+                ignore_case: false,
+            })
+        };
+        let (specifier, invert_match) = match &self.test {
+            HeaderTest::Exact(v) => (string(MatchPattern::Exact(v.clone())), false),
+            HeaderTest::Prefix(v) => (string(MatchPattern::Prefix(v.clone())), false),
+            HeaderTest::Present(present) => (HeaderMatchSpecifier::PresentMatch(true), !present),
+        };
+        HeaderMatcher {
+            name: self.name.clone(),
+            invert_match,
+            header_match_specifier: Some(specifier),
+            ..Default::default()
+        }
+    }
+}
+
+impl Forward {
+    fn to_xds(&self) -> RouteAction {
+        let cluster_specifier = if self.clusters.len() == 1 {
+            let name = self.clusters.keys().next().cloned().unwrap_or_default();
+            ClusterSpecifier::Cluster(name)
+        } else {
+            ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: self
+                    .clusters
+                    .iter()
+                    .map(|(name, weight)| ClusterWeight {
+                        name: name.clone(),
+                        weight: Some(uint(*weight)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                // A sticky client also keeps its side of a split.
+                random_value_specifier: self
+                    .hash_on
+                    .as_ref()
+                    .map(|_| RandomValueSpecifier::UseHashPolicy(BoolValue { value: true })),
+                ..Default::default()
+            })
+        };
+        let retry_policy = self.retries.as_ref().map(|r| RetryPolicy {
+            retry_on: r.retry_on.clone(),
+            num_retries: Some(uint(r.attempts)),
+            per_try_timeout: r.per_try_timeout_ms.map(duration),
+            // Retry on another instance than the ones that failed.
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                        pack_any(PreviousHostsPredicate::default()),
+                    ),
+                ),
+            }],
+            host_selection_retry_max_attempts: 5,
+            ..Default::default()
+        });
+        let hash_policy = self
+            .hash_on
+            .iter()
+            .map(|h| HashPolicy {
+                policy_specifier: Some(match h {
+                    HashOn::Header(name) => PolicySpecifier::Header(Header {
+                        header_name: name.clone(),
+                        ..Default::default()
+                    }),
+                    HashOn::Cookie { name, ttl_ms } => PolicySpecifier::Cookie(Cookie {
+                        name: name.clone(),
+                        ttl: ttl_ms.map(duration),
+                        path: "/".into(),
+                        ..Default::default()
+                    }),
+                }),
+                terminal: false,
+            })
+            .collect();
+        RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            timeout: self.timeout_ms.map(duration),
+            retry_policy,
+            hash_policy,
+            ..Default::default()
+        }
+    }
+}
+
+impl Route {
+    fn to_xds(&self) -> XdsRoute {
+        let path_specifier = match (&self.matcher.path, &self.matcher.prefix) {
+            (Some(path), _) => PathSpecifier::Path(path.clone()),
+            (None, Some(prefix)) => PathSpecifier::Prefix(prefix.clone()),
+            (None, None) => PathSpecifier::Prefix("/".into()),
+        };
+        let action = match &self.action {
+            Action::Forward(forward) => XdsAction::Route(forward.to_xds()),
+            Action::DirectResponse { status, body } => {
+                XdsAction::DirectResponse(DirectResponseAction {
+                    status: *status,
+                    body: Some(DataSource {
+                        specifier: Some(DataSpecifier::InlineString(body.clone())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+        };
+        XdsRoute {
+            r#match: Some(XdsRouteMatch {
+                path_specifier: Some(path_specifier),
+                headers: self
+                    .matcher
+                    .headers
+                    .iter()
+                    .map(HeaderCondition::to_xds)
+                    .collect(),
+                ..Default::default()
+            }),
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+}
+
+impl RouteTable {
+    fn to_xds(&self) -> RouteConfiguration {
+        RouteConfiguration {
+            name: self.name.clone(),
+            virtual_hosts: self
+                .virtual_hosts
+                .iter()
+                .map(|vh| XdsVirtualHost {
+                    name: vh.name.clone(),
+                    domains: vh.domains.clone(),
+                    routes: vh.routes.iter().map(Route::to_xds).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Envoy's resources for this proxy, checked for consistency.
+    pub fn to_snapshot(&self) -> Result<Snapshot, Inconsistent> {
+        let clusters: Vec<XdsCluster> = self.clusters.iter().map(Cluster::to_xds).collect();
+        let endpoints: Vec<ClusterLoadAssignment> = self
+            .endpoints
+            .iter()
+            .map(|e| load_assignment(&e.cluster, &e.endpoints))
+            .collect();
+        let listeners: Vec<XdsListener> = self.listeners.iter().map(Listener::to_xds).collect();
+        let routes: Vec<RouteConfiguration> = self.routes.iter().map(RouteTable::to_xds).collect();
+        Snapshot::new(&clusters, &endpoints, &listeners, &routes)
+    }
+}

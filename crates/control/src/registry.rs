@@ -1,0 +1,217 @@
+//! The workload registry: which proxies are connected and what workload
+//! each announced. It is the xDS server's [`Admission`]: a proxy is served
+//! only if it presents a workload credential issued for this cluster and
+//! for the namespace and service account it announces.
+//!
+//! A proxy that goes away stays registered for a grace period, so a quick
+//! reconnect (an Envoy hot restart, a network blip) does not churn every
+//! other proxy's endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use weft_api::edge::{WorkloadCredential, hash_secret};
+use weft_xds::Admission;
+
+use crate::workload::Workload;
+
+struct Entry {
+    workload: Workload,
+    streams: usize,
+    /// When the last stream closed, while none is open.
+    gone_since: Option<Instant>,
+}
+
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    credentials: Vec<WorkloadCredential>,
+}
+
+/// Registered workloads by node id. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    cluster: String,
+    grace: Duration,
+    inner: Arc<Mutex<Inner>>,
+    /// Bumped on every change of the registered set.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Registry {
+    pub fn new(cluster: &str, grace: Duration) -> Registry {
+        Registry {
+            cluster: cluster.to_string(),
+            grace,
+            inner: Arc::new(Mutex::new(Inner {
+                entries: BTreeMap::new(),
+                credentials: Vec::new(),
+            })),
+            changed: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Fires on every change of the registered workloads.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Replaces the credentials workloads may present (from the server).
+    pub fn set_credentials(&self, credentials: Vec<WorkloadCredential>) {
+        self.lock().credentials = credentials;
+    }
+
+    /// Every registered workload, connected or within its grace period.
+    pub fn workloads(&self) -> Vec<Workload> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| e.workload.clone())
+            .collect()
+    }
+
+    /// Registered workloads and whether each has a stream open now.
+    pub fn connections(&self) -> Vec<(Workload, bool)> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| (e.workload.clone(), e.streams > 0))
+            .collect()
+    }
+
+    /// Drops workloads gone for longer than the grace period.
+    pub fn sweep(&self) {
+        let removed: Vec<String> = {
+            let mut inner = self.lock();
+            let expired: Vec<String> = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| e.gone_since.is_some_and(|t| t.elapsed() >= self.grace))
+                .map(|(node, _)| node.clone())
+                .collect();
+            for node in &expired {
+                inner.entries.remove(node);
+            }
+            expired
+        };
+        for node in &removed {
+            tracing::info!(node, "workload removed after its grace period");
+        }
+        if !removed.is_empty() {
+            self.bump();
+        }
+    }
+
+    /// Checks the bearer credential against the workload it announces.
+    fn check_credential(&self, workload: &Workload, metadata: &MetadataMap) -> Result<(), Status> {
+        let hint = format!(
+            "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
+            self.cluster, workload.namespace, workload.service_account
+        );
+        let secret = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "weft edge {}: the proxy presented no workload credential; {hint}",
+                    self.cluster
+                ))
+            })?;
+        let hash = hash_secret(secret.trim());
+        let inner = self.lock();
+        let Some(credential) = inner.credentials.iter().find(|c| c.hash == hash) else {
+            return Err(Status::unauthenticated(format!(
+                "weft edge {}: the workload credential is unknown or revoked; {hint}",
+                self.cluster
+            )));
+        };
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if credential
+            .expires_at
+            .as_deref()
+            .is_some_and(|at| at <= now.as_str())
+        {
+            return Err(Status::unauthenticated(format!(
+                "weft edge {}: workload credential {} has expired; {hint}",
+                self.cluster, credential.id
+            )));
+        }
+        if credential.namespace != workload.namespace
+            || credential.service_account != workload.service_account
+        {
+            return Err(Status::permission_denied(format!(
+                "weft edge {}: credential {} is for {}/{}, but the proxy announces {}/{}",
+                self.cluster,
+                credential.id,
+                credential.namespace,
+                credential.service_account,
+                workload.namespace,
+                workload.service_account
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Admission for Registry {
+    fn admit(&self, node: &Node, metadata: &MetadataMap) -> Result<(), Status> {
+        let workload = Workload::from_node(node).map_err(|problems| {
+            Status::invalid_argument(format!(
+                "weft edge {}: node {:?} does not describe its workload: {problems}",
+                self.cluster, node.id
+            ))
+        })?;
+        self.check_credential(&workload, metadata)?;
+        let changed = {
+            let mut inner = self.lock();
+            match inner.entries.get_mut(&node.id) {
+                Some(entry) => {
+                    entry.streams += 1;
+                    entry.gone_since = None;
+                    let changed = entry.workload != workload;
+                    entry.workload = workload.clone();
+                    changed
+                }
+                None => {
+                    inner.entries.insert(
+                        node.id.clone(),
+                        Entry {
+                            workload: workload.clone(),
+                            streams: 1,
+                            gone_since: None,
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        tracing::info!(node = %node.id, service = %workload.service, namespace = %workload.namespace, address = %workload.address, port = workload.port, "workload registered");
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    fn left(&self, node_id: &str) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.get_mut(node_id) {
+            entry.streams = entry.streams.saturating_sub(1);
+            if entry.streams == 0 {
+                entry.gone_since = Some(Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Translation: configuration + workload registry → intermediate form →
+//! one [`ProxyConfig`] per proxy. A pure function: no I/O, no clock, the
+//! same input always gives the same output.
+//!
+//! 1. [`Config::parse`] validates the cluster's resources once per
+//!    configuration version and keeps what shapes traffic, typed.
+//! 2. [`translate`] plans every service (its instances, subsets, routes and
+//!    merged settings: the intermediate form, [`ServicePlan`]) and then
+//!    gives each proxy what its workspace may call plus its own inbound
+//!    side. One bad resource becomes a [`ConfigError`] naming it; the rest
+//!    still translates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use weft_api::edge::ConfigError;
+use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
+use weft_api::traffic::{
+    CircuitBreaker, ConnectionPool, LoadBalancer, OutlierDetection, Retries, RetryOn,
+    ServiceRouteSpec, StickySession, TrafficSettingSpec,
+};
+use weft_api::{Resource, validate};
+
+use crate::proxy::{
+    Action, Cluster, Endpoints, Forward, HashOn, HeaderCondition, HeaderTest, LbPolicy, Limits,
+    Listener, Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
+};
+use crate::workload::Workload;
+
+/// Name of the listener and route table the app calls out through.
+pub const OUTBOUND: &str = "outbound";
+/// Name of the listener and route table in front of the app.
+pub const INBOUND: &str = "inbound";
+/// The cluster that is the app itself.
+pub const LOCAL_APP: &str = "in|app";
+/// Used when no setting gives a connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Workspace {
+    path: String,
+    selector: Vec<String>,
+}
+
+struct Group {
+    path: String,
+    workspace: String,
+    selector: Vec<String>,
+}
+
+struct Setting {
+    path: String,
+    /// The workspace or traffic group it is attached to.
+    parent: String,
+    spec: TrafficSettingSpec,
+}
+
+struct ServiceRoute {
+    path: String,
+    group: String,
+    spec: ServiceRouteSpec,
+}
+
+/// The traffic-shaping part of a cluster's configuration, validated.
+#[derive(Default)]
+pub struct Config {
+    cluster: String,
+    workspaces: Vec<Workspace>,
+    groups: Vec<Group>,
+    settings: Vec<Setting>,
+    routes: Vec<ServiceRoute>,
+    /// Problems found while parsing; reported with every translation.
+    errors: Vec<ConfigError>,
+}
+
+fn error(path: &str, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.to_string(),
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Validates `resources` (as the server does) and keeps the kinds that
+    /// shape traffic. Invalid resources are reported and left out.
+    pub fn parse(cluster: &str, resources: &[Resource]) -> Config {
+        let mut config = Config {
+            cluster: cluster.to_string(),
+            ..Config::default()
+        };
+        for resource in resources {
+            let document = match serde_json::to_value(resource.desired()) {
+                Ok(document) => document,
+                Err(e) => {
+                    config
+                        .errors
+                        .push(error(&resource.metadata.name, "", e.to_string()));
+                    continue;
+                }
+            };
+            let validated = match validate(&document) {
+                Ok(validated) => validated,
+                Err(problems) => {
+                    let path = format!("{}/{}", resource.kind, resource.metadata.name);
+                    for p in problems.into_vec() {
+                        config.errors.push(error(&path, &p.field, p.message));
+                    }
+                    continue;
+                }
+            };
+            let (path, parent) = (validated.path, validated.parent);
+            let spec = validated.resource.spec;
+            let parsed = match validated.kind.name {
+                "Workspace" => serde_json::from_value::<WorkspaceSpec>(spec).map(|s| {
+                    config.workspaces.push(Workspace {
+                        path: path.clone(),
+                        selector: s.namespace_selector,
+                    })
+                }),
+                "TrafficGroup" => serde_json::from_value::<GroupSpec>(spec).map(|s| {
+                    config.groups.push(Group {
+                        path: path.clone(),
+                        workspace: parent.clone(),
+                        selector: s.namespace_selector,
+                    })
+                }),
+                "TrafficSetting" => serde_json::from_value(spec).map(|spec| {
+                    config.settings.push(Setting {
+                        path: path.clone(),
+                        parent: parent.clone(),
+                        spec,
+                    })
+                }),
+                "ServiceRoute" => serde_json::from_value(spec).map(|spec| {
+                    config.routes.push(ServiceRoute {
+                        path: path.clone(),
+                        group: parent.clone(),
+                        spec,
+                    })
+                }),
+                _ => Ok(()),
+            };
+            if let Err(e) = parsed {
+                config.errors.push(error(&path, "spec", e.to_string()));
+            }
+        }
+        config.workspaces.sort_by(|a, b| a.path.cmp(&b.path));
+        config.groups.sort_by(|a, b| a.path.cmp(&b.path));
+        config.settings.sort_by(|a, b| a.path.cmp(&b.path));
+        config.routes.sort_by(|a, b| a.path.cmp(&b.path));
+        config
+    }
+
+    /// The workspace that owns `namespace` in this cluster: the first by
+    /// path whose selector covers it.
+    fn workspace_of(&self, namespace: &str) -> Option<&Workspace> {
+        let entry = format!("{}/{namespace}", self.cluster);
+        self.workspaces
+            .iter()
+            .find(|w| selector_covers(&w.selector, &entry))
+    }
+
+    /// Whether a traffic group's settings and routes reach `namespace`.
+    fn group_covers(&self, group: &Group, namespace: &str) -> bool {
+        let entry = format!("{}/{namespace}", self.cluster);
+        let in_workspace = self
+            .workspace_of(namespace)
+            .is_some_and(|w| w.path == group.workspace);
+        in_workspace && (group.selector.is_empty() || selector_covers(&group.selector, &entry))
+    }
+}
+
+/// A service: `name` in `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    fn cluster_name(&self, subset: Option<&str>) -> String {
+        match subset {
+            Some(subset) => format!("out|{}.{}|{subset}", self.name, self.namespace),
+            None => format!("out|{}.{}", self.name, self.namespace),
+        }
+    }
+}
+
+/// The settings that apply to one service after merging: for each part,
+/// the most specific setting that gives it (service over group over
+/// workspace).
+#[derive(Default)]
+struct Policy {
+    timeout: Option<Duration>,
+    retries: Option<Retries>,
+    circuit_breaker: Option<CircuitBreaker>,
+    outlier_detection: Option<OutlierDetection>,
+    load_balancer: Option<LoadBalancer>,
+    connection_pool: Option<ConnectionPool>,
+}
+
+/// The intermediate form: everything decided about one service.
+struct ServicePlan<'c> {
+    key: ServiceKey,
+    workspace: Option<String>,
+    instances: Vec<&'c Workload>,
+    route: Option<&'c ServiceRoute>,
+    policy: Policy,
+    /// The service's EDS clusters (all instances, then each subset).
+    clusters: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+/// What translation produced.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Translation {
+    /// By proxy (node id).
+    pub proxies: BTreeMap<String, ProxyConfig>,
+    pub errors: Vec<ConfigError>,
+}
+
+fn parse_duration(value: &Option<String>) -> Option<Duration> {
+    value
+        .as_deref()
+        .and_then(|v| humantime::parse_duration(v).ok())
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Merges the settings that apply to `key`, reporting two settings of
+/// the same specificity that both set one part.
+fn merge_policy(
+    config: &Config,
+    key: &ServiceKey,
+    workspace: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> Policy {
+    let mut policy = Policy::default();
+    let Some(workspace) = workspace else {
+        return policy;
+    };
+    let names_service = |s: &Setting| {
+        s.spec
+            .service
+            .as_ref()
+            .is_some_and(|r| r.name == key.name && r.namespace == key.namespace)
+    };
+    let attached = |s: &Setting| {
+        s.parent == workspace
+            || config
+                .groups
+                .iter()
+                .any(|g| g.path == s.parent && config.group_covers(g, &key.namespace))
+    };
+    // Least specific first; a later level overrides an earlier one.
+    let levels: [Vec<&Setting>; 3] = [
+        config
+            .settings
+            .iter()
+            .filter(|s| s.parent == workspace && s.spec.service.is_none())
+            .collect(),
+        config
+            .settings
+            .iter()
+            .filter(|s| s.parent != workspace && s.spec.service.is_none() && attached(s))
+            .collect(),
+        config
+            .settings
+            .iter()
+            .filter(|s| names_service(s) && attached(s))
+            .collect(),
+    ];
+    for level in levels {
+        let mut set_here: BTreeMap<&str, &str> = BTreeMap::new();
+        for setting in level {
+            let spec = &setting.spec;
+            let mut claim = |part: &'static str, present: bool| -> bool {
+                if !present {
+                    return false;
+                }
+                if let Some(first) = set_here.get(part) {
+                    errors.push(error(
+                        &setting.path,
+                        &format!("spec.{part}"),
+                        format!(
+                            "conflicts with {first}, which also sets {part} for {}.{}; that one applies",
+                            key.name, key.namespace
+                        ),
+                    ));
+                    return false;
+                }
+                set_here.insert(part, &setting.path);
+                true
+            };
+            if claim("timeout", spec.timeout.is_some()) {
+                policy.timeout = parse_duration(&spec.timeout);
+            }
+            if claim("retries", spec.retries.is_some()) {
+                policy.retries = spec.retries.clone();
+            }
+            if claim("circuitBreaker", spec.circuit_breaker.is_some()) {
+                policy.circuit_breaker = spec.circuit_breaker.clone();
+            }
+            if claim("outlierDetection", spec.outlier_detection.is_some()) {
+                policy.outlier_detection = spec.outlier_detection.clone();
+            }
+            if claim("loadBalancer", spec.load_balancer.is_some()) {
+                policy.load_balancer = spec.load_balancer;
+            }
+            if claim("connectionPool", spec.connection_pool.is_some()) {
+                policy.connection_pool = spec.connection_pool.clone();
+            }
+        }
+    }
+    policy
+}
+
+impl<'c> ServicePlan<'c> {
+    fn new(
+        config: &'c Config,
+        key: ServiceKey,
+        instances: Vec<&'c Workload>,
+        errors: &mut Vec<ConfigError>,
+    ) -> ServicePlan<'c> {
+        let workspace = config.workspace_of(&key.namespace).map(|w| w.path.clone());
+        let mut routes = config.routes.iter().filter(|r| {
+            r.spec.service.name == key.name
+                && r.spec.service.namespace == key.namespace
+                && config
+                    .groups
+                    .iter()
+                    .any(|g| g.path == r.group && config.group_covers(g, &key.namespace))
+        });
+        let route = routes.next();
+        for other in routes {
+            errors.push(error(
+                &other.path,
+                "spec.service",
+                format!(
+                    "{}.{} is already routed by {}; that one applies",
+                    key.name,
+                    key.namespace,
+                    route.map(|r| r.path.as_str()).unwrap_or_default()
+                ),
+            ));
+        }
+        let policy = merge_policy(config, &key, workspace.as_deref(), errors);
+        let mut plan = ServicePlan {
+            key,
+            workspace,
+            instances,
+            route,
+            policy,
+            clusters: BTreeMap::new(),
+        };
+        plan.clusters = plan.endpoint_sets();
+        plan
+    }
+
+    /// The service's EDS clusters and their instances: every instance,
+    /// and each subset's.
+    fn endpoint_sets(&self) -> BTreeMap<String, Vec<SocketAddr>> {
+        let address = |w: &&Workload| SocketAddr {
+            address: w.address.clone(),
+            port: w.port,
+        };
+        let mut sets = BTreeMap::new();
+        let mut all: Vec<SocketAddr> = self.instances.iter().map(address).collect();
+        all.sort();
+        sets.insert(self.key.cluster_name(None), all);
+        if let Some(route) = self.route {
+            for subset in &route.spec.subsets {
+                let mut members: Vec<SocketAddr> = self
+                    .instances
+                    .iter()
+                    .filter(|w| {
+                        subset
+                            .labels
+                            .iter()
+                            .all(|(k, v)| w.labels.get(k) == Some(v))
+                    })
+                    .map(address)
+                    .collect();
+                members.sort();
+                sets.insert(self.key.cluster_name(Some(&subset.name)), members);
+            }
+        }
+        sets
+    }
+
+    fn sticky(&self) -> Option<&StickySession> {
+        self.route.and_then(|r| r.spec.sticky_session.as_ref())
+    }
+
+    fn cluster(&self, name: &str) -> Cluster {
+        let policy = &self.policy;
+        let lb_policy = if self.sticky().is_some() {
+            LbPolicy::RingHash
+        } else {
+            match policy.load_balancer {
+                None | Some(LoadBalancer::RoundRobin) => LbPolicy::RoundRobin,
+                Some(LoadBalancer::LeastRequest) => LbPolicy::LeastRequest,
+                Some(LoadBalancer::RingHash) => LbPolicy::RingHash,
+                Some(LoadBalancer::Random) => LbPolicy::Random,
+            }
+        };
+        let budget = policy.retries.as_ref().and_then(|r| r.budget.as_ref());
+        let limits = (policy.circuit_breaker.is_some() || budget.is_some()).then(|| {
+            let cb = policy.circuit_breaker.as_ref();
+            Limits {
+                max_connections: cb.and_then(|c| c.max_connections),
+                max_pending_requests: cb.and_then(|c| c.max_pending_requests),
+                max_requests: cb.and_then(|c| c.max_requests),
+                max_retries: cb.and_then(|c| c.max_retries),
+                retry_budget_percent: budget.map(|b| b.percent),
+                retry_budget_min_concurrency: budget.and_then(|b| b.min_concurrency),
+            }
+        });
+        let outlier_detection = policy.outlier_detection.as_ref().map(|o| Outlier {
+            consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
+            interval_ms: millis(parse_duration(&o.interval).unwrap_or(Duration::from_secs(10))),
+            base_ejection_time_ms: millis(
+                parse_duration(&o.base_ejection_time).unwrap_or(Duration::from_secs(30)),
+            ),
+            max_ejection_percent: o.max_ejection_percent.unwrap_or(10),
+        });
+        let pool = policy.connection_pool.as_ref();
+        Cluster {
+            name: name.to_string(),
+            local: None,
+            connect_timeout_ms: millis(
+                pool.and_then(|p| parse_duration(&p.connect_timeout))
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            ),
+            lb_policy,
+            limits,
+            outlier_detection,
+            idle_timeout_ms: pool
+                .and_then(|p| parse_duration(&p.idle_timeout))
+                .map(millis),
+            max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
+        }
+    }
+
+    fn forward(&self, clusters: BTreeMap<String, u32>) -> Forward {
+        let retries = self.policy.retries.as_ref().map(|r| {
+            let retry_on: Vec<&str> = if r.retry_on.is_empty() {
+                vec!["connect-failure", "refused-stream", "reset", "5xx"]
+            } else {
+                r.retry_on.iter().map(|c| retry_condition(*c)).collect()
+            };
+            Retry {
+                retry_on: retry_on.join(","),
+                attempts: r.attempts,
+                per_try_timeout_ms: parse_duration(&r.per_try_timeout).map(millis),
+            }
+        });
+        let hash_on = self.sticky().and_then(|s| match (&s.header, &s.cookie) {
+            (Some(header), _) => Some(HashOn::Header(header.clone())),
+            (None, Some(cookie)) => Some(HashOn::Cookie {
+                name: cookie.name.clone(),
+                ttl_ms: parse_duration(&cookie.ttl).map(millis),
+            }),
+            (None, None) => None,
+        });
+        Forward {
+            clusters,
+            timeout_ms: self.policy.timeout.map(millis),
+            retries,
+            hash_on,
+        }
+    }
+
+    /// The service's routes: its ServiceRoute's rules in order, then
+    /// everything else to all instances.
+    fn routes(&self) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let mut caught_all = false;
+        if let Some(route) = self.route {
+            for rule in &route.spec.rules {
+                let clusters: BTreeMap<String, u32> = rule
+                    .destinations
+                    .iter()
+                    .map(|d| (self.key.cluster_name(d.subset.as_deref()), d.weight))
+                    .collect();
+                let action = Action::Forward(self.forward(clusters));
+                if rule.matches.is_empty() {
+                    routes.push(Route {
+                        matcher: RouteMatch::default(),
+                        action,
+                    });
+                    caught_all = true;
+                    break;
+                }
+                for m in &rule.matches {
+                    let mut headers: Vec<HeaderCondition> = m
+                        .headers
+                        .iter()
+                        .map(|h| HeaderCondition {
+                            name: h.name.clone(),
+                            test: match (&h.exact, &h.prefix, h.present) {
+                                (Some(v), _, _) => HeaderTest::Exact(v.clone()),
+                                (None, Some(v), _) => HeaderTest::Prefix(v.clone()),
+                                (None, None, present) => {
+                                    HeaderTest::Present(present.unwrap_or(true))
+                                }
+                            },
+                        })
+                        .collect();
+                    if let Some(method) = m.method {
+                        headers.insert(
+                            0,
+                            HeaderCondition {
+                                name: ":method".into(),
+                                test: HeaderTest::Exact(method.as_str().into()),
+                            },
+                        );
+                    }
+                    let (path, prefix) = match &m.path {
+                        Some(p) => (p.exact.clone(), p.prefix.clone()),
+                        None => (None, None),
+                    };
+                    routes.push(Route {
+                        matcher: RouteMatch {
+                            path,
+                            prefix,
+                            headers,
+                        },
+                        action: action.clone(),
+                    });
+                }
+            }
+        }
+        if !caught_all {
+            let all = BTreeMap::from([(self.key.cluster_name(None), 100)]);
+            routes.push(Route {
+                matcher: RouteMatch::default(),
+                action: Action::Forward(self.forward(all)),
+            });
+        }
+        routes
+    }
+
+    /// Names a caller in `namespace` may use for this service.
+    fn domains(&self, caller_namespace: &str) -> Vec<String> {
+        let ServiceKey { name, namespace } = &self.key;
+        let mut domains = vec![
+            format!("{name}.{namespace}"),
+            format!("{name}.{namespace}.svc"),
+        ];
+        if namespace == caller_namespace {
+            domains.insert(0, name.clone());
+        }
+        domains
+    }
+}
+
+fn retry_condition(condition: RetryOn) -> &'static str {
+    match condition {
+        RetryOn::ServerError => "5xx",
+        RetryOn::GatewayError => "gateway-error",
+        RetryOn::Reset => "reset",
+        RetryOn::ConnectFailure => "connect-failure",
+        RetryOn::RefusedStream => "refused-stream",
+        RetryOn::Retriable4xx => "retriable-4xx",
+    }
+}
+
+/// The answer for a hostname the mesh does not know.
+fn unknown_host() -> VirtualHost {
+    VirtualHost {
+        name: "unknown".into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            matcher: RouteMatch::default(),
+            action: Action::DirectResponse {
+                status: 404,
+                body: "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n".into(),
+            },
+        }],
+    }
+}
+
+/// Translates the configuration and registry into every proxy's config.
+pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
+    let mut errors = config.errors.clone();
+
+    // Every service that has instances or a route, with its instances.
+    let mut instances: BTreeMap<ServiceKey, Vec<&Workload>> = BTreeMap::new();
+    for w in workloads {
+        let key = ServiceKey {
+            namespace: w.namespace.clone(),
+            name: w.service.clone(),
+        };
+        instances.entry(key).or_default().push(w);
+    }
+    for r in &config.routes {
+        let key = ServiceKey {
+            namespace: r.spec.service.namespace.clone(),
+            name: r.spec.service.name.clone(),
+        };
+        instances.entry(key).or_default();
+    }
+    let plans: Vec<ServicePlan> = instances
+        .into_iter()
+        .map(|(key, members)| ServicePlan::new(config, key, members, &mut errors))
+        .collect();
+
+    // Clusters and routes are the same for every caller in a workspace;
+    // build them once per service.
+    let built: Vec<(Vec<Cluster>, Vec<Route>)> = plans
+        .iter()
+        .map(|plan| {
+            let clusters = plan
+                .clusters
+                .keys()
+                .map(|name| plan.cluster(name))
+                .collect();
+            (clusters, plan.routes())
+        })
+        .collect();
+
+    let mut proxies = BTreeMap::new();
+    for w in workloads {
+        let workspace = config.workspace_of(&w.namespace).map(|ws| ws.path.as_str());
+        let mut proxy = ProxyConfig::default();
+        let mut outbound = Vec::new();
+        for (plan, (clusters, routes)) in plans.iter().zip(&built) {
+            if workspace.is_none() || plan.workspace.as_deref() != workspace {
+                continue;
+            }
+            proxy.clusters.extend(clusters.iter().cloned());
+            proxy
+                .endpoints
+                .extend(plan.clusters.iter().map(|(name, members)| Endpoints {
+                    cluster: name.clone(),
+                    endpoints: members.clone(),
+                }));
+            outbound.push(VirtualHost {
+                name: format!("{}.{}", plan.key.name, plan.key.namespace),
+                domains: plan.domains(&w.namespace),
+                routes: routes.clone(),
+            });
+        }
+        outbound.push(unknown_host());
+        proxy.listeners.push(Listener {
+            name: OUTBOUND.into(),
+            address: SocketAddr {
+                address: "127.0.0.1".into(),
+                port: w.outbound_port,
+            },
+            route_table: OUTBOUND.into(),
+        });
+        proxy.routes.push(RouteTable {
+            name: OUTBOUND.into(),
+            virtual_hosts: outbound,
+        });
+        if let Some(app_port) = w.app_port {
+            proxy.clusters.push(Cluster {
+                name: LOCAL_APP.into(),
+                local: Some(SocketAddr {
+                    address: "127.0.0.1".into(),
+                    port: app_port,
+                }),
+                connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
+                lb_policy: LbPolicy::RoundRobin,
+                limits: None,
+                outlier_detection: None,
+                idle_timeout_ms: None,
+                max_requests_per_connection: None,
+            });
+            proxy.listeners.push(Listener {
+                name: INBOUND.into(),
+                address: SocketAddr {
+                    address: w.address.clone(),
+                    port: w.port,
+                },
+                route_table: INBOUND.into(),
+            });
+            proxy.routes.push(RouteTable {
+                name: INBOUND.into(),
+                virtual_hosts: vec![VirtualHost {
+                    name: INBOUND.into(),
+                    domains: vec!["*".into()],
+                    routes: vec![Route {
+                        matcher: RouteMatch::default(),
+                        // The caller's side owns the timeout.
+                        action: Action::Forward(Forward {
+                            clusters: BTreeMap::from([(LOCAL_APP.to_string(), 100)]),
+                            timeout_ms: Some(0),
+                            retries: None,
+                            hash_on: None,
+                        }),
+                    }],
+                }],
+            });
+        }
+        proxies.insert(w.node.clone(), proxy);
+    }
+    errors.sort();
+    errors.dedup();
+    Translation { proxies, errors }
+}

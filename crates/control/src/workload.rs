@@ -1,0 +1,154 @@
+//! A workload as its proxy announces it in the xDS node metadata.
+//!
+//! `weft sidecar` writes these keys into the Envoy bootstrap; the edge reads
+//! them when the proxy connects. A registry file for `weft x translate` is a
+//! YAML list of the same records.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
+use serde::{Deserialize, Serialize};
+use weft_api::problems::check_dns_label;
+
+/// One instance of a service, with its sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    /// The proxy's xDS node id, unique in the cluster.
+    pub node: String,
+    pub service: String,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where other proxies reach this workload: its sidecar's inbound
+    /// listener.
+    pub address: String,
+    pub port: u16,
+    /// The app's port on loopback behind the sidecar; none for a workload
+    /// that only calls out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
+    /// Where the app calls other services through its sidecar (loopback).
+    pub outbound_port: u16,
+}
+
+/// Metadata keys, as `weft sidecar` writes them.
+pub mod keys {
+    pub const SERVICE: &str = "service";
+    pub const NAMESPACE: &str = "namespace";
+    pub const SERVICE_ACCOUNT: &str = "serviceAccount";
+    pub const LABELS: &str = "labels";
+    pub const ADDRESS: &str = "address";
+    pub const PORT: &str = "port";
+    pub const APP_PORT: &str = "appPort";
+    pub const OUTBOUND_PORT: &str = "outboundPort";
+}
+
+fn string_field<'a>(fields: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
+    match fields.get(key)?.kind.as_ref()? {
+        ValueKind::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl Workload {
+    /// Reads a proxy's node; the error names every missing or bad key.
+    pub fn from_node(node: &Node) -> Result<Workload, String> {
+        let empty = Struct::default();
+        let metadata = node.metadata.as_ref().unwrap_or(&empty);
+        let fields: BTreeMap<String, Value> = metadata
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut problems = Vec::new();
+        let mut label = |key: &str| -> String {
+            match string_field(&fields, key) {
+                Some(value) if check_dns_label(value).is_ok() => value.to_string(),
+                Some(value) => {
+                    problems.push(format!("metadata.{key}: {value:?} is not a DNS label"));
+                    String::new()
+                }
+                None => {
+                    problems.push(format!("metadata.{key}: missing (a string)"));
+                    String::new()
+                }
+            }
+        };
+        let service = label(keys::SERVICE);
+        let namespace = label(keys::NAMESPACE);
+        let service_account = label(keys::SERVICE_ACCOUNT);
+        let mut port = |key: &str, required: bool| -> Option<u16> {
+            match string_field(&fields, key).map(str::parse::<u16>) {
+                Some(Ok(port)) if port > 0 => Some(port),
+                None if !required => None,
+                _ => {
+                    problems.push(format!(
+                        "metadata.{key}: must be a port number 1-65535 as a string"
+                    ));
+                    None
+                }
+            }
+        };
+        let port_value = port(keys::PORT, true);
+        let app_port = port(keys::APP_PORT, false);
+        let outbound_port = port(keys::OUTBOUND_PORT, true);
+        let address = string_field(&fields, keys::ADDRESS).unwrap_or_default();
+        if address.parse::<std::net::IpAddr>().is_err() {
+            problems.push(format!(
+                "metadata.{}: {address:?} is not an IP address",
+                keys::ADDRESS
+            ));
+        }
+        let mut labels = BTreeMap::new();
+        if let Some(value) = fields.get(keys::LABELS) {
+            match value.kind.as_ref() {
+                Some(ValueKind::StructValue(s)) => {
+                    for (k, v) in &s.fields {
+                        match v.kind.as_ref() {
+                            Some(ValueKind::StringValue(v)) => {
+                                labels.insert(k.clone(), v.clone());
+                            }
+                            _ => problems.push(format!("metadata.labels.{k}: must be a string")),
+                        }
+                    }
+                }
+                _ => problems.push("metadata.labels: must be a map of strings".into()),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Workload {
+            node: node.id.clone(),
+            service,
+            namespace,
+            service_account,
+            labels,
+            address: address.to_string(),
+            port: port_value.unwrap_or_default(),
+            app_port,
+            outbound_port: outbound_port.unwrap_or_default(),
+        })
+    }
+
+    /// The node metadata that announces this workload.
+    pub fn to_metadata(&self) -> serde_json::Value {
+        let mut metadata = serde_json::json!({
+            keys::SERVICE: self.service,
+            keys::NAMESPACE: self.namespace,
+            keys::SERVICE_ACCOUNT: self.service_account,
+            keys::LABELS: self.labels,
+            keys::ADDRESS: self.address,
+            keys::PORT: self.port.to_string(),
+            keys::OUTBOUND_PORT: self.outbound_port.to_string(),
+        });
+        if let Some(app_port) = self.app_port {
+            metadata[keys::APP_PORT] = app_port.to_string().into();
+        }
+        metadata
+    }
+}

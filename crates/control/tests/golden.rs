@@ -1,0 +1,76 @@
+//! Golden files: every `testdata/in/NAME.yaml` (cluster, workloads,
+//! manifests) translates into exactly `testdata/out/NAME.yaml`, and every
+//! proxy's result is a consistent xDS snapshot.
+//! Regenerate after an intended change: `WEFT_UPDATE_GOLDEN=1 cargo test -p weft-control --test golden`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use weft_api::Resource;
+use weft_control::translate::{Config, translate};
+use weft_control::workload::Workload;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    cluster: String,
+    workloads: Vec<Workload>,
+    manifests: Vec<Resource>,
+}
+
+#[test]
+fn translation_matches_golden_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let update = std::env::var_os("WEFT_UPDATE_GOLDEN").is_some();
+    let mut inputs: Vec<_> = std::fs::read_dir(root.join("in"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    inputs.sort();
+    assert!(inputs.len() >= 6, "golden inputs missing: {inputs:?}");
+    let mut mismatches = Vec::new();
+    for input in inputs {
+        let name = input.file_name().unwrap().to_string_lossy().to_string();
+        let case: Case = serde_norway::from_str(&std::fs::read_to_string(&input).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let config = Config::parse(&case.cluster, &case.manifests);
+        let translation = translate(&config, &case.workloads);
+        for (node, proxy) in &translation.proxies {
+            if let Err(e) = proxy.to_snapshot() {
+                panic!("{name}: proxy {node} has an inconsistent snapshot: {e}");
+            }
+        }
+        let rendered = serde_norway::to_string(&translation).unwrap();
+        let out = root.join("out").join(&name);
+        if update {
+            std::fs::write(&out, &rendered).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&out).unwrap_or_default();
+        if expected != rendered {
+            mismatches.push(format!("{name}:\n{}", similar_diff(&expected, &rendered)));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "translation differs from the golden files (WEFT_UPDATE_GOLDEN=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+fn similar_diff(expected: &str, actual: &str) -> String {
+    let mut out = String::new();
+    for (i, (e, a)) in expected.lines().zip(actual.lines()).enumerate() {
+        if e != a {
+            out.push_str(&format!(
+                "line {}: expected {e:?}\n         got      {a:?}\n",
+                i + 1
+            ));
+        }
+    }
+    let (e, a) = (expected.lines().count(), actual.lines().count());
+    if e != a {
+        out.push_str(&format!("expected {e} lines, got {a}\n"));
+    }
+    out
+}
