@@ -75,7 +75,7 @@ Examples:
 The app calls other services through its sidecar with the service name as the host:
   curl -H 'Host: ratings' http://127.0.0.1:15001/           # same namespace
   curl -x http://127.0.0.1:15001 http://ratings.shop/       # as an HTTP proxy
-  grpcurl -plaintext -authority ratings 127.0.0.1:15001 list # h2c and gRPC too")]
+  curl --http2-prior-knowledge -H 'Host: ratings' http://127.0.0.1:15001/   # h2c")]
     Sidecar(sidecar::SidecarArgs),
 
     /// Tools for testing and inspecting: offline translation, a test workload
