@@ -149,7 +149,7 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
     let node = args.node_id.clone().unwrap_or_else(|| {
         let mut bytes = [0u8; 4];
         rand::rng().fill_bytes(&mut bytes);
-        format!("{}-{}", args.service, hex_string(&bytes))
+        format!("{}-{}", args.service, hex::encode(bytes))
     });
     let workload = Workload {
         node: node.clone(),
@@ -254,8 +254,4 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         bail!("Envoy exited with status {code}; see its log above");
     }
     Ok(code)
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -131,7 +131,6 @@ impl EdgeMetrics {
 /// What the edge serves now.
 #[derive(Default)]
 struct Current {
-    config: Option<Arc<EdgeConfig>>,
     from_disk: bool,
     /// The configuration version whose translation is published.
     published: String,
@@ -139,7 +138,7 @@ struct Current {
 }
 
 struct Edge {
-    options_cluster: String,
+    cluster: String,
     data_dir: PathBuf,
     cache: Arc<SnapshotCache>,
     registry: Registry,
@@ -163,11 +162,7 @@ impl Edge {
         let config = Arc::new(config);
         self.registry
             .set_credentials(config.workload_credentials.clone());
-        {
-            let mut current = self.lock();
-            current.config = Some(config.clone());
-            current.from_disk = from_disk;
-        }
+        self.lock().from_disk = from_disk;
         self.config_tx.send_replace(Some(config));
     }
 
@@ -257,7 +252,7 @@ pub async fn run(
     metrics.register(&mut prometheus);
     cache.metrics().register(&mut prometheus);
     let edge = Arc::new(Edge {
-        options_cluster: options.cluster.clone(),
+        cluster: options.cluster.clone(),
         data_dir,
         cache: cache.clone(),
         registry: registry.clone(),
@@ -333,7 +328,7 @@ pub async fn run(
     let xds_task = tokio::spawn(xds);
 
     shutdown.await;
-    tracing::info!(cluster = %edge.options_cluster, "edge stopping");
+    tracing::info!(cluster = %edge.cluster, "edge stopping");
     let _ = stop_tx.send(true);
     xds_task
         .await
@@ -479,8 +474,8 @@ async fn sync_loop(
     let mut reachable = None;
     loop {
         let version = edge
-            .lock()
-            .config
+            .config_tx
+            .borrow()
             .as_ref()
             .map(|c| c.version.clone())
             .unwrap_or_default();
@@ -526,7 +521,7 @@ async fn sync_loop(
                 {
                     format!(
                         "; check the edge credential (issue one with `weft token create --cluster {}`)",
-                        edge.options_cluster
+                        edge.cluster
                     )
                 } else {
                     String::new()
