@@ -98,7 +98,13 @@ pub fn bootstrap(
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
                 "grpc_services": [{
-                    "envoy_grpc": {"cluster_name": "weft-edge"},
+                    // The edge is on this host: after a refusal or an edge
+                    // restart, try again within a second or two, not the
+                    // default 30 s.
+                    "envoy_grpc": {
+                        "cluster_name": "weft-edge",
+                        "retry_policy": {"retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}},
+                    },
                     "initial_metadata": [{"key": "authorization", "value": format!("Bearer {credential}")}],
                 }],
             },

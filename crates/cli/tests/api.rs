@@ -976,6 +976,26 @@ async fn watch_streams_the_changes_the_caller_may_read() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = api(&server, "GET", "/v1/watch", None, None).await;
     assert_eq!(status, 401);
+
+    // The open watch does not hold the server up when it stops; the
+    // watcher is told why its stream ends.
+    let stopping = std::time::Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(10),
+        "the server took {:?} to stop with a watch open",
+        stopping.elapsed()
+    );
+    let mut rest = buffer;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        rest.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "error", "{rest}");
+    assert!(
+        last["message"].as_str().unwrap().contains("stopping"),
+        "{last}"
+    );
 }
 
 #[tokio::test]

@@ -36,23 +36,26 @@ fn free_port() -> u16 {
 struct Proc(Child);
 
 impl Proc {
-    fn stop(&mut self) {
+    /// Sends SIGTERM; returns false if the process had to be killed after
+    /// 10 s.
+    fn stop(&mut self) -> bool {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        false
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -87,6 +90,27 @@ struct Mesh {
     edge_admin: u16,
     credentials: BTreeMap<String, PathBuf>,
     http: reqwest::Client,
+}
+
+/// When a test fails, the logs of every component tell why: show their ends.
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- last lines of {}\n{tail}", path.display());
+            }
+        }
+    }
 }
 
 impl Mesh {
@@ -356,6 +380,7 @@ async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> b
     let started = Instant::now();
     while started.elapsed() < deadline {
         if check().await {
+            eprintln!("waited {:?} until {what}", started.elapsed());
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -589,7 +614,7 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
         async || mesh.instances(port, 10, "/").await.len() == 2,
     )
     .await;
-    a.stop();
+    assert!(a.stop(), "a sidecar did not stop within 10 s of SIGTERM");
     until(
         "a stopped instance gets none",
         Duration::from_secs(20),
@@ -633,9 +658,20 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
 
     // With the server gone, a restarted edge serves its last configuration
     // and still registers new workloads.
+    // Both stop at once on SIGTERM, though the edge holds a long poll on
+    // the server and the proxies hold streams on the edge.
     let credential = mesh.credential("reviews");
+    let stopping = Instant::now();
     mesh.server.take().unwrap().stop();
-    mesh.edge.take().unwrap().stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "the server took {:?} to stop",
+        stopping.elapsed()
+    );
+    assert!(
+        mesh.edge.take().unwrap().stop(),
+        "the edge did not stop within 10 s of SIGTERM"
+    );
     mesh.start_edge().await;
     let status = mesh.edge_status().await;
     assert_eq!(status["fromDisk"], true, "{status}");

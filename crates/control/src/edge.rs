@@ -318,7 +318,9 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(async move { admin_server.await });
 
-    let ads = AdsServer::new(cache).with_admission(Arc::new(registry));
+    let ads = AdsServer::new(cache)
+        .with_admission(Arc::new(registry))
+        .with_stopping(stop_rx.clone());
     let mut xds_stop = stop_rx.clone();
     let xds = tonic::transport::Server::builder()
         .add_service(ads.into_service())
@@ -393,6 +395,10 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
             edge.metrics.workloads.set(workloads.len() as i64);
             let translation = translate(parsed_config, &workloads);
             let mut errors = translation.errors;
+            // Proxies that left the registry: drop what was kept for them.
+            published.retain(|node, _| {
+                translation.proxies.contains_key(node) || !edge.cache.remove(node)
+            });
             let mut largest = 0;
             for (node, proxy) in translation.proxies {
                 if published.get(&node) == Some(&proxy) {

@@ -25,7 +25,8 @@ const TRAFFIC_KINDS: &[&str] = &["TrafficGroup", "ServiceRoute", "TrafficSetting
 /// Longest long poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often a long poll looks again for changes the revision does not
-/// count (credentials issued or revoked).
+/// count: credentials issued or revoked (or expired) through another server
+/// replica. This replica's own token writes wake it at once.
 const RECHECK: Duration = Duration::from_secs(2);
 
 /// Authenticates an edge credential; returns its cluster.
@@ -149,7 +150,9 @@ pub async fn config(
 ) -> Result<Response, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait).min(MAX_WAIT);
+    let mut tokens = state.store.token_changes();
     loop {
+        tokens.mark_unchanged();
         let revision = state.store.revision().await?;
         let config = config_for(&state, &cluster).await?;
         if config.version != query.version {
@@ -165,6 +168,11 @@ pub async fn config(
         }
         tokio::select! {
             changed = state.store.wait_for_change(revision) => { changed?; }
+            _ = tokens.changed() => {}
+            () = state.stopping() => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the server is stopping")
+                    .with_hint("the edge keeps serving its configuration and asks again"));
+            }
             () = tokio::time::sleep_until(wake) => {}
         }
     }

@@ -41,6 +41,10 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// Turns true when the server begins to stop. Long polls and watches
+    /// end then: a graceful shutdown waits for open requests, and those
+    /// would otherwise keep it waiting for as long as their clients stay.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -48,7 +52,14 @@ impl AppState {
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Completes once the server begins to stop.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 }
 
@@ -106,7 +117,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = state.stopping.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
         .await
 }

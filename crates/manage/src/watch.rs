@@ -3,7 +3,7 @@
 //! Lines are `{"type":"put"|"delete","revision","kind","path","resource"}`
 //! for changes the caller may read, `{"type":"heartbeat","revision"}` every
 //! 15 s of quiet, and `{"type":"error","message"}` before the stream ends if
-//! the watcher fell behind what the store keeps. List first (lists carry
+//! the watcher fell behind what the store keeps or the server is stopping. List first (lists carry
 //! their `revision`), then watch from that revision to miss nothing.
 
 use std::convert::Infallible;
@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::Verb;
-use weft_store::{Op, Store};
+use weft_store::Op;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -48,7 +48,7 @@ pub async fn watch(
     // Fail now, as a plain 410, if the watcher is already too far behind.
     state.store.changes_since(since, now).await?;
     let (tx, rx) = mpsc::channel::<Result<String, Infallible>>(64);
-    tokio::spawn(feed(state.store.clone(), caller, since, tx));
+    tokio::spawn(feed(state, caller, since, tx));
     Ok((
         [(CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(ReceiverStream::new(rx)),
@@ -57,7 +57,7 @@ pub async fn watch(
 }
 
 async fn feed(
-    store: Store,
+    state: AppState,
     caller: Caller,
     mut since: i64,
     tx: mpsc::Sender<Result<String, Infallible>>,
@@ -66,6 +66,7 @@ async fn feed(
         let tx = tx.clone();
         async move { tx.send(Ok(format!("{line}\n"))).await.is_ok() }
     };
+    let store = &state.store;
     loop {
         let step = async {
             let upto = store.revision().await?;
@@ -106,6 +107,10 @@ async fn feed(
         since = upto;
         tokio::select! {
             () = tx.closed() => return,
+            () = state.stopping() => {
+                send(json!({"type": "error", "message": "the server is stopping; watch again from the last revision seen"})).await;
+                return;
+            }
             changed = tokio::time::timeout(HEARTBEAT, store.wait_for_change(since)) => match changed {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {

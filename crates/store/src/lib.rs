@@ -199,6 +199,9 @@ pub struct Store {
     pool: AnyPool,
     /// The latest revision this process committed; wakes its watchers.
     committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    /// Bumped when this process creates or revokes a token: tokens are not
+    /// resources and do not move the revision.
+    tokens_changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Revisions of changes kept for watchers.
     change_retention: i64,
 }
@@ -320,6 +323,7 @@ impl Store {
         Ok(Store {
             pool,
             committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            tokens_changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             change_retention: watch::DEFAULT_RETENTION,
         })
     }

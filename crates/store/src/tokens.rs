@@ -63,7 +63,14 @@ impl Store {
         .await?;
         append(&mut tx, &token_audit(actor, "token.create", token)).await?;
         tx.commit().await?;
+        self.tokens_changed.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Changes when this process creates or revokes a token. Other server
+    /// replicas' token writes do not show here; poll for those.
+    pub fn token_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tokens_changed.subscribe()
     }
 
     /// The token whose secret hashes to `secret_hash`, revoked or not.
@@ -146,6 +153,9 @@ impl Store {
             append(&mut tx, &token_audit(actor, "token.revoke", token)).await?;
         }
         tx.commit().await?;
+        if changed > 0 {
+            self.tokens_changed.send_modify(|n| *n += 1);
+        }
         Ok(changed > 0)
     }
 }

@@ -47,6 +47,7 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AdsServer {
     cache: Arc<SnapshotCache>,
     admission: Option<Arc<dyn Admission>>,
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl AdsServer {
@@ -54,7 +55,16 @@ impl AdsServer {
         AdsServer {
             cache,
             admission: None,
+            stopping: None,
         }
+    }
+
+    /// Ends every stream with UNAVAILABLE once `stopping` turns true (or
+    /// its sender goes away), so a graceful shutdown of the gRPC server
+    /// does not wait for proxies that never hang up. They reconnect.
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> AdsServer {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// Asks `admission` before serving a proxy.
@@ -68,6 +78,7 @@ impl AdsServer {
             self.cache.clone(),
             protocol,
             self.admission.clone().map(|a| (a, metadata)),
+            self.stopping.clone(),
         )
     }
 
@@ -132,15 +143,18 @@ trait Protocol: Send + 'static {
         cache: &SnapshotCache,
     ) -> Option<ResourceType>;
     /// Sends what changed for `t` (in the first phase nothing is removed);
-    /// returns how many resources the response carried, or None if
-    /// nothing needed sending.
+    /// returns what the response carried, or None if nothing needed
+    /// sending.
     async fn push(
         &mut self,
         t: ResourceType,
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<Option<usize>, Closed>;
+    ) -> Result<Option<Sent>, Closed>;
+    /// Forgets that the proxy holds `names` of type `t`, so the next push
+    /// sends them again.
+    fn forget(&mut self, t: ResourceType, names: &[&str]);
     /// Ends the stream with `status`.
     async fn refuse(&mut self, status: Status);
     /// Where type `t` stands, if the proxy ever asked for it.
@@ -169,6 +183,14 @@ trait Protocol: Send + 'static {
     }
 }
 
+/// What one response carried.
+struct Sent {
+    /// Resources in the response.
+    count: usize,
+    /// Those the proxy did not hold at these versions before.
+    changed: Vec<String>,
+}
+
 /// One step of bringing a proxy to a new snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Step {
@@ -182,6 +204,7 @@ struct Session<P> {
     /// Asked once the node is known; the stream's metadata goes with it.
     admission: Option<(Arc<dyn Admission>, MetadataMap)>,
     admitted: bool,
+    stopping: Option<watch::Receiver<bool>>,
     node: Option<String>,
     snapshot_rx: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
     nonces: u64,
@@ -196,12 +219,14 @@ impl<P: Protocol> Session<P> {
         cache: Arc<SnapshotCache>,
         protocol: P,
         admission: Option<(Arc<dyn Admission>, MetadataMap)>,
+        stopping: Option<watch::Receiver<bool>>,
     ) -> Session<P> {
         Session {
             cache,
             protocol,
             admission,
             admitted: false,
+            stopping,
             node: None,
             snapshot_rx: None,
             nonces: 0,
@@ -237,7 +262,19 @@ impl<P: Protocol> Session<P> {
                     None => std::future::pending().await,
                 }
             };
+            let stopping = async {
+                match self.stopping.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|stopping| *stopping).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let outcome = tokio::select! {
+                () = stopping => {
+                    self.protocol.refuse(Status::unavailable("the xDS server is stopping; connect again")).await;
+                    Err(Closed)
+                },
                 message = inbound.next() => match message {
                     Some(Ok(request)) => self.on_request(request).await,
                     Some(Err(status)) => {
@@ -303,16 +340,17 @@ impl<P: Protocol> Session<P> {
         self.advance(false).await
     }
 
-    /// Whether a step's dependencies are confirmed by the proxy: clusters
-    /// before their endpoints; warm clusters (endpoints delivered) before
-    /// listeners and routes that use them; removals of clusters and
-    /// endpoints only once listeners and routes no longer need them.
+    /// Whether a step's dependencies are confirmed by the proxy: warm
+    /// clusters (endpoints delivered) before listeners and routes that use
+    /// them; removals of clusters and endpoints only once listeners and
+    /// routes no longer need them. Endpoints follow their clusters on the
+    /// same stream without waiting: Envoy confirms changed clusters only
+    /// once they are warm, which takes their endpoints.
     fn ready(&self, step: Step, snapshot: &Snapshot) -> bool {
         use ResourceType::*;
         let p = &self.protocol;
         match (step.t, step.removals) {
-            (Cluster, false) | (Route, true) | (Listener, true) => true,
-            (Endpoint, false) => p.acked(Cluster),
+            (Cluster, false) | (Endpoint, false) | (Route, true) | (Listener, true) => true,
             (Listener, false) | (Route, false) => {
                 p.acked(Cluster)
                     && p.acked(Endpoint)
@@ -355,10 +393,23 @@ impl<P: Protocol> Session<P> {
         removals: bool,
     ) -> Result<(), Closed> {
         let nonce = self.nonce();
-        if let Some(count) = self.protocol.push(t, snapshot, removals, nonce).await?
-            && let Some(node) = &self.node
-        {
-            self.cache.record_response(node, t, count);
+        let Some(sent) = self.protocol.push(t, snapshot, removals, nonce).await? else {
+            return Ok(());
+        };
+        if let Some(node) = &self.node {
+            self.cache.record_response(node, t, sent.count);
+        }
+        if t == ResourceType::Cluster {
+            // Envoy rebuilds a changed cluster and keeps it warming until it
+            // receives the cluster's endpoints, even unchanged ones; it does
+            // not ask for them again. Without a resend it waits out its
+            // initial fetch timeout (15 s).
+            let services: Vec<&str> = sent
+                .changed
+                .iter()
+                .filter_map(|c| snapshot.eds_service_of(c))
+                .collect();
+            self.protocol.forget(ResourceType::Endpoint, &services);
         }
         Ok(())
     }
@@ -465,7 +516,7 @@ impl Protocol for Sotw {
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<Option<usize>, Closed> {
+    ) -> Result<Option<Sent>, Closed> {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(None);
         };
@@ -499,6 +550,17 @@ impl Protocol for Sotw {
         if state.sent.as_ref().map(versions) == Some(versions(&payload)) {
             return Ok(None);
         }
+        let changed = payload
+            .iter()
+            .filter(|(name, entry)| {
+                state
+                    .sent
+                    .as_ref()
+                    .and_then(|sent| sent.get(*name))
+                    .is_none_or(|held| held.version != entry.version)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         let response = DiscoveryResponse {
             version_info: version,
             resources: payload.values().map(|e| e.any.clone()).collect(),
@@ -511,7 +573,15 @@ impl Protocol for Sotw {
         state.progress.sent_version = response.version_info.clone();
         let count = response.resources.len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        Ok(Some(count))
+        Ok(Some(Sent { count, changed }))
+    }
+
+    fn forget(&mut self, t: ResourceType, names: &[&str]) {
+        if let Some(sent) = self.types.get_mut(&t).and_then(|s| s.sent.as_mut()) {
+            for name in names {
+                sent.remove(*name);
+            }
+        }
     }
 
     async fn refuse(&mut self, status: Status) {
@@ -604,7 +674,7 @@ impl Protocol for Delta {
         snapshot: &Snapshot,
         removals: bool,
         nonce: String,
-    ) -> Result<Option<usize>, Closed> {
+    ) -> Result<Option<Sent>, Closed> {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(None);
         };
@@ -654,8 +724,17 @@ impl Protocol for Delta {
         state.answered = true;
         state.progress.sent_version = response.system_version_info.clone();
         let count = response.resources.len();
+        let changed = response.resources.iter().map(|r| r.name.clone()).collect();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        Ok(Some(count))
+        Ok(Some(Sent { count, changed }))
+    }
+
+    fn forget(&mut self, t: ResourceType, names: &[&str]) {
+        if let Some(state) = self.types.get_mut(&t) {
+            for name in names {
+                state.known.remove(*name);
+            }
+        }
     }
 
     async fn refuse(&mut self, status: Status) {

@@ -144,6 +144,24 @@ impl SnapshotCache {
         });
     }
 
+    /// Forgets a node's snapshot and status, so proxies that come and go
+    /// do not accumulate. Keeps them, and returns false, while the node
+    /// has a stream open.
+    pub fn remove(&self, node: &str) -> bool {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if nodes
+            .get(node)
+            .is_some_and(|entry| entry.status.streams > 0)
+        {
+            return false;
+        }
+        nodes.remove(node);
+        true
+    }
+
     /// The node's snapshot now and whenever it changes.
     pub fn subscribe(&self, node: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.with_node(node, |entry| entry.slot.subscribe())

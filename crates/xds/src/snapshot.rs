@@ -99,6 +99,8 @@ pub struct Snapshot {
     /// Endpoint names the EDS clusters ask for: a proxy's clusters are warm
     /// once it holds all of them.
     eds_services: BTreeSet<String>,
+    /// EDS cluster name → the endpoint name it asks for.
+    eds_service_of: BTreeMap<String, String>,
 }
 
 const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
@@ -144,6 +146,7 @@ impl Snapshot {
         let route_names: BTreeSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
 
         let mut eds_services = BTreeSet::new();
+        let mut eds_service_of = BTreeMap::new();
         for cluster in clusters {
             let eds = cluster.cluster_discovery_type
                 == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -155,6 +158,7 @@ impl Snapshot {
                     .filter(|s| !s.is_empty())
                     .unwrap_or(&cluster.name);
                 eds_services.insert(service.to_string());
+                eds_service_of.insert(cluster.name.clone(), service.to_string());
                 if !endpoint_names.contains(service) {
                     return Err(Inconsistent::MissingEndpoints {
                         cluster: cluster.name.clone(),
@@ -205,6 +209,7 @@ impl Snapshot {
         Ok(Snapshot {
             resources,
             eds_services,
+            eds_service_of,
         })
     }
 
@@ -217,6 +222,11 @@ impl Snapshot {
     /// Endpoint names the snapshot's EDS clusters ask for.
     pub fn eds_services(&self) -> &BTreeSet<String> {
         &self.eds_services
+    }
+
+    /// The endpoint name EDS cluster `cluster` asks for.
+    pub fn eds_service_of(&self, cluster: &str) -> Option<&str> {
+        self.eds_service_of.get(cluster).map(String::as_str)
     }
 
     /// A version for all resources of a type: a hash of names and versions.

@@ -198,7 +198,19 @@ fn routes_to(cluster: &str) -> RouteConfiguration {
 /// Envoy with a bootstrap pointing at the ADS server; killed on drop.
 struct Envoy {
     child: Child,
+    admin: u16,
     _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// A counter or gauge from Envoy's admin port.
+    async fn stat(&self, name: &str) -> Option<u64> {
+        let url = format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .and_then(|value| value.trim().parse().ok())
+    }
 }
 
 impl Drop for Envoy {
@@ -211,6 +223,7 @@ impl Drop for Envoy {
 fn start_envoy(node: &str, ads_port: u16, delta: bool) -> Envoy {
     let dir = tempfile::tempdir().unwrap();
     let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    let admin = free_port();
     let bootstrap = format!(
         r#"
 node: {{id: {node}, cluster: test}}
@@ -235,8 +248,7 @@ static_resources:
     load_assignment:
       cluster_name: xds
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}}}]}}]
-"#,
-        admin = free_port()
+"#
     );
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, bootstrap).unwrap();
@@ -248,7 +260,11 @@ static_resources:
         .stderr(Stdio::inherit())
         .spawn()
         .expect("envoy starts");
-    Envoy { child, _dir: dir }
+    Envoy {
+        child,
+        admin,
+        _dir: dir,
+    }
 }
 
 async fn get(port: u16) -> Option<String> {
@@ -389,7 +405,7 @@ async fn traffic_follows_snapshots(delta: bool) {
         )
         .unwrap(),
     );
-    let _envoy = start_envoy(node, ads_port, delta);
+    let envoy = start_envoy(node, ads_port, delta);
     until(
         "traffic reaches backend a",
         Duration::from_secs(30),
@@ -442,6 +458,43 @@ async fn traffic_follows_snapshots(delta: bool) {
     )
     .await;
 
+    // A changed cluster is rebuilt and warms until its endpoints arrive
+    // again, though they did not change: the server must resend them.
+    let mut slower = eds_cluster("b");
+    slower.connect_timeout = Some(PbDuration {
+        seconds: 2,
+        nanos: 0,
+    });
+    cache.set(
+        node,
+        Snapshot::new(
+            &[slower],
+            &[endpoints("b", b)],
+            &[listener(port, "127.0.0.1")],
+            &[routes_to("b")],
+        )
+        .unwrap(),
+    );
+    // Envoy's own fallback ends the warming after 15 s, and the server's
+    // after 5 s (it sends what waits for a confirmation anyway); well
+    // before either means the endpoints went out in time.
+    let started = Instant::now();
+    until(
+        "the changed cluster is warm",
+        Duration::from_secs(3),
+        async || {
+            envoy.stat("cluster_manager.cluster_modified").await == Some(1)
+                && envoy.stat("cluster_manager.warming_clusters").await == Some(0)
+        },
+    )
+    .await;
+    println!(
+        "{}: a changed cluster was warm again after {:?}",
+        if delta { "delta" } else { "sotw" },
+        started.elapsed()
+    );
+    assert_eq!(get(port).await.as_deref(), Some("b"));
+
     // A listener Envoy refuses: recorded as a NACK; the last good config serves.
     cache.set(
         node,
@@ -480,6 +533,16 @@ async fn traffic_follows_snapshots(delta: bool) {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+
+    // What is kept for a proxy goes once it is gone, never while connected.
+    assert!(!cache.remove(node), "removed while the proxy is connected");
+    drop(envoy);
+    until("the stream closes", Duration::from_secs(10), async || {
+        cache.status(node).unwrap().streams == 0
+    })
+    .await;
+    assert!(cache.remove(node));
+    assert!(cache.status(node).is_none());
 }
 
 /// The edge dies and comes back from its saved snapshot: the proxy keeps

@@ -134,7 +134,7 @@ fn kind(r: &DiscoveryResponse) -> ResourceType {
 }
 
 #[tokio::test]
-async fn sotw_waits_for_each_confirmation_ignores_stale_requests_and_never_resends_a_nack() {
+async fn sotw_orders_updates_ignores_stale_requests_and_never_resends_a_nack() {
     let cache = Arc::new(SnapshotCache::new());
     let mut client = serve(cache.clone()).await;
     let mut proxy = SotwClient::open(&mut client).await;
@@ -163,14 +163,14 @@ async fn sotw_waits_for_each_confirmation_ignores_stale_requests_and_never_resen
         (kind(&clusters), clusters.resources.len()),
         (ResourceType::Cluster, 1)
     );
-    // Endpoints wait until the proxy confirms the clusters.
-    proxy.nothing().await;
-    proxy.ack(&clusters, &[]).await;
+    // Endpoints follow at once: Envoy confirms a changed cluster only once
+    // it is warm, and it warms only with its endpoints.
     let eds = proxy.next().await;
     assert_eq!(
         (kind(&eds), eds.resources.len()),
         (ResourceType::Endpoint, 1)
     );
+    proxy.ack(&clusters, &[]).await;
     proxy.ack(&eds, &["a"]).await;
     proxy.nothing().await;
     assert!(
@@ -200,6 +200,12 @@ async fn sotw_waits_for_each_confirmation_ignores_stale_requests_and_never_resen
         Snapshot::new(&[eds_cluster("a", 2)], &[endpoints("a")], &[], &[]).unwrap(),
     );
     let refused = proxy.next().await;
+    // The changed cluster gets its endpoints again, though they did not
+    // change: Envoy rebuilds the cluster and waits for them.
+    let eds_again = proxy.next().await;
+    assert_eq!(kind(&eds_again), ResourceType::Endpoint);
+    assert_eq!(eds_again.resources, eds.resources);
+    proxy.ack(&eds_again, &["a"]).await;
     proxy
         .ask(
             ResourceType::Cluster,
