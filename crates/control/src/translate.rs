@@ -623,15 +623,25 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
         })
         .collect();
 
+    // A proxy sees the services of its own workspace: index them so each
+    // proxy walks only those.
+    let mut by_workspace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if let Some(workspace) = plan.workspace.as_deref() {
+            by_workspace.entry(workspace).or_default().push(i);
+        }
+    }
+
     let mut proxies = BTreeMap::new();
     for w in workloads {
-        let workspace = config.workspace_of(&w.namespace).map(|ws| ws.path.as_str());
+        let visible = config
+            .workspace_of(&w.namespace)
+            .and_then(|ws| by_workspace.get(ws.path.as_str()))
+            .map_or(&[][..], Vec::as_slice);
         let mut proxy = ProxyConfig::default();
         let mut outbound = Vec::new();
-        for (plan, (clusters, routes)) in plans.iter().zip(&built) {
-            if workspace.is_none() || plan.workspace.as_deref() != workspace {
-                continue;
-            }
+        for &i in visible {
+            let (plan, (clusters, routes)) = (&plans[i], &built[i]);
             proxy.clusters.extend(clusters.iter().cloned());
             proxy
                 .endpoints
