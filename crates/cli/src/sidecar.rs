@@ -134,7 +134,7 @@ pub fn bootstrap(
     })
 }
 
-async fn stop(child: &mut Child) {
+pub(crate) async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SIGTERM first so Envoy and the app can drain.
         let _ = std::process::Command::new("kill")

@@ -92,23 +92,27 @@ struct Mesh {
     http: reqwest::Client,
 }
 
-/// When a test fails, the logs of every component tell why: show their ends.
+/// Prints the end of every log in `dir`: when a test fails, the logs of
+/// the components tell why.
+fn show_log_tails(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- last lines of {}\n{tail}", path.display());
+        }
+    }
+}
+
 impl Drop for Mesh {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let log = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                eprintln!("--- last lines of {}\n{tail}", path.display());
-            }
+        if std::thread::panicking() {
+            show_log_tails(self.dir.path());
         }
     }
 }
@@ -721,4 +725,163 @@ async fn bad_settings_never_reach_proxies_and_nacks_show() {
     assert_eq!(nack["resourceType"], "lds", "{cluster}");
     assert!(nack["message"].as_str().unwrap().contains("bind"), "{nack}");
     drop(taken);
+}
+
+/// Runs `weft up` until it says the mesh is ready; returns it with what it
+/// printed.
+fn weft_up(data: &Path, port: u16) -> (Proc, String) {
+    let mut child = Command::new(WEFT)
+        .args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
+        .arg("--data")
+        .arg(data)
+        .arg("--envoy")
+        .arg(envoy())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let up = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !printed.contains("Stop with Ctrl-C") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push_str(&format!("{line}\n")),
+            Err(_) => {
+                show_log_tails(&data.join("logs"));
+                panic!("weft up was not ready within 90 s; it printed:\n{printed}")
+            }
+        }
+    }
+    (up, printed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weft_up_runs_a_mesh_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    let port = free_port();
+    let (mut up, printed) = weft_up(&data, port);
+    assert!(
+        printed.contains(&format!("curl -H 'Host: reviews' http://127.0.0.1:{port}/")),
+        "{printed}"
+    );
+    let http = reqwest::Client::new();
+    let call = async |canary: bool| -> String {
+        let mut request = http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "reviews");
+        if canary {
+            request = request.header("x-canary", "yes");
+        }
+        let body: Value = request.send().await.unwrap().json().await.unwrap();
+        body["version"].as_str().unwrap().to_string()
+    };
+    let mut versions = BTreeMap::<String, usize>::new();
+    for _ in 0..100 {
+        *versions.entry(call(false).await).or_default() += 1;
+    }
+    println!("weft up: 100 requests to reviews: {versions:?}");
+    assert!(
+        versions["v1"] > versions.get("v2").copied().unwrap_or(0),
+        "{versions:?}"
+    );
+    assert_eq!(call(true).await, "v2");
+
+    // SIGTERM stops every component: nothing answers on the port after.
+    assert!(up.stop(), "weft up did not stop within 10 s of SIGTERM");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the client's sidecar still listens after weft up stopped"
+    );
+
+    // A second start picks up the same store and credentials.
+    let credentials = std::fs::read_dir(data.join("credentials")).unwrap().count();
+    let (_up, printed) = weft_up(&data, port);
+    assert!(printed.contains("clusters/local unchanged"), "{printed}");
+    assert_eq!(
+        std::fs::read_dir(data.join("credentials")).unwrap().count(),
+        credentials
+    );
+    assert_eq!(call(true).await, "v2");
+}
+
+/// gRPC (HTTP/2 without TLS) through the client's sidecar: the call, its
+/// status in trailers and its metadata pass through, and routes apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_passes_through_and_follows_routes() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let _v2 = mesh.workload("reviews", "reviews-v2", "v2");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(3).await;
+    mesh.apply(
+        &route(
+            "  rules:
+    - matches:
+        - headers: [{name: x-canary, exact: 'yes'}]
+      destinations: [{subset: v2}]
+    - destinations: [{subset: v1}]
+",
+        ),
+        3,
+    )
+    .await;
+
+    // The app dials its sidecar and names the service as the authority.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .origin("http://reviews".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = |service: &str, canary: bool| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_string(),
+        });
+        if canary {
+            request
+                .metadata_mut()
+                .insert("x-canary", "yes".parse().unwrap());
+        }
+        request
+    };
+    let instance = |response: &tonic::Response<_>| {
+        response
+            .metadata()
+            .get("x-echo-instance")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string()
+    };
+
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        let response = health.check(check("reviews", false)).await.unwrap();
+        assert_eq!(response.get_ref().status(), ServingStatus::Serving);
+        *seen.entry(instance(&response)).or_default() += 1;
+    }
+    assert_eq!(seen, BTreeMap::from([("reviews-v1".to_string(), 20)]));
+    let canary = health.check(check("reviews", true)).await.unwrap();
+    assert_eq!(instance(&canary), "reviews-v2");
+
+    // An error travels in the trailers, and arrives as the app sent it.
+    let missing = health.check(check("nope", false)).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }

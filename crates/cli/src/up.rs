@@ -1,0 +1,465 @@
+//! `weft up`: a whole mesh on this machine. Starts `weft server`, a `weft
+//! edge` for cluster `local`, and the demo app (reviews v1 and v2, and a
+//! client sidecar to send traffic through), each as its own process with
+//! its log in the data directory; prints how to use it; stops them all on
+//! Ctrl-C, or when one of them stops.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use reqwest::Method;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use weft_manage::tokens::{CreateToken, CreatedToken};
+
+use crate::client::Client;
+use crate::server::{data_home, shutdown_signal};
+use crate::sidecar::stop;
+
+/// The demo's configuration; copied into the data directory on first start.
+const MESH: &str = include_str!("../../../examples/up/mesh.yaml");
+const CLUSTER: &str = "local";
+const NAMESPACE: &str = "shop";
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where the components keep their data and logs
+    /// [default: $XDG_DATA_HOME/weft/up, else ~/.local/share/weft/up]
+    #[arg(long, env = "WEFT_UP_DATA")]
+    pub data: Option<PathBuf>,
+    /// Address of the server's API (port 0 picks a free one)
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Port on 127.0.0.1 where you send requests into the mesh
+    #[arg(long, default_value_t = 15001)]
+    pub port: u16,
+    /// The Envoy binary [default: .tools/venv/bin/envoy if it exists, else envoy on PATH]
+    #[arg(long, env = "WEFT_ENVOY")]
+    pub envoy: Option<PathBuf>,
+}
+
+/// One running component.
+struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Component {
+    fn start(name: &'static str, logs: &Path, command: &mut Command) -> Result<Component> {
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        Ok(Component { name, child, log })
+    }
+
+    /// The end of its log, to say why it stopped.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// All components, stopped in reverse order of start.
+struct Mesh {
+    components: Vec<Component>,
+}
+
+impl Mesh {
+    async fn stop(&mut self) {
+        while let Some(mut component) = self.components.pop() {
+            stop(&mut component.child).await;
+        }
+    }
+
+    /// Completes when a component exits; says which and why.
+    async fn first_exit(&mut self) -> String {
+        loop {
+            for component in &mut self.components {
+                if let Ok(Some(status)) = component.child.try_wait() {
+                    return format!(
+                        "the {} stopped ({status}); the end of its log ({}):\n{}",
+                        component.name,
+                        component.log.display(),
+                        component.log_tail()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Fails with the component's log if it has already exited.
+    fn check(&mut self) -> Result<()> {
+        for component in &mut self.components {
+            if let Ok(Some(status)) = component.child.try_wait() {
+                bail!(
+                    "the {} stopped ({status}); the end of its log ({}):\n{}",
+                    component.name,
+                    component.log.display(),
+                    component.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn envoy_binary(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| {
+        let local = PathBuf::from(".tools/venv/bin/envoy");
+        if local.exists() {
+            local.canonicalize().unwrap_or(local)
+        } else {
+            PathBuf::from("envoy")
+        }
+    })
+}
+
+/// `N` distinct free ports on 127.0.0.1, none of them `taken`: each
+/// listener stays open until all are chosen, so none is handed out twice.
+fn free_ports<const N: usize>(taken: u16) -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    let mut i = 0;
+    while i < N {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        held.push(listener);
+        if port != taken {
+            ports[i] = port;
+            i += 1;
+        }
+    }
+    Ok(ports)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}
+
+/// The credential kept in `dir`, or a new one from the server.
+async fn credential(
+    client: &Client,
+    dir: &Path,
+    name: &str,
+    service_account: Option<&str>,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.token"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let request = CreateToken {
+        user: None,
+        cluster: Some(CLUSTER.into()),
+        namespace: service_account.map(|_| NAMESPACE.to_string()),
+        service_account: service_account.map(str::to_string),
+        description: format!("weft up: {name}"),
+        ttl_seconds: None,
+    };
+    let created: CreatedToken = client
+        .send(Method::POST, "tokens", Some(&request))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot issue the {name} credential: {}", e.message))?;
+    write_secret(&path, &created.secret)?;
+    Ok(path)
+}
+
+/// Starts the server and returns its URL, read from what it prints.
+async fn start_server(exe: &Path, data: &Path, listen: &str, logs: &Path) -> Result<Component> {
+    let log = logs.join("server.log");
+    let file = std::fs::File::create(&log)?;
+    let mut child = Command::new(exe)
+        .arg("server")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(file.try_clone()?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the server")?;
+    // Keep its banner in the log too.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut file = tokio::fs::File::from_std(file);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok(Component {
+        name: "server",
+        child,
+        log,
+    })
+}
+
+/// The URL the server printed in its log.
+async fn server_url(mesh: &mut Mesh, log: &Path) -> Result<String> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(url) = text
+            .lines()
+            .find(|l| l.contains("API listening on"))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        {
+            return Ok(url.to_string());
+        }
+        mesh.check()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the server did not start within 30 s; see {}",
+        log.display()
+    )
+}
+
+/// Waits until the edge reports `proxies` proxies, all in sync.
+async fn until_in_sync(mesh: &mut Mesh, edge_admin: u16, proxies: usize) -> Result<()> {
+    let url = format!("http://127.0.0.1:{edge_admin}/status");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        mesh.check()?;
+        let status: Option<serde_json::Value> = match http.get(&url).send().await {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        let list = status
+            .as_ref()
+            .and_then(|s| s["proxies"].as_array().cloned())
+            .unwrap_or_default();
+        let ready = list
+            .iter()
+            .filter(|p| p["connected"] == true && p["inSync"] == true)
+            .count();
+        if ready == proxies {
+            return Ok(());
+        }
+        if ready != last {
+            eprintln!("weft up: {ready} of {proxies} proxies connected and configured");
+            last = ready;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "only {ready} of {proxies} proxies are configured after 60 s; see the sidecar logs"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(args: UpArgs) -> Result<i32> {
+    let data = match &args.data {
+        Some(dir) => dir.clone(),
+        None => data_home()?.join("weft").join("up"),
+    };
+    for dir in ["", "logs", "credentials"] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data.join(dir))
+            .with_context(|| format!("cannot create {}", data.join(dir).display()))?;
+    }
+    let data = data.canonicalize()?;
+    let (logs, credentials) = (data.join("logs"), data.join("credentials"));
+    let exe = std::env::current_exe().context("cannot find the weft binary")?;
+    let envoy = envoy_binary(args.envoy.clone());
+    let version = std::process::Command::new(&envoy)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if version.is_none() {
+        bail!(
+            "cannot run Envoy ({}): install it with scripts/setup, or pass --envoy PATH",
+            envoy.display()
+        );
+    }
+
+    // Found out now rather than as a refused listener in the client's Envoy.
+    std::net::TcpListener::bind(("127.0.0.1", args.port)).with_context(|| {
+        format!(
+            "port {} is taken: stop what uses it, or pass --port",
+            args.port
+        )
+    })?;
+
+    let mut mesh = Mesh {
+        components: Vec::new(),
+    };
+    let result = start(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await;
+    let code = match result {
+        Ok(()) => {
+            tokio::select! {
+                () = shutdown_signal() => {
+                    eprintln!("weft up: stopping");
+                    0
+                }
+                why = mesh.first_exit() => {
+                    eprintln!("weft up: {why}");
+                    eprintln!("weft up: stopping the rest");
+                    1
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("weft up: {error:#}");
+            1
+        }
+    };
+    mesh.stop().await;
+    Ok(code)
+}
+
+async fn start(
+    mesh: &mut Mesh,
+    exe: &Path,
+    envoy: &Path,
+    data: &Path,
+    logs: &Path,
+    credentials: &Path,
+    args: &UpArgs,
+) -> Result<()> {
+    let server_data = data.join("server");
+    let server = start_server(exe, &server_data, &args.listen, logs).await?;
+    let server_log = server.log.clone();
+    mesh.components.push(server);
+    let url = server_url(mesh, &server_log).await?;
+    let admin_token_file = server_data.join("admin.token");
+    let admin_token = std::fs::read_to_string(&admin_token_file)
+        .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
+    let client = Client::to(&url, Some(admin_token.trim().to_string()));
+
+    let manifest = data.join("mesh.yaml");
+    if !manifest.exists() {
+        std::fs::write(&manifest, MESH)?;
+    }
+    if let Err(e) = crate::resources::apply(&client, std::slice::from_ref(&manifest), false).await {
+        e.report();
+        bail!(
+            "cannot apply {} (exit {})",
+            manifest.display(),
+            e.exit as u8
+        );
+    }
+
+    let edge_token = credential(&client, credentials, "edge", None).await?;
+    let reviews_token = credential(&client, credentials, "reviews", Some("reviews")).await?;
+    let client_token = credential(&client, credentials, "client", Some("client")).await?;
+
+    let [
+        xds,
+        edge_admin,
+        client_inbound,
+        v1_app,
+        v1_in,
+        v1_out,
+        v2_app,
+        v2_in,
+        v2_out,
+    ] = free_ports(args.port)?;
+    let edge = format!("127.0.0.1:{xds}");
+    mesh.components.push(Component::start(
+        "edge",
+        logs,
+        Command::new(exe)
+            .args(["edge", "--cluster", CLUSTER, "--server", &url])
+            .arg("--credential-file")
+            .arg(&edge_token)
+            .args(["--xds-listen", &edge])
+            .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
+            .arg("--data")
+            .arg(data.join("edge")),
+    )?);
+
+    for (name, version, [app, inbound, outbound]) in [
+        ("reviews-v1", "v1", [v1_app, v1_in, v1_out]),
+        ("reviews-v2", "v2", [v2_app, v2_in, v2_out]),
+    ] {
+        mesh.components.push(Component::start(
+            name,
+            logs,
+            Command::new(exe)
+                .args(["sidecar", "--service", "reviews", "--namespace", NAMESPACE])
+                .args(["--node-id", name, "--label", &format!("version={version}")])
+                .args(["--app-port", &app.to_string()])
+                .args(["--inbound", &format!("127.0.0.1:{inbound}")])
+                .args(["--outbound-port", &outbound.to_string()])
+                .args(["--edge", &edge])
+                .arg("--credential-file")
+                .arg(&reviews_token)
+                .arg("--envoy")
+                .arg(envoy)
+                .arg("--")
+                .arg(exe)
+                .args(["x", "echo", "--service", "reviews", "--version", version])
+                .args(["--instance", name, "--listen", &format!("127.0.0.1:{app}")]),
+        )?);
+    }
+    mesh.components.push(Component::start(
+        "client",
+        logs,
+        Command::new(exe)
+            .args(["sidecar", "--service", "client", "--namespace", NAMESPACE])
+            .args(["--node-id", "client"])
+            .args(["--inbound", &format!("127.0.0.1:{client_inbound}")])
+            .args(["--outbound-port", &args.port.to_string()])
+            .args(["--edge", &edge])
+            .arg("--credential-file")
+            .arg(&client_token)
+            .arg("--envoy")
+            .arg(envoy),
+    )?);
+    until_in_sync(mesh, edge_admin, 3).await?;
+
+    let port = args.port;
+    println!(
+        "\
+weft up: the mesh is ready.
+  server   {url}   (admin token: {token})
+  edge     cluster {CLUSTER}; status http://127.0.0.1:{edge_admin}/status
+  services reviews v1 and v2 in namespace {NAMESPACE}, and a client sidecar
+  logs     {logs}
+
+Send requests into the mesh through the client's sidecar:
+  curl -H 'Host: reviews' http://127.0.0.1:{port}/          # 90% v1, 10% v2
+  curl -H 'Host: reviews' -H 'x-canary: yes' http://127.0.0.1:{port}/   # v2
+  curl -x http://127.0.0.1:{port} http://reviews.shop/       # as an HTTP proxy
+Change the routing: edit {manifest}, then
+  export WEFT_SERVER={url} WEFT_TOKEN=$(cat {token})
+  {weft} apply -f {manifest}
+  {weft} get cluster {CLUSTER} -o yaml     # proxies, what they accepted, NACKs
+Stop with Ctrl-C.",
+        weft = exe.display(),
+        token = admin_token_file.display(),
+        logs = logs.display(),
+        manifest = manifest.display(),
+    );
+    Ok(())
+}
