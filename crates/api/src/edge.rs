@@ -20,6 +20,36 @@ pub struct EdgeConfig {
     pub cluster: String,
     pub resources: Vec<Resource>,
     pub workload_credentials: Vec<WorkloadCredential>,
+    /// The roots workloads of this cluster trust; absent from configs kept
+    /// by edges older than the CA.
+    #[serde(default)]
+    pub trust: Option<Trust>,
+}
+
+/// A trust domain and the roots it accepts (PEM, one or more: several
+/// during a root rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trust {
+    pub trust_domain: String,
+    pub bundle: String,
+}
+
+/// What an edge sends for its cluster's intermediate CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntermediateRequest {
+    /// A PEM certificate signing request; the key stays with the edge.
+    pub csr: String,
+}
+
+/// The signed intermediate, and the roots above it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntermediateCertificate {
+    /// PEM.
+    pub certificate: String,
+    pub trust: Trust,
 }
 
 /// A credential a workload presents to its edge, by the hash of its secret.
@@ -115,4 +145,26 @@ pub struct ConfigError {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub field: String,
     pub message: String,
+}
+
+/// What a sidecar sends its edge for its workload certificate, with the
+/// workload credential as the bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SvidRequest {
+    /// A PEM certificate signing request; the key stays with the sidecar.
+    pub csr: String,
+}
+
+/// A workload certificate (X.509-SVID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Svid {
+    /// `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT`.
+    pub id: String,
+    /// PEM: the certificate, then the cluster's intermediate CA.
+    pub certificate_chain: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub trust: Trust,
 }

@@ -34,6 +34,9 @@ pub struct EdgeArgs {
     /// How long a workload stays registered after its proxy disconnects
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// How long workload certificates live; sidecars renew them at half-life
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub svid_ttl: Duration,
 }
 
 /// Reads a credential file: the secret on its first line.
@@ -76,6 +79,7 @@ pub async fn run_edge(args: EdgeArgs, server: String) -> Result<()> {
             xds,
             admin,
             grace: args.grace,
+            svid_lifetime: args.svid_ttl,
         },
         shutdown_signal(),
     )

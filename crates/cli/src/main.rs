@@ -14,6 +14,7 @@ mod output;
 mod resources;
 mod server;
 mod sidecar;
+mod svid;
 mod translate;
 mod up;
 

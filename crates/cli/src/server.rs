@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use weft_manage::bootstrap::{TOKEN_FILE, bootstrap};
+use weft_manage::ca::ensure_root;
 use weft_manage::{AppState, serve};
 use weft_store::{Store, redact};
 
@@ -25,6 +26,17 @@ pub struct ServerArgs {
     /// The organization's name, used on first start
     #[arg(long, env = "WEFT_ORGANIZATION", default_value = "weft")]
     pub organization: String,
+    /// The SPIFFE trust domain of the root CA created on first start
+    /// [default: the organization's name]
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Bring your own root CA: its certificate (PEM). It is added to the
+    /// store's roots; on a new store it becomes the signing root
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM)
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
 }
 
 /// `$XDG_DATA_HOME`, else `~/.local/share`.
@@ -73,6 +85,23 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let token_file = bootstrap(&store, &data, &args.organization)
         .await
         .context("first-start bootstrap failed")?;
+    let import = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read --ca-cert {}", cert.display()))?,
+            std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read --ca-key {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    let trust_domain = args.trust_domain.as_deref().unwrap_or(&args.organization);
+    let trust_domain = ensure_root(
+        &store,
+        trust_domain,
+        import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    )
+    .await
+    .context("cannot set up the root CA")?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -102,7 +131,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         }
         None => println!("weft server: store already set up; use a token from 'weft token create'"),
     }
-    tracing::info!(%url, store = %redact(&store_url), data = %data.display(), "weft server started");
+    tracing::info!(%url, store = %redact(&store_url), data = %data.display(), %trust_domain, "weft server started");
 
     serve(listener, AppState::new(store), shutdown_signal()).await?;
     tracing::info!("weft server stopped");

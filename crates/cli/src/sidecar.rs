@@ -12,6 +12,8 @@ use rand::RngCore;
 use tokio::process::{Child, Command};
 use weft_control::workload::Workload;
 
+use weft_control::proxy::sds;
+
 use crate::edge::read_credential;
 use crate::server::shutdown_signal;
 
@@ -82,6 +84,7 @@ pub fn bootstrap(
     workload: &Workload,
     edge: std::net::SocketAddr,
     credential: &str,
+    sds_socket: &std::path::Path,
     admin_port: u16,
     delta: bool,
 ) -> serde_json::Value {
@@ -113,6 +116,22 @@ pub fn bootstrap(
         },
         "static_resources": {
             "clusters": [{
+                "name": sds::CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": sds::CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {
+                        "path": sds_socket.display().to_string(),
+                    }}}}]}],
+                },
+            }, {
                 "name": "weft-edge",
                 "type": "STATIC",
                 "connect_timeout": "1s",
@@ -182,7 +201,29 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         .tempdir()
         .context("cannot create a directory for the Envoy bootstrap")?;
     let path = dir.path().join("envoy.json");
-    let bootstrap = bootstrap(&workload, args.edge, &credential, admin_port, !args.sotw);
+    // The workload's identity first: Envoy starts with its certificate.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let issued = crate::svid::first(&client, args.edge, &credential).await?;
+    tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
+    let sds_socket = dir.path().join("sds.sock");
+    crate::svid::serve(
+        &sds_socket,
+        node.clone(),
+        issued,
+        client,
+        args.edge,
+        credential.clone(),
+    )?;
+    let bootstrap = bootstrap(
+        &workload,
+        args.edge,
+        &credential,
+        &sds_socket,
+        admin_port,
+        !args.sotw,
+    );
     {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new()

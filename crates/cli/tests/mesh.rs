@@ -628,7 +628,8 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
     )
     .await;
 
-    // An unknown credential is refused, with a log line on both sides.
+    // An unknown credential gets no certificate (so no Envoy starts), with
+    // a log line on both sides.
     let bogus = PathBuf::from(write(
         mesh.dir.path(),
         "bogus.token",
@@ -636,10 +637,11 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
     ));
     let _intruder = mesh.sidecar("reviews", "intruder", Some("v9"), &bogus, free_port());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(mesh.edge_log().contains("unknown or revoked")
+    while !(mesh.edge_log().contains("refused a workload certificate")
+        && mesh.edge_log().contains("unknown or revoked")
         && mesh
             .sidecar_log("intruder")
-            .contains("credential%20is%20unknown%20or%20revoked"))
+            .contains("the edge refused the workload credential"))
     {
         assert!(
             Instant::now() < deadline,

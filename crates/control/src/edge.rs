@@ -32,6 +32,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport};
 use weft_xds::{AdsServer, SnapshotCache};
 
+use crate::ca::EdgeCa;
 use crate::proxy::ProxyConfig;
 use crate::registry::Registry;
 use crate::translate::{Config, translate};
@@ -70,6 +71,8 @@ pub struct EdgeOptions {
     pub admin: TcpListener,
     /// How long a workload stays registered after its proxy disconnects.
     pub grace: Duration,
+    /// How long workload certificates live (renewed at half-life).
+    pub svid_lifetime: Duration,
 }
 
 #[derive(Clone)]
@@ -142,6 +145,7 @@ struct Edge {
     data_dir: PathBuf,
     cache: Arc<SnapshotCache>,
     registry: Registry,
+    ca: Arc<EdgeCa>,
     current: Mutex<Current>,
     config_tx: watch::Sender<Option<Arc<EdgeConfig>>>,
     metrics: EdgeMetrics,
@@ -162,6 +166,7 @@ impl Edge {
         let config = Arc::new(config);
         self.registry
             .set_credentials(config.workload_credentials.clone());
+        self.ca.set_trust(config.trust.clone());
         self.lock().from_disk = from_disk;
         self.config_tx.send_replace(Some(config));
     }
@@ -182,11 +187,7 @@ impl Edge {
                         .as_ref()
                         .is_some_and(|s| s.version(n.resource_type) == n.version)
                 });
-                let in_sync = snapshot.as_ref().is_some_and(|s| {
-                    weft_xds::ResourceType::ALL
-                        .into_iter()
-                        .all(|t| status.acked.get(&t) == Some(&s.version(t)))
-                });
+                let in_sync = snapshot.as_ref().is_some_and(|s| s.accepted(&status.acked));
                 ProxyReport {
                     in_sync,
                     node: w.node.clone(),
@@ -219,7 +220,7 @@ impl Edge {
 
 /// Writes `bytes` to `path` readable by the owner only, replacing it
 /// atomically so a crash never leaves half a file.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -248,14 +249,22 @@ pub async fn run(
     let cache = Arc::new(SnapshotCache::new());
     let registry = Registry::new(&options.cluster, options.grace);
     let metrics = EdgeMetrics::new();
+    let ca = Arc::new(EdgeCa::load(
+        &options.cluster,
+        data_dir.join("ca"),
+        options.svid_lifetime,
+        registry.clone(),
+    ));
     let mut prometheus = MetricsRegistry::with_prefix("weft");
     metrics.register(&mut prometheus);
+    ca.metrics.register(&mut prometheus);
     cache.metrics().register(&mut prometheus);
     let edge = Arc::new(Edge {
         cluster: options.cluster.clone(),
         data_dir,
         cache: cache.clone(),
         registry: registry.clone(),
+        ca: ca.clone(),
         current: Mutex::new(Current::default()),
         config_tx: watch::Sender::new(None),
         metrics,
@@ -318,12 +327,38 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(async move { admin_server.await });
 
+    match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(client) => {
+            tokio::spawn(crate::ca::renewal_loop(
+                ca.clone(),
+                client,
+                options.server.trim_end_matches('/').to_string(),
+                options.credential.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot build an HTTP client; the cluster CA will not be renewed")
+        }
+    }
+
+    // Proxies and sidecars talk to one port: ADS for Envoy, and
+    // `POST /v1/svid` for workload certificates.
     let ads = AdsServer::new(cache)
         .with_admission(Arc::new(registry))
         .with_stopping(stop_rx.clone());
+    let certificates = Router::new()
+        .route("/v1/svid", axum::routing::post(crate::ca::issue_svid))
+        .with_state(ca);
+    let routes = tonic::service::Routes::from(certificates).add_service(ads.into_service());
     let mut xds_stop = stop_rx.clone();
     let xds = tonic::transport::Server::builder()
-        .add_service(ads.into_service())
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(options.xds), async move {
             let _ = xds_stop.changed().await;
         });

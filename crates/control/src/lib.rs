@@ -6,6 +6,7 @@
 //! each proxy a [`proxy::ProxyConfig`]; that converts into an xDS snapshot
 //! which `weft-xds` serves over ADS.
 
+pub mod ca;
 pub mod edge;
 pub mod proxy;
 pub mod registry;

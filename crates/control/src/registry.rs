@@ -114,6 +114,27 @@ impl Registry {
         }
     }
 
+    /// The live workload credential whose secret this is, or why there is
+    /// none.
+    pub fn credential(&self, secret: &str) -> Result<WorkloadCredential, String> {
+        let hash = hash_secret(secret.trim());
+        let inner = self.lock();
+        let credential = inner
+            .credentials
+            .iter()
+            .find(|c| c.hash == hash)
+            .ok_or("the workload credential is unknown or revoked")?;
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if credential
+            .expires_at
+            .as_deref()
+            .is_some_and(|at| at <= now.as_str())
+        {
+            return Err(format!("workload credential {} has expired", credential.id));
+        }
+        Ok(credential.clone())
+    }
+
     /// Checks the bearer credential against the workload it announces.
     fn check_credential(&self, workload: &Workload, metadata: &MetadataMap) -> Result<(), Status> {
         let hint = format!(
@@ -130,25 +151,9 @@ impl Registry {
                     self.cluster
                 ))
             })?;
-        let hash = hash_secret(secret.trim());
-        let inner = self.lock();
-        let Some(credential) = inner.credentials.iter().find(|c| c.hash == hash) else {
-            return Err(Status::unauthenticated(format!(
-                "weft edge {}: the workload credential is unknown or revoked; {hint}",
-                self.cluster
-            )));
-        };
-        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        if credential
-            .expires_at
-            .as_deref()
-            .is_some_and(|at| at <= now.as_str())
-        {
-            return Err(Status::unauthenticated(format!(
-                "weft edge {}: workload credential {} has expired; {hint}",
-                self.cluster, credential.id
-            )));
-        }
+        let credential = self.credential(secret).map_err(|reason| {
+            Status::unauthenticated(format!("weft edge {}: {reason}; {hint}", self.cluster))
+        })?;
         if credential.namespace != workload.namespace
             || credential.service_account != workload.service_account
         {

@@ -24,7 +24,15 @@ pub struct CertRequest {
 }
 
 impl CertRequest {
-    /// What a workload's sidecar sends to its edge.
+    /// A workload key, with a CSR that names no identity: the edge fills
+    /// in the identity its credential allows.
+    pub fn workload_key() -> Result<CertRequest, IdentityError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        request(params)
+    }
+
+    /// A workload key, with a CSR that asks for `id`.
     pub fn workload(id: &SpiffeId) -> Result<CertRequest, IdentityError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -83,6 +91,7 @@ pub struct Authority {
     key: KeyPair,
     /// Certificates above this one, excluding the root.
     parents: Vec<CertificateDer<'static>>,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     /// Whether this CA may sign other CAs (only the root does).
     signs_authorities: bool,
@@ -124,6 +133,7 @@ impl Authority {
             cert: cert.der().clone(),
             key,
             parents: Vec::new(),
+            not_before: params.not_before,
             not_after: params.not_after,
             signs_authorities: true,
         })
@@ -171,6 +181,7 @@ impl Authority {
             .into_iter()
             .find_map(|uri| uri.strip_prefix("spiffe://").map(str::to_string))
             .ok_or_else(|| unreadable("it names no trust domain (spiffe://...)".into()))?;
+        let not_before = parsed.validity().not_before.to_datetime();
         let not_after = parsed.validity().not_after.to_datetime();
         let signs_authorities = constraints.path_len_constraint.is_none_or(|n| n > 0);
         drop(parsed);
@@ -179,6 +190,7 @@ impl Authority {
             cert,
             key,
             parents,
+            not_before,
             not_after,
             signs_authorities,
         })
@@ -195,6 +207,12 @@ impl Authority {
     /// When this authority's certificate expires.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
+    }
+
+    /// Whether the certificate is past half its life at `now`: time to
+    /// renew it.
+    pub fn past_half_life(&self, now: OffsetDateTime) -> bool {
+        now >= self.not_before + (self.not_after - self.not_before) / 2
     }
 
     pub fn cert_pem(&self) -> String {
@@ -267,8 +285,8 @@ impl Authority {
         Ok(cert.der().clone())
     }
 
-    /// Issues the X.509-SVID for `id` from the workload's CSR. The CSR must
-    /// ask for exactly that identity and nothing else: `id` comes from the
+    /// Issues the X.509-SVID for `id` from the workload's CSR. The CSR asks
+    /// for exactly that identity, or for none: `id` comes from the
     /// workload's credential, never from what it asks for.
     pub fn issue_svid(
         &self,
@@ -293,7 +311,7 @@ impl Authority {
                 other => format!("{other:?}"),
             })
             .collect();
-        if asked != [wanted.clone()] {
+        if !asked.is_empty() && asked != [wanted.clone()] {
             return Err(IdentityError::Request(format!(
                 "it asks for {asked:?}; this workload's credential allows only {wanted}"
             )));

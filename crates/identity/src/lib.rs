@@ -63,6 +63,30 @@ pub fn certificates_to_pem(certificates: &[CertificateDer<'_>]) -> String {
         .collect()
 }
 
+/// A certificate signing request as PEM.
+pub fn csr_to_pem(der: &[u8]) -> String {
+    pem_block("CERTIFICATE REQUEST", der)
+}
+
+/// A certificate signing request from PEM.
+pub fn csr_from_pem(text: &str) -> Result<Vec<u8>, IdentityError> {
+    let block =
+        pem::parse(text).map_err(|e| IdentityError::Request(format!("it is not PEM: {e}")))?;
+    if block.tag() != "CERTIFICATE REQUEST" {
+        return Err(IdentityError::Request(format!(
+            "the PEM block is a {:?}, not a CERTIFICATE REQUEST",
+            block.tag()
+        )));
+    }
+    Ok(block.into_contents())
+}
+
+/// A certificate's SHA-256 fingerprint, hex: how weft names a root.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(cert.as_ref()))
+}
+
 fn pem_block(label: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), config)

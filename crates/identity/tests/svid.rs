@@ -118,6 +118,23 @@ fn a_csr_gets_only_the_identity_its_credential_allows() {
         "{err}"
     );
 
+    // A CSR that names no identity gets the one its credential allows.
+    let anonymous = CertRequest::workload_key().unwrap();
+    let leaf = edge
+        .issue_svid(&anonymous.csr, &reviews("acme.example"), HOUR)
+        .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let names = &parsed
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    assert_eq!(
+        names.as_slice(),
+        [GeneralName::URI("spiffe://acme.example/ns/shop/sa/reviews")]
+    );
+
     // A CSR asking to be a CA is refused.
     let ca_request = CertRequest::intermediate("acme.example", "rogue").unwrap();
     let err = edge

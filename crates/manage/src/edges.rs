@@ -30,7 +30,10 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const RECHECK: Duration = Duration::from_secs(2);
 
 /// Authenticates an edge credential; returns its cluster.
-async fn edge_cluster(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) async fn edge_cluster(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -117,16 +120,19 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
     }
     // The version is a hash of what the edge gets (without server-set
     // timestamps), so an unrelated write does not wake every edge.
+    let (_, trust) = crate::ca::signer_and_trust(store).await?;
     let mut config = EdgeConfig {
         version: String::new(),
         cluster: cluster.to_string(),
         resources,
         workload_credentials,
+        trust: Some(trust),
     };
     let desired: Vec<_> = config.resources.iter().map(|r| r.desired()).collect();
     let digest = Sha256::new()
         .chain_update(serde_json::to_vec(&desired).unwrap_or_default())
         .chain_update(serde_json::to_vec(&config.workload_credentials).unwrap_or_default())
+        .chain_update(serde_json::to_vec(&config.trust).unwrap_or_default())
         .finalize();
     config.version = hex::encode(&digest[..8]);
     Ok(config)

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod bootstrap;
+pub mod ca;
 pub mod edges;
 pub mod error;
 pub mod iam;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route("/v1/edge/config", get(edges::config))
         .route("/v1/edge/status", axum::routing::put(edges::status))
+        .route("/v1/edge/ca", post(ca::sign_intermediate))
         .route(
             "/v1/{*rest}",
             get(resources::read)

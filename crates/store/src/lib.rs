@@ -19,6 +19,7 @@
 //!   consistent order.
 
 pub mod audit;
+pub mod authorities;
 pub mod edges;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -35,6 +36,7 @@ use weft_api::kinds::Kind;
 use weft_api::{Reference, Resource, Validated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
+pub use authorities::RootAuthority;
 pub use edges::EdgeReport;
 pub use tokens::TokenRecord;
 pub use watch::{ChangeEvent, Op};
@@ -257,6 +259,13 @@ const SCHEMA: &[&str] = &[
         cluster TEXT PRIMARY KEY,
         status TEXT NOT NULL,
         reported_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS root_authorities (
+        id TEXT PRIMARY KEY,
+        trust_domain TEXT NOT NULL,
+        cert_pem TEXT NOT NULL,
+        key_pem TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        retired_at TEXT)",
     // The row every writer locks first; see the module docs.
     "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
         ON CONFLICT (id) DO NOTHING",

@@ -118,13 +118,9 @@ async fn proxy(
 }
 
 async fn all_acked(cache: &SnapshotCache, nodes: &[String], snapshot: &Snapshot) -> bool {
-    nodes.iter().all(|n| {
-        cache.status(n).is_some_and(|s| {
-            ResourceType::ALL
-                .iter()
-                .all(|t| s.acked.get(t) == Some(&snapshot.version(*t)))
-        })
-    })
+    nodes
+        .iter()
+        .all(|n| cache.status(n).is_some_and(|s| snapshot.accepted(&s.acked)))
 }
 
 async fn run(proxies: usize, services: usize) {

@@ -23,6 +23,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -88,6 +91,42 @@ impl AdsServer {
     }
 }
 
+impl AdsServer {
+    fn open_sotw(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Response<ReceiverStream<Result<DiscoveryResponse, Status>>> {
+        let (tx, rx) = mpsc::channel(16);
+        let (metadata, _, inbound) = request.into_parts();
+        let protocol = Sotw {
+            tx,
+            types: BTreeMap::new(),
+        };
+        tokio::spawn(self.session(protocol, metadata).run(inbound));
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    fn open_delta(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>> {
+        let (tx, rx) = mpsc::channel(16);
+        let (metadata, _, inbound) = request.into_parts();
+        let protocol = Delta {
+            tx,
+            types: BTreeMap::new(),
+        };
+        tokio::spawn(self.session(protocol, metadata).run(inbound));
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    /// The same server as Envoy's SDS service: a sidecar serves its
+    /// proxy's certificates with it (snapshots of [`Snapshot::secrets`]).
+    pub fn into_sds_service(self) -> SecretDiscoveryServiceServer<AdsServer> {
+        SecretDiscoveryServiceServer::new(self)
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -97,28 +136,43 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let (metadata, _, inbound) = request.into_parts();
-        let protocol = Sotw {
-            tx,
-            types: BTreeMap::new(),
-        };
-        tokio::spawn(self.session(protocol, metadata).run(inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.open_sotw(request))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let (metadata, _, inbound) = request.into_parts();
-        let protocol = Delta {
-            tx,
-            types: BTreeMap::new(),
-        };
-        tokio::spawn(self.session(protocol, metadata).run(inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.open_delta(request))
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for AdsServer {
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        Ok(self.open_sotw(request))
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Ok(self.open_delta(request))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented(
+            "weft serves secrets over streams only (StreamSecrets, DeltaSecrets)",
+        ))
     }
 }
 
@@ -350,7 +404,11 @@ impl<P: Protocol> Session<P> {
         use ResourceType::*;
         let p = &self.protocol;
         match (step.t, step.removals) {
-            (Cluster, false) | (Endpoint, false) | (Route, true) | (Listener, true) => true,
+            (Secret, _)
+            | (Cluster, false)
+            | (Endpoint, false)
+            | (Route, true)
+            | (Listener, true) => true,
             (Listener, false) | (Route, false) => {
                 p.acked(Cluster)
                     && p.acked(Endpoint)

@@ -1,6 +1,7 @@
 //! Immutable, versioned, consistent sets of xDS resources for one proxy.
 //!
-//! A [`Snapshot`] holds clusters, endpoints, listeners and routes as
+//! A [`Snapshot`] holds clusters, endpoints, listeners and routes (or, for
+//! a sidecar's local SDS server, secrets) as
 //! protobuf `Any`s with content-hash versions (per resource and per type).
 //! It can only be built consistent: every route configuration a listener
 //! names exists, every cluster a route names exists, and every EDS cluster
@@ -18,14 +19,17 @@ use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
 /// The resource types a snapshot holds, in the order additions are sent:
-/// a cluster exists before endpoints, listeners or routes refer to it.
+/// secrets before anything that uses them, a cluster before endpoints,
+/// listeners or routes refer to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceType {
+    Secret,
     Cluster,
     Endpoint,
     Listener,
@@ -33,7 +37,8 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Secret,
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
@@ -42,6 +47,7 @@ impl ResourceType {
 
     pub fn type_url(self) -> String {
         match self {
+            ResourceType::Secret => Secret::type_url(),
             ResourceType::Cluster => Cluster::type_url(),
             ResourceType::Endpoint => ClusterLoadAssignment::type_url(),
             ResourceType::Listener => Listener::type_url(),
@@ -62,6 +68,7 @@ impl ResourceType {
     /// Short name for logs and metrics.
     pub fn short(self) -> &'static str {
         match self {
+            ResourceType::Secret => "sds",
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
@@ -133,6 +140,28 @@ fn insert<M: Message + Name>(
 }
 
 impl Snapshot {
+    /// A snapshot of secrets only: what a sidecar serves its Envoy over SDS.
+    pub fn secrets(secrets: &[Secret]) -> Result<Snapshot, Inconsistent> {
+        let mut map = BTreeMap::new();
+        for secret in secrets {
+            insert(&mut map, "secret", &secret.name, secret)?;
+        }
+        Ok(Snapshot {
+            resources: BTreeMap::from([(ResourceType::Secret, map)]),
+            ..Snapshot::default()
+        })
+    }
+
+    /// Whether a proxy that acknowledged `acked` (version by type) runs
+    /// this snapshot: every type it holds, or has asked for, is at the
+    /// snapshot's version.
+    pub fn accepted(&self, acked: &BTreeMap<ResourceType, String>) -> bool {
+        ResourceType::ALL.into_iter().all(|t| match acked.get(&t) {
+            Some(version) => *version == self.version(t),
+            None => self.resources(t).is_empty(),
+        })
+    }
+
     /// Builds a snapshot, or says what is missing.
     pub fn new(
         clusters: &[Cluster],

@@ -453,6 +453,7 @@ async fn traffic_follows_snapshots(delta: bool) {
             let status = cache.status(node).unwrap();
             ResourceType::ALL
                 .iter()
+                .filter(|t| **t != ResourceType::Secret)
                 .all(|t| status.acked.contains_key(t))
         },
     )
@@ -585,6 +586,7 @@ async fn proxies_outlive_their_edge(delta: bool) {
             status.streams == 1
                 && ResourceType::ALL
                     .iter()
+                    .filter(|t| **t != ResourceType::Secret)
                     .all(|t| status.acked.contains_key(t))
         },
     )

@@ -1,0 +1,300 @@
+//! The edge's CA: the cluster's intermediate, signed by the organization's
+//! root from a CSR (the key is made here and never leaves `DATA/ca/`), and
+//! the workload certificates it issues from sidecars' CSRs.
+//!
+//! The intermediate is kept on disk and renewed at half-life while the
+//! server is reachable, so the edge goes on issuing workload certificates
+//! through a long server outage, restarts included.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as MetricsRegistry;
+use time::OffsetDateTime;
+use weft_api::edge::{IntermediateCertificate, IntermediateRequest, Svid, SvidRequest, Trust};
+use weft_identity::{
+    Authority, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem, csr_from_pem,
+    csr_to_pem,
+};
+
+use crate::registry::Registry;
+
+#[derive(Clone, Default)]
+pub struct CaMetrics {
+    issued: Counter,
+    refused: Counter,
+    expires_in: Gauge,
+}
+
+impl CaMetrics {
+    pub fn register(&self, registry: &mut MetricsRegistry) {
+        registry.register(
+            "edge_svids_issued",
+            "Workload certificates issued",
+            self.issued.clone(),
+        );
+        registry.register(
+            "edge_svid_refusals",
+            "Workload certificate requests refused",
+            self.refused.clone(),
+        );
+        registry.register(
+            "edge_ca_expiry_seconds",
+            "Seconds until the cluster's intermediate CA expires (0: none)",
+            self.expires_in.clone(),
+        );
+    }
+}
+
+/// The cluster's intermediate and what it needs to issue.
+pub struct EdgeCa {
+    cluster: String,
+    dir: PathBuf,
+    authority: Mutex<Option<Arc<Authority>>>,
+    /// The trust bundle from the latest configuration.
+    trust: Mutex<Option<Trust>>,
+    /// Wakes the renewal loop when the trust changes.
+    trust_changed: tokio::sync::Notify,
+    svid_lifetime: Duration,
+    registry: Registry,
+    pub metrics: CaMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EdgeCa {
+    /// Loads the intermediate kept in `dir`, if there is a usable one.
+    pub fn load(
+        cluster: &str,
+        dir: PathBuf,
+        svid_lifetime: Duration,
+        registry: Registry,
+    ) -> EdgeCa {
+        let ca = EdgeCa {
+            cluster: cluster.to_string(),
+            authority: Mutex::new(None),
+            trust: Mutex::new(None),
+            trust_changed: tokio::sync::Notify::new(),
+            svid_lifetime,
+            registry,
+            metrics: CaMetrics::default(),
+            dir,
+        };
+        let read = |name: &str| std::fs::read_to_string(ca.dir.join(name));
+        if let (Ok(cert), Ok(key)) = (read("cert.pem"), read("key.pem")) {
+            match Authority::from_pem(&cert, &key, "") {
+                Ok(authority) if authority.not_after() > OffsetDateTime::now_utc() => {
+                    tracing::info!(expires = %authority.not_after(), "using the cluster CA kept on disk");
+                    ca.set_authority(authority);
+                }
+                Ok(_) => tracing::warn!(
+                    "the cluster CA kept on disk has expired; asking the server for a new one"
+                ),
+                Err(error) => tracing::warn!(%error, "ignoring an unreadable cluster CA on disk"),
+            }
+        }
+        ca
+    }
+
+    fn set_authority(&self, authority: Authority) {
+        let left = authority.not_after() - OffsetDateTime::now_utc();
+        self.metrics.expires_in.set(left.whole_seconds().max(0));
+        *lock(&self.authority) = Some(Arc::new(authority));
+    }
+
+    /// Takes the trust bundle of a new configuration.
+    pub fn set_trust(&self, trust: Option<Trust>) {
+        let changed = *lock(&self.trust) != trust;
+        *lock(&self.trust) = trust;
+        if changed {
+            self.trust_changed.notify_one();
+        }
+    }
+
+    pub fn trust(&self) -> Option<Trust> {
+        lock(&self.trust).clone()
+    }
+
+    /// Whether the intermediate is missing, past half-life, or of another
+    /// trust domain than the configuration's.
+    pub fn needs_renewal(&self) -> bool {
+        let trust_domain = self.trust().map(|t| t.trust_domain);
+        match lock(&self.authority).as_ref() {
+            None => true,
+            Some(a) => {
+                a.past_half_life(OffsetDateTime::now_utc())
+                    || trust_domain.is_some_and(|td| td != a.trust_domain())
+            }
+        }
+    }
+
+    /// Asks the server to sign a new intermediate, and keeps it.
+    pub async fn renew(
+        &self,
+        client: &reqwest::Client,
+        server: &str,
+        credential: &str,
+    ) -> Result<(), String> {
+        let trust = self
+            .trust()
+            .ok_or("the server has not sent this cluster's trust domain yet")?;
+        let request = CertRequest::intermediate(&trust.trust_domain, &self.cluster)
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .post(format!("{server}/v1/edge/ca"))
+            .bearer_auth(credential)
+            .json(&IntermediateRequest {
+                csr: csr_to_pem(&request.csr),
+            })
+            .send()
+            .await
+            .map_err(|e| format!("server unreachable: {e}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("server answered {status}: {}", body.trim()));
+        }
+        let signed: IntermediateCertificate = response
+            .json()
+            .await
+            .map_err(|e| format!("unreadable answer: {e}"))?;
+        let cert = certificates_from_pem("the cluster CA", &signed.certificate)
+            .map_err(|e| e.to_string())?
+            .remove(0);
+        let authority =
+            Authority::from_parts(cert, request.key, Vec::new()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                crate::edge::write_private(
+                    &self.dir.join("key.pem"),
+                    authority.key_pem().as_bytes(),
+                )
+            })
+            .and_then(|()| {
+                crate::edge::write_private(
+                    &self.dir.join("cert.pem"),
+                    authority.cert_pem().as_bytes(),
+                )
+            })
+            .map_err(|e| format!("cannot keep the cluster CA in {}: {e}", self.dir.display()))?;
+        tracing::info!(expires = %authority.not_after(), "the server signed this cluster's CA");
+        self.set_authority(authority);
+        self.set_trust(Some(signed.trust));
+        Ok(())
+    }
+
+    /// Issues the certificate of the workload whose credential is `secret`.
+    fn issue(&self, secret: &str, csr_pem: &str) -> Result<Svid, (StatusCode, String)> {
+        let credential = self
+            .registry
+            .credential(secret)
+            .map_err(|reason| (StatusCode::UNAUTHORIZED, reason))?;
+        let authority = lock(&self.authority).clone().ok_or((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this edge has no cluster CA yet (it gets one from the server)".to_string(),
+        ))?;
+        let trust = self.trust().ok_or((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this edge has no trust bundle yet (it gets one from the server)".to_string(),
+        ))?;
+        let id = SpiffeId::workload(
+            authority.trust_domain(),
+            &credential.namespace,
+            &credential.service_account,
+        )
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        let csr =
+            csr_from_pem(csr_pem).map_err(|e| (StatusCode::BAD_REQUEST, format!("csr: {e}")))?;
+        let leaf = authority
+            .issue_svid(&csr, &id, self.svid_lifetime)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("csr: {e}")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let expires_at = parsed.validity().not_after.to_datetime();
+        let chain: Vec<_> = std::iter::once(leaf).chain(authority.chain()).collect();
+        Ok(Svid {
+            id: id.to_string(),
+            certificate_chain: certificates_to_pem(&chain),
+            expires_at: expires_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            trust,
+        })
+    }
+}
+
+/// `POST /v1/svid` on the edge's xDS port: a workload's certificate, for
+/// its credential (the bearer token) and its CSR.
+pub async fn issue_svid(
+    State(ca): State<Arc<EdgeCa>>,
+    headers: HeaderMap,
+    Json(request): Json<SvidRequest>,
+) -> Result<Json<Svid>, (StatusCode, String)> {
+    let secret = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or((
+            StatusCode::UNAUTHORIZED,
+            "present the workload credential as a bearer token".to_string(),
+        ))?;
+    match ca.issue(secret, &request.csr) {
+        Ok(svid) => {
+            ca.metrics.issued.inc();
+            tracing::info!(id = %svid.id, expires = %svid.expires_at, "issued a workload certificate");
+            Ok(Json(svid))
+        }
+        Err((status, reason)) => {
+            ca.metrics.refused.inc();
+            tracing::warn!(%status, %reason, "refused a workload certificate");
+            Err((status, reason))
+        }
+    }
+}
+
+/// Keeps the intermediate current: renews it when it is missing, past
+/// half-life, or of another trust domain, retrying while the server is
+/// unreachable.
+pub async fn renewal_loop(
+    ca: Arc<EdgeCa>,
+    client: reqwest::Client,
+    server: String,
+    credential: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        if ca.needs_renewal() && ca.trust().is_some() {
+            match ca.renew(&client, &server, &credential).await {
+                Ok(()) => failing = false,
+                Err(error) if !failing => {
+                    tracing::warn!(%error, "cannot renew the cluster CA; retrying");
+                    failing = true;
+                }
+                Err(error) => tracing::debug!(%error, "cannot renew the cluster CA"),
+            }
+        }
+        if let Some(authority) = lock(&ca.authority).as_ref() {
+            let left = authority.not_after() - OffsetDateTime::now_utc();
+            ca.metrics.expires_in.set(left.whole_seconds().max(0));
+        }
+        let every = if failing {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = ca.trust_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
