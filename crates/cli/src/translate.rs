@@ -24,6 +24,10 @@ pub struct TranslateArgs {
     /// Print only this proxy's resources
     #[arg(long)]
     pub node: Option<String>,
+    /// The trust domain of workload certificates (the edge has it from the
+    /// server): traffic between proxies is mutual TLS
+    #[arg(long, default_value = "weft")]
+    pub trust_domain: String,
 }
 
 pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
@@ -42,7 +46,8 @@ pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
         .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
     let workloads: Vec<Workload> = serde_norway::from_str(&text)
         .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
-    let config = Config::parse(&args.cluster, &resources);
+    let config =
+        Config::parse(&args.cluster, &resources).with_trust_domain(Some(args.trust_domain));
     let mut translation = translate(&config, &workloads);
     if let Some(node) = &args.node {
         if !translation.proxies.contains_key(node) {

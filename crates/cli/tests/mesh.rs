@@ -887,3 +887,161 @@ async fn grpc_passes_through_and_follows_routes() {
     let missing = health.check(check("nope", false)).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }
+
+/// Sends one HTTP/1.1 request over TLS with `openssl s_client` (a client
+/// that is not weft's), presenting `identity` (certificate chain and key
+/// files) if given. Returns what came back.
+fn openssl_request(port: u16, ca: &Path, identity: Option<(&Path, &Path)>) -> String {
+    use std::io::Write;
+    let mut command = Command::new("openssl");
+    command
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-CAfile")
+        .arg(ca);
+    if let Some((chain, key)) = identity {
+        // -cert sends only the first certificate; the chain follows it.
+        command
+            .arg("-cert")
+            .arg(chain)
+            .arg("-cert_chain")
+            .arg(chain)
+            .arg("-key")
+            .arg(key);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs (scripts/setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A workload certificate from the edge for `credential`, written as
+/// chain and key files; returns them and the trust bundle file.
+async fn workload_identity(
+    mesh: &Mesh,
+    credential: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let key = weft_identity::CertRequest::workload_key().unwrap();
+    let secret = std::fs::read_to_string(credential).unwrap();
+    let svid: Value = mesh
+        .http
+        .post(format!("http://127.0.0.1:{}/v1/svid", mesh.xds_port))
+        .bearer_auth(secret.trim())
+        .json(&serde_json::json!({"csr": weft_identity::csr_to_pem(&key.csr)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain = PathBuf::from(write(
+        mesh.dir.path(),
+        &format!("{name}.chain.pem"),
+        svid["certificateChain"].as_str().unwrap(),
+    ));
+    let key_file = PathBuf::from(write(
+        mesh.dir.path(),
+        &format!("{name}.key.pem"),
+        &key.key.serialize_pem(),
+    ));
+    let bundle = PathBuf::from(write(
+        mesh.dir.path(),
+        "bundle.pem",
+        svid["trust"]["bundle"].as_str().unwrap(),
+    ));
+    (chain, key_file, bundle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(2).await;
+    until(
+        "traffic flows over mTLS",
+        Duration::from_secs(20),
+        async || {
+            mesh.instances(port, 1, "/")
+                .await
+                .contains_key("reviews-v1")
+        },
+    )
+    .await;
+    let status = mesh.edge_status().await;
+    let inbound: u16 = status["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "reviews-v1")
+        .and_then(|p| p["address"].as_str())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the edge reports reviews-v1's inbound address");
+
+    // Plaintext to the inbound port gets no answer.
+    let plaintext = mesh
+        .http
+        .get(format!("http://127.0.0.1:{inbound}/"))
+        .header("host", "reviews")
+        .send()
+        .await;
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+
+    // A client certificate issued by this mesh is accepted (so the
+    // refusals below are about the certificate).
+    let client_credential = mesh.credential("client");
+    let (chain, key, bundle) = workload_identity(&mesh, &client_credential, "client").await;
+    let answered = openssl_request(inbound, &bundle, Some((&chain, &key)));
+    assert!(
+        answered.contains("HTTP/1.1 200") && answered.contains("reviews-v1"),
+        "{answered}"
+    );
+
+    // No client certificate: refused.
+    let answered = openssl_request(inbound, &bundle, None);
+    assert!(!answered.contains("HTTP/1.1"), "{answered}");
+
+    // A certificate for the same identity from another root: refused.
+    let stranger_root = weft_identity::Authority::root("weft", Duration::from_secs(3600)).unwrap();
+    let request = weft_identity::CertRequest::workload_key().unwrap();
+    let id = weft_identity::SpiffeId::workload("weft", "shop", "client").unwrap();
+    let stranger = stranger_root
+        .issue_svid(&request.csr, &id, Duration::from_secs(3600))
+        .unwrap();
+    let stranger_chain = PathBuf::from(write(
+        mesh.dir.path(),
+        "stranger.chain.pem",
+        &weft_identity::certificates_to_pem(&[stranger]),
+    ));
+    let stranger_key = PathBuf::from(write(
+        mesh.dir.path(),
+        "stranger.key.pem",
+        &request.key.serialize_pem(),
+    ));
+    let answered = openssl_request(inbound, &bundle, Some((&stranger_chain, &stranger_key)));
+    assert!(!answered.contains("HTTP/1.1"), "{answered}");
+}

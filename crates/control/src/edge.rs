@@ -423,7 +423,8 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
             let (_, parsed_config) = parsed.get_or_insert_with(|| {
                 (
                     config.version.clone(),
-                    Config::parse(&config.cluster, &config.resources),
+                    Config::parse(&config.cluster, &config.resources)
+                        .with_trust_domain(config.trust.as_ref().map(|t| t.trust_domain.clone())),
                 )
             });
             let workloads = edge.registry.workloads();

@@ -57,6 +57,18 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
+use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportSocketConfig;
+use envoy_types::pb::envoy::config::core::v3::{ApiConfigSource, GrpcService, TransportSocket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, UpstreamTlsContext,
+};
 use serde::{Deserialize, Serialize};
 use weft_xds::{Inconsistent, Snapshot};
 
@@ -99,6 +111,20 @@ pub struct Cluster {
     pub idle_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// Mutual TLS to the upstream; none: plaintext (the local app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+}
+
+/// Mutual TLS with the workload certificate and trust bundle the proxy
+/// gets from its sidecar over SDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mtls {
+    pub trust_domain: String,
+    /// The SPIFFE IDs the peer may present; empty: any of the trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +184,10 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub route_table: String,
+    /// Mutual TLS required of every connection; none: plaintext (the
+    /// outbound listener, on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,7 +414,96 @@ impl Cluster {
                 pack_any(protocol),
             )]
             .into(),
+            transport_socket: self.mtls.as_ref().map(Mtls::upstream),
             ..Default::default()
+        }
+    }
+}
+
+/// A secret from the sidecar's SDS server.
+fn sds_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(
+                ApiConfigSource {
+                    api_type: ApiType::Grpc as i32,
+                    transport_api_version: ApiVersion::V3 as i32,
+                    grpc_services: vec![GrpcService {
+                        target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                            cluster_name: sds::CLUSTER.into(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+    }
+}
+
+impl Mtls {
+    fn common(&self) -> CommonTlsContext {
+        let uri = |pattern: MatchPattern| SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(pattern),
+                ignore_case: false,
+            }),
+            ..Default::default()
+        };
+        let peers = if self.peers.is_empty() {
+            vec![uri(MatchPattern::Prefix(format!(
+                "spiffe://{}/",
+                self.trust_domain
+            )))]
+        } else {
+            self.peers
+                .iter()
+                .map(|p| uri(MatchPattern::Exact(p.clone())))
+                .collect()
+        };
+        CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds_secret(sds::CERTIFICATE)],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: peers,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds_secret(sds::TRUST_BUNDLE)),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn upstream(&self) -> TransportSocket {
+        TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(TransportSocketConfig::TypedConfig(pack_any(
+                UpstreamTlsContext {
+                    common_tls_context: Some(self.common()),
+                    ..Default::default()
+                },
+            ))),
+        }
+    }
+
+    fn downstream(&self) -> TransportSocket {
+        TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(TransportSocketConfig::TypedConfig(pack_any(
+                DownstreamTlsContext {
+                    common_tls_context: Some(self.common()),
+                    require_client_certificate: Some(BoolValue { value: true }),
+                    ..Default::default()
+                },
+            ))),
         }
     }
 }
@@ -418,6 +537,7 @@ impl Listener {
                     name: "envoy.filters.network.http_connection_manager".into(),
                     config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
                 }],
+                transport_socket: self.mtls.as_ref().map(Mtls::downstream),
                 ..Default::default()
             }],
             ..Default::default()

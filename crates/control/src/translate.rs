@@ -10,7 +10,7 @@
 //!    side. One bad resource becomes a [`ConfigError`] naming it; the rest
 //!    still translates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -24,7 +24,8 @@ use weft_api::{Resource, validate};
 
 use crate::proxy::{
     Action, Cluster, Endpoints, Forward, HashOn, HeaderCondition, HeaderTest, LbPolicy, Limits,
-    Listener, Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
+    Listener, Mtls, Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr,
+    VirtualHost,
 };
 use crate::workload::Workload;
 
@@ -65,6 +66,9 @@ struct ServiceRoute {
 #[derive(Default)]
 pub struct Config {
     cluster: String,
+    /// The trust domain of workload certificates; without one (offline
+    /// translation only), traffic between proxies is plaintext.
+    trust_domain: Option<String>,
     workspaces: Vec<Workspace>,
     groups: Vec<Group>,
     settings: Vec<Setting>,
@@ -82,6 +86,13 @@ fn error(path: &str, field: &str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// Workload certificates are of `trust_domain`: traffic between
+    /// proxies is mutual TLS.
+    pub fn with_trust_domain(mut self, trust_domain: Option<String>) -> Config {
+        self.trust_domain = trust_domain;
+        self
+    }
+
     /// Validates `resources` (as the server does) and keeps the kinds that
     /// shape traffic. Invalid resources are reported and left out.
     pub fn parse(cluster: &str, resources: &[Resource]) -> Config {
@@ -203,6 +214,8 @@ struct Policy {
 /// The intermediate form: everything decided about one service.
 struct ServicePlan<'c> {
     key: ServiceKey,
+    /// How callers check the instances' certificates.
+    mtls: Option<Mtls>,
     workspace: Option<String>,
     instances: Vec<&'c Workload>,
     route: Option<&'c ServiceRoute>,
@@ -348,8 +361,25 @@ impl<'c> ServicePlan<'c> {
             ));
         }
         let policy = merge_policy(config, &key, workspace.as_deref(), errors);
+        // Callers accept only the identities the service's instances have.
+        let mtls = config.trust_domain.as_ref().map(|trust_domain| {
+            let peers: BTreeSet<String> = instances
+                .iter()
+                .map(|w| {
+                    format!(
+                        "spiffe://{trust_domain}/ns/{}/sa/{}",
+                        w.namespace, w.service_account
+                    )
+                })
+                .collect();
+            Mtls {
+                trust_domain: trust_domain.clone(),
+                peers: peers.into_iter().collect(),
+            }
+        });
         let mut plan = ServicePlan {
             key,
+            mtls,
             workspace,
             instances,
             route,
@@ -442,6 +472,7 @@ impl<'c> ServicePlan<'c> {
                 .and_then(|p| parse_duration(&p.idle_timeout))
                 .map(millis),
             max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
+            mtls: self.mtls.clone(),
         }
     }
 
@@ -663,6 +694,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 port: w.outbound_port,
             },
             route_table: OUTBOUND.into(),
+            mtls: None,
         });
         proxy.routes.push(RouteTable {
             name: OUTBOUND.into(),
@@ -681,6 +713,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 outlier_detection: None,
                 idle_timeout_ms: None,
                 max_requests_per_connection: None,
+                mtls: None,
             });
             proxy.listeners.push(Listener {
                 name: INBOUND.into(),
@@ -689,6 +722,12 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                     port: w.port,
                 },
                 route_table: INBOUND.into(),
+                // Any workload of the trust domain may connect; which may
+                // call is authorization's business.
+                mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
+                    trust_domain: trust_domain.clone(),
+                    peers: Vec::new(),
+                }),
             });
             proxy.routes.push(RouteTable {
                 name: INBOUND.into(),

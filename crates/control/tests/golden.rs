@@ -11,9 +11,12 @@ use weft_control::translate::{Config, translate};
 use weft_control::workload::Workload;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Case {
     cluster: String,
+    /// With a trust domain, traffic between proxies is mutual TLS.
+    #[serde(default)]
+    trust_domain: Option<String>,
     workloads: Vec<Workload>,
     manifests: Vec<Resource>,
 }
@@ -33,7 +36,8 @@ fn translation_matches_golden_files() {
         let name = input.file_name().unwrap().to_string_lossy().to_string();
         let case: Case = serde_norway::from_str(&std::fs::read_to_string(&input).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let config = Config::parse(&case.cluster, &case.manifests);
+        let config =
+            Config::parse(&case.cluster, &case.manifests).with_trust_domain(case.trust_domain);
         let translation = translate(&config, &case.workloads);
         for (node, proxy) in &translation.proxies {
             if let Err(e) = proxy.to_snapshot() {
