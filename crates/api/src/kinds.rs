@@ -4,6 +4,7 @@ use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
 use crate::problems::Problems;
+use crate::security::SecuritySettingSpec;
 use crate::specs::{
     AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, RoleSpec, Spec, TeamSpec, UserSpec,
     WorkspaceSpec, check_group_within_workspace, check_role_name,
@@ -151,6 +152,20 @@ pub static KINDS: &[Kind] = &[
         columns: &[("SERVICE", "service")],
         check_spec: check_spec::<ServiceRouteSpec>,
         spec_schema: spec_schema::<ServiceRouteSpec>,
+        parent_check: Some(check_service_within_parent),
+        name_check: None,
+    },
+    Kind {
+        name: "SecuritySetting",
+        plural: "securitysettings",
+        aliases: &["secset"],
+        parents: &["Workspace", "SecurityGroup"],
+        parent_field: None,
+        concern: Concern::Security,
+        singleton: false,
+        columns: &[("SERVICE", "service")],
+        check_spec: check_spec::<SecuritySettingSpec>,
+        spec_schema: spec_schema::<SecuritySettingSpec>,
         parent_check: Some(check_service_within_parent),
         name_check: None,
     },

@@ -17,6 +17,7 @@ pub mod iam;
 pub mod kinds;
 pub mod problems;
 pub mod resource;
+pub mod security;
 pub mod specs;
 pub mod traffic;
 pub mod validate;

@@ -25,7 +25,7 @@ pub struct ServiceRef {
 }
 
 impl ServiceRef {
-    fn check(&self, at: &str, problems: &mut Problems) {
+    pub(crate) fn check(&self, at: &str, problems: &mut Problems) {
         for (name, value) in [("name", &self.name), ("namespace", &self.namespace)] {
             if let Err(e) = check_dns_label(value) {
                 problems.add(field(at, name), e);
@@ -63,7 +63,7 @@ fn check_header_name(name: &str, at: &str, problems: &mut Problems) {
 }
 
 /// Reports unless exactly one of the named options is set.
-fn exactly_one(at: &str, options: &[(&str, bool)], problems: &mut Problems) {
+pub(crate) fn exactly_one(at: &str, options: &[(&str, bool)], problems: &mut Problems) {
     let set = options.iter().filter(|(_, is_set)| *is_set).count();
     if set != 1 {
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
@@ -269,7 +269,7 @@ impl Spec for ServiceRouteSpec {
     }
 }
 
-fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
+pub(crate) fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
     if m.path.is_none() && m.method.is_none() && m.headers.is_empty() {
         problems.add(at, "give at least one of path, method or headers");
     }

@@ -79,6 +79,13 @@ apiVersion: weft.dev/v1alpha1
 kind: TrafficGroup
 metadata: {name: traffic, tenant: retail, workspace: shop}
 spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: workspace-calls, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{sameWorkspace: true}]}]
 ";
 
 struct Mesh {
@@ -1044,4 +1051,97 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
     ));
     let answered = openssl_request(inbound, &bundle, Some((&stranger_chain, &stranger_key)));
     assert!(!answered.contains("HTTP/1.1"), "{answered}");
+}
+
+/// Sends `method` to reviews through the sidecar on `port`; the status.
+async fn status_of(mesh: &Mesh, port: u16, method: reqwest::Method, path: &str) -> u16 {
+    mesh.http
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .header("host", "reviews")
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_is_deny_all_until_allowed_and_deny_wins() {
+    use reqwest::Method;
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    let other_credential = mesh.credential("other");
+    let other_port = free_port();
+    let _other = mesh.sidecar("other", "other-1", None, &other_credential, other_port);
+    mesh.until_in_sync(3).await;
+    until(
+        "the workspace may call",
+        Duration::from_secs(20),
+        async || status_of(&mesh, port, Method::GET, "/").await == 200,
+    )
+    .await;
+
+    // Without the workspace-wide allow, nothing may call: 403, and the
+    // refusal is logged by the receiving sidecar with the caller.
+    let before = mesh.edge_status().await["configVersion"].clone();
+    let run = mesh.server().weft(
+        &mesh.admin,
+        &[
+            "delete",
+            "securitysetting",
+            "workspace-calls",
+            "--tenant",
+            "retail",
+            "--workspace",
+            "shop",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    until(
+        "the edge has the new configuration",
+        Duration::from_secs(30),
+        async || mesh.edge_status().await["configVersion"] != before,
+    )
+    .await;
+    mesh.until_in_sync(3).await;
+    assert_eq!(status_of(&mesh, port, Method::GET, "/").await, 403);
+    assert_eq!(status_of(&mesh, other_port, Method::GET, "/").await, 403);
+    // Envoy writes its access log in batches.
+    until(
+        "the refusal is logged",
+        Duration::from_secs(10),
+        async || {
+            mesh.sidecar_log("reviews-v1").contains(
+            "403 rbac_access_denied_matched_policy[none] caller=spiffe://weft/ns/shop/sa/client",
+        )
+        },
+    )
+    .await;
+
+    // Only the client may call, only with GET; a deny rule beats the allow.
+    mesh.apply(
+        "apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: reviews-callers, tenant: retail, workspace: shop}
+spec:
+  service: {name: reviews, namespace: shop}
+  authorization:
+    allow:
+      - from: [{serviceAccount: {name: client, namespace: shop}}]
+        to: [{method: GET}]
+    deny:
+      - to: [{path: {prefix: /admin}}]
+",
+        3,
+    )
+    .await;
+    assert_eq!(status_of(&mesh, port, Method::GET, "/").await, 200);
+    assert_eq!(status_of(&mesh, port, Method::DELETE, "/").await, 403);
+    assert_eq!(status_of(&mesh, port, Method::GET, "/admin/x").await, 403);
+    assert_eq!(status_of(&mesh, other_port, Method::GET, "/").await, 403);
+    until("the refusal names the deny rule", Duration::from_secs(10), async || {
+        mesh.sidecar_log("reviews-v1").contains(
+            "GET /admin/x 403 rbac_access_denied_matched_policy[tenants/retail/workspaces/shop/securitysettings/reviews-callers#deny[0]]",
+        )
+    })
+    .await;
 }

@@ -69,6 +69,22 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     SubjectAltNameMatcher, UpstreamTlsContext,
 };
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
+use envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString;
+use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format as SubstitutionFormat;
+use envoy_types::pb::envoy::config::rbac::v3::permission::{Rule as PermissionRule, Set as PermissionSet};
+use envoy_types::pb::envoy::config::rbac::v3::principal::{Authenticated, Identifier};
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
+use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal, Rbac};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StderrAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat as StderrFormat;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{
+    Rbac as RbacFilter, RbacPerRoute,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
 use serde::{Deserialize, Serialize};
 use weft_xds::{Inconsistent, Snapshot};
 
@@ -188,6 +204,44 @@ pub struct Listener {
     /// outbound listener, on loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<Mtls>,
+    /// Whether each request is authorized (by the rules of its route
+    /// table's virtual host; with none there, nothing gets through) and
+    /// logged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authorize: bool,
+}
+
+/// Who may call. A request matching a deny rule is refused; then only
+/// what an allow rule matches gets through: with no allow rule, nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<AccessRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AccessRule>,
+}
+
+/// Requests from any of `callers` that match any of `requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// Where the rule comes from (setting path and rule); a refusal names it.
+    pub name: String,
+    /// Caller SPIFFE IDs; empty: any caller with a certificate of the
+    /// trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CallerId>,
+    /// Empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RouteMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CallerId {
+    Exact(String),
+    Prefix(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +257,9 @@ pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// Who may call, on a listener that authorizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
 }
 
 /// First matching route wins.
@@ -420,6 +477,146 @@ impl Cluster {
     }
 }
 
+fn string_matcher(pattern: MatchPattern) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: false,
+    }
+}
+
+impl AccessRule {
+    fn policy(&self) -> Policy {
+        let principals = if self.callers.is_empty() {
+            vec![Principal {
+                identifier: Some(Identifier::Any(true)),
+            }]
+        } else {
+            self.callers
+                .iter()
+                .map(|caller| {
+                    let pattern = match caller {
+                        CallerId::Exact(id) => MatchPattern::Exact(id.clone()),
+                        CallerId::Prefix(prefix) => MatchPattern::Prefix(prefix.clone()),
+                    };
+                    Principal {
+                        identifier: Some(Identifier::Authenticated(Authenticated {
+                            principal_name: Some(string_matcher(pattern)),
+                        })),
+                    }
+                })
+                .collect()
+        };
+        let permissions = if self.requests.is_empty() {
+            vec![Permission {
+                rule: Some(PermissionRule::Any(true)),
+            }]
+        } else {
+            self.requests
+                .iter()
+                .map(|request| {
+                    let path = request
+                        .path
+                        .clone()
+                        .map(MatchPattern::Exact)
+                        .or_else(|| request.prefix.clone().map(MatchPattern::Prefix))
+                        .map(|pattern| Permission {
+                            rule: Some(PermissionRule::UrlPath(PathMatcher {
+                                rule: Some(PathRule::Path(string_matcher(pattern))),
+                            })),
+                        });
+                    let headers = request.headers.iter().map(|h| Permission {
+                        rule: Some(PermissionRule::Header(h.to_xds())),
+                    });
+                    let rules: Vec<Permission> = path.into_iter().chain(headers).collect();
+                    Permission {
+                        rule: Some(PermissionRule::AndRules(PermissionSet { rules })),
+                    }
+                })
+                .collect()
+        };
+        Policy {
+            permissions,
+            principals,
+            ..Default::default()
+        }
+    }
+}
+
+/// The RBAC filters' names: the route table's virtual host gives each its
+/// rules. Rules live in the route table (RDS) rather than the listener so
+/// that a change applies to the next request, also on open connections (a
+/// new listener would leave them on the old rules until they drain).
+const DENY_FILTER: &str = "weft.authorization.deny";
+const ALLOW_FILTER: &str = "weft.authorization.allow";
+
+fn rbac(action: RbacAction, rules: &[AccessRule]) -> Rbac {
+    Rbac {
+        action: action as i32,
+        policies: rules.iter().map(|r| (r.name.clone(), r.policy())).collect(),
+        ..Default::default()
+    }
+}
+
+/// Deny rules first, then allow rules. On their own (no virtual host
+/// rules), the first refuses nothing and the second everything.
+fn authorization_filters() -> Vec<HttpFilter> {
+    [
+        (DENY_FILTER, RbacAction::Deny),
+        (ALLOW_FILTER, RbacAction::Allow),
+    ]
+    .into_iter()
+    .map(|(name, action)| HttpFilter {
+        name: name.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(pack_any(RbacFilter {
+            rules: Some(rbac(action, &[])),
+            ..Default::default()
+        }))),
+        ..Default::default()
+    })
+    .collect()
+}
+
+impl Authorization {
+    /// The virtual host's rules for the two RBAC filters.
+    fn per_filter_config(&self) -> std::collections::HashMap<String, Any> {
+        [
+            (DENY_FILTER, rbac(RbacAction::Deny, &self.deny)),
+            (ALLOW_FILTER, rbac(RbacAction::Allow, &self.allow)),
+        ]
+        .into_iter()
+        .map(|(name, rules)| {
+            (
+                name.to_string(),
+                pack_any(RbacPerRoute {
+                    rbac: Some(RbacFilter {
+                        rules: Some(rules),
+                        ..Default::default()
+                    }),
+                }),
+            )
+        })
+        .collect()
+    }
+}
+
+/// One line per request on Envoy's stderr (the sidecar's log).
+fn access_log() -> AccessLog {
+    let format = "[weft] inbound %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% caller=%DOWNSTREAM_PEER_URI_SAN%\n";
+    AccessLog {
+        name: "envoy.access_loggers.stderr".into(),
+        config_type: Some(AccessLogConfig::TypedConfig(pack_any(StderrAccessLog {
+            access_log_format: Some(StderrFormat::LogFormat(SubstitutionFormatString {
+                format: Some(SubstitutionFormat::TextFormatSource(DataSource {
+                    specifier: Some(DataSpecifier::InlineString(format.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+        }))),
+        ..Default::default()
+    }
+}
+
 /// A secret from the sidecar's SDS server.
 fn sds_secret(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
@@ -522,11 +719,25 @@ impl Listener {
                 config_source: Some(ads()),
                 route_config_name: self.route_table.clone(),
             })),
-            http_filters: vec![HttpFilter {
+            http_filters: if self.authorize {
+                authorization_filters()
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .chain([HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
                 ..Default::default()
-            }],
+            }])
+            .collect(),
+            // Every request the listener judges is logged with the verdict
+            // and the caller (a refusal says which rule, or that none allowed).
+            access_log: if self.authorize {
+                vec![access_log()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         XdsListener {
@@ -684,6 +895,11 @@ impl RouteTable {
                     name: vh.name.clone(),
                     domains: vh.domains.clone(),
                     routes: vh.routes.iter().map(Route::to_xds).collect(),
+                    typed_per_filter_config: vh
+                        .authorization
+                        .as_ref()
+                        .map(Authorization::per_filter_config)
+                        .unwrap_or_default(),
                     ..Default::default()
                 })
                 .collect(),

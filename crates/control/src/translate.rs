@@ -15,17 +15,18 @@ use std::time::Duration;
 
 use serde::Serialize;
 use weft_api::edge::ConfigError;
+use weft_api::security::{Caller, SecuritySettingSpec};
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
 use weft_api::traffic::{
-    CircuitBreaker, ConnectionPool, LoadBalancer, OutlierDetection, Retries, RetryOn,
+    CircuitBreaker, ConnectionPool, LoadBalancer, OutlierDetection, RequestMatch, Retries, RetryOn,
     ServiceRouteSpec, StickySession, TrafficSettingSpec,
 };
 use weft_api::{Resource, validate};
 
 use crate::proxy::{
-    Action, Cluster, Endpoints, Forward, HashOn, HeaderCondition, HeaderTest, LbPolicy, Limits,
-    Listener, Mtls, Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr,
-    VirtualHost,
+    AccessRule, Action, Authorization, CallerId, Cluster, Endpoints, Forward, HashOn,
+    HeaderCondition, HeaderTest, LbPolicy, Limits, Listener, Mtls, Outlier, ProxyConfig, Retry,
+    Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
 };
 use crate::workload::Workload;
 
@@ -62,6 +63,13 @@ struct ServiceRoute {
     spec: ServiceRouteSpec,
 }
 
+struct SecuritySetting {
+    path: String,
+    /// The workspace or security group it is attached to.
+    parent: String,
+    spec: SecuritySettingSpec,
+}
+
 /// The traffic-shaping part of a cluster's configuration, validated.
 #[derive(Default)]
 pub struct Config {
@@ -72,6 +80,8 @@ pub struct Config {
     workspaces: Vec<Workspace>,
     groups: Vec<Group>,
     settings: Vec<Setting>,
+    security_groups: Vec<Group>,
+    security_settings: Vec<SecuritySetting>,
     routes: Vec<ServiceRoute>,
     /// Problems found while parsing; reported with every translation.
     errors: Vec<ConfigError>,
@@ -136,6 +146,20 @@ impl Config {
                         selector: s.namespace_selector,
                     })
                 }),
+                "SecurityGroup" => serde_json::from_value::<GroupSpec>(spec).map(|s| {
+                    config.security_groups.push(Group {
+                        path: path.clone(),
+                        workspace: parent.clone(),
+                        selector: s.namespace_selector,
+                    })
+                }),
+                "SecuritySetting" => serde_json::from_value(spec).map(|spec| {
+                    config.security_settings.push(SecuritySetting {
+                        path: path.clone(),
+                        parent: parent.clone(),
+                        spec,
+                    })
+                }),
                 "TrafficSetting" => serde_json::from_value(spec).map(|spec| {
                     config.settings.push(Setting {
                         path: path.clone(),
@@ -160,6 +184,8 @@ impl Config {
         config.groups.sort_by(|a, b| a.path.cmp(&b.path));
         config.settings.sort_by(|a, b| a.path.cmp(&b.path));
         config.routes.sort_by(|a, b| a.path.cmp(&b.path));
+        config.security_groups.sort_by(|a, b| a.path.cmp(&b.path));
+        config.security_settings.sort_by(|a, b| a.path.cmp(&b.path));
         config
     }
 
@@ -170,6 +196,143 @@ impl Config {
         self.workspaces
             .iter()
             .find(|w| selector_covers(&w.selector, &entry))
+    }
+
+    /// Who may call `key`: the most specific level of security settings
+    /// with rules decides (workspace < security group < service); with no
+    /// setting, nobody.
+    fn authorization(
+        &self,
+        trust_domain: &str,
+        key: &ServiceKey,
+        errors: &mut Vec<ConfigError>,
+    ) -> Authorization {
+        let Some(workspace) = self.workspace_of(&key.namespace) else {
+            return Authorization::default();
+        };
+        let attached = |s: &SecuritySetting| {
+            s.parent == workspace.path
+                || self
+                    .security_groups
+                    .iter()
+                    .any(|g| g.path == s.parent && self.group_covers(g, &key.namespace))
+        };
+        let names_service = |s: &SecuritySetting| {
+            s.spec
+                .service
+                .as_ref()
+                .is_some_and(|r| r.name == key.name && r.namespace == key.namespace)
+        };
+        let levels: [Vec<&SecuritySetting>; 3] = [
+            self.security_settings
+                .iter()
+                .filter(|s| s.parent == workspace.path && s.spec.service.is_none())
+                .collect(),
+            self.security_settings
+                .iter()
+                .filter(|s| s.parent != workspace.path && s.spec.service.is_none() && attached(s))
+                .collect(),
+            self.security_settings
+                .iter()
+                .filter(|s| names_service(s) && attached(s))
+                .collect(),
+        ];
+        let Some(level) = levels
+            .into_iter()
+            .rev()
+            .find(|l| l.iter().any(|s| s.spec.authorization.is_some()))
+        else {
+            return Authorization::default();
+        };
+        let mut authorization = Authorization::default();
+        for setting in level {
+            let Some(rules) = &setting.spec.authorization else {
+                continue;
+            };
+            for (list, from, to) in [
+                ("deny", &rules.deny, &mut authorization.deny),
+                ("allow", &rules.allow, &mut authorization.allow),
+            ] {
+                for (i, rule) in from.iter().enumerate() {
+                    let mut callers = Vec::new();
+                    for (j, caller) in rule.from.iter().enumerate() {
+                        match self.caller_ids(trust_domain, &workspace.path, caller) {
+                            Ok(ids) => callers.extend(ids),
+                            Err(message) => errors.push(error(
+                                &setting.path,
+                                &format!("spec.authorization.{list}[{i}].from[{j}]"),
+                                message,
+                            )),
+                        }
+                    }
+                    if callers.is_empty() && !rule.from.is_empty() {
+                        // Named callers that match nobody here: the rule
+                        // must not turn into "anyone".
+                        continue;
+                    }
+                    to.push(AccessRule {
+                        name: format!("{}#{list}[{i}]", setting.path),
+                        callers,
+                        requests: rule.to.iter().map(request_match).collect(),
+                    });
+                }
+            }
+        }
+        authorization
+    }
+
+    /// The SPIFFE IDs a caller entry of a setting in `workspace` stands for.
+    fn caller_ids(
+        &self,
+        trust_domain: &str,
+        workspace: &str,
+        caller: &Caller,
+    ) -> Result<Vec<CallerId>, String> {
+        if let Some(sa) = &caller.service_account {
+            return Ok(vec![CallerId::Exact(format!(
+                "spiffe://{trust_domain}/ns/{}/sa/{}",
+                sa.namespace, sa.name
+            ))]);
+        }
+        if let Some(namespace) = &caller.namespace {
+            return Ok(vec![CallerId::Prefix(format!(
+                "spiffe://{trust_domain}/ns/{namespace}/sa/"
+            ))]);
+        }
+        let wanted = match &caller.workspace {
+            // A sibling of the setting's workspace, in the same tenant.
+            Some(name) => {
+                let tenant = workspace.rsplit_once("/workspaces/").map_or("", |(t, _)| t);
+                format!("{tenant}/workspaces/{name}")
+            }
+            None => workspace.to_string(),
+        };
+        let ws = self
+            .workspaces
+            .iter()
+            .find(|w| w.path == wanted)
+            .ok_or_else(|| {
+                format!(
+                    "workspace {wanted} selects no namespace of cluster {}; it matches no caller here",
+                    self.cluster
+                )
+            })?;
+        // Identities name namespaces, not clusters: a workspace's callers
+        // are its namespaces wherever they run.
+        let namespaces: BTreeSet<&str> = ws
+            .selector
+            .iter()
+            .filter_map(|entry| entry.split_once('/').map(|(_, ns)| ns))
+            .collect();
+        if namespaces.contains("*") {
+            return Ok(vec![CallerId::Prefix(format!(
+                "spiffe://{trust_domain}/ns/"
+            ))]);
+        }
+        Ok(namespaces
+            .into_iter()
+            .map(|ns| CallerId::Prefix(format!("spiffe://{trust_domain}/ns/{ns}/sa/")))
+            .collect())
     }
 
     /// Whether a traffic group's settings and routes reach `namespace`.
@@ -527,39 +690,8 @@ impl<'c> ServicePlan<'c> {
                     break;
                 }
                 for m in &rule.matches {
-                    let mut headers: Vec<HeaderCondition> = m
-                        .headers
-                        .iter()
-                        .map(|h| HeaderCondition {
-                            name: h.name.clone(),
-                            test: match (&h.exact, &h.prefix, h.present) {
-                                (Some(v), _, _) => HeaderTest::Exact(v.clone()),
-                                (None, Some(v), _) => HeaderTest::Prefix(v.clone()),
-                                (None, None, present) => {
-                                    HeaderTest::Present(present.unwrap_or(true))
-                                }
-                            },
-                        })
-                        .collect();
-                    if let Some(method) = m.method {
-                        headers.insert(
-                            0,
-                            HeaderCondition {
-                                name: ":method".into(),
-                                test: HeaderTest::Exact(method.as_str().into()),
-                            },
-                        );
-                    }
-                    let (path, prefix) = match &m.path {
-                        Some(p) => (p.exact.clone(), p.prefix.clone()),
-                        None => (None, None),
-                    };
                     routes.push(Route {
-                        matcher: RouteMatch {
-                            path,
-                            prefix,
-                            headers,
-                        },
+                        matcher: request_match(m),
                         action: action.clone(),
                     });
                 }
@@ -589,6 +721,40 @@ impl<'c> ServicePlan<'c> {
     }
 }
 
+/// A request condition in proxy terms; the method is the `:method` header.
+fn request_match(m: &RequestMatch) -> RouteMatch {
+    let mut headers: Vec<HeaderCondition> = m
+        .headers
+        .iter()
+        .map(|h| HeaderCondition {
+            name: h.name.clone(),
+            test: match (&h.exact, &h.prefix, h.present) {
+                (Some(v), _, _) => HeaderTest::Exact(v.clone()),
+                (None, Some(v), _) => HeaderTest::Prefix(v.clone()),
+                (None, None, present) => HeaderTest::Present(present.unwrap_or(true)),
+            },
+        })
+        .collect();
+    if let Some(method) = m.method {
+        headers.insert(
+            0,
+            HeaderCondition {
+                name: ":method".into(),
+                test: HeaderTest::Exact(method.as_str().into()),
+            },
+        );
+    }
+    let (path, prefix) = match &m.path {
+        Some(p) => (p.exact.clone(), p.prefix.clone()),
+        None => (None, None),
+    };
+    RouteMatch {
+        path,
+        prefix,
+        headers,
+    }
+}
+
 fn retry_condition(condition: RetryOn) -> &'static str {
     match condition {
         RetryOn::ServerError => "5xx",
@@ -612,6 +778,7 @@ fn unknown_host() -> VirtualHost {
                 body: "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n".into(),
             },
         }],
+        authorization: None,
     }
 }
 
@@ -684,6 +851,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 name: format!("{}.{}", plan.key.name, plan.key.namespace),
                 domains: plan.domains(&w.namespace),
                 routes: routes.clone(),
+                authorization: None,
             });
         }
         outbound.push(unknown_host());
@@ -695,6 +863,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
             },
             route_table: OUTBOUND.into(),
             mtls: None,
+            authorize: false,
         });
         proxy.routes.push(RouteTable {
             name: OUTBOUND.into(),
@@ -728,6 +897,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                     trust_domain: trust_domain.clone(),
                     peers: Vec::new(),
                 }),
+                authorize: config.trust_domain.is_some(),
             });
             proxy.routes.push(RouteTable {
                 name: INBOUND.into(),
@@ -744,6 +914,13 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                             hash_on: None,
                         }),
                     }],
+                    authorization: config.trust_domain.as_ref().map(|trust_domain| {
+                        let key = ServiceKey {
+                            namespace: w.namespace.clone(),
+                            name: w.service.clone(),
+                        };
+                        config.authorization(trust_domain, &key, &mut errors)
+                    }),
                 }],
             });
         }

@@ -21,7 +21,13 @@ use crate::iam::valid_token;
 use crate::request::JsonBody;
 
 /// Kinds an edge needs, under the workspaces that select its cluster.
-const TRAFFIC_KINDS: &[&str] = &["TrafficGroup", "ServiceRoute", "TrafficSetting"];
+const MESH_KINDS: &[&str] = &[
+    "TrafficGroup",
+    "ServiceRoute",
+    "TrafficSetting",
+    "SecurityGroup",
+    "SecuritySetting",
+];
 /// Longest long poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often a long poll looks again for changes the revision does not
@@ -84,7 +90,7 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
             resources.push(ws.resource);
         }
     }
-    for kind in TRAFFIC_KINDS {
+    for kind in MESH_KINDS {
         for stored in store.list(kind).await? {
             if workspaces
                 .iter()
