@@ -919,19 +919,25 @@ async fn watch_streams_the_changes_the_caller_may_read() {
         vec![workspace("b", "hidden"), workspace("a", "w")],
     )
     .await;
-    api(
-        &server,
-        "DELETE",
-        "/v1/tenants/a/workspaces/w",
-        Some(&admin),
-        None,
-    )
-    .await;
 
     let mut lines: Vec<Value> = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut buffer = String::new();
+    let mut deleted = false;
     while lines.iter().filter(|l| l["type"] != "heartbeat").count() < 2 {
+        // Delete once the put is seen: a put's resource is read when it is
+        // sent, and would be gone if the delete came first.
+        if !deleted && lines.iter().any(|l| l["type"] == "put") {
+            api(
+                &server,
+                "DELETE",
+                "/v1/tenants/a/workspaces/w",
+                Some(&admin),
+                None,
+            )
+            .await;
+            deleted = true;
+        }
         let chunk = tokio::time::timeout_at(deadline, response.chunk())
             .await
             .expect("events within 10 s")

@@ -112,7 +112,15 @@ impl Config {
         };
         for resource in resources {
             let document = match serde_json::to_value(resource.desired()) {
-                Ok(document) => document,
+                // A manifest may leave out an empty spec, as at the server.
+                Ok(mut document) => {
+                    if document.get("spec").is_some_and(serde_json::Value::is_null)
+                        && let Some(fields) = document.as_object_mut()
+                    {
+                        fields.remove("spec");
+                    }
+                    document
+                }
                 Err(e) => {
                     config
                         .errors
