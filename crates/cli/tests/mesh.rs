@@ -95,6 +95,8 @@ struct Mesh {
     edge: Option<Proc>,
     xds_port: u16,
     edge_admin: u16,
+    /// Extra `weft edge` flags, kept across edge restarts.
+    edge_flags: Vec<String>,
     credentials: BTreeMap<String, PathBuf>,
     http: reqwest::Client,
 }
@@ -126,6 +128,10 @@ impl Drop for Mesh {
 
 impl Mesh {
     async fn start() -> Mesh {
+        Mesh::start_with(&[]).await
+    }
+
+    async fn start_with(edge_flags: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&dir.path().join("server"), None);
         let admin = server.admin_token();
@@ -142,6 +148,7 @@ impl Mesh {
             edge: None,
             xds_port: free_port(),
             edge_admin: free_port(),
+            edge_flags: edge_flags.iter().map(|f| f.to_string()).collect(),
             credentials: BTreeMap::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -174,6 +181,7 @@ impl Mesh {
             .arg(self.dir.path().join("edge.token"))
             .args(["--xds-listen", &format!("127.0.0.1:{}", self.xds_port)])
             .args(["--admin-listen", &format!("127.0.0.1:{}", self.edge_admin)])
+            .args(&self.edge_flags)
             .arg("--data")
             .arg(self.dir.path().join("edge-data"))
             .args(["--server", &server_url])
@@ -998,16 +1006,7 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
         },
     )
     .await;
-    let status = mesh.edge_status().await;
-    let inbound: u16 = status["proxies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == "reviews-v1")
-        .and_then(|p| p["address"].as_str())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the edge reports reviews-v1's inbound address");
+    let inbound = inbound_port(&mesh, "reviews-v1").await;
 
     // Plaintext to the inbound port gets no answer.
     let plaintext = mesh
@@ -1144,4 +1143,129 @@ spec:
         )
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_under_load_without_failed_requests() {
+    // Certificates of 20 s are renewed every 10 s or so.
+    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(2).await;
+    until("traffic flows", Duration::from_secs(20), async || {
+        mesh.instances(port, 1, "/")
+            .await
+            .contains_key("reviews-v1")
+    })
+    .await;
+    let inbound = inbound_port(&mesh, "reviews-v1").await;
+    let client_credential = mesh.credential("client");
+    let (chain, key, bundle) = workload_identity(&mesh, &client_credential, "client").await;
+    let served_before = served_certificate(inbound, &bundle, &chain, &key);
+    let issued = || async {
+        let url = format!("http://127.0.0.1:{}/metrics", mesh.edge_admin);
+        let text = mesh
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("weft_edge_svids_issued_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = issued().await;
+    // New connections now and then, so fresh handshakes use the new
+    // certificates, and requests on open ones in between.
+    let started = Instant::now();
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    while started.elapsed() < Duration::from_secs(25) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            match client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("host", "reviews")
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => ok += 1,
+                Ok(r) => failed.push(r.status().to_string()),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = issued().await - before;
+    println!(
+        "rotation: {ok} requests succeeded, {} failed, {renewed} certificates issued in 25 s",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during rotation: {failed:?}"
+    );
+    // Both sidecars renewed at least once, and reviews now presents
+    // another certificate than before.
+    assert!(
+        renewed >= 2,
+        "only {renewed} certificates were renewed in 25 s"
+    );
+    let served_after = served_certificate(inbound, &bundle, &chain, &key);
+    assert!(
+        served_before.contains("BEGIN CERTIFICATE"),
+        "{served_before}"
+    );
+    assert_ne!(
+        served_before, served_after,
+        "the served certificate did not change"
+    );
+}
+
+/// The inbound port of a workload, as its edge reports it.
+async fn inbound_port(mesh: &Mesh, node: &str) -> u16 {
+    let status = mesh.edge_status().await;
+    status["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == node)
+        .and_then(|p| p["address"].as_str())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the edge reports no inbound address for {node}: {status}"))
+}
+
+/// The leaf certificate (PEM) a sidecar's inbound listener presents.
+fn served_certificate(port: u16, ca: &Path, chain: &Path, key: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-showcerts",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-cert")
+        .arg(chain)
+        .arg("-cert_chain")
+        .arg(chain)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .map_or(text.len(), |e| start + e);
+    text[start..end].to_string()
 }
