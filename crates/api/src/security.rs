@@ -20,7 +20,20 @@ pub struct SecuritySettingSpec {
     /// The one service this setting is for; none: every service where the
     /// setting is attached.
     pub service: Option<ServiceRef>,
+    /// How the receiving sidecars take connections (default strict).
+    pub mtls: Option<MtlsMode>,
     pub authorization: Option<Authorization>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS, or plaintext from workloads without a sidecar yet (for
+    /// a migration). Plaintext callers have no identity: only rules
+    /// without `from` can allow them.
+    Permissive,
 }
 
 /// Who may call, and what. A request is refused if a deny rule matches,
@@ -66,7 +79,9 @@ impl Spec for SecuritySettingSpec {
             service.check(&field(at, "service"), problems);
         }
         let Some(authorization) = &self.authorization else {
-            problems.add(at, "sets nothing: give authorization");
+            if self.mtls.is_none() {
+                problems.add(at, "sets nothing: give mtls or authorization");
+            }
             return;
         };
         let here = field(at, "authorization");

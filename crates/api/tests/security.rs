@@ -21,7 +21,7 @@ fn bad_security_settings_name_every_problem() {
         (
             "a setting that sets nothing",
             setting(at_workspace(), json!({})),
-            vec![("spec", "give authorization")],
+            vec![("spec", "give mtls or authorization")],
         ),
         (
             "no rules at all",

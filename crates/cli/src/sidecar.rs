@@ -240,6 +240,12 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
             // not Envoy's default ten.
             "--file-flush-interval-msec",
             "1000",
+            // A changed listener (say, mTLS strict again) takes over at
+            // once: connections on the old one are asked to close now.
+            "--drain-strategy",
+            "immediate",
+            "--drain-time-s",
+            "5",
             "--log-level",
             &args.envoy_log_level,
             "-c",

@@ -1269,3 +1269,68 @@ fn served_certificate(port: u16, ca: &Path, chain: &Path, key: &Path) -> String 
         .map_or(text.len(), |e| start + e);
     text[start..end].to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permissive_mode_takes_plaintext_and_strict_refuses_it() {
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(2).await;
+    let inbound = inbound_port(&mesh, "reviews-v1").await;
+    let plaintext = || async {
+        mesh.http
+            .get(format!("http://127.0.0.1:{inbound}/"))
+            .header("host", "reviews")
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    };
+    assert_eq!(plaintext().await, 0, "strict takes no plaintext");
+
+    // Permissive, with a rule that lets callers without identity in: a
+    // workload without a sidecar gets through, and meshed callers still
+    // use mTLS.
+    let permissive = "apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: migration, tenant: retail, workspace: shop}
+spec:
+  service: {name: reviews, namespace: shop}
+  mtls: permissive
+  authorization:
+    allow: [{}]
+";
+    mesh.apply(permissive, 2).await;
+    until("plaintext is taken", Duration::from_secs(20), async || {
+        plaintext().await == 200
+    })
+    .await;
+    assert!(
+        mesh.instances(port, 5, "/")
+            .await
+            .contains_key("reviews-v1")
+    );
+    until(
+        "the plaintext call is logged",
+        Duration::from_secs(10),
+        async || {
+            mesh.sidecar_log("reviews-v1")
+                .contains("GET / 200 via_upstream caller=-")
+        },
+    )
+    .await;
+
+    // Back to strict: plaintext is refused again.
+    mesh.apply(&permissive.replace("mtls: permissive", "mtls: strict"), 2)
+        .await;
+    until(
+        "plaintext is refused again",
+        Duration::from_secs(20),
+        async || plaintext().await == 0,
+    )
+    .await;
+    assert!(
+        mesh.instances(port, 5, "/")
+            .await
+            .contains_key("reviews-v1")
+    );
+}

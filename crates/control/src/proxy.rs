@@ -25,7 +25,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as XdsEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener as XdsListener};
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener as XdsListener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
@@ -141,6 +145,9 @@ pub struct Mtls {
     /// The SPIFFE IDs the peer may present; empty: any of the trust domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// On a listener: also take plaintext connections (a migration).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permissive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -740,19 +747,40 @@ impl Listener {
             },
             ..Default::default()
         };
-        XdsListener {
+        let filters = vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
+        }];
+        let mut listener = XdsListener {
             name: self.name.clone(),
             address: Some(socket(&self.address)),
             filter_chains: vec![FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
-                }],
+                filters: filters.clone(),
                 transport_socket: self.mtls.as_ref().map(Mtls::downstream),
                 ..Default::default()
             }],
             ..Default::default()
+        };
+        if self.mtls.as_ref().is_some_and(|m| m.permissive) {
+            // TLS connections get the mTLS chain; the TLS inspector tells
+            // them apart, and the rest get a plaintext chain.
+            listener.filter_chains[0].filter_chain_match = Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            });
+            listener.filter_chains.push(FilterChain {
+                filters,
+                ..Default::default()
+            });
+            listener.listener_filters = vec![ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+                    TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }];
         }
+        listener
     }
 }
 

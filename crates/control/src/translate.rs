@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use weft_api::edge::ConfigError;
-use weft_api::security::{Caller, SecuritySettingSpec};
+use weft_api::security::{Caller, MtlsMode, SecuritySettingSpec};
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
 use weft_api::traffic::{
     CircuitBreaker, ConnectionPool, LoadBalancer, OutlierDetection, RequestMatch, Retries, RetryOn,
@@ -206,18 +206,13 @@ impl Config {
             .find(|w| selector_covers(&w.selector, &entry))
     }
 
-    /// Who may call `key`: the most specific level of security settings
-    /// with rules decides (workspace < security group < service); with no
-    /// setting, nobody.
-    fn authorization(
+    /// The security settings that apply to `key`, least specific level
+    /// first (workspace, security group, service), with its workspace.
+    fn security_levels(
         &self,
-        trust_domain: &str,
         key: &ServiceKey,
-        errors: &mut Vec<ConfigError>,
-    ) -> Authorization {
-        let Some(workspace) = self.workspace_of(&key.namespace) else {
-            return Authorization::default();
-        };
+    ) -> Option<(&Workspace, [Vec<&SecuritySetting>; 3])> {
+        let workspace = self.workspace_of(&key.namespace)?;
         let attached = |s: &SecuritySetting| {
             s.parent == workspace.path
                 || self
@@ -245,6 +240,53 @@ impl Config {
                 .filter(|s| names_service(s) && attached(s))
                 .collect(),
         ];
+        Some((workspace, levels))
+    }
+
+    /// Whether `key`'s sidecars also take plaintext: the most specific
+    /// level that sets `mtls` decides; strict by default.
+    fn permissive(&self, key: &ServiceKey, errors: &mut Vec<ConfigError>) -> bool {
+        let Some((_, levels)) = self.security_levels(key) else {
+            return false;
+        };
+        let Some(level) = levels
+            .into_iter()
+            .rev()
+            .find(|l| l.iter().any(|s| s.spec.mtls.is_some()))
+        else {
+            return false;
+        };
+        let mut set = level.iter().filter(|s| s.spec.mtls.is_some());
+        let Some(first) = set.next() else {
+            return false;
+        };
+        for other in set {
+            if other.spec.mtls != first.spec.mtls {
+                errors.push(error(
+                    &other.path,
+                    "spec.mtls",
+                    format!(
+                        "conflicts with {}, which also sets mtls for {}.{}; that one applies",
+                        first.path, key.name, key.namespace
+                    ),
+                ));
+            }
+        }
+        first.spec.mtls == Some(MtlsMode::Permissive)
+    }
+
+    /// Who may call `key`: the most specific level of security settings
+    /// with rules decides (workspace < security group < service); with no
+    /// setting, nobody.
+    fn authorization(
+        &self,
+        trust_domain: &str,
+        key: &ServiceKey,
+        errors: &mut Vec<ConfigError>,
+    ) -> Authorization {
+        let Some((workspace, levels)) = self.security_levels(key) else {
+            return Authorization::default();
+        };
         let Some(level) = levels
             .into_iter()
             .rev()
@@ -546,6 +588,7 @@ impl<'c> ServicePlan<'c> {
             Mtls {
                 trust_domain: trust_domain.clone(),
                 peers: peers.into_iter().collect(),
+                permissive: false,
             }
         });
         let mut plan = ServicePlan {
@@ -904,6 +947,13 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
                     trust_domain: trust_domain.clone(),
                     peers: Vec::new(),
+                    permissive: config.permissive(
+                        &ServiceKey {
+                            namespace: w.namespace.clone(),
+                            name: w.service.clone(),
+                        },
+                        &mut errors,
+                    ),
                 }),
                 authorize: config.trust_domain.is_some(),
             });
