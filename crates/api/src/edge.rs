@@ -124,6 +124,23 @@ pub struct ProxyReport {
     pub in_sync: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<NackReport>,
+    /// The workload's certificate, as its edge last issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateReport>,
+}
+
+/// A workload certificate the edge issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateReport {
+    /// The SPIFFE ID.
+    pub identity: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// The sidecar should have renewed it by now (it renews at half-life;
+    /// this is three quarters): check its log.
+    #[serde(default)]
+    pub overdue: bool,
 }
 
 /// A configuration the proxy refused, in its own words.
@@ -154,6 +171,10 @@ pub struct ConfigError {
 pub struct SvidRequest {
     /// A PEM certificate signing request; the key stays with the sidecar.
     pub csr: String,
+    /// The proxy's node id, so the edge can show which certificate each
+    /// proxy has.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A workload certificate (X.509-SVID).

@@ -205,7 +205,7 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
-    let issued = crate::svid::first(&client, args.edge, &credential).await?;
+    let issued = crate::svid::first(&client, args.edge, &credential, &node).await?;
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
     let sds_socket = dir.path().join("sds.sock");
     crate::svid::serve(

@@ -66,6 +66,7 @@ async fn request(
     client: &reqwest::Client,
     edge: std::net::SocketAddr,
     credential: &str,
+    node: &str,
 ) -> Result<Result<Issued, String>> {
     let key = CertRequest::workload_key()?;
     let sent = client
@@ -73,6 +74,7 @@ async fn request(
         .bearer_auth(credential)
         .json(&SvidRequest {
             csr: csr_to_pem(&key.csr),
+            node: Some(node.to_string()),
         })
         .send()
         .await;
@@ -124,11 +126,12 @@ pub async fn first(
     client: &reqwest::Client,
     edge: std::net::SocketAddr,
     credential: &str,
+    node: &str,
 ) -> Result<Issued> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
-        let reason = match request(client, edge, credential).await {
+        let reason = match request(client, edge, credential, node).await {
             Ok(Ok(issued)) => return Ok(issued),
             Ok(Err(reason)) => reason,
             Err(error) if error.is::<Refused>() && started.elapsed() < NEW_CREDENTIAL_GRACE => {
@@ -192,7 +195,7 @@ async fn renew(
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::time::sleep(wait).await;
-        match request(&client, edge, &credential).await {
+        match request(&client, edge, &credential, &node).await {
             Ok(Ok(next)) => {
                 publish(&cache, &node, &next)?;
                 tracing::info!(id = %next.svid.id, expires = %next.svid.expires_at, "renewed the workload certificate");

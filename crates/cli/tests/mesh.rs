@@ -674,6 +674,23 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
         .weft(&mesh.admin, &["get", "cluster", "east", "-o", "json"]);
     let cluster: Value = serde_json::from_str(&get.stdout).unwrap();
     assert_eq!(cluster["status"]["edge"], "connected", "{cluster}");
+    // Each proxy's identity and certificate expiry show there too.
+    let details = cluster["status"]["proxyDetails"].as_array().unwrap();
+    let b = details
+        .iter()
+        .find(|p| p["node"] == "reviews-b")
+        .unwrap_or_else(|| panic!("reviews-b is not in {cluster}"));
+    assert_eq!(
+        b["certificate"]["identity"], "spiffe://weft/ns/shop/sa/reviews",
+        "{b}"
+    );
+    assert_eq!(b["certificate"]["overdue"], false, "{b}");
+    assert!(
+        b["certificate"]["expiresAt"]
+            .as_str()
+            .is_some_and(|e| e.ends_with('Z')),
+        "{b}"
+    );
     let table = mesh.server().weft(&mesh.admin, &["get", "clusters"]);
     assert!(table.stdout.contains("connected"), "{table:?}");
 

@@ -17,7 +17,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use time::OffsetDateTime;
-use weft_api::edge::{IntermediateCertificate, IntermediateRequest, Svid, SvidRequest, Trust};
+use time::format_description::well_known::Rfc3339;
+use weft_api::edge::{
+    CertificateReport, IntermediateCertificate, IntermediateRequest, Svid, SvidRequest, Trust,
+};
 use weft_identity::{
     Authority, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem, csr_from_pem,
     csr_to_pem,
@@ -63,7 +66,13 @@ pub struct EdgeCa {
     trust_changed: tokio::sync::Notify,
     svid_lifetime: Duration,
     registry: Registry,
+    /// The latest certificate issued to each proxy: identity, expiry.
+    issued: Mutex<std::collections::BTreeMap<String, (String, OffsetDateTime)>>,
     pub metrics: CaMetrics,
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +94,7 @@ impl EdgeCa {
             trust_changed: tokio::sync::Notify::new(),
             svid_lifetime,
             registry,
+            issued: Mutex::new(Default::default()),
             metrics: CaMetrics::default(),
             dir,
         };
@@ -191,6 +201,24 @@ impl EdgeCa {
         Ok(())
     }
 
+    /// The certificate last issued to `node`, and whether its renewal is
+    /// overdue.
+    pub fn certificate_of(&self, node: &str) -> Option<CertificateReport> {
+        let issued = lock(&self.issued);
+        let (identity, expires) = issued.get(node)?;
+        let overdue = OffsetDateTime::now_utc() > *expires - self.svid_lifetime / 4;
+        Some(CertificateReport {
+            identity: identity.clone(),
+            expires_at: rfc3339(*expires),
+            overdue,
+        })
+    }
+
+    /// Forgets proxies that are gone.
+    pub fn retain_nodes(&self, live: impl Fn(&str) -> bool) {
+        lock(&self.issued).retain(|node, _| live(node));
+    }
+
     /// Issues the certificate of the workload whose credential is `secret`.
     fn issue(&self, secret: &str, csr_pem: &str) -> Result<Svid, (StatusCode, String)> {
         let credential = self
@@ -223,9 +251,7 @@ impl EdgeCa {
         Ok(Svid {
             id: id.to_string(),
             certificate_chain: certificates_to_pem(&chain),
-            expires_at: expires_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            expires_at: rfc3339(expires_at),
             trust,
         })
     }
@@ -249,6 +275,12 @@ pub async fn issue_svid(
     match ca.issue(secret, &request.csr) {
         Ok(svid) => {
             ca.metrics.issued.inc();
+            if let (Some(node), Ok(expires)) = (
+                &request.node,
+                OffsetDateTime::parse(&svid.expires_at, &Rfc3339),
+            ) {
+                lock(&ca.issued).insert(node.clone(), (svid.id.clone(), expires));
+            }
             tracing::info!(id = %svid.id, expires = %svid.expires_at, "issued a workload certificate");
             Ok(Json(svid))
         }

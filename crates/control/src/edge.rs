@@ -201,6 +201,7 @@ impl Edge {
                         .iter()
                         .map(|(t, v)| (t.short().to_string(), v.clone()))
                         .collect(),
+                    certificate: self.ca.certificate_of(&w.node),
                     nack: nack.map(|n| NackReport {
                         resource_type: n.resource_type.short().to_string(),
                         version: n.version,
@@ -435,6 +436,8 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
             published.retain(|node, _| {
                 translation.proxies.contains_key(node) || !edge.cache.remove(node)
             });
+            edge.ca
+                .retain_nodes(|node| translation.proxies.contains_key(node));
             let mut largest = 0;
             for (node, proxy) in translation.proxies {
                 if published.get(&node) == Some(&proxy) {
