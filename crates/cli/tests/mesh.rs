@@ -24,12 +24,30 @@ fn envoy() -> PathBuf {
     local
 }
 
+/// A port for a listener a test starts. Taken below the kernel's
+/// ephemeral range (32768 and up), so no outgoing connection of Envoy or a
+/// client can be holding it when the listener binds, and never handed out
+/// twice in this process; free when it is handed out.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    // Each run starts elsewhere in the range, away from the last run's
+    // ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % 100) as u16 * 100,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = FIRST + port.wrapping_sub(FIRST) % (LAST - FIRST);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A process stopped with SIGTERM (so a sidecar stops its Envoy too).
@@ -282,6 +300,7 @@ impl Mesh {
                 node,
             ])
             .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-port", &free_port().to_string()])
             .args(["--outbound-port", &outbound.to_string()])
             .args(["--edge", &format!("127.0.0.1:{}", self.xds_port)])
             .arg("--credential-file")
