@@ -79,6 +79,25 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A static cluster of one gRPC server (HTTP/2) at `address`.
+fn grpc_cluster(name: &str, address: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    })
+}
+
 /// The Envoy bootstrap: who this proxy is, and how to reach the edge.
 pub fn bootstrap(
     workload: &Workload,
@@ -115,39 +134,14 @@ pub fn bootstrap(
             "lds_config": ads,
         },
         "static_resources": {
-            "clusters": [{
-                "name": sds::CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": sds::CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {
-                        "path": sds_socket.display().to_string(),
-                    }}}}]}],
-                },
-            }, {
-                "name": "weft-edge",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": "weft-edge",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": edge.ip().to_string(), "port_value": edge.port(),
-                    }}}}]}],
-                },
-            }],
+            "clusters": [
+                grpc_cluster(sds::CLUSTER, serde_json::json!({"pipe": {
+                    "path": sds_socket.display().to_string(),
+                }})),
+                grpc_cluster("weft-edge", serde_json::json!({"socket_address": {
+                    "address": edge.ip().to_string(), "port_value": edge.port(),
+                }})),
+            ],
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
     })

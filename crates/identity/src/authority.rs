@@ -43,10 +43,11 @@ impl CertRequest {
     /// What an edge sends to the server for its cluster's intermediate CA.
     pub fn intermediate(trust_domain: &str, cluster: &str) -> Result<CertRequest, IdentityError> {
         crate::check_trust_domain(trust_domain)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = ca_name(trust_domain, &format!("weft cluster {cluster}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        request(params)
+        request(ca_params(
+            trust_domain,
+            &format!("weft cluster {cluster}"),
+            0,
+        )?)
     }
 }
 
@@ -69,11 +70,29 @@ fn uri_san(uri: &str) -> Result<SanType, IdentityError> {
     })?))
 }
 
-fn ca_name(trust_domain: &str, common_name: &str) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, trust_domain);
-    name.push(DnType::CommonName, common_name);
-    name
+/// A CA certificate of `trust_domain` that may sign `path_len` levels of
+/// CAs below it: named by the trust domain, allowed to sign certificates.
+fn ca_params(
+    trust_domain: &str,
+    common_name: &str,
+    path_len: u8,
+) -> Result<CertificateParams, IdentityError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, trust_domain);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
+    Ok(params)
 }
 
 fn random_serial() -> SerialNumber {
@@ -114,16 +133,8 @@ impl Authority {
         crate::check_trust_domain(trust_domain)?;
         let key = KeyPair::generate().map_err(issue_error)?;
         let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = ca_name(trust_domain, "weft root CA");
         // Root → cluster intermediate → workload.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
+        let mut params = ca_params(trust_domain, "weft root CA", 1)?;
         params.serial_number = Some(random_serial());
         params.not_before = now - BACKDATE;
         params.not_after = now + lifetime;
@@ -236,10 +247,23 @@ impl Authority {
         Issuer::from_ca_cert_der(&self.cert, &self.key).map_err(issue_error)
     }
 
-    /// Validity from now for `lifetime`, never past this authority's own.
-    fn validity(&self, lifetime: Duration) -> (OffsetDateTime, OffsetDateTime) {
+    /// Signs `params` for the requester's key: a fresh serial, valid from
+    /// now for `lifetime` but never past this authority's own expiry.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        request: &CertificateSigningRequestParams,
+        lifetime: Duration,
+    ) -> Result<CertificateDer<'static>, IdentityError> {
         let now = OffsetDateTime::now_utc();
-        ((now - BACKDATE), (now + lifetime).min(self.not_after))
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - BACKDATE;
+        params.not_after = (now + lifetime).min(self.not_after);
+        let cert = params
+            .signed_by(&request.public_key, &self.issuer()?)
+            .map_err(issue_error)?;
+        Ok(cert.der().clone())
     }
 
     /// Reads and checks a CSR: its signature proves the requester holds
@@ -267,22 +291,8 @@ impl Authority {
             ));
         }
         let request = Authority::read_request(csr)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = ca_name(&self.trust_domain, &format!("weft cluster {cluster}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.subject_alt_names = vec![uri_san(&format!("spiffe://{}", self.trust_domain))?];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = self.validity(lifetime);
-        let cert = params
-            .signed_by(&request.public_key, &self.issuer()?)
-            .map_err(issue_error)?;
-        Ok(cert.der().clone())
+        let params = ca_params(&self.trust_domain, &format!("weft cluster {cluster}"), 0)?;
+        self.sign(params, &request, lifetime)
     }
 
     /// Issues the X.509-SVID for `id` from the workload's CSR. The CSR asks
@@ -330,12 +340,6 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = self.validity(lifetime);
-        let cert = params
-            .signed_by(&request.public_key, &self.issuer()?)
-            .map_err(issue_error)?;
-        Ok(cert.der().clone())
+        self.sign(params, &request, lifetime)
     }
 }

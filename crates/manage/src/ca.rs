@@ -84,16 +84,22 @@ pub async fn ensure_root(
             })
             .await?;
     }
-    let (signer, _) = signer_and_trust(store).await?;
-    Ok(signer.trust_domain().to_string())
+    // Reads the signing root's key once now, so a bad one stops the start.
+    Ok(signer(store).await?.trust_domain().to_string())
 }
 
-/// The signing root (the oldest not retired) and the trust every root
-/// not retired makes up.
-pub async fn signer_and_trust(store: &Store) -> Result<(Authority, Trust), CaError> {
+/// The signing root: the oldest not retired.
+async fn signer(store: &Store) -> Result<Authority, CaError> {
     let roots = store.root_authorities().await?;
     let first = roots.first().ok_or(CaError::NoRoot)?;
-    let signer = Authority::from_pem(&first.cert_pem, &first.key_pem, "")?;
+    Ok(Authority::from_pem(&first.cert_pem, &first.key_pem, "")?)
+}
+
+/// The trust every root not retired makes up, in the signing root's trust
+/// domain. Reads no key: edges' long polls ask for it.
+pub async fn trust(store: &Store) -> Result<Trust, CaError> {
+    let roots = store.root_authorities().await?;
+    let first = roots.first().ok_or(CaError::NoRoot)?;
     let certs: Vec<CertificateDer<'static>> = roots
         .iter()
         .filter(|r| r.trust_domain == first.trust_domain)
@@ -103,13 +109,10 @@ pub async fn signer_and_trust(store: &Store) -> Result<(Authority, Trust), CaErr
         .flatten()
         .collect();
     let bundle = Bundle::new(&first.trust_domain, certs);
-    Ok((
-        signer,
-        Trust {
-            trust_domain: bundle.trust_domain().to_string(),
-            bundle: bundle.to_pem(),
-        },
-    ))
+    Ok(Trust {
+        trust_domain: bundle.trust_domain().to_string(),
+        bundle: bundle.to_pem(),
+    })
 }
 
 /// `POST /v1/edge/ca`: signs the caller's cluster intermediate.
@@ -120,7 +123,7 @@ pub async fn sign_intermediate(
 ) -> Result<Json<IntermediateCertificate>, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
     let csr = csr_from_pem(&request.csr).map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
-    let (signer, trust) = signer_and_trust(&state.store).await?;
+    let (signer, trust) = (signer(&state.store).await?, trust(&state.store).await?);
     let cert = signer
         .sign_intermediate(&csr, &cluster, INTERMEDIATE_LIFETIME)
         .map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
