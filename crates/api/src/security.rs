@@ -10,9 +10,13 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::problems::{Problems, check_dns_label, field, index};
 use crate::specs::Spec;
-use crate::traffic::{RequestMatch, ServiceRef, check_match, exactly_one};
+use crate::traffic::{
+    RequestMatch, ServiceRef, check_header_name, check_match, duration, exactly_one,
+};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,6 +27,179 @@ pub struct SecuritySettingSpec {
     /// How the receiving sidecars take connections (default strict).
     pub mtls: Option<MtlsMode>,
     pub authorization: Option<Authorization>,
+    /// End users: the tokens requests must carry.
+    pub authentication: Option<Authentication>,
+}
+
+/// End-user authentication by JSON Web Token (`Authorization: Bearer`).
+/// A token that is present is always checked: an invalid one is refused
+/// with 401, on every request.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authentication {
+    /// Trusted issuers; a token from any of them will do.
+    #[schemars(length(min = 1))]
+    pub jwt: Vec<JwtIssuer>,
+    /// Requests that must carry a valid token (401 without one); none:
+    /// every request.
+    #[serde(default)]
+    pub require_for: Vec<RequestMatch>,
+}
+
+/// One token issuer and how to check its tokens.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// The `iss` claim its tokens carry.
+    pub issuer: String,
+    /// The token's `aud` must name one of these; none: any audience.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its keys (JWKS); fetched by the
+    /// sidecars, cached, and fetched again every `jwksRefresh`.
+    pub jwks_uri: Option<String>,
+    /// The keys themselves, as a JWKS JSON document.
+    pub jwks: Option<String>,
+    /// How long fetched keys are kept (default 5m). An issuer must publish
+    /// a new key at least this long before it signs with it.
+    pub jwks_refresh: Option<String>,
+    /// Leeway for `exp` and `nbf` against clock drift (default 60s).
+    pub clock_skew: Option<String>,
+    /// Claims passed to the app as request headers; a request's own
+    /// headers of these names are removed first.
+    #[serde(default)]
+    pub forward_claims: Vec<ClaimHeader>,
+    /// Pass the token itself on to the app (default false: removed).
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeader {
+    /// A top-level claim, or a nested one as `a.b`.
+    pub claim: String,
+    pub header: String,
+}
+
+/// Where a JWKS URI points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksLocation {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl JwtIssuer {
+    /// The host and port of `jwksUri`, or what is wrong with it.
+    pub fn jwks_location(&self) -> Option<Result<JwksLocation, String>> {
+        let uri = self.jwks_uri.as_deref()?;
+        let parsed = match url::Url::parse(uri) {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(format!("{uri:?} is not a URL: {e}"))),
+        };
+        let tls = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Some(Err(format!("scheme {other:?}: use https (or http)"))),
+        };
+        let Some(host) = parsed.host_str() else {
+            return Some(Err(format!("{uri:?} names no host")));
+        };
+        let Some(port) = parsed.port_or_known_default() else {
+            return Some(Err(format!("{uri:?} names no port")));
+        };
+        Some(Ok(JwksLocation {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        }))
+    }
+
+    /// `jwksRefresh`, or its default.
+    pub fn refresh(&self) -> std::time::Duration {
+        self.jwks_refresh
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or(std::time::Duration::from_secs(300))
+    }
+
+    /// `clockSkew`, or its default.
+    pub fn skew(&self) -> std::time::Duration {
+        self.clock_skew
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or(std::time::Duration::from_secs(60))
+    }
+
+    fn check(&self, at: &str, problems: &mut Problems) {
+        if self.issuer.trim().is_empty() {
+            problems.add(field(at, "issuer"), "must not be empty");
+        }
+        exactly_one(
+            at,
+            &[
+                ("jwksUri", self.jwks_uri.is_some()),
+                ("jwks", self.jwks.is_some()),
+            ],
+            problems,
+        );
+        if let Some(Err(e)) = self.jwks_location() {
+            problems.add(field(at, "jwksUri"), e);
+        }
+        if let Some(jwks) = &self.jwks {
+            let keys = serde_json::from_str::<serde_json::Value>(jwks)
+                .map_err(|e| format!("is not JSON: {e}"))
+                .and_then(|doc| match doc.get("keys").and_then(|k| k.as_array()) {
+                    Some(keys) if !keys.is_empty() => Ok(()),
+                    _ => Err("is not a JWKS: it needs a non-empty \"keys\" array".to_string()),
+                });
+            if let Err(e) = keys {
+                problems.add(field(at, "jwks"), e);
+            }
+        }
+        if let Some(refresh) = &self.jwks_refresh {
+            if self.jwks.is_some() {
+                problems.add(
+                    field(at, "jwksRefresh"),
+                    "only keys fetched from jwksUri are refreshed",
+                );
+            }
+            duration(refresh, &field(at, "jwksRefresh"), problems);
+        }
+        if let Some(skew) = &self.clock_skew {
+            duration(skew, &field(at, "clockSkew"), problems);
+        }
+        for (i, audience) in self.audiences.iter().enumerate() {
+            if audience.is_empty() {
+                problems.add(index(&field(at, "audiences"), i), "must not be empty");
+            }
+        }
+        for (i, forward) in self.forward_claims.iter().enumerate() {
+            let here = index(&field(at, "forwardClaims"), i);
+            check_claim_name(&forward.claim, &field(&here, "claim"), problems);
+            check_header_name(&forward.header, &field(&here, "header"), problems);
+            if forward.header == "authorization" || forward.header.starts_with(':') {
+                problems.add(
+                    field(&here, "header"),
+                    format!("{:?} is not a header a claim may set", forward.header),
+                );
+            }
+        }
+    }
+}
+
+/// Claim names: `a` or `a.b.c`, no empty part.
+fn check_claim_name(name: &str, at: &str, problems: &mut Problems) {
+    if name.is_empty() || name.split('.').any(str::is_empty) {
+        problems.add(
+            at,
+            format!("{name:?} is not a claim name like sub or realm.roles"),
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -57,6 +234,11 @@ pub struct AuthorizationRule {
     /// Requests (path, method, headers); none: every request.
     #[serde(default)]
     pub to: Vec<RequestMatch>,
+    /// End-user claims the request's token must carry: each named claim
+    /// must be (or, for a list, contain) one of its values. Needs
+    /// `authentication` for the service.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
 }
 
 /// One kind of caller: set exactly one field.
@@ -78,9 +260,32 @@ impl Spec for SecuritySettingSpec {
         if let Some(service) = &self.service {
             service.check(&field(at, "service"), problems);
         }
+        if let Some(authentication) = &self.authentication {
+            let here = field(at, "authentication");
+            if authentication.jwt.is_empty() {
+                problems.add(field(&here, "jwt"), "name at least one issuer");
+            }
+            let mut issuers = BTreeMap::new();
+            for (i, issuer) in authentication.jwt.iter().enumerate() {
+                let issuer_at = index(&field(&here, "jwt"), i);
+                issuer.check(&issuer_at, problems);
+                if let Some(first) = issuers.insert(issuer.issuer.as_str(), i) {
+                    problems.add(
+                        field(&issuer_at, "issuer"),
+                        format!("jwt[{first}] already names this issuer"),
+                    );
+                }
+            }
+            for (i, request) in authentication.require_for.iter().enumerate() {
+                check_match(request, &index(&field(&here, "requireFor"), i), problems);
+            }
+        }
         let Some(authorization) = &self.authorization else {
-            if self.mtls.is_none() {
-                problems.add(at, "sets nothing: give mtls or authorization");
+            if self.mtls.is_none() && self.authentication.is_none() {
+                problems.add(
+                    at,
+                    "sets nothing: give mtls, authorization or authentication",
+                );
             }
             return;
         };
@@ -128,6 +333,13 @@ impl Spec for SecuritySettingSpec {
                 }
                 for (j, request) in rule.to.iter().enumerate() {
                     check_match(request, &index(&field(&rule_at, "to"), j), problems);
+                }
+                for (claim, values) in &rule.claims {
+                    let claim_at = field(&field(&rule_at, "claims"), claim);
+                    check_claim_name(claim, &claim_at, problems);
+                    if values.is_empty() {
+                        problems.add(&claim_at, "give at least one accepted value");
+                    }
                 }
             }
         }

@@ -38,7 +38,7 @@ impl ServiceRef {
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses "250ms", "5s", "1m30s"; reports what is wrong at `at`.
-fn duration(value: &str, at: &str, problems: &mut Problems) -> Option<Duration> {
+pub(crate) fn duration(value: &str, at: &str, problems: &mut Problems) -> Option<Duration> {
     match humantime::parse_duration(value) {
         Ok(d) if d.is_zero() => problems.add(at, "must be longer than zero"),
         Ok(d) if d > MAX_DURATION => problems.add(at, "must be at most 24h"),
@@ -52,7 +52,7 @@ fn duration(value: &str, at: &str, problems: &mut Problems) -> Option<Duration> 
 }
 
 /// Header names as HTTP/2 carries them: lowercase tokens.
-fn check_header_name(name: &str, at: &str, problems: &mut Problems) {
+pub(crate) fn check_header_name(name: &str, at: &str, problems: &mut Problems) {
     let ok = !name.is_empty()
         && name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)

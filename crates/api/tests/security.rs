@@ -21,7 +21,7 @@ fn bad_security_settings_name_every_problem() {
         (
             "a setting that sets nothing",
             setting(at_workspace(), json!({})),
-            vec![("spec", "give mtls or authorization")],
+            vec![("spec", "give mtls, authorization or authentication")],
         ),
         (
             "no rules at all",
@@ -62,6 +62,64 @@ fn bad_security_settings_name_every_problem() {
                     "spec.authorization.deny[0].to[1].path.prefix",
                     "must start with /",
                 ),
+            ],
+        ),
+        (
+            "end-user authentication: every issuer checked, every field by path",
+            setting(
+                at_workspace(),
+                json!({"authentication": {
+                    "jwt": [
+                        {"issuer": "", "audiences": [""]},
+                        {"issuer": "a", "jwksUri": "ftp://keys.example.com/jwks", "jwksRefresh": "soon"},
+                        {"issuer": "b", "jwks": "{\"keys\": []}", "jwksRefresh": "5m", "clockSkew": "0s"},
+                        {"issuer": "a", "jwksUri": "https://keys.example.com/jwks",
+                         "forwardClaims": [{"claim": "a..b", "header": "X-User"}, {"claim": "sub", "header": "authorization"}]}
+                    ],
+                    "requireFor": [{}]
+                },
+                "authorization": {"allow": [{"claims": {"groups": [], "": ["x"]}}]}}),
+            ),
+            vec![
+                ("spec.authentication.jwt[0].issuer", "must not be empty"),
+                ("spec.authentication.jwt[0]", "exactly one of jwksUri, jwks"),
+                (
+                    "spec.authentication.jwt[0].audiences[0]",
+                    "must not be empty",
+                ),
+                ("spec.authentication.jwt[1].jwksUri", "use https"),
+                ("spec.authentication.jwt[1].jwksRefresh", "not a duration"),
+                ("spec.authentication.jwt[2].jwks", "non-empty \"keys\""),
+                (
+                    "spec.authentication.jwt[2].jwksRefresh",
+                    "only keys fetched from jwksUri",
+                ),
+                ("spec.authentication.jwt[2].clockSkew", "longer than zero"),
+                (
+                    "spec.authentication.jwt[3].issuer",
+                    "jwt[1] already names this issuer",
+                ),
+                (
+                    "spec.authentication.jwt[3].forwardClaims[0].claim",
+                    "not a claim name",
+                ),
+                (
+                    "spec.authentication.jwt[3].forwardClaims[0].header",
+                    "lowercase HTTP header",
+                ),
+                (
+                    "spec.authentication.jwt[3].forwardClaims[1].header",
+                    "not a header a claim may set",
+                ),
+                (
+                    "spec.authentication.requireFor[0]",
+                    "at least one of path, method or headers",
+                ),
+                (
+                    "spec.authorization.allow[0].claims.groups",
+                    "at least one accepted value",
+                ),
+                ("spec.authorization.allow[0].claims.", "not a claim name"),
             ],
         ),
     ];

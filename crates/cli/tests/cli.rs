@@ -495,6 +495,16 @@ fn traffic_kinds_follow_their_concern_and_their_parents() {
     );
     let applied = server.weft(&ann, &["apply", "-f", traffic]);
     assert_eq!(applied.code, 0, "{applied:?}");
+    // The README's security example (callers, end-user tokens) is sam's.
+    let security = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/security");
+    let secured = server.weft(&sam, &["apply", "-f", security]);
+    assert!(
+        secured.code == 0
+            && secured
+                .stdout
+                .contains("securitysettings/reviews-users created"),
+        "{secured:?}"
+    );
     assert!(
         applied
             .stdout

@@ -1370,3 +1370,299 @@ spec:
             .contains_key("reviews-v1")
     );
 }
+
+/// A token issuer for the tests: an ES256 key, its JWKS, and tokens.
+struct Issuer {
+    key: ring::signature::EcdsaKeyPair,
+    kid: String,
+}
+
+impl Issuer {
+    fn new(kid: &str) -> Issuer {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Issuer {
+            key,
+            kid: kid.to_string(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use ring::signature::KeyPair;
+        // An uncompressed P-256 point: 0x04, then x and y.
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    /// A token with `claims`, and `exp` an hour ahead unless given.
+    fn token(&self, claims: Value) -> String {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut payload = serde_json::json!({"iat": now, "exp": now + 3600});
+        for (k, v) in claims.as_object().unwrap() {
+            payload[k] = v.clone();
+        }
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(payload.to_string())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+}
+
+/// Serves a JWKS document that the test can change, and counts fetches.
+struct JwksServer {
+    port: u16,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(keys: &[&Issuer]) -> JwksServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let document = Arc::new(std::sync::Mutex::new(String::new()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (doc, count) = (document.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (doc, count) = (doc.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = doc.lock().unwrap().clone();
+                    ([("content-type", "application/json")], body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let server = JwksServer {
+            port,
+            document,
+            fetches,
+            task,
+        };
+        server.publish(keys);
+        server
+    }
+
+    fn publish(&self, keys: &[&Issuer]) {
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+        *self.document.lock().unwrap() = serde_json::json!({ "keys": keys }).to_string();
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn end_user_tokens_are_checked_and_their_claims_authorize() {
+    let key = Issuer::new("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut mesh = Mesh::start().await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(2).await;
+    mesh.apply(
+        &format!(
+            "apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {{name: reviews-users, tenant: retail, workspace: shop}}
+spec:
+  service: {{name: reviews, namespace: shop}}
+  authentication:
+    jwt:
+      - issuer: https://login.test
+        audiences: [reviews]
+        jwksUri: http://127.0.0.1:{}/jwks.json
+        jwksRefresh: 2s
+        clockSkew: 10s
+        forwardClaims: [{{claim: sub, header: x-user}}]
+    requireFor: [{{path: {{prefix: /api}}}}]
+  authorization:
+    allow:
+      - from: [{{sameWorkspace: true}}]
+        to: [{{method: GET}}]
+      - from: [{{sameWorkspace: true}}]
+        claims: {{groups: [admin]}}
+",
+            jwks.port
+        ),
+        2,
+    )
+    .await;
+    let call = async |method: reqwest::Method, path: &str, token: Option<&str>, spoof: bool| {
+        let mut request = mesh
+            .http
+            .request(method, format!("http://127.0.0.1:{port}{path}"))
+            .header("host", "reviews");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if spoof {
+            request = request.header("x-user", "mallory");
+        }
+        match request.send().await {
+            Ok(r) => (r.status().as_u16(), r.json::<Value>().await.ok()),
+            Err(_) => (0, None),
+        }
+    };
+    use reqwest::Method;
+    let alice = key
+        .token(serde_json::json!({"iss": "https://login.test", "aud": "reviews", "sub": "alice"}));
+    until(
+        "a valid token is taken",
+        Duration::from_secs(20),
+        async || call(Method::GET, "/api/books", Some(&alice), false).await.0 == 200,
+    )
+    .await;
+
+    // The subject reaches the app; a caller's own x-user never does.
+    let (_, body) = call(Method::GET, "/api/books", Some(&alice), true).await;
+    let headers = &body.unwrap()["headers"];
+    assert_eq!(headers["x-user"], "alice", "{headers}");
+    assert!(
+        headers.get("authorization").is_none(),
+        "the token is not forwarded: {headers}"
+    );
+    let (status, body) = call(Method::GET, "/public", None, true).await;
+    assert_eq!(status, 200, "no token is needed outside /api");
+    assert!(body.unwrap()["headers"].get("x-user").is_none());
+
+    // Refused with 401: no token where one is required, and any invalid one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stranger = Issuer::new("k1");
+    let invalid = [
+        ("no token", None),
+        (
+            "expired",
+            Some(key.token(serde_json::json!({"iss": "https://login.test", "aud": "reviews", "exp": now - 120}))),
+        ),
+        (
+            "another audience",
+            Some(key.token(serde_json::json!({"iss": "https://login.test", "aud": "billing"}))),
+        ),
+        (
+            "signed by another key",
+            Some(stranger.token(serde_json::json!({"iss": "https://login.test", "aud": "reviews"}))),
+        ),
+        (
+            "an unknown issuer",
+            Some(key.token(serde_json::json!({"iss": "https://evil.test", "aud": "reviews"}))),
+        ),
+        ("not a token", Some("not.a.token".to_string())),
+    ];
+    for (what, token) in &invalid {
+        assert_eq!(
+            call(Method::GET, "/api/books", token.as_deref(), false)
+                .await
+                .0,
+            401,
+            "{what}"
+        );
+        if token.is_some() {
+            assert_eq!(
+                call(Method::GET, "/public", token.as_deref(), false)
+                    .await
+                    .0,
+                401,
+                "{what}, also where no token is required"
+            );
+        }
+    }
+    // A token within the clock skew still passes.
+    let just_expired = key
+        .token(serde_json::json!({"iss": "https://login.test", "aud": "reviews", "exp": now - 2}));
+    assert_eq!(
+        call(Method::GET, "/api/books", Some(&just_expired), false)
+            .await
+            .0,
+        200
+    );
+
+    // Claims authorize: only an admin may delete.
+    assert_eq!(
+        call(Method::DELETE, "/api/books/1", Some(&alice), false)
+            .await
+            .0,
+        403
+    );
+    let admin = key.token(serde_json::json!({"iss": "https://login.test", "aud": "reviews", "sub": "root", "groups": ["staff", "admin"]}));
+    assert_eq!(
+        call(Method::DELETE, "/api/books/1", Some(&admin), false)
+            .await
+            .0,
+        200
+    );
+    until(
+        "the refusals are logged",
+        Duration::from_secs(10),
+        async || {
+            let log = mesh.sidecar_log("reviews-v1");
+            log.contains("GET /api/books 401 jwt_authn_access_denied{Jwt_is_missing}")
+                && log.contains("GET /api/books 401 jwt_authn_access_denied{Jwt_is_expired}")
+                && log.contains("DELETE /api/books/1 403 rbac_access_denied_matched_policy[none]")
+        },
+    )
+    .await;
+
+    // The issuer rotates its key: tokens of the new key pass once the
+    // sidecar refetches (every 2 s here), and the retired key's fail.
+    let fetches = jwks.fetches();
+    let rotated = Issuer::new("k2");
+    jwks.publish(&[&rotated]);
+    let bob = rotated
+        .token(serde_json::json!({"iss": "https://login.test", "aud": "reviews", "sub": "bob"}));
+    let started = Instant::now();
+    until(
+        "the new key is picked up",
+        Duration::from_secs(15),
+        async || call(Method::GET, "/api/books", Some(&bob), false).await.0 == 200,
+    )
+    .await;
+    eprintln!(
+        "new key taken {:?} after rotation; JWKS fetched {} times before, {} after",
+        started.elapsed(),
+        fetches,
+        jwks.fetches()
+    );
+    assert!(jwks.fetches() > fetches);
+    assert_eq!(
+        call(Method::GET, "/api/books", Some(&alice), false).await.0,
+        401
+    );
+}

@@ -3,7 +3,7 @@
 //! they print as YAML (golden files, `weft x translate`) and convert into
 //! Envoy's wire types at the boundary ([`ProxyConfig::to_snapshot`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as XdsRetryBudget;
@@ -89,6 +89,36 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::HeaderMutation as HeaderMutationRule;
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::header_mutation::Action as HeaderMutationAction;
+use envoy_types::pb::envoy::config::core::v3::HttpUri;
+use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+use envoy_types::pb::envoy::config::rbac::v3::{MetadataSource, SourcedMetadata};
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation as HeaderMutationFilter, Mutations,
+};
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_provider::JwksSourceSpecifier as JwksSource;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_requirement::RequiresType;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::requirement_rule::RequirementType;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    JwksAsyncFetch, JwtAuthentication, JwtClaimToHeader, JwtProvider as XdsJwtProvider,
+    JwtRequirement, JwtRequirementOrList, RemoteJwks, RequirementRule,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::SystemRootCerts;
+use envoy_types::pb::envoy::r#type::matcher::v3::list_matcher::MatchPattern as ListPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment as MetadataPath;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment as MetadataSegment;
+use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as ValuePattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    ListMatcher, MetadataMatcher, OrMatcher, ValueMatcher,
+};
+use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier as LogFilter;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLogFilter, MetadataFilter as LogMetadataFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    LocalReplyConfig, ResponseMapper,
+};
 use serde::{Deserialize, Serialize};
 use weft_xds::{Inconsistent, Snapshot};
 
@@ -134,6 +164,19 @@ pub struct Cluster {
     /// Mutual TLS to the upstream; none: plaintext (the local app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<Mtls>,
+    /// A host outside the mesh, by DNS name (a token issuer's keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalHost>,
+}
+
+/// A host outside the mesh. With `tls`, its certificate must chain to
+/// the system's roots and name `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalHost {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
 }
 
 /// Mutual TLS with the workload certificate and trust bundle the proxy
@@ -216,6 +259,48 @@ pub struct Listener {
     /// logged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub authorize: bool,
+    /// End-user tokens checked before authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtCheck>,
+}
+
+/// End-user JWT checks: a token present is checked on every request
+/// (401 if invalid); `required_for` requests must carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtCheck {
+    pub providers: Vec<JwtProvider>,
+    /// Empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_for: Vec<RouteMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub jwks: Jwks,
+    pub clock_skew_s: u32,
+    /// Claim (`a.b` for nested) → request header for the app.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Jwks {
+    Inline(String),
+    /// Fetched through `cluster` and kept `refresh_ms`.
+    Remote {
+        uri: String,
+        cluster: String,
+        refresh_ms: u64,
+    },
 }
 
 /// Who may call. A request matching a deny rule is refused; then only
@@ -242,6 +327,10 @@ pub struct AccessRule {
     /// Empty: every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<RouteMatch>,
+    /// End-user claims the request's token must carry: each claim (`a.b`
+    /// for nested) one of its values, or a list containing one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,13 +507,24 @@ impl Cluster {
             )),
             ..Default::default()
         };
-        let (discovery, eds_cluster_config, load_assignment) = match &self.local {
-            Some(addr) => (
+        let (discovery, eds_cluster_config, load_assignment) = match (&self.local, &self.external) {
+            (Some(addr), _) => (
                 DiscoveryType::Static,
                 None,
                 Some(load_assignment(&self.name, std::slice::from_ref(addr))),
             ),
-            None => (
+            (None, Some(external)) => (
+                DiscoveryType::LogicalDns,
+                None,
+                Some(load_assignment(
+                    &self.name,
+                    &[SocketAddr {
+                        address: external.host.clone(),
+                        port: external.port,
+                    }],
+                )),
+            ),
+            (None, None) => (
                 DiscoveryType::Eds,
                 Some(EdsClusterConfig {
                     eds_config: Some(ads()),
@@ -473,12 +573,20 @@ impl Cluster {
             lb_policy: lb_policy as i32,
             circuit_breakers,
             outlier_detection,
-            typed_extension_protocol_options: [(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-                pack_any(protocol),
-            )]
-            .into(),
-            transport_socket: self.mtls.as_ref().map(Mtls::upstream),
+            // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches.
+            typed_extension_protocol_options: if self.external.is_some() {
+                Default::default()
+            } else {
+                [(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+                    pack_any(protocol),
+                )]
+                .into()
+            },
+            transport_socket: match &self.external {
+                Some(external) => external.tls.then(|| external.upstream_tls()),
+                None => self.mtls.as_ref().map(Mtls::upstream),
+            },
             ..Default::default()
         }
     }
@@ -488,6 +596,81 @@ fn string_matcher(pattern: MatchPattern) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(pattern),
         ignore_case: false,
+    }
+}
+
+impl ExternalHost {
+    fn upstream_tls(&self) -> TransportSocket {
+        TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(TransportSocketConfig::TypedConfig(pack_any(
+                UpstreamTlsContext {
+                    sni: self.host.clone(),
+                    common_tls_context: Some(CommonTlsContext {
+                        validation_context_type: Some(ValidationContextType::ValidationContext(
+                            CertificateValidationContext {
+                                system_root_certs: Some(SystemRootCerts {}),
+                                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                                    san_type: SanType::Dns as i32,
+                                    matcher: Some(string_matcher(MatchPattern::Exact(
+                                        self.host.clone(),
+                                    ))),
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))),
+        }
+    }
+}
+
+/// Where the JWT filter leaves a valid token's claims for authorization,
+/// and why it refused one.
+const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+const JWT_PAYLOAD: &str = "payload";
+const JWT_FAILURE: &str = "failure";
+
+/// A claim (`a.b` for nested) of the request's valid token is one of
+/// `values`, or is a list holding one of them.
+fn claim_permission(claim: &str, values: &[String]) -> Permission {
+    let value_matchers = values
+        .iter()
+        .flat_map(|value| {
+            let exact = ValueMatcher {
+                match_pattern: Some(ValuePattern::StringMatch(string_matcher(
+                    MatchPattern::Exact(value.clone()),
+                ))),
+            };
+            let in_list = ValueMatcher {
+                match_pattern: Some(ValuePattern::ListMatch(Box::new(ListMatcher {
+                    match_pattern: Some(ListPattern::OneOf(Box::new(exact.clone()))),
+                }))),
+            };
+            [exact, in_list]
+        })
+        .collect();
+    Permission {
+        rule: Some(PermissionRule::SourcedMetadata(SourcedMetadata {
+            metadata_matcher: Some(MetadataMatcher {
+                filter: JWT_FILTER.into(),
+                path: std::iter::once(JWT_PAYLOAD)
+                    .chain(claim.split('.'))
+                    .map(|key| MetadataPath {
+                        segment: Some(MetadataSegment::Key(key.into())),
+                    })
+                    .collect(),
+                value: Some(ValueMatcher {
+                    match_pattern: Some(ValuePattern::OrMatch(OrMatcher { value_matchers })),
+                }),
+                invert: false,
+            }),
+            metadata_source: MetadataSource::Dynamic as i32,
+        })),
     }
 }
 
@@ -538,6 +721,25 @@ impl AccessRule {
                     Permission {
                         rule: Some(PermissionRule::AndRules(PermissionSet { rules })),
                     }
+                })
+                .collect()
+        };
+        // Claims are conditions on the request (its token) as a whole.
+        let permissions = if self.claims.is_empty() {
+            permissions
+        } else {
+            permissions
+                .into_iter()
+                .map(|request| Permission {
+                    rule: Some(PermissionRule::AndRules(PermissionSet {
+                        rules: std::iter::once(request)
+                            .chain(
+                                self.claims
+                                    .iter()
+                                    .map(|(claim, values)| claim_permission(claim, values)),
+                            )
+                            .collect(),
+                    })),
                 })
                 .collect()
         };
@@ -603,6 +805,176 @@ impl Authorization {
             )
         })
         .collect()
+    }
+}
+
+impl JwtProvider {
+    fn to_xds(&self) -> XdsJwtProvider {
+        let jwks = match &self.jwks {
+            Jwks::Inline(doc) => JwksSource::LocalJwks(DataSource {
+                specifier: Some(DataSpecifier::InlineString(doc.clone())),
+                ..Default::default()
+            }),
+            Jwks::Remote {
+                uri,
+                cluster,
+                refresh_ms,
+            } => JwksSource::RemoteJwks(RemoteJwks {
+                http_uri: Some(HttpUri {
+                    uri: uri.clone(),
+                    timeout: Some(duration(5_000)),
+                    http_upstream_type: Some(HttpUpstreamType::Cluster(cluster.clone())),
+                }),
+                cache_duration: Some(duration(*refresh_ms)),
+                // Fetched once per proxy before the listener takes
+                // requests (rather than by each worker, holding requests),
+                // and again when the cache expires; a failed fetch is
+                // retried after a second rather than after `refresh_ms`.
+                async_fetch: Some(JwksAsyncFetch {
+                    fast_listener: false,
+                    failed_refetch_duration: Some(duration(1_000)),
+                }),
+                ..Default::default()
+            }),
+        };
+        XdsJwtProvider {
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            forward: self.forward_token,
+            payload_in_metadata: JWT_PAYLOAD.into(),
+            failed_status_in_metadata: JWT_FAILURE.into(),
+            clock_skew_seconds: self.clock_skew_s,
+            claim_to_headers: self
+                .forward_claims
+                .iter()
+                .map(|(claim, header)| JwtClaimToHeader {
+                    header_name: header.clone(),
+                    claim_name: claim.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            jwks_source_specifier: Some(jwks),
+            ..Default::default()
+        }
+    }
+}
+
+impl JwtCheck {
+    /// Any provider's valid token will do.
+    fn requirement(&self, allow_missing: bool) -> JwtRequirement {
+        let mut any: Vec<JwtRequirement> = self
+            .providers
+            .iter()
+            .map(|p| JwtRequirement {
+                requires_type: Some(RequiresType::ProviderName(p.name.clone())),
+            })
+            .collect();
+        if allow_missing {
+            any.push(JwtRequirement {
+                requires_type: Some(RequiresType::AllowMissing(Default::default())),
+            });
+        }
+        // One requirement stands alone; Envoy wants two or more in a list.
+        // (None at all only comes of an invalid setting: Envoy refuses it.)
+        if any.len() == 1 {
+            return any.remove(0);
+        }
+        JwtRequirement {
+            requires_type: Some(RequiresType::RequiresAny(JwtRequirementOrList {
+                requirements: any,
+            })),
+        }
+    }
+
+    /// The headers claims are forwarded in: removed from requests before
+    /// the check, so only a valid token can set them.
+    fn claim_headers(&self) -> BTreeSet<&str> {
+        self.providers
+            .iter()
+            .flat_map(|p| p.forward_claims.values().map(String::as_str))
+            .collect()
+    }
+
+    /// Envoy answers a token for another audience with 403; for the
+    /// caller it is as invalid as any other (RFC 6750): 401.
+    fn local_replies() -> LocalReplyConfig {
+        LocalReplyConfig {
+            mappers: vec![ResponseMapper {
+                filter: Some(AccessLogFilter {
+                    filter_specifier: Some(LogFilter::MetadataFilter(LogMetadataFilter {
+                        matcher: Some(MetadataMatcher {
+                            filter: JWT_FILTER.into(),
+                            path: vec![MetadataPath {
+                                segment: Some(MetadataSegment::Key(JWT_FAILURE.into())),
+                            }],
+                            value: Some(ValueMatcher {
+                                match_pattern: Some(ValuePattern::PresentMatch(true)),
+                            }),
+                            invert: false,
+                        }),
+                        match_if_key_not_found: Some(BoolValue { value: false }),
+                    })),
+                }),
+                status_code: Some(uint(401)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn filters(&self) -> Vec<HttpFilter> {
+        let everything = RouteMatch::default();
+        let rules = if self.required_for.is_empty() {
+            vec![(&everything, self.requirement(false))]
+        } else {
+            self.required_for
+                .iter()
+                .map(|m| (m, self.requirement(false)))
+                .chain([(&everything, self.requirement(true))])
+                .collect()
+        };
+        let jwt = JwtAuthentication {
+            providers: self
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.to_xds()))
+                .collect(),
+            rules: rules
+                .into_iter()
+                .map(|(m, requires)| RequirementRule {
+                    r#match: Some(m.to_xds()),
+                    requirement_type: Some(RequirementType::Requires(requires)),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let strip = self.claim_headers();
+        let strip_filter = (!strip.is_empty()).then(|| HttpFilter {
+            name: "weft.jwt.strip-claim-headers".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(
+                HeaderMutationFilter {
+                    mutations: Some(Mutations {
+                        request_mutations: strip
+                            .into_iter()
+                            .map(|header| HeaderMutationRule {
+                                action: Some(HeaderMutationAction::Remove(header.into())),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        });
+        strip_filter
+            .into_iter()
+            .chain([HttpFilter {
+                name: JWT_FILTER.into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(jwt))),
+                ..Default::default()
+            }])
+            .collect()
     }
 }
 
@@ -726,13 +1098,16 @@ impl Listener {
                 config_source: Some(ads()),
                 route_config_name: self.route_table.clone(),
             })),
-            http_filters: if self.authorize {
-                authorization_filters()
-            } else {
-                Vec::new()
-            }
-            .into_iter()
-            .chain([HttpFilter {
+            http_filters: self
+                .jwt
+                .iter()
+                .flat_map(JwtCheck::filters)
+                .chain(if self.authorize {
+                    authorization_filters()
+                } else {
+                    Vec::new()
+                })
+                .chain([HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
                 ..Default::default()
@@ -745,6 +1120,7 @@ impl Listener {
             } else {
                 Vec::new()
             },
+            local_reply_config: self.jwt.as_ref().map(|_| JwtCheck::local_replies()),
             ..Default::default()
         };
         let filters = vec![Filter {
@@ -875,13 +1251,23 @@ impl Forward {
     }
 }
 
-impl Route {
-    fn to_xds(&self) -> XdsRoute {
-        let path_specifier = match (&self.matcher.path, &self.matcher.prefix) {
+impl RouteMatch {
+    fn to_xds(&self) -> XdsRouteMatch {
+        let path_specifier = match (&self.path, &self.prefix) {
             (Some(path), _) => PathSpecifier::Path(path.clone()),
             (None, Some(prefix)) => PathSpecifier::Prefix(prefix.clone()),
             (None, None) => PathSpecifier::Prefix("/".into()),
         };
+        XdsRouteMatch {
+            path_specifier: Some(path_specifier),
+            headers: self.headers.iter().map(HeaderCondition::to_xds).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Route {
+    fn to_xds(&self) -> XdsRoute {
         let action = match &self.action {
             Action::Forward(forward) => XdsAction::Route(forward.to_xds()),
             Action::DirectResponse { status, body } => {
@@ -896,16 +1282,7 @@ impl Route {
             }
         };
         XdsRoute {
-            r#match: Some(XdsRouteMatch {
-                path_specifier: Some(path_specifier),
-                headers: self
-                    .matcher
-                    .headers
-                    .iter()
-                    .map(HeaderCondition::to_xds)
-                    .collect(),
-                ..Default::default()
-            }),
+            r#match: Some(self.matcher.to_xds()),
             action: Some(action),
             ..Default::default()
         }

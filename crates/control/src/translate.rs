@@ -24,9 +24,9 @@ use weft_api::traffic::{
 use weft_api::{Resource, validate};
 
 use crate::proxy::{
-    AccessRule, Action, Authorization, CallerId, Cluster, Endpoints, Forward, HashOn,
-    HeaderCondition, HeaderTest, LbPolicy, Limits, Listener, Mtls, Outlier, ProxyConfig, Retry,
-    Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
+    AccessRule, Action, Authorization, CallerId, Cluster, Endpoints, ExternalHost, Forward, HashOn,
+    HeaderCondition, HeaderTest, Jwks, JwtCheck, JwtProvider, LbPolicy, Limits, Listener, Mtls,
+    Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
 };
 use crate::workload::Workload;
 
@@ -243,36 +243,124 @@ impl Config {
         Some((workspace, levels))
     }
 
-    /// Whether `key`'s sidecars also take plaintext: the most specific
-    /// level that sets `mtls` decides; strict by default.
-    fn permissive(&self, key: &ServiceKey, errors: &mut Vec<ConfigError>) -> bool {
-        let Some((_, levels)) = self.security_levels(key) else {
-            return false;
-        };
-        let Some(level) = levels
+    /// The security setting that decides one part (`part`, read by
+    /// `get`) for `key`: the first, by path, of the most specific level
+    /// that sets it. Others at that level that set it differently are
+    /// reported.
+    fn deciding<T>(
+        &self,
+        key: &ServiceKey,
+        part: &str,
+        get: impl Fn(&SecuritySettingSpec) -> Option<&T>,
+        same: impl Fn(&T, &T) -> bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<&SecuritySetting> {
+        let (_, levels) = self.security_levels(key)?;
+        let level = levels
             .into_iter()
             .rev()
-            .find(|l| l.iter().any(|s| s.spec.mtls.is_some()))
-        else {
-            return false;
-        };
-        let mut set = level.iter().filter(|s| s.spec.mtls.is_some());
-        let Some(first) = set.next() else {
-            return false;
-        };
-        for other in set {
-            if other.spec.mtls != first.spec.mtls {
+            .find(|l| l.iter().any(|s| get(&s.spec).is_some()))?;
+        let mut set = level
+            .into_iter()
+            .filter_map(|s| get(&s.spec).map(|value| (s, value)));
+        let (first, value) = set.next()?;
+        for (other, other_value) in set {
+            if !same(value, other_value) {
                 errors.push(error(
                     &other.path,
-                    "spec.mtls",
+                    &format!("spec.{part}"),
                     format!(
-                        "conflicts with {}, which also sets mtls for {}.{}; that one applies",
+                        "conflicts with {}, which also sets {part} for {}.{}; that one applies",
                         first.path, key.name, key.namespace
                     ),
                 ));
             }
         }
-        first.spec.mtls == Some(MtlsMode::Permissive)
+        Some(first)
+    }
+
+    /// Whether `key`'s sidecars also take plaintext; strict by default.
+    fn permissive(&self, key: &ServiceKey, errors: &mut Vec<ConfigError>) -> bool {
+        self.deciding(key, "mtls", |s| s.mtls.as_ref(), |a, b| a == b, errors)
+            .is_some_and(|s| s.spec.mtls == Some(MtlsMode::Permissive))
+    }
+
+    /// The end-user token checks of `key`'s sidecars, and the clusters
+    /// their key fetches go through.
+    fn jwt_check(
+        &self,
+        key: &ServiceKey,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<(JwtCheck, Vec<Cluster>)> {
+        // Two settings' issuers are never merged: one decides.
+        let setting = self.deciding(
+            key,
+            "authentication",
+            |s| s.authentication.as_ref(),
+            |_, _| false,
+            errors,
+        )?;
+        let authentication = setting.spec.authentication.as_ref()?;
+        let mut providers = Vec::new();
+        let mut clusters = Vec::new();
+        for (i, issuer) in authentication.jwt.iter().enumerate() {
+            let jwks = match (&issuer.jwks, &issuer.jwks_uri, issuer.jwks_location()) {
+                (Some(doc), _, _) => Jwks::Inline(doc.clone()),
+                (None, Some(uri), Some(Ok(location))) => {
+                    let cluster = format!("jwks|{}:{}", location.host, location.port);
+                    if !clusters.iter().any(|c: &Cluster| c.name == cluster) {
+                        clusters.push(Cluster {
+                            name: cluster.clone(),
+                            local: None,
+                            connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
+                            lb_policy: LbPolicy::RoundRobin,
+                            limits: None,
+                            outlier_detection: None,
+                            idle_timeout_ms: None,
+                            max_requests_per_connection: None,
+                            mtls: None,
+                            external: Some(ExternalHost {
+                                host: location.host,
+                                port: location.port,
+                                tls: location.tls,
+                            }),
+                        });
+                    }
+                    Jwks::Remote {
+                        uri: uri.clone(),
+                        cluster,
+                        refresh_ms: millis(issuer.refresh()),
+                    }
+                }
+                // Refused when stored; an issuer without keys is skipped,
+                // which leaves its tokens refused.
+                _ => continue,
+            };
+            providers.push(JwtProvider {
+                name: format!("{}#jwt[{i}]", setting.path),
+                issuer: issuer.issuer.clone(),
+                audiences: issuer.audiences.clone(),
+                jwks,
+                clock_skew_s: issuer.skew().as_secs() as u32,
+                forward_claims: issuer
+                    .forward_claims
+                    .iter()
+                    .map(|f| (f.claim.clone(), f.header.clone()))
+                    .collect(),
+                forward_token: issuer.forward_token,
+            });
+        }
+        Some((
+            JwtCheck {
+                providers,
+                required_for: authentication
+                    .require_for
+                    .iter()
+                    .map(request_match)
+                    .collect(),
+            },
+            clusters,
+        ))
     }
 
     /// Who may call `key`: the most specific level of security settings
@@ -324,11 +412,38 @@ impl Config {
                         name: format!("{}#{list}[{i}]", setting.path),
                         callers,
                         requests: rule.to.iter().map(request_match).collect(),
+                        claims: rule.claims.clone(),
                     });
                 }
             }
         }
         authorization
+    }
+
+    /// Rules on end-user claims where no setting authenticates end users
+    /// match no request: an allow rule then allows nothing, and a deny
+    /// rule denies nothing, which is worth a loud warning.
+    fn report_claims_without_tokens(
+        &self,
+        key: &ServiceKey,
+        authorization: &Authorization,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        for rule in authorization.deny.iter().chain(&authorization.allow) {
+            if rule.claims.is_empty() {
+                continue;
+            }
+            let (path, field) = rule.name.split_once('#').unwrap_or((&rule.name, ""));
+            errors.push(error(
+                path,
+                &format!("spec.authorization.{field}.claims"),
+                format!(
+                    "no setting authenticates end users of {}.{}, so no request has claims: \
+                     add authentication to match on them",
+                    key.name, key.namespace
+                ),
+            ));
+        }
     }
 
     /// The SPIFFE IDs a caller entry of a setting in `workspace` stands for.
@@ -687,6 +802,7 @@ impl<'c> ServicePlan<'c> {
                 .map(millis),
             max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
             mtls: self.mtls.clone(),
+            external: None,
         }
     }
 
@@ -915,6 +1031,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
             route_table: OUTBOUND.into(),
             mtls: None,
             authorize: false,
+            jwt: None,
         });
         proxy.routes.push(RouteTable {
             name: OUTBOUND.into(),
@@ -934,6 +1051,26 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 idle_timeout_ms: None,
                 max_requests_per_connection: None,
                 mtls: None,
+                external: None,
+            });
+            let key = ServiceKey {
+                namespace: w.namespace.clone(),
+                name: w.service.clone(),
+            };
+            let jwt = match &config.trust_domain {
+                Some(_) => config.jwt_check(&key, &mut errors),
+                None => None,
+            };
+            let authorization = config.trust_domain.as_ref().map(|trust_domain| {
+                let authorization = config.authorization(trust_domain, &key, &mut errors);
+                if jwt.is_none() {
+                    config.report_claims_without_tokens(&key, &authorization, &mut errors);
+                }
+                authorization
+            });
+            let jwt = jwt.map(|(check, clusters)| {
+                proxy.clusters.extend(clusters);
+                check
             });
             proxy.listeners.push(Listener {
                 name: INBOUND.into(),
@@ -947,15 +1084,10 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                 mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
                     trust_domain: trust_domain.clone(),
                     peers: Vec::new(),
-                    permissive: config.permissive(
-                        &ServiceKey {
-                            namespace: w.namespace.clone(),
-                            name: w.service.clone(),
-                        },
-                        &mut errors,
-                    ),
+                    permissive: config.permissive(&key, &mut errors),
                 }),
                 authorize: config.trust_domain.is_some(),
+                jwt,
             });
             proxy.routes.push(RouteTable {
                 name: INBOUND.into(),
@@ -972,13 +1104,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                             hash_on: None,
                         }),
                     }],
-                    authorization: config.trust_domain.as_ref().map(|trust_domain| {
-                        let key = ServiceKey {
-                            namespace: w.namespace.clone(),
-                            name: w.service.clone(),
-                        };
-                        config.authorization(trust_domain, &key, &mut errors)
-                    }),
+                    authorization,
                 }],
             });
         }
