@@ -33,6 +33,47 @@ pub struct EdgeConfig {
 pub struct Trust {
     pub trust_domain: String,
     pub bundle: String,
+    /// The fingerprint of the root that signs cluster CAs now; an edge
+    /// whose CA another root signed asks for a new one.
+    #[serde(default)]
+    pub signer: String,
+}
+
+/// One of the organization's root CAs, as `weft ca list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootCa {
+    /// SHA-256 fingerprint of the certificate, hex.
+    pub id: String,
+    pub trust_domain: String,
+    pub state: RootState,
+    /// RFC 3339.
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootState {
+    /// Signs cluster CAs, and is trusted.
+    Signing,
+    /// Trusted only (new and not yet activated, or replaced).
+    Trusted,
+    /// Trusted no more.
+    Retired,
+}
+
+/// `POST /v1/ca/roots`: a new root, made by the server unless given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewRootCa {
+    /// PEM certificate and key of a root to import.
+    #[serde(default)]
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// What an edge sends for its cluster's intermediate CA.
@@ -137,6 +178,12 @@ pub struct CertificateReport {
     pub identity: String,
     /// RFC 3339.
     pub expires_at: String,
+    /// The root the certificate chains to (its fingerprint).
+    #[serde(default)]
+    pub root: String,
+    /// The roots the proxy trusts (fingerprints).
+    #[serde(default)]
+    pub trusts: Vec<String>,
     /// The sidecar should have renewed it by now (it renews at half-life;
     /// this is three quarters): check its log.
     #[serde(default)]

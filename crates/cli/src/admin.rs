@@ -1,10 +1,11 @@
 //! `weft audit`, `token`, `login` and `whoami`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use reqwest::Method;
 use serde_json::Value;
+use weft_api::edge::{NewRootCa, RootCa, RootState};
 use weft_manage::tokens::{CreateToken, CreatedToken};
 use weft_store::{AuditEntry, ChainReport, TokenRecord};
 
@@ -218,6 +219,100 @@ pub async fn token_revoke(client: &Client, id: &str) -> Result<(), CliError> {
         .send(Method::DELETE, &format!("tokens/{id}"), None::<&()>)
         .await?;
     println!("token {} of user {:?} revoked", token.id, token.user);
+    Ok(())
+}
+
+pub async fn ca_list(client: &Client, format: Format) -> Result<(), CliError> {
+    let roots: Vec<RootCa> = client.get("ca/roots").await?;
+    match format {
+        Format::Json => print!("{}", output::json(&roots)),
+        Format::Yaml => print!("{}", output::yaml(&roots)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = roots
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.trust_domain.clone(),
+                        output::yaml(&r.state).trim().to_string(),
+                        r.created_at.clone(),
+                        r.expires_at.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["ID", "TRUST DOMAIN", "STATE", "CREATED", "EXPIRES"],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn ca_add(client: &Client, import: Option<(PathBuf, PathBuf)>) -> Result<(), CliError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            CliError::new(
+                Exit::Invalid,
+                format!("{flag}: cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let request = match import {
+        Some((cert, key)) => NewRootCa {
+            certificate: Some(read("--cert", &cert)?),
+            key: Some(read("--key", &key)?),
+        },
+        None => NewRootCa::default(),
+    };
+    let root: RootCa = client
+        .send(Method::POST, "ca/roots", Some(&request))
+        .await?;
+    println!(
+        "root {} added: trusted, not signing. Once every proxy trusts it, run: weft ca activate {}",
+        root.id, root.id
+    );
+    Ok(())
+}
+
+/// `activate` or `retire` the root whose id starts with `id`.
+pub async fn ca_change(client: &Client, id: &str, change: &str) -> Result<(), CliError> {
+    let roots: Vec<RootCa> = client.get("ca/roots").await?;
+    let matching: Vec<&RootCa> = roots
+        .iter()
+        .filter(|r| r.id.starts_with(id) && r.state != RootState::Retired)
+        .collect();
+    let root = match matching[..] {
+        [one] => one,
+        [] => {
+            return Err(CliError::new(
+                Exit::NotFound,
+                format!("no root CA that is not retired has an id starting with {id:?}"),
+            )
+            .with_hint("weft ca list shows them"));
+        }
+        _ => {
+            return Err(CliError::new(
+                Exit::Invalid,
+                format!("{id:?} names more than one root CA; give more of its id"),
+            ));
+        }
+    };
+    let changed: RootCa = client
+        .send(
+            Method::POST,
+            &format!("ca/roots/{}/{change}", root.id),
+            None::<&()>,
+        )
+        .await?;
+    println!(
+        "root {} is now {}",
+        changed.id,
+        output::yaml(&changed.state).trim()
+    );
     Ok(())
 }
 

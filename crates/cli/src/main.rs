@@ -196,6 +196,23 @@ Examples:
     )]
     Token(TokenCommand),
 
+    /// The organization's root CAs: list them, and rotate one without failed requests
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  weft ca list
+  weft ca add                                  # a new root: trusted, not signing
+  weft ca add --cert root.pem --key root.key   # or one of yours
+  weft ca activate 3f2a…                       # the new root signs
+  weft ca retire 9be0…                         # the old root is trusted no more
+Rotating: add, wait until every proxy trusts the new root (TRUSTS in
+`weft get cluster NAME -o yaml`), activate it, wait until every proxy's
+certificate chains to it (ROOT), then retire the old one. With the default
+1h certificates each wait takes at most an hour."
+    )]
+    Ca(CaCommand),
+
     /// Save the server and a credential for later commands
     #[command(after_help = "\
 Examples:
@@ -250,6 +267,28 @@ Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503
 The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
 Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Every root, with its state (signing, trusted, retired)
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Add a root, trusted but not signing: made by the server, or imported
+    Add {
+        /// PEM certificate of a root to import (with --key)
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its PEM private key
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Make a root the signer (a unique prefix of its id will do)
+    Activate { id: String },
+    /// Stop trusting a root that no longer signs
+    Retire { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -447,6 +486,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             admin::token_revoke(&client()?, &id).await.and(ok)
         }
         Command::Whoami { format } => admin::whoami(&client()?, format).await.and(ok),
+        Command::Ca(CaCommand::List { format }) => admin::ca_list(&client()?, format).await.and(ok),
+        Command::Ca(CaCommand::Add { cert, key }) => {
+            admin::ca_add(&client()?, cert.zip(key)).await.and(ok)
+        }
+        Command::Ca(CaCommand::Activate { id }) => {
+            admin::ca_change(&client()?, &id, "activate").await.and(ok)
+        }
+        Command::Ca(CaCommand::Retire { id }) => {
+            admin::ca_change(&client()?, &id, "retire").await.and(ok)
+        }
     }
 }
 

@@ -1215,29 +1215,9 @@ async fn certificates_rotate_under_load_without_failed_requests() {
             .unwrap_or(0)
     };
     let before = issued().await;
-    // New connections now and then, so fresh handshakes use the new
-    // certificates, and requests on open ones in between.
-    let started = Instant::now();
-    let (mut ok, mut failed) = (0u32, Vec::new());
-    while started.elapsed() < Duration::from_secs(25) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        for _ in 0..20 {
-            match client
-                .get(format!("http://127.0.0.1:{port}/"))
-                .header("host", "reviews")
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => ok += 1,
-                Ok(r) => failed.push(r.status().to_string()),
-                Err(e) => failed.push(e.to_string()),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let load = Load::start(port);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let (ok, failed) = load.stop().await;
     let renewed = issued().await - before;
     println!(
         "rotation: {ok} requests succeeded, {} failed, {renewed} certificates issued in 25 s",
@@ -1262,6 +1242,50 @@ async fn certificates_rotate_under_load_without_failed_requests() {
         served_before, served_after,
         "the served certificate did not change"
     );
+}
+
+/// Requests to reviews through a client sidecar until stopped: new
+/// connections now and then, so fresh handshakes use new certificates, and
+/// requests on open ones in between.
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !*stopped.borrow_and_update() {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                for _ in 0..20 {
+                    match client
+                        .get(format!("http://127.0.0.1:{port}/"))
+                        .header("host", "reviews")
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (ok, failed)
+        });
+        Load { stop, task }
+    }
+
+    /// Requests that succeeded, and how the others failed.
+    async fn stop(self) -> (u32, Vec<String>) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
 }
 
 /// The inbound port of a workload, as its edge reports it.
@@ -1665,4 +1689,131 @@ spec:
         call(Method::GET, "/api/books", Some(&alice), false).await.0,
         401
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_rotation_loses_no_requests() {
+    // Certificates of 20 s: each step reaches every proxy in about 10 s.
+    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(2).await;
+    until("traffic flows", Duration::from_secs(20), async || {
+        mesh.instances(port, 1, "/")
+            .await
+            .contains_key("reviews-v1")
+    })
+    .await;
+    let roots = || {
+        let run = mesh
+            .server()
+            .weft(&mesh.admin, &["ca", "list", "-o", "json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        serde_json::from_str::<Vec<Value>>(&run.stdout).unwrap()
+    };
+    let id_in = |state: &str| {
+        roots()
+            .iter()
+            .find(|r| r["state"] == state)
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_string)
+    };
+    let old = id_in("signing").expect("a signing root");
+    // Every proxy's certificate, as its edge reports it.
+    let certificates = async || -> Vec<Value> {
+        let status = mesh.edge_status().await;
+        status["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["certificate"].clone())
+            .collect()
+    };
+    let load = Load::start(port);
+
+    // 1. A new root, trusted everywhere before it signs anything.
+    let run = mesh.server().weft(&mesh.admin, &["ca", "add"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let new = id_in("trusted").expect("the new root is trusted");
+    until(
+        "every proxy trusts the new root",
+        Duration::from_secs(30),
+        async || {
+            let certificates = certificates().await;
+            certificates.len() == 2
+                && certificates.iter().all(|c| {
+                    c["trusts"]
+                        .as_array()
+                        .is_some_and(|t| t.len() == 2 && t.contains(&Value::from(new.clone())))
+                })
+        },
+    )
+    .await;
+
+    // 2. The new root signs: the edge gets a new cluster CA at once, and
+    // workloads new certificates as they renew.
+    let run = mesh
+        .server()
+        .weft(&mesh.admin, &["ca", "activate", &new[..12]]);
+    assert!(
+        run.code == 0 && run.stdout.contains("is now signing"),
+        "{run:?}"
+    );
+    let refused = mesh
+        .server()
+        .weft(&mesh.admin, &["ca", "retire", &new[..12]]);
+    assert_eq!(
+        refused.code, 4,
+        "the signing root cannot be retired: {refused:?}"
+    );
+    until(
+        "every certificate chains to the new root",
+        Duration::from_secs(30),
+        async || {
+            certificates()
+                .await
+                .iter()
+                .all(|c| c["root"] == new.as_str())
+        },
+    )
+    .await;
+
+    // 3. The old root is trusted no more.
+    let run = mesh
+        .server()
+        .weft(&mesh.admin, &["ca", "retire", &old[..12]]);
+    assert!(
+        run.code == 0 && run.stdout.contains("is now retired"),
+        "{run:?}"
+    );
+    until(
+        "every proxy trusts the new root alone",
+        Duration::from_secs(30),
+        async || {
+            certificates()
+                .await
+                .iter()
+                .all(|c| c["trusts"] == serde_json::json!([new.clone()]))
+        },
+    )
+    .await;
+    // Connections made after the last step use only the new root.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failed) = load.stop().await;
+    println!(
+        "root rotation: {ok} requests succeeded, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during the root rotation: {failed:?}"
+    );
+    assert!(ok > 100, "too little traffic to tell: {ok} requests");
+    let audit = mesh.server().weft(&mesh.admin, &["audit", "--since", "1h"]);
+    for action in ["ca.root.add", "ca.root.activate", "ca.root.retire"] {
+        assert!(
+            audit.stdout.contains(action),
+            "{action} not audited: {audit:?}"
+        );
+    }
 }

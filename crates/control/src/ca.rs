@@ -23,7 +23,7 @@ use weft_api::edge::{
 };
 use weft_identity::{
     Authority, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem, csr_from_pem,
-    csr_to_pem,
+    csr_to_pem, fingerprint,
 };
 
 use crate::registry::Registry;
@@ -60,6 +60,8 @@ pub struct EdgeCa {
     cluster: String,
     dir: PathBuf,
     authority: Mutex<Option<Arc<Authority>>>,
+    /// The root that signed `authority` (its fingerprint).
+    signed_by: Mutex<Option<String>>,
     /// The trust bundle from the latest configuration.
     trust: Mutex<Option<Trust>>,
     /// Wakes the renewal loop when the trust changes.
@@ -67,8 +69,16 @@ pub struct EdgeCa {
     svid_lifetime: Duration,
     registry: Registry,
     /// The latest certificate issued to each proxy: identity, expiry.
-    issued: Mutex<std::collections::BTreeMap<String, (String, OffsetDateTime)>>,
+    /// By node: the last certificate issued to it.
+    issued: Mutex<std::collections::BTreeMap<String, Issued>>,
     pub metrics: CaMetrics,
+}
+
+struct Issued {
+    identity: String,
+    expires: OffsetDateTime,
+    root: String,
+    trusts: Vec<String>,
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
@@ -90,6 +100,7 @@ impl EdgeCa {
         let ca = EdgeCa {
             cluster: cluster.to_string(),
             authority: Mutex::new(None),
+            signed_by: Mutex::new(None),
             trust: Mutex::new(None),
             trust_changed: tokio::sync::Notify::new(),
             svid_lifetime,
@@ -103,7 +114,7 @@ impl EdgeCa {
             match Authority::from_pem(&cert, &key, "") {
                 Ok(authority) if authority.not_after() > OffsetDateTime::now_utc() => {
                     tracing::info!(expires = %authority.not_after(), "using the cluster CA kept on disk");
-                    ca.set_authority(authority);
+                    ca.set_authority(authority, read("signer").ok().map(|s| s.trim().to_string()));
                 }
                 Ok(_) => tracing::warn!(
                     "the cluster CA kept on disk has expired; asking the server for a new one"
@@ -114,10 +125,11 @@ impl EdgeCa {
         ca
     }
 
-    fn set_authority(&self, authority: Authority) {
+    fn set_authority(&self, authority: Authority, signed_by: Option<String>) {
         let left = authority.not_after() - OffsetDateTime::now_utc();
         self.metrics.expires_in.set(left.whole_seconds().max(0));
         *lock(&self.authority) = Some(Arc::new(authority));
+        *lock(&self.signed_by) = signed_by;
     }
 
     /// Takes the trust bundle of a new configuration.
@@ -135,13 +147,19 @@ impl EdgeCa {
 
     /// Whether the intermediate is missing, past half-life, or of another
     /// trust domain than the configuration's.
+    /// At half-life, and when the server signs with another root or for
+    /// another trust domain than this CA's.
     pub fn needs_renewal(&self) -> bool {
-        let trust_domain = self.trust().map(|t| t.trust_domain);
+        let trust = self.trust();
+        let signed_by = lock(&self.signed_by).clone();
         match lock(&self.authority).as_ref() {
             None => true,
             Some(a) => {
                 a.past_half_life(OffsetDateTime::now_utc())
-                    || trust_domain.is_some_and(|td| td != a.trust_domain())
+                    || trust.is_some_and(|t| {
+                        t.trust_domain != a.trust_domain()
+                            || (!t.signer.is_empty() && signed_by.as_ref() != Some(&t.signer))
+                    })
             }
         }
     }
@@ -194,9 +212,12 @@ impl EdgeCa {
                     authority.cert_pem().as_bytes(),
                 )
             })
+            .and_then(|()| {
+                crate::edge::write_private(&self.dir.join("signer"), signed.trust.signer.as_bytes())
+            })
             .map_err(|e| format!("cannot keep the cluster CA in {}: {e}", self.dir.display()))?;
-        tracing::info!(expires = %authority.not_after(), "the server signed this cluster's CA");
-        self.set_authority(authority);
+        tracing::info!(expires = %authority.not_after(), root = %signed.trust.signer, "the server signed this cluster's CA");
+        self.set_authority(authority, Some(signed.trust.signer.clone()));
         self.set_trust(Some(signed.trust));
         Ok(())
     }
@@ -205,11 +226,13 @@ impl EdgeCa {
     /// overdue.
     pub fn certificate_of(&self, node: &str) -> Option<CertificateReport> {
         let issued = lock(&self.issued);
-        let (identity, expires) = issued.get(node)?;
-        let overdue = OffsetDateTime::now_utc() > *expires - self.svid_lifetime / 4;
+        let issued = issued.get(node)?;
+        let overdue = OffsetDateTime::now_utc() > issued.expires - self.svid_lifetime / 4;
         Some(CertificateReport {
-            identity: identity.clone(),
-            expires_at: rfc3339(*expires),
+            identity: issued.identity.clone(),
+            expires_at: rfc3339(issued.expires),
+            root: issued.root.clone(),
+            trusts: issued.trusts.clone(),
             overdue,
         })
     }
@@ -279,7 +302,16 @@ pub async fn issue_svid(
                 &request.node,
                 OffsetDateTime::parse(&svid.expires_at, &Rfc3339),
             ) {
-                lock(&ca.issued).insert(node.clone(), (svid.id.clone(), expires));
+                let trusts = certificates_from_pem("the trust bundle", &svid.trust.bundle)
+                    .map(|roots| roots.iter().map(fingerprint).collect())
+                    .unwrap_or_default();
+                let issued = Issued {
+                    identity: svid.id.clone(),
+                    expires,
+                    root: lock(&ca.signed_by).clone().unwrap_or_default(),
+                    trusts,
+                };
+                lock(&ca.issued).insert(node.clone(), issued);
             }
             tracing::info!(id = %svid.id, expires = %svid.expires_at, "issued a workload certificate");
             Ok(Json(svid))

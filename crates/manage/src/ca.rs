@@ -5,15 +5,22 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use weft_api::edge::{IntermediateCertificate, IntermediateRequest, Trust};
+use axum::http::StatusCode;
+use time::format_description::well_known::Rfc3339;
+use weft_api::edge::{
+    IntermediateCertificate, IntermediateRequest, NewRootCa, RootCa, RootState, Trust,
+};
+use weft_api::iam::Verb;
 use weft_identity::{Authority, Bundle, CertificateDer, csr_from_pem, fingerprint};
 use weft_store::{AuditRecord, RootAuthority, Store, StoreError};
 
 use crate::AppState;
 use crate::edges::edge_cluster;
 use crate::error::ApiError;
+use crate::iam::Caller;
 use crate::request::JsonBody;
 
 /// How long a new root lives.
@@ -41,13 +48,16 @@ impl From<CaError> for ApiError {
     }
 }
 
-fn stored(root: &Authority) -> RootAuthority {
+/// `root` as the store keeps it; `signing` makes it the signer now.
+fn stored(root: &Authority, signing: bool) -> RootAuthority {
+    let now = weft_store::now_rfc3339();
     RootAuthority {
         id: fingerprint(root.certificate()),
         trust_domain: root.trust_domain().to_string(),
         cert_pem: root.cert_pem(),
         key_pem: root.key_pem(),
-        created_at: weft_store::now_rfc3339(),
+        activated_at: signing.then(|| now.clone()),
+        created_at: now,
         retired_at: None,
     }
 }
@@ -62,12 +72,16 @@ pub async fn ensure_root(
 ) -> Result<String, CaError> {
     if let Some((cert, key)) = import {
         let root = Authority::from_pem(cert, key, "")?;
-        store.add_root_authority(&stored(&root)).await?;
+        // Imported at start: the operator means it to sign.
+        store.add_root_authority(&stored(&root, true)).await?;
+        store
+            .activate_root_authority(&fingerprint(root.certificate()))
+            .await?;
     } else if store.root_authorities().await?.is_empty() {
         let root = Authority::root(trust_domain, ROOT_LIFETIME)?;
         // Two replicas starting at once may both create one; both are
         // kept, and every replica signs with the oldest.
-        store.add_root_authority(&stored(&root)).await?;
+        store.add_root_authority(&stored(&root, true)).await?;
         store
             .record(&AuditRecord {
                 actor: "weft-server".into(),
@@ -88,31 +102,204 @@ pub async fn ensure_root(
     Ok(signer(store).await?.trust_domain().to_string())
 }
 
-/// The signing root: the oldest not retired.
+/// The signing root: the one activated last, else the oldest.
+fn signing(roots: &[RootAuthority]) -> Option<&RootAuthority> {
+    roots
+        .iter()
+        .filter(|r| r.activated_at.is_some())
+        .max_by(|a, b| a.activated_at.cmp(&b.activated_at))
+        .or(roots.first())
+}
+
 async fn signer(store: &Store) -> Result<Authority, CaError> {
     let roots = store.root_authorities().await?;
-    let first = roots.first().ok_or(CaError::NoRoot)?;
-    Ok(Authority::from_pem(&first.cert_pem, &first.key_pem, "")?)
+    let root = signing(&roots).ok_or(CaError::NoRoot)?;
+    Ok(Authority::from_pem(&root.cert_pem, &root.key_pem, "")?)
 }
 
 /// The trust every root not retired makes up, in the signing root's trust
 /// domain. Reads no key: edges' long polls ask for it.
 pub async fn trust(store: &Store) -> Result<Trust, CaError> {
-    let roots = store.root_authorities().await?;
-    let first = roots.first().ok_or(CaError::NoRoot)?;
+    trust_of(&store.root_authorities().await?)
+}
+
+fn trust_of(roots: &[RootAuthority]) -> Result<Trust, CaError> {
+    let signer = signing(roots).ok_or(CaError::NoRoot)?;
     let certs: Vec<CertificateDer<'static>> = roots
         .iter()
-        .filter(|r| r.trust_domain == first.trust_domain)
+        .filter(|r| r.trust_domain == signer.trust_domain)
         .map(|r| weft_identity::certificates_from_pem("a root CA", &r.cert_pem))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
         .collect();
-    let bundle = Bundle::new(&first.trust_domain, certs);
+    let bundle = Bundle::new(&signer.trust_domain, certs);
     Ok(Trust {
         trust_domain: bundle.trust_domain().to_string(),
         bundle: bundle.to_pem(),
+        signer: signer.id.clone(),
     })
+}
+
+/// Root CAs are the organization's: reading them takes read on it,
+/// changing them update.
+async fn may_manage_roots(state: &AppState, caller: &Caller, verb: Verb) -> Result<(), ApiError> {
+    let organization = state
+        .store
+        .list("Organization")
+        .await?
+        .into_iter()
+        .next()
+        .map(|o| o.path)
+        .unwrap_or_default();
+    caller
+        .require(&state.store, verb, "Organization", &organization)
+        .await
+}
+
+fn describe(root: &RootAuthority, signer: Option<&str>) -> RootCa {
+    let expires_at = Authority::from_pem(&root.cert_pem, &root.key_pem, "")
+        .ok()
+        .and_then(|a| a.not_after().format(&Rfc3339).ok())
+        .unwrap_or_default();
+    RootCa {
+        id: root.id.clone(),
+        trust_domain: root.trust_domain.clone(),
+        state: if root.retired_at.is_some() {
+            RootState::Retired
+        } else if signer == Some(root.id.as_str()) {
+            RootState::Signing
+        } else {
+            RootState::Trusted
+        },
+        created_at: root.created_at.clone(),
+        expires_at,
+        retired_at: root.retired_at.clone(),
+    }
+}
+
+/// `GET /v1/ca/roots`: every root, retired ones too.
+pub async fn list_roots(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<RootCa>>, ApiError> {
+    may_manage_roots(&state, &caller, Verb::Read).await?;
+    let live = state.store.root_authorities().await?;
+    let signer = signing(&live).map(|r| r.id.as_str());
+    let all = state.store.all_root_authorities().await?;
+    Ok(Json(all.iter().map(|r| describe(r, signer)).collect()))
+}
+
+/// `POST /v1/ca/roots`: adds a root, trusted but not signing, for the
+/// signing root's trust domain.
+pub async fn add_root(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<NewRootCa>,
+) -> Result<(StatusCode, Json<RootCa>), ApiError> {
+    may_manage_roots(&state, &caller, Verb::Update).await?;
+    let trust_domain = trust(&state.store).await?.trust_domain;
+    let root = match (&request.certificate, &request.key) {
+        (Some(cert), Some(key)) => Authority::from_pem(cert, key, "")
+            .map_err(|e| ApiError::bad_request(format!("certificate and key: {e}")))?,
+        (None, None) => Authority::root(&trust_domain, ROOT_LIFETIME).map_err(CaError::from)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give both certificate and key, or neither (the server makes a root)",
+            ));
+        }
+    };
+    if root.trust_domain() != trust_domain {
+        return Err(ApiError::bad_request(format!(
+            "the root is for trust domain {:?}, the mesh's is {trust_domain:?}",
+            root.trust_domain()
+        )));
+    }
+    let stored = stored(&root, false);
+    state.store.add_root_authority(&stored).await?;
+    audit_root(&state, &caller, "ca.root.add", &stored.id).await?;
+    tracing::info!(root = %stored.id, "added a root CA (trusted, not signing)");
+    let live = state.store.root_authorities().await?;
+    let signer = signing(&live).map(|r| r.id.as_str());
+    Ok((StatusCode::CREATED, Json(describe(&stored, signer))))
+}
+
+/// `POST /v1/ca/roots/{id}/activate`: the root signs from now on; edges
+/// get new cluster CAs from it, and workloads new certificates as they
+/// renew.
+pub async fn activate_root(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RootCa>, ApiError> {
+    may_manage_roots(&state, &caller, Verb::Update).await?;
+    if !state.store.activate_root_authority(&id).await? {
+        return Err(ApiError::not_found(format!(
+            "no root {id:?} that is not retired (see weft ca list)"
+        )));
+    }
+    audit_root(&state, &caller, "ca.root.activate", &id).await?;
+    tracing::info!(root = %id, "a root CA now signs");
+    root_described(&state, &id).await
+}
+
+/// `POST /v1/ca/roots/{id}/retire`: the root is trusted no more. The
+/// signing root cannot be retired.
+pub async fn retire_root(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RootCa>, ApiError> {
+    may_manage_roots(&state, &caller, Verb::Update).await?;
+    let live = state.store.root_authorities().await?;
+    if signing(&live).is_some_and(|r| r.id == id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "signing_root",
+            "this root signs: activate another one first, and retire this one once every workload's certificate chains to that one",
+        ));
+    }
+    if !state.store.retire_root_authority(&id).await? {
+        return Err(ApiError::not_found(format!(
+            "no root {id:?} that is not retired (see weft ca list)"
+        )));
+    }
+    audit_root(&state, &caller, "ca.root.retire", &id).await?;
+    tracing::info!(root = %id, "retired a root CA");
+    root_described(&state, &id).await
+}
+
+async fn root_described(state: &AppState, id: &str) -> Result<Json<RootCa>, ApiError> {
+    let live = state.store.root_authorities().await?;
+    let signer = signing(&live).map(|r| r.id.as_str());
+    let all = state.store.all_root_authorities().await?;
+    let root = all
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("no root {id:?}")))?;
+    Ok(Json(describe(root, signer)))
+}
+
+async fn audit_root(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .record(&AuditRecord {
+            actor: caller.user.clone(),
+            action: action.into(),
+            kind: "Organization".into(),
+            path: String::new(),
+            outcome: "ok".into(),
+            message: format!("root CA {id}"),
+            before: None,
+            after: None,
+        })
+        .await?;
+    Ok(())
 }
 
 /// `POST /v1/edge/ca`: signs the caller's cluster intermediate.
@@ -123,7 +310,11 @@ pub async fn sign_intermediate(
 ) -> Result<Json<IntermediateCertificate>, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
     let csr = csr_from_pem(&request.csr).map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;
-    let (signer, trust) = (signer(&state.store).await?, trust(&state.store).await?);
+    // One read: the trust sent back names the root that signed.
+    let roots = state.store.root_authorities().await?;
+    let trust = trust_of(&roots)?;
+    let root = signing(&roots).ok_or(CaError::NoRoot)?;
+    let signer = Authority::from_pem(&root.cert_pem, &root.key_pem, "").map_err(CaError::from)?;
     let cert = signer
         .sign_intermediate(&csr, &cluster, INTERMEDIATE_LIFETIME)
         .map_err(|e| ApiError::bad_request(format!("csr: {e}")))?;

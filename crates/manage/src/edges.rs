@@ -162,7 +162,7 @@ pub async fn config(
 ) -> Result<Response, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait).min(MAX_WAIT);
-    let mut tokens = state.store.token_changes();
+    let mut tokens = state.store.credential_changes();
     loop {
         tokens.mark_unchanged();
         let revision = state.store.revision().await?;

@@ -84,6 +84,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/edge/config", get(edges::config))
         .route("/v1/edge/status", axum::routing::put(edges::status))
         .route("/v1/edge/ca", post(ca::sign_intermediate))
+        .route("/v1/ca/roots", get(ca::list_roots).post(ca::add_root))
+        .route("/v1/ca/roots/{id}/activate", post(ca::activate_root))
+        .route("/v1/ca/roots/{id}/retire", post(ca::retire_root))
         .route(
             "/v1/{*rest}",
             get(resources::read)

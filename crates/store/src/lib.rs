@@ -203,7 +203,7 @@ pub struct Store {
     committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
     /// Bumped when this process creates or revokes a token: tokens are not
     /// resources and do not move the revision.
-    tokens_changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    credentials_changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Revisions of changes kept for watchers.
     change_retention: i64,
 }
@@ -265,6 +265,7 @@ const SCHEMA: &[&str] = &[
         cert_pem TEXT NOT NULL,
         key_pem TEXT NOT NULL,
         created_at TEXT NOT NULL,
+        activated_at TEXT,
         retired_at TEXT)",
     // The row every writer locks first; see the module docs.
     "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
@@ -332,7 +333,7 @@ impl Store {
         Ok(Store {
             pool,
             committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
-            tokens_changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            credentials_changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             change_retention: watch::DEFAULT_RETENTION,
         })
     }

@@ -63,14 +63,15 @@ impl Store {
         .await?;
         append(&mut tx, &token_audit(actor, "token.create", token)).await?;
         tx.commit().await?;
-        self.tokens_changed.send_modify(|n| *n += 1);
+        self.credentials_changed.send_modify(|n| *n += 1);
         Ok(())
     }
 
-    /// Changes when this process creates or revokes a token. Other server
-    /// replicas' token writes do not show here; poll for those.
-    pub fn token_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.tokens_changed.subscribe()
+    /// Changes when this process creates or revokes a token, or changes
+    /// the root CAs (what edges get besides resources). Other server
+    /// replicas' writes do not show here; poll for those.
+    pub fn credential_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.credentials_changed.subscribe()
     }
 
     /// The token whose secret hashes to `secret_hash`, revoked or not.
@@ -154,7 +155,7 @@ impl Store {
         }
         tx.commit().await?;
         if changed > 0 {
-            self.tokens_changed.send_modify(|n| *n += 1);
+            self.credentials_changed.send_modify(|n| *n += 1);
         }
         Ok(changed > 0)
     }

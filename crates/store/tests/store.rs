@@ -638,6 +638,58 @@ async fn waiting_for_a_change_wakes_on_commit(f: Fixture) {
     assert!(woke > before);
 }
 
+async fn root_authorities_are_added_activated_and_retired(f: Fixture) {
+    let root = |id: &str, created_at: &str, activated_at: Option<&str>| weft_store::RootAuthority {
+        id: id.into(),
+        trust_domain: "acme".into(),
+        cert_pem: format!("cert {id}"),
+        key_pem: format!("key {id}"),
+        created_at: created_at.into(),
+        activated_at: activated_at.map(str::to_string),
+        retired_at: None,
+    };
+    let changes = f.store.credential_changes();
+    f.store
+        .add_root_authority(&root("b", "2026-02-01T00:00:00Z", None))
+        .await
+        .unwrap();
+    f.store
+        .add_root_authority(&root(
+            "a",
+            "2026-01-01T00:00:00Z",
+            Some("2026-01-01T00:00:00Z"),
+        ))
+        .await
+        .unwrap();
+    // Adding it again changes nothing.
+    f.store
+        .add_root_authority(&root("a", "2026-03-01T00:00:00Z", None))
+        .await
+        .unwrap();
+    assert!(changes.has_changed().unwrap(), "edges are woken");
+    let ids = |roots: Vec<weft_store::RootAuthority>| -> Vec<String> {
+        roots.into_iter().map(|r| r.id).collect()
+    };
+    assert_eq!(ids(f.store.root_authorities().await.unwrap()), ["a", "b"]);
+    assert!(f.store.activate_root_authority("b").await.unwrap());
+    let live = f.store.root_authorities().await.unwrap();
+    assert!(live[1].activated_at.as_deref() > live[0].activated_at.as_deref());
+    assert!(f.store.retire_root_authority("a").await.unwrap());
+    assert!(
+        !f.store.retire_root_authority("a").await.unwrap(),
+        "retired once"
+    );
+    assert!(
+        !f.store.activate_root_authority("a").await.unwrap(),
+        "a retired root stays retired"
+    );
+    assert!(!f.store.activate_root_authority("nope").await.unwrap());
+    assert_eq!(ids(f.store.root_authorities().await.unwrap()), ["b"]);
+    let all = f.store.all_root_authorities().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].retired_at.is_some() && all[0].key_pem == "key a");
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -669,4 +721,5 @@ suite!(
     change_feed_lists_committed_changes_in_order,
     change_feed_is_bounded_and_says_so,
     waiting_for_a_change_wakes_on_commit,
+    root_authorities_are_added_activated_and_retired,
 );
