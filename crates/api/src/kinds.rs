@@ -6,8 +6,8 @@ use serde_json::Value;
 use crate::problems::Problems;
 use crate::security::SecuritySettingSpec;
 use crate::specs::{
-    AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, RoleSpec, Spec, TeamSpec, UserSpec,
-    WorkspaceSpec, check_group_within_workspace, check_role_name,
+    AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, OrganizationSpec, RoleSpec, Spec,
+    TeamSpec, UserSpec, WorkspaceSpec, check_group_within_workspace, check_role_name,
 };
 use crate::traffic::{ServiceRouteSpec, TrafficSettingSpec, check_service_within_parent};
 use crate::validate::Reference;
@@ -87,8 +87,8 @@ pub static KINDS: &[Kind] = &[
         concern: Concern::General,
         singleton: true,
         columns: DESCRIBED,
-        check_spec: check_spec::<DescribedSpec>,
-        spec_schema: spec_schema::<DescribedSpec>,
+        check_spec: check_spec::<OrganizationSpec>,
+        spec_schema: spec_schema::<OrganizationSpec>,
         parent_check: None,
         name_check: None,
     },

@@ -35,6 +35,30 @@ pub struct DescribedSpec {
 }
 impl Spec for DescribedSpec {}
 
+/// The organization: everything weft manages.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrganizationSpec {
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+    /// The SPIFFE trust domain of every workload identity (default: the
+    /// organization's name). Roots are made for it: a change applies with
+    /// the next root (`weft ca add`, then `weft ca activate`), and changes
+    /// every identity, so plan it as a migration.
+    pub trust_domain: Option<String>,
+}
+impl Spec for OrganizationSpec {
+    fn check(&self, at: &str, problems: &mut Problems) {
+        if let Some(trust_domain) = &self.trust_domain
+            && let Err(e) = weft_identity::check_trust_domain(trust_domain)
+        {
+            problems.add(field(at, "trustDomain"), e.to_string());
+        }
+    }
+}
+
 /// An application: the cluster/namespace pairs it owns.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

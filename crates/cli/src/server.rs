@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use weft_manage::bootstrap::{TOKEN_FILE, bootstrap};
-use weft_manage::ca::ensure_root;
+use weft_manage::ca::{ensure_root, organization_trust_domain};
 use weft_manage::{AppState, serve};
 use weft_store::{Store, redact};
 
@@ -26,8 +26,8 @@ pub struct ServerArgs {
     /// The organization's name, used on first start
     #[arg(long, env = "WEFT_ORGANIZATION", default_value = "weft")]
     pub organization: String,
-    /// The SPIFFE trust domain of the root CA created on first start
-    /// [default: the organization's name]
+    /// The SPIFFE trust domain of workload identities, set on the
+    /// Organization at first start [default: the organization's name]
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
     /// Bring your own root CA: its certificate (PEM). It is added to the
@@ -82,9 +82,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let store = Store::open(&store_url)
         .await
         .with_context(|| format!("cannot open the store ({hint})"))?;
-    let token_file = bootstrap(&store, &data, &args.organization)
-        .await
-        .context("first-start bootstrap failed")?;
+    let token_file = bootstrap(
+        &store,
+        &data,
+        &args.organization,
+        args.trust_domain.as_deref(),
+    )
+    .await
+    .context("first-start bootstrap failed")?;
     let import = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => Some((
             std::fs::read_to_string(cert)
@@ -94,10 +99,23 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         )),
         _ => None,
     };
-    let trust_domain = args.trust_domain.as_deref().unwrap_or(&args.organization);
+    let trust_domain = organization_trust_domain(&store)
+        .await
+        .context("cannot read the organization")?;
+    if let Some(asked) = args
+        .trust_domain
+        .as_deref()
+        .filter(|td| *td != trust_domain)
+    {
+        tracing::warn!(
+            asked,
+            organization = %trust_domain,
+            "--trust-domain only applies at the first start; the Organization's trustDomain decides (change it there, then rotate the root with weft ca)"
+        );
+    }
     let trust_domain = ensure_root(
         &store,
-        trust_domain,
+        &trust_domain,
         import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
     )
     .await

@@ -578,3 +578,108 @@ fn concurrent_applies_of_different_documents_all_succeed() {
         "{tenants:?}"
     );
 }
+
+#[test]
+fn organization_trust_domain_names_identities_and_new_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(&data, None, &["--trust-domain", "acme.test"]);
+    let admin = server.admin_token();
+    let org = server.weft(&admin, &["get", "organization", "-o", "json"]);
+    assert!(
+        org.stdout.contains("\"trustDomain\": \"acme.test\""),
+        "{org:?}"
+    );
+    let roots = server.weft(&admin, &["ca", "list"]);
+    assert!(
+        roots.code == 0 && roots.stdout.contains("acme.test") && roots.stdout.contains("signing"),
+        "{roots:?}"
+    );
+
+    // A bad trust domain is refused with its field path.
+    let org_name = serde_json::from_str::<serde_json::Value>(&org.stdout).unwrap();
+    let org_name = org_name
+        .pointer("/0/metadata/name")
+        .or_else(|| org_name.pointer("/metadata/name"))
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string();
+    let manifest = |td: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {org_name}}}\nspec: {{trustDomain: {td}}}\n"
+        )
+    };
+    let bad = write(dir.path(), "bad-org.yaml", &manifest("Acme_Test"));
+    let out = server.weft(&admin, &["apply", "-f", &bad]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("spec.trustDomain"), "{out:?}");
+
+    // A new trust domain applies with the next root.
+    let good = write(dir.path(), "org.yaml", &manifest("corp.test"));
+    assert_eq!(server.weft(&admin, &["apply", "-f", &good]).code, 0);
+    let added = server.weft(&admin, &["ca", "add"]);
+    assert_eq!(added.code, 0, "{added:?}");
+    let roots = server.weft(&admin, &["ca", "list", "-o", "json"]);
+    let roots: Vec<serde_json::Value> = serde_json::from_str(&roots.stdout).unwrap();
+    let states: Vec<(&str, &str)> = roots
+        .iter()
+        .map(|r| {
+            (
+                r["trustDomain"].as_str().unwrap(),
+                r["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("acme.test", "signing"), ("corp.test", "trusted")]);
+    // Only admins of the organization manage roots.
+    let bob = server.weft(&admin, &["token", "create", "--user", "bob"]);
+    let bob = bob.stdout.trim().to_string();
+    let refused = server.weft(&bob, &["ca", "add"]);
+    assert_eq!(refused.code, 5, "{refused:?}");
+    server.stop();
+
+    // The flag only applies at the first start; a root of another trust
+    // domain cannot be imported.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=other",
+            "-addext",
+            "subjectAltName=URI:spiffe://other.test",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(root.join("key.pem"))
+        .arg("-out")
+        .arg(root.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let out = run(std::process::Command::new(support::WEFT)
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("other"))
+        .arg("--ca-cert")
+        .arg(root.join("cert.pem"))
+        .arg("--ca-key")
+        .arg(root.join("key.pem")));
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the root CA is for trust domain \"other.test\""),
+        "{out:?}"
+    );
+}

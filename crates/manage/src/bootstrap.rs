@@ -35,12 +35,17 @@ pub async fn bootstrap(
     store: &Store,
     data_dir: &Path,
     organization: &str,
+    trust_domain: Option<&str>,
 ) -> Result<Option<PathBuf>, BootstrapError> {
     if !store.list("Organization").await?.is_empty() {
         return Ok(None);
     }
+    let spec = match trust_domain {
+        Some(trust_domain) => json!({"trustDomain": trust_domain}),
+        None => json!({}),
+    };
     let docs = [
-        json!({"apiVersion": API_VERSION, "kind": "Organization", "metadata": {"name": organization}}),
+        json!({"apiVersion": API_VERSION, "kind": "Organization", "metadata": {"name": organization}, "spec": spec}),
         json!({"apiVersion": API_VERSION, "kind": "User", "metadata": {"name": ADMIN_USER},
                "spec": {"displayName": "Bootstrap administrator"}}),
         json!({"apiVersion": API_VERSION, "kind": "AccessBinding", "metadata": {"name": "bootstrap-admin"},

@@ -37,6 +37,13 @@ pub enum CaError {
     Identity(#[from] weft_identity::IdentityError),
     #[error("no root CA in the store (the server creates one on start)")]
     NoRoot,
+    #[error("no Organization in the store (the server creates it on first start)")]
+    NoOrganization,
+    #[error(
+        "the root CA is for trust domain {root:?}, the organization's is {organization:?} \
+         (on a new store, start with --trust-domain {root})"
+    )]
+    OtherTrustDomain { root: String, organization: String },
 }
 
 impl From<CaError> for ApiError {
@@ -72,6 +79,12 @@ pub async fn ensure_root(
 ) -> Result<String, CaError> {
     if let Some((cert, key)) = import {
         let root = Authority::from_pem(cert, key, "")?;
+        if root.trust_domain() != trust_domain {
+            return Err(CaError::OtherTrustDomain {
+                root: root.trust_domain().to_string(),
+                organization: trust_domain.to_string(),
+            });
+        }
         // Imported at start: the operator means it to sign.
         store.add_root_authority(&stored(&root, true)).await?;
         store
@@ -100,6 +113,24 @@ pub async fn ensure_root(
     }
     // Reads the signing root's key once now, so a bad one stops the start.
     Ok(signer(store).await?.trust_domain().to_string())
+}
+
+/// The trust domain new roots are made for: the Organization's
+/// `trustDomain`, or its name.
+pub async fn organization_trust_domain(store: &Store) -> Result<String, CaError> {
+    let organization = store
+        .list("Organization")
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(CaError::NoOrganization)?;
+    Ok(organization
+        .resource
+        .spec
+        .get("trustDomain")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&organization.resource.metadata.name)
+        .to_string())
 }
 
 /// The signing root: the one activated last, else the oldest.
@@ -191,14 +222,14 @@ pub async fn list_roots(
 }
 
 /// `POST /v1/ca/roots`: adds a root, trusted but not signing, for the
-/// signing root's trust domain.
+/// Organization's trust domain.
 pub async fn add_root(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(request): JsonBody<NewRootCa>,
 ) -> Result<(StatusCode, Json<RootCa>), ApiError> {
     may_manage_roots(&state, &caller, Verb::Update).await?;
-    let trust_domain = trust(&state.store).await?.trust_domain;
+    let trust_domain = organization_trust_domain(&state.store).await?;
     let root = match (&request.certificate, &request.key) {
         (Some(cert), Some(key)) => Authority::from_pem(cert, key, "")
             .map_err(|e| ApiError::bad_request(format!("certificate and key: {e}")))?,
@@ -211,7 +242,7 @@ pub async fn add_root(
     };
     if root.trust_domain() != trust_domain {
         return Err(ApiError::bad_request(format!(
-            "the root is for trust domain {:?}, the mesh's is {trust_domain:?}",
+            "the root is for trust domain {:?}, the organization's is {trust_domain:?}",
             root.trust_domain()
         )));
     }

@@ -25,10 +25,16 @@ pub struct Server {
 impl Server {
     /// Starts `weft server` on SQLite in `data`, or on `store` if given.
     pub fn start(data: &Path, store: Option<&str>) -> Server {
+        Server::start_with(data, store, &[])
+    }
+
+    /// Starts `weft server` with extra flags.
+    pub fn start_with(data: &Path, store: Option<&str>, flags: &[&str]) -> Server {
         let mut command = Command::new(WEFT);
         command
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
