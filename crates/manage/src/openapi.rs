@@ -137,6 +137,19 @@ fn build() -> Value {
     paths.insert("/v1/watch".into(), json!({"get": {"summary": "Stream changes the caller may read, one JSON object a line (put, delete, heartbeat, error); 410 if `since` is older than the store keeps",
         "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}, "description": "a revision, e.g. a list's `revision`; default: now"}],
         "responses": {"200": {"description": "application/x-ndjson"}, "410": {"description": "list again and watch from the list's revision"}}}}));
+    paths.insert("/v1/ca/roots".into(), json!({
+        "get": {"summary": "The organization's root CAs and their state (signing, trusted, retired)", "responses": {"200": {"description": "roots"}}},
+        "post": {"summary": "Add a root, trusted but not signing: made by the server, or imported ({certificate, key} PEM)", "responses": {"201": {"description": "the root"}}}}));
+    for (change, summary) in [
+        ("activate", "Make a root the signer; edges get new cluster CAs from it"),
+        ("retire", "Stop trusting a root that no longer signs (409 for the signing root)"),
+    ] {
+        paths.insert(
+            format!("/v1/ca/roots/{{id}}/{change}"),
+            json!({"parameters": parameters(&["id"]),
+            "post": {"summary": summary, "responses": {"200": {"description": "the root"}}}}),
+        );
+    }
     paths.insert("/v1/whoami".into(), json!({"get": {"summary": "The caller, their teams and grants", "responses": {"200": {"description": "the caller"}}}}));
     json!({
         "openapi": "3.1.0",
