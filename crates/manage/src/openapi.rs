@@ -141,8 +141,14 @@ fn build() -> Value {
         "get": {"summary": "The organization's root CAs and their state (signing, trusted, retired)", "responses": {"200": {"description": "roots"}}},
         "post": {"summary": "Add a root, trusted but not signing: made by the server, or imported ({certificate, key} PEM)", "responses": {"201": {"description": "the root"}}}}));
     for (change, summary) in [
-        ("activate", "Make a root the signer; edges get new cluster CAs from it"),
-        ("retire", "Stop trusting a root that no longer signs (409 for the signing root)"),
+        (
+            "activate",
+            "Make a root the signer; edges get new cluster CAs from it",
+        ),
+        (
+            "retire",
+            "Stop trusting a root that no longer signs (409 for the signing root)",
+        ),
     ] {
         paths.insert(
             format!("/v1/ca/roots/{{id}}/{change}"),
