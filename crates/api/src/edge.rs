@@ -144,6 +144,23 @@ pub struct EdgeStatus {
     /// Resources the edge could not translate; the rest still applies.
     #[serde(default)]
     pub errors: Vec<ConfigError>,
+    /// The cluster's CA; none before the server signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaReport>,
+}
+
+/// The cluster CA an edge issues workload certificates with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaReport {
+    /// RFC 3339.
+    pub expires_at: String,
+    /// The root that signed it (fingerprint).
+    pub root: String,
+    /// Renewal is failing and less than a quarter of its life is left:
+    /// when it expires, workloads get no more certificates.
+    #[serde(default)]
+    pub expiring: bool,
 }
 
 /// One proxy known to the edge.

@@ -116,6 +116,8 @@ struct Mesh {
     /// Extra `weft edge` flags, kept across edge restarts.
     edge_flags: Vec<String>,
     credentials: BTreeMap<String, PathBuf>,
+    /// Each sidecar's Envoy admin port, by node.
+    envoy_admin: BTreeMap<String, u16>,
     http: reqwest::Client,
 }
 
@@ -168,6 +170,7 @@ impl Mesh {
             edge_admin: free_port(),
             edge_flags: edge_flags.iter().map(|f| f.to_string()).collect(),
             credentials: BTreeMap::new(),
+            envoy_admin: BTreeMap::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -288,6 +291,8 @@ impl Mesh {
         outbound: u16,
     ) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
+        let admin = free_port();
+        self.envoy_admin.insert(node.to_string(), admin);
         let mut command = Command::new(WEFT);
         command
             .args([
@@ -300,7 +305,7 @@ impl Mesh {
                 node,
             ])
             .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
-            .args(["--admin-port", &free_port().to_string()])
+            .args(["--admin-port", &admin.to_string()])
             .args(["--outbound-port", &outbound.to_string()])
             .args(["--edge", &format!("127.0.0.1:{}", self.xds_port)])
             .arg("--credential-file")
@@ -349,6 +354,22 @@ impl Mesh {
             self.sidecar("client", "client-1", None, &credential, port),
             port,
         )
+    }
+
+    /// A counter of a sidecar's Envoy (0 when it has none yet).
+    async fn envoy_stat(&self, node: &str, name: &str) -> u64 {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter=^{name}$",
+            self.envoy_admin[node]
+        );
+        let text = match self.http.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn sidecar_log(&self, node: &str) -> String {
@@ -1138,8 +1159,17 @@ async fn authorization_is_deny_all_until_allowed_and_deny_wins() {
     )
     .await;
     mesh.until_in_sync(3).await;
+    let denied_before = mesh
+        .envoy_stat("reviews-v1", "http.inbound.rbac.denied")
+        .await;
     assert_eq!(status_of(&mesh, port, Method::GET, "/").await, 403);
     assert_eq!(status_of(&mesh, other_port, Method::GET, "/").await, 403);
+    // Refusals count in the receiving sidecar's metrics.
+    assert_eq!(
+        mesh.envoy_stat("reviews-v1", "http.inbound.rbac.denied")
+            .await,
+        denied_before + 2
+    );
     // Envoy writes its access log in batches.
     until(
         "the refusal is logged",
@@ -1638,6 +1668,12 @@ spec:
         200
     );
 
+    // Every refusal counts in the receiving sidecar's metrics.
+    assert!(
+        mesh.envoy_stat("reviews-v1", "http.inbound.jwt_authn.denied")
+            .await
+            >= 10
+    );
     // Claims authorize: only an admin may delete.
     assert_eq!(
         call(Method::DELETE, "/api/books/1", Some(&alice), false)
@@ -1816,4 +1852,88 @@ async fn root_rotation_loses_no_requests() {
             "{action} not audited: {audit:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
+    // Certificates of 20 s: renewal is due at 10 s, overdue after 15 s.
+    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
+    mesh.until_in_sync(1).await;
+    let status = mesh.edge_status().await;
+    assert!(
+        status["ca"]["expiresAt"]
+            .as_str()
+            .is_some_and(|at| at > "2026"),
+        "{status}"
+    );
+    assert_eq!(status["ca"]["expiring"], false);
+    assert_eq!(
+        status["proxies"][0]["certificate"]["overdue"], false,
+        "{status}"
+    );
+
+    // Revoking its credential leaves the sidecar unable to renew.
+    let tokens = mesh.server().weft(
+        &mesh.admin,
+        &["token", "list", "--cluster", "east", "-o", "json"],
+    );
+    let tokens: Vec<Value> = serde_json::from_str(&tokens.stdout).unwrap();
+    let id = tokens
+        .iter()
+        .find(|t| t["user"] == "workload:east/shop/reviews")
+        .and_then(|t| t["id"].as_str())
+        .expect("the workload credential");
+    let run = mesh.server().weft(&mesh.admin, &["token", "revoke", id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let overdue = || async {
+        let url = format!("http://127.0.0.1:{}/metrics", mesh.edge_admin);
+        let text = mesh
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("weft_edge_svids_overdue "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(overdue().await, Some(0));
+    until(
+        "the missed renewal is flagged",
+        Duration::from_secs(40),
+        async || {
+            mesh.edge_status().await["proxies"][0]["certificate"]["overdue"] == true
+                && overdue().await == Some(1)
+                && mesh
+                    .edge_log()
+                    .contains("a sidecar has not renewed its certificate")
+        },
+    )
+    .await;
+    assert!(
+        mesh.sidecar_log("reviews-v1")
+            .contains("the edge refused the workload credential"),
+        "the sidecar says why"
+    );
+
+    // The server tells how long the signing root has left.
+    let metrics = mesh
+        .http
+        .get(format!("{}/metrics", mesh.server().url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let left: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_server_root_ca_expiry_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the root CA expiry gauge");
+    assert!(left > 9 * 365 * 24 * 3600, "{left}");
 }

@@ -19,7 +19,8 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use weft_api::edge::{
-    CertificateReport, IntermediateCertificate, IntermediateRequest, Svid, SvidRequest, Trust,
+    CaReport, CertificateReport, IntermediateCertificate, IntermediateRequest, Svid, SvidRequest,
+    Trust,
 };
 use weft_identity::{
     Authority, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem, csr_from_pem,
@@ -33,6 +34,7 @@ pub struct CaMetrics {
     issued: Counter,
     refused: Counter,
     expires_in: Gauge,
+    overdue: Gauge,
 }
 
 impl CaMetrics {
@@ -46,6 +48,11 @@ impl CaMetrics {
             "edge_svid_refusals",
             "Workload certificate requests refused",
             self.refused.clone(),
+        );
+        registry.register(
+            "edge_svids_overdue",
+            "Proxies whose sidecar missed its certificate renewal (past three quarters of the certificate's life)",
+            self.overdue.clone(),
         );
         registry.register(
             "edge_ca_expiry_seconds",
@@ -224,6 +231,55 @@ impl EdgeCa {
 
     /// The certificate last issued to `node`, and whether its renewal is
     /// overdue.
+    /// The cluster CA, for the edge's status.
+    pub fn report(&self) -> Option<CaReport> {
+        let authority = lock(&self.authority).clone()?;
+        Some(CaReport {
+            expires_at: rfc3339(authority.not_after()),
+            root: lock(&self.signed_by).clone().unwrap_or_default(),
+            expiring: self.expiring(&authority),
+        })
+    }
+
+    /// Less than a quarter of the CA's life is left: renewal (due at
+    /// half-life) has been failing for a long while.
+    fn expiring(&self, authority: &Authority) -> bool {
+        authority.life_used(OffsetDateTime::now_utc()) > 0.75
+    }
+
+    /// Counts proxies whose renewal is overdue, and warns once about each
+    /// that just became so.
+    fn check_overdue(&self, warned: &mut std::collections::BTreeSet<String>) {
+        let now = OffsetDateTime::now_utc();
+        // Only proxies still connected: one that left renews nothing.
+        let connected: std::collections::BTreeSet<String> = self
+            .registry
+            .connections()
+            .into_iter()
+            .filter(|(_, connected)| *connected)
+            .map(|(w, _)| w.node)
+            .collect();
+        let issued = lock(&self.issued);
+        let overdue: std::collections::BTreeSet<String> = issued
+            .iter()
+            .filter(|(node, i)| {
+                connected.contains(*node) && now > i.expires - self.svid_lifetime / 4
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in overdue.difference(warned) {
+            let i = &issued[node];
+            tracing::warn!(
+                %node,
+                identity = %i.identity,
+                expires = %rfc3339(i.expires),
+                "a sidecar has not renewed its certificate (it should at half-life); check its log"
+            );
+        }
+        self.metrics.overdue.set(overdue.len() as i64);
+        *warned = overdue;
+    }
+
     pub fn certificate_of(&self, node: &str) -> Option<CertificateReport> {
         let issued = lock(&self.issued);
         let issued = issued.get(node)?;
@@ -237,9 +293,12 @@ impl EdgeCa {
         })
     }
 
-    /// Forgets proxies that are gone.
+    /// Forgets the certificates of proxies that left. A certificate issued
+    /// within the last half of a lifetime is kept: its proxy may not have
+    /// connected yet (the sidecar gets the certificate before Envoy starts).
     pub fn retain_nodes(&self, live: impl Fn(&str) -> bool) {
-        lock(&self.issued).retain(|node, _| live(node));
+        let recent = OffsetDateTime::now_utc() + self.svid_lifetime / 2;
+        lock(&self.issued).retain(|node, i| live(node) || i.expires > recent);
     }
 
     /// Issues the certificate of the workload whose credential is `secret`.
@@ -335,6 +394,8 @@ pub async fn renewal_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failing = false;
+    let mut overdue = std::collections::BTreeSet::new();
+    let mut last_alarm: Option<std::time::Instant> = None;
     loop {
         if ca.needs_renewal() && ca.trust().is_some() {
             match ca.renew(&client, &server, &credential).await {
@@ -343,17 +404,32 @@ pub async fn renewal_loop(
                     tracing::warn!(%error, "cannot renew the cluster CA; retrying");
                     failing = true;
                 }
-                Err(error) => tracing::debug!(%error, "cannot renew the cluster CA"),
+                Err(error) => {
+                    // Near the end of the CA's life, say so loudly (every
+                    // ten minutes), not only once.
+                    let expiring = lock(&ca.authority).as_ref().is_some_and(|a| ca.expiring(a));
+                    if expiring
+                        && last_alarm.is_none_or(|at| at.elapsed() > Duration::from_secs(600))
+                    {
+                        tracing::error!(%error, "the cluster CA expires soon and cannot be renewed: workloads will get no certificates once it has expired; make the server reachable");
+                        last_alarm = Some(std::time::Instant::now());
+                    } else {
+                        tracing::debug!(%error, "cannot renew the cluster CA");
+                    }
+                }
             }
         }
+        ca.check_overdue(&mut overdue);
         if let Some(authority) = lock(&ca.authority).as_ref() {
             let left = authority.not_after() - OffsetDateTime::now_utc();
             ca.metrics.expires_in.set(left.whole_seconds().max(0));
         }
+        // Often enough to see a missed renewal within an eighth of a
+        // certificate's life.
         let every = if failing {
             Duration::from_secs(2)
         } else {
-            Duration::from_secs(30)
+            Duration::from_secs(30).min(ca.svid_lifetime / 8)
         };
         tokio::select! {
             () = tokio::time::sleep(every) => {}

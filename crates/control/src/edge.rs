@@ -215,6 +215,7 @@ impl Edge {
             from_disk: current.from_disk,
             proxies,
             errors: current.errors.clone(),
+            ca: self.ca.report(),
         }
     }
 }

@@ -223,7 +223,13 @@ impl Authority {
     /// Whether the certificate is past half its life at `now`: time to
     /// renew it.
     pub fn past_half_life(&self, now: OffsetDateTime) -> bool {
-        now >= self.not_before + (self.not_after - self.not_before) / 2
+        self.life_used(now) >= 0.5
+    }
+
+    /// How much of the certificate's life is gone at `now` (0 at its
+    /// start, 1 at its expiry).
+    pub fn life_used(&self, now: OffsetDateTime) -> f64 {
+        (now - self.not_before) / (self.not_after - self.not_before)
     }
 
     pub fn cert_pem(&self) -> String {

@@ -112,7 +112,12 @@ pub async fn ensure_root(
             .await?;
     }
     // Reads the signing root's key once now, so a bad one stops the start.
-    Ok(signer(store).await?.trust_domain().to_string())
+    let root = signer(store).await?;
+    let left = root.not_after() - time::OffsetDateTime::now_utc();
+    if left < time::Duration::days(365) {
+        tracing::warn!(expires = %root.not_after(), "the signing root CA expires within a year: add a new root and rotate to it (weft ca)");
+    }
+    Ok(root.trust_domain().to_string())
 }
 
 /// The trust domain new roots are made for: the Organization's
@@ -146,6 +151,12 @@ async fn signer(store: &Store) -> Result<Authority, CaError> {
     let roots = store.root_authorities().await?;
     let root = signing(&roots).ok_or(CaError::NoRoot)?;
     Ok(Authority::from_pem(&root.cert_pem, &root.key_pem, "")?)
+}
+
+/// Seconds until the signing root expires.
+pub async fn signing_root_seconds_left(store: &Store) -> Result<i64, CaError> {
+    let root = signer(store).await?;
+    Ok((root.not_after() - time::OffsetDateTime::now_utc()).whole_seconds())
 }
 
 /// The trust every root not retired makes up, in the signing root's trust

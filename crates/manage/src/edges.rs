@@ -229,5 +229,6 @@ pub fn cluster_status(report: Option<&EdgeReport>) -> serde_json::Value {
         "nacks": nacks,
         "errors": status.errors,
         "proxyDetails": status.proxies,
+        "ca": status.ca,
     })
 }

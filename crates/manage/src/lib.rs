@@ -107,6 +107,9 @@ async fn whoami(caller: Caller) -> Json<Caller> {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(left) = ca::signing_root_seconds_left(&state.store).await {
+        state.metrics.root_ca_expiry.set(left);
+    }
     (
         [(
             CONTENT_TYPE,

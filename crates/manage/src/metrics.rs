@@ -8,6 +8,7 @@ use axum::response::Response;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,8 @@ pub struct Metrics {
     pub auth_failures: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Resource changes written, by outcome (created, updated, deleted).
     pub changes: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Seconds until the signing root CA expires; set when scraped.
+    pub root_ca_expiry: Gauge,
 }
 
 impl Metrics {
@@ -55,12 +58,19 @@ impl Metrics {
             "Resources created, updated or deleted",
             changes.clone(),
         );
+        let root_ca_expiry = Gauge::default();
+        registry.register(
+            "root_ca_expiry_seconds",
+            "Seconds until the signing root CA expires (rotate it with weft ca well before)",
+            root_ca_expiry.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             auth_failures,
             changes,
+            root_ca_expiry,
         }
     }
 
