@@ -120,7 +120,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     LocalReplyConfig, ResponseMapper,
 };
 use serde::{Deserialize, Serialize};
-use weft_xds::{Inconsistent, Snapshot};
+use weft_xds::{Inconsistent, ResourceType, Snapshot};
 
 /// Where a proxy gets its certificate and trust bundle: the SDS server of
 /// its own `weft sidecar`, over a Unix socket, by these secret names.
@@ -1324,6 +1324,27 @@ impl ProxyConfig {
             .collect();
         let listeners: Vec<XdsListener> = self.listeners.iter().map(Listener::to_xds).collect();
         let routes: Vec<RouteConfiguration> = self.routes.iter().map(RouteTable::to_xds).collect();
-        Snapshot::new(&clusters, &endpoints, &listeners, &routes)
+        let mut snapshot = Snapshot::new(&clusters, &endpoints, &listeners, &routes)?;
+        // Listeners (JWT providers) and route tables (RBAC policies) hold
+        // protobuf maps: version them by their model, which encodes the
+        // same every time.
+        for listener in &self.listeners {
+            snapshot.set_version(
+                ResourceType::Listener,
+                &listener.name,
+                model_version(listener),
+            );
+        }
+        for table in &self.routes {
+            snapshot.set_version(ResourceType::Route, &table.name, model_version(table));
+        }
+        Ok(snapshot)
     }
+}
+
+/// A hash of a model resource's JSON form (its maps are ordered).
+fn model_version(model: &impl Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(model).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..8])
 }

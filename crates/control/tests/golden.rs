@@ -9,6 +9,7 @@ use serde::Deserialize;
 use weft_api::Resource;
 use weft_control::translate::{Config, translate};
 use weft_control::workload::Workload;
+use weft_xds::ResourceType;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -40,8 +41,21 @@ fn translation_matches_golden_files() {
             Config::parse(&case.cluster, &case.manifests).with_trust_domain(case.trust_domain);
         let translation = translate(&config, &case.workloads);
         for (node, proxy) in &translation.proxies {
-            if let Err(e) = proxy.to_snapshot() {
-                panic!("{name}: proxy {node} has an inconsistent snapshot: {e}");
+            let snapshot = proxy.to_snapshot().unwrap_or_else(|e| {
+                panic!("{name}: proxy {node} has an inconsistent snapshot: {e}")
+            });
+            // The same config always gets the same versions, protobuf maps
+            // (JWT providers, RBAC policies) or not: else every rebuild
+            // would replace listeners.
+            for _ in 0..4 {
+                let again = proxy.to_snapshot().unwrap();
+                for t in ResourceType::ALL {
+                    assert_eq!(
+                        snapshot.version(t),
+                        again.version(t),
+                        "{name}: proxy {node}: {t:?} versions differ between two builds"
+                    );
+                }
             }
         }
         let rendered = serde_norway::to_string(&translation).unwrap();

@@ -258,6 +258,18 @@ impl Snapshot {
         self.eds_service_of.get(cluster).map(String::as_str)
     }
 
+    /// Gives resource `name` of type `t` the version `version`, in place
+    /// of the hash of its encoding. For owners whose resources carry
+    /// protobuf maps: prost encodes a map in its hash order, which differs
+    /// between two builds of the same content, and a new version of a
+    /// listener makes Envoy replace it (and drain its connections). A
+    /// version from the owner's own canonical form keeps it stable.
+    pub fn set_version(&mut self, t: ResourceType, name: &str, version: String) {
+        if let Some(entry) = self.resources.get_mut(&t).and_then(|m| m.get_mut(name)) {
+            entry.version = version;
+        }
+    }
+
     /// A version for all resources of a type: a hash of names and versions.
     pub fn version(&self, t: ResourceType) -> String {
         let mut hasher = Sha256::new();
