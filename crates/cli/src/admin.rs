@@ -168,7 +168,7 @@ pub async fn token_create(
         "token {} for {:?} created, valid {until}. This is the only time the secret is shown:",
         created.token.id, created.token.user
     );
-    println!("{}", created.secret);
+    print!("{}", created.credential_file());
     Ok(())
 }
 

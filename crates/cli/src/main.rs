@@ -357,6 +357,7 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    weft_identity::tls::install_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -16,6 +16,9 @@ use weft_control::proxy::sds;
 
 use crate::edge::read_credential;
 use crate::server::shutdown_signal;
+use std::sync::Arc;
+use weft_identity::SpiffeId;
+use weft_identity::tls::TrustStore;
 
 #[derive(Debug, clap::Args)]
 pub struct SidecarArgs {
@@ -98,16 +101,54 @@ fn grpc_cluster(name: &str, address: serde_json::Value) -> serde_json::Value {
     })
 }
 
-/// The Envoy bootstrap: who this proxy is, and how to reach the edge.
+/// Mutual TLS to the edge: the workload certificate and the trust bundle
+/// from the sidecar's SDS server, and the edge's identity checked.
+fn edge_tls(edge_id: &str) -> serde_json::Value {
+    let sds = serde_json::json!({
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": sds::CLUSTER}}],
+        },
+    });
+    serde_json::json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [{"name": sds::CERTIFICATE, "sds_config": sds}],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": edge_id}}],
+                    },
+                    "validation_context_sds_secret_config": {"name": sds::TRUST_BUNDLE, "sds_config": sds},
+                },
+            },
+        },
+    })
+}
+
+/// The Envoy bootstrap: who this proxy is, and how to reach the edge
+/// (`edge_id` is its SPIFFE ID).
 pub fn bootstrap(
     workload: &Workload,
     edge: std::net::SocketAddr,
+    edge_id: &str,
     credential: &str,
     sds_socket: &std::path::Path,
     admin_port: u16,
     delta: bool,
 ) -> serde_json::Value {
     let ads = serde_json::json!({"ads": {}, "resource_api_version": "V3"});
+    let mut edge_cluster = grpc_cluster(
+        "weft-edge",
+        serde_json::json!({"socket_address": {
+            "address": edge.ip().to_string(), "port_value": edge.port(),
+        }}),
+    );
+    edge_cluster["transport_socket"] = edge_tls(edge_id);
     serde_json::json!({
         "node": {
             "id": workload.node,
@@ -138,9 +179,7 @@ pub fn bootstrap(
                 grpc_cluster(sds::CLUSTER, serde_json::json!({"pipe": {
                     "path": sds_socket.display().to_string(),
                 }})),
-                grpc_cluster("weft-edge", serde_json::json!({"socket_address": {
-                    "address": edge.ip().to_string(), "port_value": edge.port(),
-                }})),
+                edge_cluster,
             ],
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -165,6 +204,8 @@ pub(crate) async fn stop(child: &mut Child) {
 
 pub async fn run(args: SidecarArgs) -> Result<i32> {
     let credential = read_credential(&args.credential_file)?;
+    let trust = Arc::new(TrustStore::default());
+    trust.set(crate::svid::trust_bundle(&args.credential_file)?);
     let node = args.node_id.clone().unwrap_or_else(|| {
         let mut bytes = [0u8; 4];
         rand::rng().fill_bytes(&mut bytes);
@@ -196,10 +237,18 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         .context("cannot create a directory for the Envoy bootstrap")?;
     let path = dir.path().join("envoy.json");
     // The workload's identity first: Envoy starts with its certificate.
+    // Over TLS: the edge must show its SVID of the trust bundle.
+    let tls = weft_identity::tls::client_config(trust.clone(), |bundle| {
+        SpiffeId::edge(bundle.trust_domain())
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    })?;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
+        .use_preconfigured_tls(tls)
         .build()?;
     let issued = crate::svid::first(&client, args.edge, &credential, &node).await?;
+    let edge_id = SpiffeId::edge(&issued.svid.trust.trust_domain)?.to_string();
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
     let sds_socket = dir.path().join("sds.sock");
     crate::svid::serve(
@@ -209,10 +258,12 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         client,
         args.edge,
         credential.clone(),
+        trust,
     )?;
     let bootstrap = bootstrap(
         &workload,
         args.edge,
+        &edge_id,
         &credential,
         &sds_socket,
         admin_port,

@@ -19,7 +19,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use reqwest::StatusCode;
 use weft_api::edge::{Svid, SvidRequest};
 use weft_control::proxy::sds;
-use weft_identity::{CertRequest, csr_to_pem};
+use weft_identity::tls::TrustStore;
+use weft_identity::{Bundle, CertRequest, csr_to_pem};
 use weft_xds::{AdsServer, Snapshot, SnapshotCache};
 
 /// A certificate and the key it certifies.
@@ -70,7 +71,7 @@ async fn request(
 ) -> Result<Result<Issued, String>> {
     let key = CertRequest::workload_key()?;
     let sent = client
-        .post(format!("http://{edge}/v1/svid"))
+        .post(format!("https://{edge}/v1/svid"))
         .bearer_auth(credential)
         .json(&SvidRequest {
             csr: csr_to_pem(&key.csr),
@@ -108,6 +109,24 @@ async fn request(
         key_pem: key.key.serialize_pem(),
         renew_at,
     }))
+}
+
+/// The trust bundle in a credential file (after the credential's line):
+/// how the sidecar knows its edge before it has a certificate.
+pub fn trust_bundle(path: &Path) -> Result<Bundle> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
+    let pem: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    if !pem.contains("BEGIN CERTIFICATE") {
+        anyhow::bail!(
+            "the credential file {} holds no trust bundle after the credential; \
+             write it with `weft token create --cluster C --namespace N --service-account S > FILE`, \
+             which adds the bundle",
+            path.display()
+        );
+    }
+    Bundle::from_roots_pem(&pem)
+        .with_context(|| format!("the trust bundle in {} is unreadable", path.display()))
 }
 
 /// The edge refused the workload credential.
@@ -158,6 +177,7 @@ pub fn serve(
     client: reqwest::Client,
     edge: std::net::SocketAddr,
     credential: String,
+    trust: Arc<TrustStore>,
 ) -> Result<()> {
     let cache = Arc::new(SnapshotCache::new());
     publish(&cache, &node, &issued)?;
@@ -173,7 +193,7 @@ pub fn serve(
         }
     });
     tokio::spawn(async move {
-        if let Err(error) = renew(cache, node, issued, client, edge, credential).await {
+        if let Err(error) = renew(cache, node, issued, client, edge, credential, trust).await {
             tracing::error!(error = %format!("{error:#}"), "workload certificates are no longer renewed");
         }
     });
@@ -187,6 +207,7 @@ async fn renew(
     client: reqwest::Client,
     edge: std::net::SocketAddr,
     credential: String,
+    trust: Arc<TrustStore>,
 ) -> Result<()> {
     let mut current = issued;
     loop {
@@ -198,6 +219,15 @@ async fn renew(
         match request(&client, edge, &credential, &node).await {
             Ok(Ok(next)) => {
                 publish(&cache, &node, &next)?;
+                // The edge's certificate chains to the bundle it sends
+                // (after a root rotation, to a root the sidecar's
+                // credential file may not have).
+                match Bundle::from_pem(&next.svid.trust.trust_domain, &next.svid.trust.bundle) {
+                    Ok(bundle) => trust.set(bundle),
+                    Err(error) => {
+                        tracing::warn!(%error, "the edge sent an unreadable trust bundle")
+                    }
+                }
                 tracing::info!(id = %next.svid.id, expires = %next.svid.expires_at, "renewed the workload certificate");
                 current = next;
             }

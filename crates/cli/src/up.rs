@@ -166,7 +166,10 @@ async fn credential(
     service_account: Option<&str>,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.token"));
-    if path.exists() {
+    // Kept from an earlier start, unless it predates trust bundles in
+    // credential files.
+    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    if kept.contains("BEGIN CERTIFICATE") {
         return Ok(path);
     }
     let request = CreateToken {
@@ -181,7 +184,7 @@ async fn credential(
         .send(Method::POST, "tokens", Some(&request))
         .await
         .map_err(|e| anyhow::anyhow!("cannot issue the {name} credential: {}", e.message))?;
-    write_secret(&path, &created.secret)?;
+    write_secret(&path, &created.credential_file())?;
     Ok(path)
 }
 

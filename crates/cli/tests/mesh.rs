@@ -685,10 +685,12 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
 
     // An unknown credential gets no certificate (so no Envoy starts), with
     // a log line on both sides.
+    let real = std::fs::read_to_string(mesh.credential("reviews")).unwrap();
+    let bundle: Vec<&str> = real.lines().skip(1).collect();
     let bogus = PathBuf::from(write(
         mesh.dir.path(),
         "bogus.token",
-        "weft_not-a-real-secret\n",
+        &format!("weft_not-a-real-secret\n{}\n", bundle.join("\n")),
     ));
     let _intruder = mesh.sidecar("reviews", "intruder", Some("v9"), &bogus, free_port());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -851,6 +853,7 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
         printed.contains(&format!("curl -H 'Host: reviews' http://127.0.0.1:{port}/")),
         "{printed}"
     );
+    weft_identity::tls::install_provider();
     let http = reqwest::Client::new();
     let call = async |canary: bool| -> String {
         let mut request = http
@@ -1017,11 +1020,11 @@ async fn workload_identity(
     name: &str,
 ) -> (PathBuf, PathBuf, PathBuf) {
     let key = weft_identity::CertRequest::workload_key().unwrap();
-    let secret = std::fs::read_to_string(credential).unwrap();
-    let svid: Value = mesh
-        .http
-        .post(format!("http://127.0.0.1:{}/v1/svid", mesh.xds_port))
-        .bearer_auth(secret.trim())
+    let file = std::fs::read_to_string(credential).unwrap();
+    let secret = file.lines().next().unwrap();
+    let svid: Value = edge_client(credential)
+        .post(format!("https://127.0.0.1:{}/v1/svid", mesh.xds_port))
+        .bearer_auth(secret)
         .json(&serde_json::json!({"csr": weft_identity::csr_to_pem(&key.csr)}))
         .send()
         .await
@@ -1045,6 +1048,25 @@ async fn workload_identity(
         svid["trust"]["bundle"].as_str().unwrap(),
     ));
     (chain, key_file, bundle)
+}
+
+/// An HTTPS client for the edge's xDS port, as a sidecar makes one: the
+/// edge must show its SVID of the bundle in `credential`.
+fn edge_client(credential: &Path) -> reqwest::Client {
+    let file = std::fs::read_to_string(credential).unwrap();
+    let pem: Vec<&str> = file.lines().skip(1).collect();
+    let trust = std::sync::Arc::new(weft_identity::tls::TrustStore::default());
+    trust.set(weft_identity::Bundle::from_roots_pem(&pem.join("\n")).unwrap());
+    let tls = weft_identity::tls::client_config(trust, |bundle| {
+        weft_identity::SpiffeId::edge(bundle.trust_domain())
+            .unwrap()
+            .to_string()
+    })
+    .unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1107,6 +1129,69 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
     ));
     let answered = openssl_request(inbound, &bundle, Some((&stranger_chain, &stranger_key)));
     assert!(!answered.contains("HTTP/1.1"), "{answered}");
+
+    // The hop to the edge (xDS and certificate requests) is TLS too, and
+    // the edge shows its own SVID. Plaintext gets nothing.
+    let xds = mesh.xds_port;
+    let plaintext = mesh
+        .http
+        .post(format!("http://127.0.0.1:{xds}/v1/svid"))
+        .send()
+        .await;
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+    let answered = openssl_request(xds, &bundle, Some((&chain, &key)));
+    assert!(
+        answered.contains("HTTP/1.1") && !answered.contains("verify error"),
+        "{answered}"
+    );
+    let served = write(
+        mesh.dir.path(),
+        "edge.pem",
+        &served_certificate(xds, &bundle, &chain, &key),
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", &served])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("URI:spiffe://weft/ns/weft-system/sa/weft-edge"),
+        "{text}"
+    );
+    // A certificate from another root is refused at the handshake, and
+    // the refusals are counted.
+    let answered = openssl_request(xds, &bundle, Some((&stranger_chain, &stranger_key)));
+    assert!(!answered.contains("HTTP/1.1"), "{answered}");
+    let metrics = mesh
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", mesh.edge_admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_edge_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 2, "{metrics}");
+    // weft's own namespace is not for workloads.
+    let run = mesh.server().weft(
+        &mesh.admin,
+        &[
+            "token",
+            "create",
+            "--cluster",
+            "east",
+            "--namespace",
+            "weft-system",
+            "--service-account",
+            "weft-edge",
+        ],
+    );
+    assert!(run.code == 3 && run.stderr.contains("reserved"), "{run:?}");
 }
 
 /// Sends `method` to reviews through the sidecar on `port`; the status.
@@ -1354,9 +1439,10 @@ fn served_certificate(port: u16, ca: &Path, chain: &Path, key: &Path) -> String 
         .expect("openssl runs");
     let text = String::from_utf8_lossy(&out.stdout);
     let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+    let marker = "-----END CERTIFICATE-----";
     let end = text[start..]
-        .find("-----END CERTIFICATE-----")
-        .map_or(text.len(), |e| start + e);
+        .find(marker)
+        .map_or(text.len(), |e| start + e + marker.len());
     text[start..end].to_string()
 }
 

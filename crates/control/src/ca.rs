@@ -22,9 +22,10 @@ use weft_api::edge::{
     CaReport, CertificateReport, IntermediateCertificate, IntermediateRequest, Svid, SvidRequest,
     Trust,
 };
+use weft_identity::tls::{ServingCertificate, TrustStore};
 use weft_identity::{
-    Authority, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem, csr_from_pem,
-    csr_to_pem, fingerprint,
+    Authority, Bundle, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem,
+    csr_from_pem, csr_to_pem, fingerprint,
 };
 
 use crate::registry::Registry;
@@ -35,6 +36,9 @@ pub struct CaMetrics {
     refused: Counter,
     expires_in: Gauge,
     overdue: Gauge,
+    /// TLS handshakes on the xDS port that failed (plaintext, no trusted
+    /// certificate, ...).
+    pub handshake_failures: Counter,
 }
 
 impl CaMetrics {
@@ -48,6 +52,11 @@ impl CaMetrics {
             "edge_svid_refusals",
             "Workload certificate requests refused",
             self.refused.clone(),
+        );
+        registry.register(
+            "edge_tls_handshake_failures",
+            "TLS handshakes refused on the xDS port (plaintext clients, untrusted certificates)",
+            self.handshake_failures.clone(),
         );
         registry.register(
             "edge_svids_overdue",
@@ -69,6 +78,11 @@ pub struct EdgeCa {
     authority: Mutex<Option<Arc<Authority>>>,
     /// The root that signed `authority` (its fingerprint).
     signed_by: Mutex<Option<String>>,
+    /// The bundle, for checking the certificates of the xDS port's peers.
+    pub trust_store: Arc<TrustStore>,
+    /// The edge's own certificate on the xDS port, and when to renew it.
+    pub serving: Arc<ServingCertificate>,
+    serving_renew_at: Mutex<Option<OffsetDateTime>>,
     /// The trust bundle from the latest configuration.
     trust: Mutex<Option<Trust>>,
     /// Wakes the renewal loop when the trust changes.
@@ -108,6 +122,9 @@ impl EdgeCa {
             cluster: cluster.to_string(),
             authority: Mutex::new(None),
             signed_by: Mutex::new(None),
+            trust_store: Arc::default(),
+            serving: Arc::default(),
+            serving_renew_at: Mutex::new(None),
             trust: Mutex::new(None),
             trust_changed: tokio::sync::Notify::new(),
             svid_lifetime,
@@ -137,10 +154,47 @@ impl EdgeCa {
         self.metrics.expires_in.set(left.whole_seconds().max(0));
         *lock(&self.authority) = Some(Arc::new(authority));
         *lock(&self.signed_by) = signed_by;
+        // A new CA: serve a certificate from it at once.
+        *lock(&self.serving_renew_at) = None;
+        self.renew_serving();
+    }
+
+    /// Issues the edge's own certificate (`SpiffeId::edge`) from the
+    /// cluster CA when it is due: at half-life, or for a new CA.
+    fn renew_serving(&self) {
+        let Some(authority) = lock(&self.authority).clone() else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        if lock(&self.serving_renew_at).is_some_and(|at| now < at) {
+            return;
+        }
+        let issued = SpiffeId::edge(authority.trust_domain()).and_then(|id| {
+            let request = CertRequest::workload_key()?;
+            let leaf = authority.issue_svid(&request.csr, &id, self.svid_lifetime)?;
+            let chain = std::iter::once(leaf).chain(authority.chain()).collect();
+            self.serving.set(chain, request.key.serialize_der())?;
+            Ok(id)
+        });
+        match issued {
+            Ok(id) => {
+                tracing::info!(%id, "the xDS port serves a new certificate");
+                *lock(&self.serving_renew_at) = Some(now + self.svid_lifetime / 2);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot issue the edge's own certificate; the xDS port cannot take connections")
+            }
+        }
     }
 
     /// Takes the trust bundle of a new configuration.
     pub fn set_trust(&self, trust: Option<Trust>) {
+        if let Some(t) = &trust {
+            match Bundle::from_pem(&t.trust_domain, &t.bundle) {
+                Ok(bundle) => self.trust_store.set(bundle),
+                Err(error) => tracing::error!(%error, "the server sent an unreadable trust bundle"),
+            }
+        }
         let changed = *lock(&self.trust) != trust;
         *lock(&self.trust) = trust;
         if changed {
@@ -420,6 +474,7 @@ pub async fn renewal_loop(
             }
         }
         ca.check_overdue(&mut overdue);
+        ca.renew_serving();
         if let Some(authority) = lock(&ca.authority).as_ref() {
             let left = authority.not_after() - OffsetDateTime::now_utc();
             ca.metrics.expires_in.set(left.whole_seconds().max(0));

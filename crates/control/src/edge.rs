@@ -28,7 +28,6 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport};
 use weft_xds::{AdsServer, SnapshotCache};
 
@@ -355,13 +354,24 @@ pub async fn run(
         .with_stopping(stop_rx.clone());
     let certificates = Router::new()
         .route("/v1/svid", axum::routing::post(crate::ca::issue_svid))
-        .with_state(ca);
+        .with_state(ca.clone());
     let routes = tonic::service::Routes::from(certificates).add_service(ads.into_service());
     let mut xds_stop = stop_rx.clone();
+    let tls = weft_identity::tls::server_config(ca.serving.clone(), ca.trust_store.clone())
+        .map_err(|e| EdgeError::Serve {
+            what: "xDS",
+            source: Box::new(e),
+        })?;
+    let incoming = crate::tls::incoming(
+        options.xds,
+        tls,
+        ca.trust_store.clone(),
+        ca.metrics.handshake_failures.clone(),
+    );
     let xds = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(options.xds), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = xds_stop.changed().await;
         });
     let xds_task = tokio::spawn(xds);

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::watch;
+use tonic::Extensions;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use weft_api::edge::{WorkloadCredential, hash_secret};
 use weft_xds::Admission;
 
+use crate::tls::Peer;
 use crate::workload::Workload;
 
 struct Entry {
@@ -135,8 +137,14 @@ impl Registry {
         Ok(credential.clone())
     }
 
-    /// Checks the bearer credential against the workload it announces.
-    fn check_credential(&self, workload: &Workload, metadata: &MetadataMap) -> Result<(), Status> {
+    /// Checks the bearer credential, and the certificate the connection
+    /// was made with, against the workload the proxy announces.
+    fn check_credential(
+        &self,
+        workload: &Workload,
+        metadata: &MetadataMap,
+        peer: Option<&Peer>,
+    ) -> Result<(), Status> {
         let hint = format!(
             "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
             self.cluster, workload.namespace, workload.service_account
@@ -167,19 +175,38 @@ impl Registry {
                 workload.service_account
             )));
         }
+        let Some(id) = peer.and_then(|p| p.id.as_ref()) else {
+            return Err(Status::unauthenticated(format!(
+                "weft edge {}: the proxy connected without a workload certificate; its xDS connection must be mutual TLS with the certificate `weft sidecar` serves it",
+                self.cluster
+            )));
+        };
+        if id.namespace() != credential.namespace
+            || id.service_account() != credential.service_account
+        {
+            return Err(Status::permission_denied(format!(
+                "weft edge {}: the proxy's certificate is {id}, but its credential {} is for {}/{}",
+                self.cluster, credential.id, credential.namespace, credential.service_account
+            )));
+        }
         Ok(())
     }
 }
 
 impl Admission for Registry {
-    fn admit(&self, node: &Node, metadata: &MetadataMap) -> Result<(), Status> {
+    fn admit(
+        &self,
+        node: &Node,
+        metadata: &MetadataMap,
+        extensions: &Extensions,
+    ) -> Result<(), Status> {
         let workload = Workload::from_node(node).map_err(|problems| {
             Status::invalid_argument(format!(
                 "weft edge {}: node {:?} does not describe its workload: {problems}",
                 self.cluster, node.id
             ))
         })?;
-        self.check_credential(&workload, metadata)?;
+        self.check_credential(&workload, metadata, extensions.get::<Peer>())?;
         let changed = {
             let mut inner = self.lock();
             match inner.entries.get_mut(&node.id) {
@@ -218,5 +245,60 @@ impl Admission for Registry {
                 entry.gone_since = Some(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+    use weft_identity::SpiffeId;
+
+    #[test]
+    fn a_proxy_needs_its_credential_and_a_certificate_of_the_same_identity() {
+        let registry = Registry::new("east", Duration::from_secs(5));
+        registry.set_credentials(vec![WorkloadCredential {
+            id: "t1".into(),
+            hash: hash_secret("s3cret"),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            expires_at: None,
+        }]);
+        let workload = Workload {
+            node: "reviews-1".into(),
+            service: "reviews".into(),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            labels: BTreeMap::new(),
+            address: "127.0.0.1".into(),
+            port: 15006,
+            app_port: Some(9080),
+            outbound_port: 15001,
+        };
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", "Bearer s3cret".parse().unwrap());
+        let peer = |id: Option<(&str, &str)>| Peer {
+            address: "127.0.0.1:40000".parse().unwrap(),
+            id: id.map(|(ns, sa)| SpiffeId::workload("weft", ns, sa).unwrap()),
+        };
+        let check = |peer: Option<&Peer>| registry.check_credential(&workload, &metadata, peer);
+
+        assert_eq!(check(None).unwrap_err().code(), Code::Unauthenticated);
+        let no_certificate = check(Some(&peer(None))).unwrap_err();
+        assert_eq!(no_certificate.code(), Code::Unauthenticated);
+        assert!(
+            no_certificate
+                .message()
+                .contains("without a workload certificate")
+        );
+        let other = check(Some(&peer(Some(("shop", "ratings"))))).unwrap_err();
+        assert_eq!(other.code(), Code::PermissionDenied);
+        assert!(other.message().contains("spiffe://weft/ns/shop/sa/ratings"));
+        assert!(check(Some(&peer(Some(("shop", "reviews"))))).is_ok());
+        // The certificate does not stand in for the credential.
+        let bare = MetadataMap::new();
+        let refused =
+            registry.check_credential(&workload, &bare, Some(&peer(Some(("shop", "reviews")))));
+        assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
     }
 }

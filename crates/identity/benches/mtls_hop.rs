@@ -153,6 +153,7 @@ impl Figures {
 /// Sends `RATE` requests a second to `port` for `WARMUP` + `MEASURE`, and
 /// keeps the latencies of the measured part.
 async fn load(port: u16) -> Figures {
+    weft_identity::tls::install_provider();
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/");
     let started = Instant::now();

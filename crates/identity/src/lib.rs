@@ -11,8 +11,10 @@ mod authority;
 mod spiffe;
 mod verify;
 
+pub mod tls;
+
 pub use authority::{Authority, CertRequest};
-pub use spiffe::{SpiffeId, check_trust_domain};
+pub use spiffe::{RESERVED_NAMESPACE, SpiffeId, check_trust_domain};
 pub use verify::{Bundle, verify_svid};
 
 pub use rustls_pki_types::CertificateDer;

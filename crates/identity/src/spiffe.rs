@@ -20,6 +20,9 @@ fn invalid(value: &str, reason: impl Into<String>) -> IdentityError {
     }
 }
 
+/// The namespace of weft's own components' identities.
+pub const RESERVED_NAMESPACE: &str = "weft-system";
+
 /// Checks a trust domain: lowercase letters, digits, `.`, `-` and `_`, as
 /// the SPIFFE ID specification allows.
 pub fn check_trust_domain(trust_domain: &str) -> Result<(), IdentityError> {
@@ -80,6 +83,13 @@ impl SpiffeId {
     }
 
     /// Parses a workload SPIFFE ID.
+    /// The identity of every `weft edge` of the trust domain: a service
+    /// account in a namespace reserved for weft (no workload credential
+    /// can be made for it).
+    pub fn edge(trust_domain: &str) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, "weft-edge")
+    }
+
     pub fn parse(uri: &str) -> Result<SpiffeId, IdentityError> {
         let rest = uri
             .strip_prefix("spiffe://")

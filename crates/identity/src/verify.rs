@@ -32,6 +32,30 @@ impl Bundle {
         ))
     }
 
+    /// A bundle of root certificates (PEM), its trust domain read from
+    /// the first one's `spiffe://` URI name.
+    pub fn from_roots_pem(pem: &str) -> Result<Bundle, IdentityError> {
+        let roots = certificates_from_pem("the trust bundle", pem)?;
+        let first = roots.first().ok_or_else(|| IdentityError::Unreadable {
+            what: "the trust bundle",
+            reason: "it holds no certificate".into(),
+        })?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(first).map_err(|e| IdentityError::Unreadable {
+                what: "the trust bundle",
+                reason: e.to_string(),
+            })?;
+        let trust_domain = uri_sans(&parsed)
+            .into_iter()
+            .find_map(|uri| uri.strip_prefix("spiffe://").map(str::to_string))
+            .ok_or_else(|| IdentityError::Unreadable {
+                what: "the trust bundle",
+                reason: "its first root names no trust domain (spiffe://...)".into(),
+            })?;
+        drop(parsed);
+        Ok(Bundle::new(&trust_domain, roots))
+    }
+
     pub fn to_pem(&self) -> String {
         certificates_to_pem(&self.roots)
     }

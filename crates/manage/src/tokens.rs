@@ -42,6 +42,22 @@ pub struct CreatedToken {
     pub token: TokenRecord,
     /// The bearer secret. It is not stored and cannot be shown again.
     pub secret: String,
+    /// For edge and workload credentials: the roots the mesh trusts (PEM),
+    /// so that `weft edge` and `weft sidecar` can check whom they talk to
+    /// before they have a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<String>,
+}
+
+impl CreatedToken {
+    /// What a credential file holds: the secret on the first line, then
+    /// the trust bundle, if any.
+    pub fn credential_file(&self) -> String {
+        match &self.trust_bundle {
+            Some(bundle) => format!("{}\n{bundle}", self.secret),
+            None => format!("{}\n", self.secret),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +117,11 @@ async fn principal(
     match (&request.namespace, &request.service_account) {
         (None, None) => Ok(edge_principal(cluster)),
         (Some(namespace), Some(account)) => {
+            if namespace == weft_identity::RESERVED_NAMESPACE {
+                return Err(ApiError::bad_request(format!(
+                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it)"
+                )));
+            }
             for (field, value) in [("namespace", namespace), ("serviceAccount", account)] {
                 check_dns_label(value)
                     .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
@@ -165,7 +186,19 @@ pub async fn create(
         .create_token(&token, &hash_secret(&secret), &caller.user)
         .await?;
     tracing::info!(token = %token.id, user = %token.user, by = %caller.user, "token created");
-    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
+    let trust_bundle = if cluster_of(&token.user).is_some() {
+        Some(crate::ca::trust(&state.store).await?.bundle)
+    } else {
+        None
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            secret,
+            trust_bundle,
+        }),
+    ))
 }
 
 pub async fn list(

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,10 +38,16 @@ use crate::snapshot::{Entry, ResourceType, Snapshot};
 /// Decides which proxies may connect and hears when they leave: the
 /// edge's workload registry. Without one, every proxy is admitted.
 pub trait Admission: Send + Sync + 'static {
-    /// Called once per stream with the node of its first request and the
-    /// stream's gRPC metadata; an error closes the stream with that status,
-    /// which the proxy logs.
-    fn admit(&self, node: &Node, metadata: &MetadataMap) -> Result<(), Status>;
+    /// Called once per stream with the node of its first request, the
+    /// stream's gRPC metadata and its request extensions (what the server
+    /// knows of the connection, such as the peer's TLS identity); an error
+    /// closes the stream with that status, which the proxy logs.
+    fn admit(
+        &self,
+        node: &Node,
+        metadata: &MetadataMap,
+        extensions: &Extensions,
+    ) -> Result<(), Status>;
     /// An admitted stream of `node_id` ended.
     fn left(&self, node_id: &str);
 }
@@ -76,11 +83,16 @@ impl AdsServer {
         self
     }
 
-    fn session<P: Protocol>(&self, protocol: P, metadata: MetadataMap) -> Session<P> {
+    fn session<P: Protocol>(
+        &self,
+        protocol: P,
+        metadata: MetadataMap,
+        extensions: Extensions,
+    ) -> Session<P> {
         Session::new(
             self.cache.clone(),
             protocol,
-            self.admission.clone().map(|a| (a, metadata)),
+            self.admission.clone().map(|a| (a, metadata, extensions)),
             self.stopping.clone(),
         )
     }
@@ -97,12 +109,12 @@ impl AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Response<ReceiverStream<Result<DiscoveryResponse, Status>>> {
         let (tx, rx) = mpsc::channel(16);
-        let (metadata, _, inbound) = request.into_parts();
+        let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Sotw {
             tx,
             types: BTreeMap::new(),
         };
-        tokio::spawn(self.session(protocol, metadata).run(inbound));
+        tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
         Response::new(ReceiverStream::new(rx))
     }
 
@@ -111,12 +123,12 @@ impl AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>> {
         let (tx, rx) = mpsc::channel(16);
-        let (metadata, _, inbound) = request.into_parts();
+        let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Delta {
             tx,
             types: BTreeMap::new(),
         };
-        tokio::spawn(self.session(protocol, metadata).run(inbound));
+        tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
         Response::new(ReceiverStream::new(rx))
     }
 
@@ -255,8 +267,9 @@ struct Step {
 struct Session<P> {
     cache: Arc<SnapshotCache>,
     protocol: P,
-    /// Asked once the node is known; the stream's metadata goes with it.
-    admission: Option<(Arc<dyn Admission>, MetadataMap)>,
+    /// Asked once the node is known; the stream's metadata and extensions
+    /// go with it.
+    admission: Option<(Arc<dyn Admission>, MetadataMap, Extensions)>,
     admitted: bool,
     stopping: Option<watch::Receiver<bool>>,
     node: Option<String>,
@@ -272,7 +285,7 @@ impl<P: Protocol> Session<P> {
     fn new(
         cache: Arc<SnapshotCache>,
         protocol: P,
-        admission: Option<(Arc<dyn Admission>, MetadataMap)>,
+        admission: Option<(Arc<dyn Admission>, MetadataMap, Extensions)>,
         stopping: Option<watch::Receiver<bool>>,
     ) -> Session<P> {
         Session {
@@ -347,7 +360,7 @@ impl<P: Protocol> Session<P> {
         if let Some(node) = &self.node {
             self.cache.stream_closed(node);
             tracing::info!(node, "proxy disconnected");
-            if let (Some((admission, _)), true) = (&self.admission, self.admitted) {
+            if let (Some((admission, _, _)), true) = (&self.admission, self.admitted) {
                 admission.left(node);
             }
         }
@@ -360,8 +373,8 @@ impl<P: Protocol> Session<P> {
                 return Err(Closed);
             };
             let id = node.id.clone();
-            if let Some((admission, metadata)) = &self.admission {
-                if let Err(status) = admission.admit(node, metadata) {
+            if let Some((admission, metadata, extensions)) = &self.admission {
+                if let Err(status) = admission.admit(node, metadata, extensions) {
                     tracing::warn!(node = %id, reason = status.message(), "proxy refused");
                     self.protocol.refuse(status).await;
                     return Err(Closed);

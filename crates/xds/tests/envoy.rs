@@ -268,6 +268,8 @@ static_resources:
 }
 
 async fn get(port: u16) -> Option<String> {
+    // reqwest is built without a TLS provider of its own (weft picks ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

@@ -30,6 +30,9 @@ impl Server {
 
     /// Starts `weft server` with extra flags.
     pub fn start_with(data: &Path, store: Option<&str>, flags: &[&str]) -> Server {
+        // Every test starts a server first: the place to give reqwest its
+        // TLS provider.
+        weft_identity::tls::install_provider();
         let mut command = Command::new(WEFT);
         command
             .args(["server", "--listen", "127.0.0.1:0", "--data"])

@@ -1,0 +1,143 @@
+//! The xDS port speaks TLS only: the edge shows its own SVID, and a peer
+//! may show one (a proxy's ADS stream must; a sidecar asking for its first
+//! certificate cannot). What the handshake proved travels with every
+//! request of the connection as a [`Peer`] extension.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_identity::SpiffeId;
+use weft_identity::tls::{HANDSHAKE_TIMEOUT, TrustStore};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: std::net::SocketAddr,
+    /// The SPIFFE ID of the certificate it showed, checked against the
+    /// trust bundle; none if it showed none.
+    pub id: Option<SpiffeId>,
+}
+
+/// One accepted TLS connection.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections on `listener` and hands over those whose TLS
+/// handshake succeeds. Handshakes run side by side, so a slow or silent
+/// client holds up nobody; failed ones are counted and logged.
+pub fn incoming(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    trust: Arc<TrustStore>,
+    failures: Counter,
+) -> ReceiverStream<io::Result<TlsConnection>> {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            // Stops with the server (which drops the receiving end).
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, address) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept a connection on the xDS port");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx, trust, failures) = (
+                acceptor.clone(),
+                tx.clone(),
+                trust.clone(),
+                failures.clone(),
+            );
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        failures.inc();
+                        tracing::warn!(peer = %address, %error, "refused a connection on the xDS port: TLS with a certificate of this trust domain is required");
+                        return;
+                    }
+                    Err(_) => {
+                        failures.inc();
+                        tracing::warn!(peer = %address, "refused a connection on the xDS port: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                        return;
+                    }
+                };
+                // The verifier checked the chain; this names what it proved.
+                let id = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| trust.verify(chain).ok());
+                let peer = Peer { address, id };
+                let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
