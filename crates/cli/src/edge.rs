@@ -52,8 +52,12 @@ pub fn read_credential(path: &std::path::Path) -> Result<String> {
     Ok(secret)
 }
 
+/// Where `weft edge` finds the server without `--server`.
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7071";
+
 pub async fn run_edge(args: EdgeArgs, server: String) -> Result<()> {
     let credential = read_credential(&args.credential_file)?;
+    let trust = crate::svid::trust_bundle(&args.credential_file)?;
     let data_dir = match args.data {
         Some(dir) => dir,
         None => data_home()?.join(format!("edge-{}", args.cluster)),
@@ -80,6 +84,7 @@ pub async fn run_edge(args: EdgeArgs, server: String) -> Result<()> {
             admin,
             grace: args.grace,
             svid_lifetime: args.svid_ttl,
+            trust,
         },
         shutdown_signal(),
     )

@@ -382,7 +382,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Edge(args) => {
             init_logging(&cli.log_format);
-            let server = client()?.server;
+            // Not the API's URL from `weft login`: edges have a port of
+            // their own.
+            let server = cli
+                .connection
+                .server
+                .clone()
+                .unwrap_or_else(|| edge::DEFAULT_SERVER.to_string());
+            if !server.starts_with("https://") {
+                return Err(CliError::new(
+                    Exit::Invalid,
+                    format!("--server {server}: an edge talks to the server's edge port over mutual TLS"),
+                )
+                .with_hint("give its https:// URL, which weft server prints (\"edges connect to ...\"; --edge-listen, default 127.0.0.1:7071)"));
+            }
             edge::run_edge(args, server)
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;

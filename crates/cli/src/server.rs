@@ -15,6 +15,9 @@ pub struct ServerArgs {
     /// Address for the API (port 0 picks a free one; the chosen address is printed)
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: String,
+    /// Address for edges (mutual TLS; port 0 picks a free one, printed)
+    #[arg(long, env = "WEFT_EDGE_LISTEN", default_value = "127.0.0.1:7071")]
+    pub edge_listen: String,
     /// Directory for the embedded store and the first admin token
     /// [default: $XDG_DATA_HOME/weft, else ~/.local/share/weft]
     #[arg(long, env = "WEFT_DATA")]
@@ -125,6 +128,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let url = format!("http://{address}");
+    let edge_listener = TcpListener::bind(&args.edge_listen)
+        .await
+        .with_context(|| format!("cannot listen for edges on {}", args.edge_listen))?;
+    let edge_url = format!("https://{}", edge_listener.local_addr()?);
 
     println!(
         "weft server: API listening on {url} (store: {})",
@@ -149,9 +156,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         }
         None => println!("weft server: store already set up; use a token from 'weft token create'"),
     }
-    tracing::info!(%url, store = %redact(&store_url), data = %data.display(), %trust_domain, "weft server started");
+    println!("weft server: edges connect to {edge_url} (weft edge --server {edge_url})");
+    tracing::info!(%url, %edge_url, store = %redact(&store_url), data = %data.display(), %trust_domain, "weft server started");
 
-    serve(listener, AppState::new(store), shutdown_signal()).await?;
+    let state = AppState::new(store);
+    let edges = tokio::spawn(weft_manage::edge_port::serve(edge_listener, state.clone()));
+    serve(listener, state, shutdown_signal()).await?;
+    edges.abort();
     tracing::info!("weft server stopped");
     Ok(())
 }

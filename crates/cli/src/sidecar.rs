@@ -238,11 +238,15 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
     let path = dir.path().join("envoy.json");
     // The workload's identity first: Envoy starts with its certificate.
     // Over TLS: the edge must show its SVID of the trust bundle.
-    let tls = weft_identity::tls::client_config(trust.clone(), |bundle| {
-        SpiffeId::edge(bundle.trust_domain())
-            .map(|id| id.to_string())
-            .unwrap_or_default()
-    })?;
+    let tls = weft_identity::tls::client_config(
+        trust.clone(),
+        |bundle| {
+            SpiffeId::edge(bundle.trust_domain())
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        },
+        None,
+    )?;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .use_preconfigured_tls(tls)

@@ -196,7 +196,7 @@ async fn start_server(exe: &Path, data: &Path, listen: &str, logs: &Path) -> Res
         .arg("server")
         .arg("--data")
         .arg(data)
-        .args(["--listen", listen])
+        .args(["--listen", listen, "--edge-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(file.try_clone()?)
@@ -220,17 +220,22 @@ async fn start_server(exe: &Path, data: &Path, listen: &str, logs: &Path) -> Res
     })
 }
 
-/// The URL the server printed in its log.
-async fn server_url(mesh: &mut Mesh, log: &Path) -> Result<String> {
+/// The URLs the server printed in its log: the API's and the edge port's.
+async fn server_url(mesh: &mut Mesh, log: &Path) -> Result<(String, String)> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(url) = text
-            .lines()
-            .find(|l| l.contains("API listening on"))
-            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
-        {
-            return Ok(url.to_string());
+        let url = |marker: &str, scheme: &str| {
+            text.lines()
+                .find(|l| l.contains(marker))
+                .and_then(|l| l.split_whitespace().find(|w| w.starts_with(scheme)))
+                .map(str::to_string)
+        };
+        if let (Some(api), Some(edges)) = (
+            url("API listening on", "http://"),
+            url("edges connect to", "https://"),
+        ) {
+            return Ok((api, edges));
         }
         mesh.check()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -353,7 +358,7 @@ async fn start(
     let server = start_server(exe, &server_data, &args.listen, logs).await?;
     let server_log = server.log.clone();
     mesh.components.push(server);
-    let url = server_url(mesh, &server_log).await?;
+    let (url, edge_url) = server_url(mesh, &server_log).await?;
     let admin_token_file = server_data.join("admin.token");
     let admin_token = std::fs::read_to_string(&admin_token_file)
         .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
@@ -392,7 +397,7 @@ async fn start(
         "edge",
         logs,
         Command::new(exe)
-            .args(["edge", "--cluster", CLUSTER, "--server", &url])
+            .args(["edge", "--cluster", CLUSTER, "--server", &edge_url])
             .arg("--credential-file")
             .arg(&edge_token)
             .args(["--xds-listen", &edge])

@@ -670,7 +670,14 @@ fn organization_trust_domain_names_identities_and_new_roots() {
         .unwrap();
     assert!(made.status.success(), "{made:?}");
     let out = run(std::process::Command::new(support::WEFT)
-        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(dir.path().join("other"))
         .arg("--ca-cert")
         .arg(root.join("cert.pem"))

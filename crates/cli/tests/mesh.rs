@@ -188,7 +188,7 @@ impl Mesh {
         let server_url = self
             .server
             .as_ref()
-            .map_or("http://127.0.0.1:9".to_string(), |s| s.url.clone());
+            .map_or("https://127.0.0.1:9".to_string(), |s| s.edge_url.clone());
         let log = std::fs::File::create(self.dir.path().join("edge.log")).unwrap();
         let child = Command::new(WEFT)
             .args([
@@ -1057,11 +1057,15 @@ fn edge_client(credential: &Path) -> reqwest::Client {
     let pem: Vec<&str> = file.lines().skip(1).collect();
     let trust = std::sync::Arc::new(weft_identity::tls::TrustStore::default());
     trust.set(weft_identity::Bundle::from_roots_pem(&pem.join("\n")).unwrap());
-    let tls = weft_identity::tls::client_config(trust, |bundle| {
-        weft_identity::SpiffeId::edge(bundle.trust_domain())
-            .unwrap()
-            .to_string()
-    })
+    let tls = weft_identity::tls::client_config(
+        trust,
+        |bundle| {
+            weft_identity::SpiffeId::edge(bundle.trust_domain())
+                .unwrap()
+                .to_string()
+        },
+        None,
+    )
     .unwrap();
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -1177,6 +1181,82 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(refused >= 2, "{metrics}");
+    // Edge to server: the edge port is TLS only, with the server's own
+    // SVID, and takes an edge's requests only with an edge's certificate.
+    let server = mesh.server();
+    let edge_token = mesh.dir.path().join("edge.token");
+    let edge_secret = std::fs::read_to_string(&edge_token).unwrap();
+    let edge_secret = edge_secret.lines().next().unwrap().to_string();
+    let plaintext = mesh
+        .http
+        .get(format!(
+            "{}/v1/edge/config",
+            server.edge_url.replace("https://", "http://")
+        ))
+        .bearer_auth(&edge_secret)
+        .send()
+        .await;
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+    let on_api_port = mesh
+        .http
+        .get(format!("{}/v1/edge/config", server.url))
+        .bearer_auth(&edge_secret)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !on_api_port.status().is_success(),
+        "edges have their own port: {on_api_port:?}"
+    );
+    let trust = std::sync::Arc::new(weft_identity::tls::TrustStore::default());
+    trust.set(
+        weft_identity::Bundle::from_pem("weft", &std::fs::read_to_string(&bundle).unwrap())
+            .unwrap(),
+    );
+    let server_id = |b: &weft_identity::Bundle| {
+        weft_identity::SpiffeId::server(b.trust_domain())
+            .unwrap()
+            .to_string()
+    };
+    let as_client = |certificate| {
+        let tls = weft_identity::tls::client_config(trust.clone(), server_id, certificate).unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap()
+    };
+    let get_config = async |client: reqwest::Client| {
+        let response = client
+            .get(format!("{}/v1/edge/config", server.edge_url))
+            .bearer_auth(&edge_secret)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, body) = get_config(as_client(None)).await;
+    assert!(
+        status == 401 && body.contains("edge's certificate"),
+        "{status} {body}"
+    );
+    // A workload's certificate is not an edge's.
+    let workload = std::sync::Arc::new(weft_identity::tls::ServingCertificate::default());
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let key_der = pem::parse(&key_pem).unwrap().into_contents();
+    workload
+        .set(
+            weft_identity::certificates_from_pem(
+                "chain",
+                &std::fs::read_to_string(&chain).unwrap(),
+            )
+            .unwrap(),
+            key_der,
+        )
+        .unwrap();
+    let (status, body) = get_config(as_client(Some(workload))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("spiffe://weft/ns/shop/sa/client"), "{body}");
+
     // weft's own namespace is not for workloads.
     let run = mesh.server().weft(
         &mesh.admin,

@@ -28,7 +28,8 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport};
+use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport, Trust};
+use weft_identity::{Bundle, SpiffeId};
 use weft_xds::{AdsServer, SnapshotCache};
 
 use crate::ca::EdgeCa;
@@ -72,6 +73,9 @@ pub struct EdgeOptions {
     pub grace: Duration,
     /// How long workload certificates live (renewed at half-life).
     pub svid_lifetime: Duration,
+    /// The roots from the edge's credential file: whom to trust before
+    /// the server has sent any.
+    pub trust: Bundle,
 }
 
 #[derive(Clone)]
@@ -292,14 +296,56 @@ pub async fn run(
         }
     }
 
+    if ca.trust().is_none() {
+        ca.set_trust(Some(Trust {
+            trust_domain: options.trust.trust_domain().to_string(),
+            bundle: options.trust.to_pem(),
+            signer: String::new(),
+        }));
+    }
+    // The server is called over mutual TLS: it must be `weft-server` under
+    // the bundle, and the edge shows its own certificate (none before its
+    // first CA).
+    let tls = weft_identity::tls::client_config(
+        ca.trust_store.clone(),
+        |bundle| {
+            SpiffeId::server(bundle.trust_domain())
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        },
+        Some(ca.serving.clone()),
+    )
+    .map_err(|e| EdgeError::Serve {
+        what: "the server connection",
+        source: Box::new(e),
+    })?;
+    // A new connection per request: one made before the edge had its
+    // certificate would otherwise keep being reused without it.
+    let http = |timeout: Duration| {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .pool_max_idle_per_host(0)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .build()
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(build_loop(edge.clone(), stop_rx.clone()));
-    tokio::spawn(sync_loop(
-        edge.clone(),
-        options.server.trim_end_matches('/').to_string(),
-        options.credential.clone(),
-        stop_rx.clone(),
-    ));
+    match http(POLL_WAIT + Duration::from_secs(10)) {
+        Ok(client) => {
+            tokio::spawn(sync_loop(
+                edge.clone(),
+                client,
+                options.server.trim_end_matches('/').to_string(),
+                options.credential.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot build an HTTP client; the edge will not sync")
+        }
+    }
     {
         let registry = registry.clone();
         let every = (options.grace / 4).max(Duration::from_millis(100));
@@ -328,11 +374,7 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(async move { admin_server.await });
 
-    match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .build()
-    {
+    match http(Duration::from_secs(30)) {
         Ok(client) => {
             tokio::spawn(crate::ca::renewal_loop(
                 ca.clone(),
@@ -362,11 +404,15 @@ pub async fn run(
             what: "xDS",
             source: Box::new(e),
         })?;
-    let incoming = crate::tls::incoming(
+    let failures = ca.metrics.handshake_failures.clone();
+    let incoming = weft_identity::transport::incoming(
         options.xds,
+        "xDS",
         tls,
         ca.trust_store.clone(),
-        ca.metrics.handshake_failures.clone(),
+        move || {
+            failures.inc();
+        },
     );
     let xds = tonic::transport::Server::builder()
         .accept_http1(true)
@@ -501,21 +547,11 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
 /// unreachable.
 async fn sync_loop(
     edge: Arc<Edge>,
+    client: reqwest::Client,
     server: String,
     credential: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(POLL_WAIT + Duration::from_secs(10))
-        .build()
-    {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot build an HTTP client; the edge will not sync");
-            return;
-        }
-    };
     {
         let (edge, client, server, credential, stop) = (
             edge.clone(),
@@ -529,6 +565,14 @@ async fn sync_loop(
     let mut backoff = Duration::from_millis(500);
     let mut reachable = None;
     loop {
+        // The server takes the edge's requests only with its certificate,
+        // which its first CA brings.
+        if !edge.ca.serving.is_set() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
         let version = edge
             .config_tx
             .borrow()
@@ -629,7 +673,8 @@ async fn report_loop(
         let status = edge.status();
         // Send on change at once, and at least every STATUS_EVERY as a
         // heartbeat.
-        if last.as_ref() != Some(&status) || last_sent.elapsed() >= STATUS_EVERY {
+        let due = last.as_ref() != Some(&status) || last_sent.elapsed() >= STATUS_EVERY;
+        if due && edge.ca.serving.is_set() {
             let sent = client
                 .put(format!("{server}/v1/edge/status"))
                 .bearer_auth(&credential)

@@ -10,6 +10,5 @@ pub mod ca;
 pub mod edge;
 pub mod proxy;
 pub mod registry;
-pub mod tls;
 pub mod translate;
 pub mod workload;

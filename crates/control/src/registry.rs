@@ -19,8 +19,8 @@ use tonic::metadata::MetadataMap;
 use weft_api::edge::{WorkloadCredential, hash_secret};
 use weft_xds::Admission;
 
-use crate::tls::Peer;
 use crate::workload::Workload;
+use weft_identity::transport::Peer;
 
 struct Entry {
     workload: Workload,
@@ -280,6 +280,7 @@ mod tests {
         let peer = |id: Option<(&str, &str)>| Peer {
             address: "127.0.0.1:40000".parse().unwrap(),
             id: id.map(|(ns, sa)| SpiffeId::workload("weft", ns, sa).unwrap()),
+            chain: Vec::new(),
         };
         let check = |peer: Option<&Peer>| registry.check_credential(&workload, &metadata, peer);
 

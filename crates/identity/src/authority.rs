@@ -45,11 +45,14 @@ impl CertRequest {
         crate::check_trust_domain(trust_domain)?;
         request(ca_params(
             trust_domain,
-            &format!("weft cluster {cluster}"),
+            &format!("{CLUSTER_CA_NAME}{cluster}"),
             0,
         )?)
     }
 }
+
+/// How a cluster CA's subject begins; the cluster's name follows.
+const CLUSTER_CA_NAME: &str = "weft cluster ";
 
 fn request(params: CertificateParams) -> Result<CertRequest, IdentityError> {
     let key = KeyPair::generate().map_err(issue_error)?;
@@ -297,7 +300,11 @@ impl Authority {
             ));
         }
         let request = Authority::read_request(csr)?;
-        let params = ca_params(&self.trust_domain, &format!("weft cluster {cluster}"), 0)?;
+        let params = ca_params(
+            &self.trust_domain,
+            &format!("{CLUSTER_CA_NAME}{cluster}"),
+            0,
+        )?;
         self.sign(params, &request, lifetime)
     }
 
@@ -348,4 +355,16 @@ impl Authority {
         ];
         self.sign(params, &request, lifetime)
     }
+}
+
+/// The cluster a cluster CA certificate was made for (its subject names
+/// it), or none for any other certificate.
+pub fn cluster_of_ca(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let ca = parsed.basic_constraints().ok()??.value.ca;
+    if !ca {
+        return None;
+    }
+    let name = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    name.strip_prefix(CLUSTER_CA_NAME).map(str::to_string)
 }

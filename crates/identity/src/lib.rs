@@ -12,8 +12,9 @@ mod spiffe;
 mod verify;
 
 pub mod tls;
+pub mod transport;
 
-pub use authority::{Authority, CertRequest};
+pub use authority::{Authority, CertRequest, cluster_of_ca};
 pub use spiffe::{RESERVED_NAMESPACE, SpiffeId, check_trust_domain};
 pub use verify::{Bundle, verify_svid};
 

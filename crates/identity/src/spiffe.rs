@@ -90,6 +90,11 @@ impl SpiffeId {
         SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, "weft-edge")
     }
 
+    /// The identity of `weft server` on its edge port.
+    pub fn server(trust_domain: &str) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, "weft-server")
+    }
+
     pub fn parse(uri: &str) -> Result<SpiffeId, IdentityError> {
         let rest = uri
             .strip_prefix("spiffe://")

@@ -7,6 +7,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -282,6 +283,27 @@ impl ServingCertificate {
     }
 }
 
+impl ServingCertificate {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The same certificate as a client's (an edge calling the server).
+impl ResolvesClientCert for ServingCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.is_set()
+    }
+}
+
 impl ResolvesServerCert for ServingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -300,21 +322,33 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(ClientSvidVerifier::new(trust)))
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: a resumed session keeps the identity of the
+    // first handshake (none, for a first certificate request; an old
+    // certificate, after a renewal). Every connection shows its own.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
-/// A client's TLS settings: the server must be `expected` in `trust`; no
-/// client certificate.
+/// A client's TLS settings: the server must be `expected` in `trust`;
+/// the client shows `certificate` once it has one.
 pub fn client_config(
     trust: Arc<TrustStore>,
     expected: impl Fn(&Bundle) -> String + Send + Sync + 'static,
+    certificate: Option<Arc<ServingCertificate>>,
 ) -> Result<rustls::ClientConfig, IdentityError> {
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| IdentityError::Request(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier::new(trust, expected)))
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier::new(trust, expected)));
+    let mut config = match certificate {
+        Some(certificate) => builder.with_client_cert_resolver(certificate),
+        None => builder.with_no_client_auth(),
+    };
+    // See `server_config`: every connection shows its current certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// How long a TLS handshake may take before the connection is dropped.

@@ -112,7 +112,7 @@ pub async fn ensure_root(
             .await?;
     }
     // Reads the signing root's key once now, so a bad one stops the start.
-    let root = signer(store).await?;
+    let root = signing_root(store).await?;
     let left = root.not_after() - time::OffsetDateTime::now_utc();
     if left < time::Duration::days(365) {
         tracing::warn!(expires = %root.not_after(), "the signing root CA expires within a year: add a new root and rotate to it (weft ca)");
@@ -147,7 +147,8 @@ fn signing(roots: &[RootAuthority]) -> Option<&RootAuthority> {
         .or(roots.first())
 }
 
-async fn signer(store: &Store) -> Result<Authority, CaError> {
+/// The signing root, with its key.
+pub async fn signing_root(store: &Store) -> Result<Authority, CaError> {
     let roots = store.root_authorities().await?;
     let root = signing(&roots).ok_or(CaError::NoRoot)?;
     Ok(Authority::from_pem(&root.cert_pem, &root.key_pem, "")?)
@@ -155,7 +156,7 @@ async fn signer(store: &Store) -> Result<Authority, CaError> {
 
 /// Seconds until the signing root expires.
 pub async fn signing_root_seconds_left(store: &Store) -> Result<i64, CaError> {
-    let root = signer(store).await?;
+    let root = signing_root(store).await?;
     Ok((root.not_after() - time::OffsetDateTime::now_utc()).whole_seconds())
 }
 

@@ -3,6 +3,10 @@
 //! its report. Both need an edge credential (`weft token create --cluster
 //! NAME`); user tokens are refused and edge credentials work nowhere else.
 
+use axum::Extension;
+use weft_identity::transport::Peer;
+
+use crate::edge_port::require_edge_certificate;
 use std::time::Duration;
 
 use axum::Json;
@@ -158,9 +162,11 @@ pub struct ConfigQuery {
 pub async fn config(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
     Query(query): Query<ConfigQuery>,
 ) -> Result<Response, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
+    require_edge_certificate(&peer, &cluster)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait).min(MAX_WAIT);
     let mut tokens = state.store.credential_changes();
     loop {
@@ -193,9 +199,11 @@ pub async fn config(
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
     JsonBody(status): JsonBody<EdgeStatus>,
 ) -> Result<StatusCode, ApiError> {
     let cluster = edge_cluster(&state, &headers).await?;
+    require_edge_certificate(&peer, &cluster)?;
     let report = EdgeReport {
         cluster,
         status: serde_json::to_string(&status).unwrap_or_default(),

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bootstrap;
 pub mod ca;
+pub mod edge_port;
 pub mod edges;
 pub mod error;
 pub mod iam;
@@ -81,9 +82,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/watch", get(watch::watch))
-        .route("/v1/edge/config", get(edges::config))
-        .route("/v1/edge/status", axum::routing::put(edges::status))
-        .route("/v1/edge/ca", post(ca::sign_intermediate))
         .route("/v1/ca/roots", get(ca::list_roots).post(ca::add_root))
         .route("/v1/ca/roots/{id}/activate", post(ca::activate_root))
         .route("/v1/ca/roots/{id}/retire", post(ca::retire_root))

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub changes: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Seconds until the signing root CA expires; set when scraped.
     pub root_ca_expiry: Gauge,
+    /// TLS handshakes refused on the edge port.
+    pub edge_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -64,6 +66,12 @@ impl Metrics {
             "Seconds until the signing root CA expires (rotate it with weft ca well before)",
             root_ca_expiry.clone(),
         );
+        let edge_handshake_failures = Counter::default();
+        registry.register(
+            "edge_tls_handshake_failures",
+            "TLS handshakes refused on the edge port (plaintext, untrusted certificates)",
+            edge_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -71,6 +79,7 @@ impl Metrics {
             auth_failures,
             changes,
             root_ca_expiry,
+            edge_handshake_failures,
         }
     }
 

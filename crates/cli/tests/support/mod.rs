@@ -17,6 +17,8 @@ pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 pub struct Server {
     child: Child,
     pub url: String,
+    /// Where edges connect (mutual TLS).
+    pub edge_url: String,
     pub data: PathBuf,
     /// Everything the server printed on stdout.
     pub banner: Vec<String>,
@@ -35,7 +37,14 @@ impl Server {
         weft_identity::tls::install_provider();
         let mut command = Command::new(WEFT);
         command
-            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--edge-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(data)
             .args(flags)
             .env("RUST_LOG", "warn")
@@ -66,9 +75,16 @@ impl Server {
         while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(300)) {
             banner.push(line);
         }
+        let edge_url = banner
+            .iter()
+            .find(|l| l.contains("edges connect to"))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("https://")))
+            .unwrap_or_default()
+            .to_string();
         Server {
             child,
             url,
+            edge_url,
             data: data.to_path_buf(),
             banner,
         }

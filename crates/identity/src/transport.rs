@@ -1,5 +1,6 @@
-//! The xDS port speaks TLS only: the edge shows its own SVID, and a peer
-//! may show one (a proxy's ADS stream must; a sidecar asking for its first
+//! Serving TLS to weft's own components (the edge's xDS port, the
+//! server's edge port): the server shows its SVID, and a peer may show one
+//! (a proxy's ADS stream must; a sidecar or an edge asking for its first
 //! certificate cannot). What the handshake proved travels with every
 //! request of the connection as a [`Peer`] extension.
 
@@ -8,15 +9,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use prometheus_client::metrics::counter::Counter;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use weft_identity::SpiffeId;
-use weft_identity::tls::{HANDSHAKE_TIMEOUT, TrustStore};
+
+use crate::SpiffeId;
+use crate::tls::{HANDSHAKE_TIMEOUT, TrustStore};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct Peer {
     /// The SPIFFE ID of the certificate it showed, checked against the
     /// trust bundle; none if it showed none.
     pub id: Option<SpiffeId>,
+    /// The chain it showed (leaf first), if any.
+    pub chain: Vec<CertificateDer<'static>>,
 }
 
 /// One accepted TLS connection.
@@ -81,14 +85,22 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
+impl TlsConnection {
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
 /// Accepts connections on `listener` and hands over those whose TLS
 /// handshake succeeds. Handshakes run side by side, so a slow or silent
-/// client holds up nobody; failed ones are counted and logged.
+/// client holds up nobody; each failed one is logged (naming `port`) and
+/// reported to `failed`.
 pub fn incoming(
     listener: TcpListener,
+    port: &'static str,
     config: rustls::ServerConfig,
     trust: Arc<TrustStore>,
-    failures: Counter,
+    failed: impl Fn() + Clone + Send + Sync + 'static,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
@@ -102,39 +114,41 @@ pub fn incoming(
             let (tcp, address) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot accept a connection on the xDS port");
+                    tracing::warn!(%error, port, "cannot accept a connection");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let (acceptor, tx, trust, failures) = (
-                acceptor.clone(),
-                tx.clone(),
-                trust.clone(),
-                failures.clone(),
-            );
+            let (acceptor, tx, trust, failed) =
+                (acceptor.clone(), tx.clone(), trust.clone(), failed.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
-                        failures.inc();
-                        tracing::warn!(peer = %address, %error, "refused a connection on the xDS port: TLS with a certificate of this trust domain is required");
+                        failed();
+                        tracing::warn!(peer = %address, %error, port, "refused a connection: TLS with a certificate of this trust domain is required");
                         return;
                     }
                     Err(_) => {
-                        failures.inc();
-                        tracing::warn!(peer = %address, "refused a connection on the xDS port: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                        failed();
+                        tracing::warn!(peer = %address, port, "refused a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
                         return;
                     }
                 };
                 // The verifier checked the chain; this names what it proved.
-                let id = stream
+                let chain: Vec<CertificateDer<'static>> = stream
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|chain| trust.verify(chain).ok());
-                let peer = Peer { address, id };
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                let id = if chain.is_empty() {
+                    None
+                } else {
+                    trust.verify(&chain).ok()
+                };
+                let peer = Peer { address, id, chain };
                 let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
             });
         }
