@@ -98,13 +98,26 @@ impl JwtIssuer {
             Ok(parsed) => parsed,
             Err(e) => return Some(Err(format!("{uri:?} is not a URL: {e}"))),
         };
-        let tls = match parsed.scheme() {
-            "https" => true,
-            "http" => false,
-            other => return Some(Err(format!("scheme {other:?}: use https (or http)"))),
-        };
         let Some(host) = parsed.host_str() else {
             return Some(Err(format!("{uri:?} names no host")));
+        };
+        // Keys fetched in the clear could be swapped on the way: plain
+        // HTTP only to this host itself (an issuer beside the workload).
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let tls = match parsed.scheme() {
+            "https" => true,
+            "http" if loopback => false,
+            "http" => {
+                return Some(Err(format!(
+                    "{uri:?}: keys must be fetched over https (plain http only from a loopback address)"
+                )));
+            }
+            other => return Some(Err(format!("scheme {other:?}: use https"))),
         };
         let Some(port) = parsed.port_or_known_default() else {
             return Some(Err(format!("{uri:?} names no port")));

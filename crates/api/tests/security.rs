@@ -73,6 +73,8 @@ fn bad_security_settings_name_every_problem() {
                         {"issuer": "", "audiences": [""]},
                         {"issuer": "a", "jwksUri": "ftp://keys.example.com/jwks", "jwksRefresh": "soon"},
                         {"issuer": "b", "jwks": "{\"keys\": []}", "jwksRefresh": "5m", "clockSkew": "0s"},
+                        {"issuer": "c", "jwksUri": "http://keys.example.com/jwks"},
+                        {"issuer": "d", "jwksUri": "http://127.0.0.1:8080/jwks"},
                         {"issuer": "a", "jwksUri": "https://keys.example.com/jwks",
                          "forwardClaims": [{"claim": "a..b", "header": "X-User"}, {"claim": "sub", "header": "authorization"}]}
                     ],
@@ -96,19 +98,23 @@ fn bad_security_settings_name_every_problem() {
                 ),
                 ("spec.authentication.jwt[2].clockSkew", "longer than zero"),
                 (
-                    "spec.authentication.jwt[3].issuer",
+                    "spec.authentication.jwt[3].jwksUri",
+                    "plain http only from a loopback address",
+                ),
+                (
+                    "spec.authentication.jwt[5].issuer",
                     "jwt[1] already names this issuer",
                 ),
                 (
-                    "spec.authentication.jwt[3].forwardClaims[0].claim",
+                    "spec.authentication.jwt[5].forwardClaims[0].claim",
                     "not a claim name",
                 ),
                 (
-                    "spec.authentication.jwt[3].forwardClaims[0].header",
+                    "spec.authentication.jwt[5].forwardClaims[0].header",
                     "lowercase HTTP header",
                 ),
                 (
-                    "spec.authentication.jwt[3].forwardClaims[1].header",
+                    "spec.authentication.jwt[5].forwardClaims[1].header",
                     "not a header a claim may set",
                 ),
                 (
