@@ -237,33 +237,12 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         .context("cannot create a directory for the Envoy bootstrap")?;
     let path = dir.path().join("envoy.json");
     // The workload's identity first: Envoy starts with its certificate.
-    // Over TLS: the edge must show its SVID of the trust bundle.
-    let tls = weft_identity::tls::client_config(
-        trust.clone(),
-        |bundle| {
-            SpiffeId::edge(bundle.trust_domain())
-                .map(|id| id.to_string())
-                .unwrap_or_default()
-        },
-        None,
-    )?;
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .use_preconfigured_tls(tls)
-        .build()?;
-    let issued = crate::svid::first(&client, args.edge, &credential, &node).await?;
+    let link = crate::svid::EdgeLink::new(args.edge, credential.clone(), node.clone(), trust)?;
+    let issued = crate::svid::first(&link).await?;
     let edge_id = SpiffeId::edge(&issued.svid.trust.trust_domain)?.to_string();
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
     let sds_socket = dir.path().join("sds.sock");
-    crate::svid::serve(
-        &sds_socket,
-        node.clone(),
-        issued,
-        client,
-        args.edge,
-        credential.clone(),
-        trust,
-    )?;
+    crate::svid::serve(&sds_socket, issued, link)?;
     let bootstrap = bootstrap(
         &workload,
         args.edge,

@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use weft_api::edge::{Svid, SvidRequest};
 use weft_control::proxy::sds;
 use weft_identity::tls::TrustStore;
-use weft_identity::{Bundle, CertRequest, csr_to_pem};
+use weft_identity::{Bundle, CertRequest, SpiffeId, csr_to_pem};
 use weft_xds::{AdsServer, Snapshot, SnapshotCache};
 
 /// A certificate and the key it certifies.
@@ -61,14 +61,57 @@ impl Issued {
     }
 }
 
+/// How the sidecar asks its edge for certificates: over TLS, trusting only
+/// the edge's SVID under `trust` (which each answer keeps current), with
+/// the workload credential, for node `node`.
+pub struct EdgeLink {
+    client: reqwest::Client,
+    edge: std::net::SocketAddr,
+    credential: String,
+    node: String,
+    trust: Arc<TrustStore>,
+}
+
+impl EdgeLink {
+    pub fn new(
+        edge: std::net::SocketAddr,
+        credential: String,
+        node: String,
+        trust: Arc<TrustStore>,
+    ) -> Result<EdgeLink> {
+        let tls = weft_identity::tls::client_config(
+            trust.clone(),
+            |bundle| {
+                SpiffeId::edge(bundle.trust_domain())
+                    .map(|id| id.to_string())
+                    .unwrap_or_default()
+            },
+            None,
+        )?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .use_preconfigured_tls(tls)
+            .build()?;
+        Ok(EdgeLink {
+            client,
+            edge,
+            credential,
+            node,
+            trust,
+        })
+    }
+}
+
 /// Asks the edge for a certificate. `Ok(Err(..))` is worth trying again;
 /// a refused credential is `Err(Refused)`.
-async fn request(
-    client: &reqwest::Client,
-    edge: std::net::SocketAddr,
-    credential: &str,
-    node: &str,
-) -> Result<Result<Issued, String>> {
+async fn request(link: &EdgeLink) -> Result<Result<Issued, String>> {
+    let EdgeLink {
+        client,
+        edge,
+        credential,
+        node,
+        ..
+    } = link;
     let key = CertRequest::workload_key()?;
     let sent = client
         .post(format!("https://{edge}/v1/svid"))
@@ -141,16 +184,11 @@ struct Refused(String);
 const NEW_CREDENTIAL_GRACE: Duration = Duration::from_secs(30);
 
 /// Asks until the edge answers (it may still be getting its own CA).
-pub async fn first(
-    client: &reqwest::Client,
-    edge: std::net::SocketAddr,
-    credential: &str,
-    node: &str,
-) -> Result<Issued> {
+pub async fn first(link: &EdgeLink) -> Result<Issued> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
-        let reason = match request(client, edge, credential, node).await {
+        let reason = match request(link).await {
             Ok(Ok(issued)) => return Ok(issued),
             Ok(Err(reason)) => reason,
             Err(error) if error.is::<Refused>() && started.elapsed() < NEW_CREDENTIAL_GRACE => {
@@ -168,19 +206,11 @@ pub async fn first(
     }
 }
 
-/// Serves `issued` to Envoy over SDS on `socket` (as node `node`), and
-/// keeps renewing it, in tasks that run until the process ends.
-pub fn serve(
-    socket: &Path,
-    node: String,
-    issued: Issued,
-    client: reqwest::Client,
-    edge: std::net::SocketAddr,
-    credential: String,
-    trust: Arc<TrustStore>,
-) -> Result<()> {
+/// Serves `issued` to Envoy over SDS on `socket`, and keeps renewing it,
+/// in tasks that run until the process ends.
+pub fn serve(socket: &Path, issued: Issued, link: EdgeLink) -> Result<()> {
     let cache = Arc::new(SnapshotCache::new());
-    publish(&cache, &node, &issued)?;
+    publish(&cache, &link.node, &issued)?;
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -193,22 +223,14 @@ pub fn serve(
         }
     });
     tokio::spawn(async move {
-        if let Err(error) = renew(cache, node, issued, client, edge, credential, trust).await {
+        if let Err(error) = renew(cache, issued, link).await {
             tracing::error!(error = %format!("{error:#}"), "workload certificates are no longer renewed");
         }
     });
     Ok(())
 }
 
-async fn renew(
-    cache: Arc<SnapshotCache>,
-    node: String,
-    issued: Issued,
-    client: reqwest::Client,
-    edge: std::net::SocketAddr,
-    credential: String,
-    trust: Arc<TrustStore>,
-) -> Result<()> {
+async fn renew(cache: Arc<SnapshotCache>, issued: Issued, link: EdgeLink) -> Result<()> {
     let mut current = issued;
     loop {
         let wait = current
@@ -216,14 +238,14 @@ async fn renew(
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::time::sleep(wait).await;
-        match request(&client, edge, &credential, &node).await {
+        match request(&link).await {
             Ok(Ok(next)) => {
-                publish(&cache, &node, &next)?;
+                publish(&cache, &link.node, &next)?;
                 // The edge's certificate chains to the bundle it sends
                 // (after a root rotation, to a root the sidecar's
                 // credential file may not have).
                 match Bundle::from_pem(&next.svid.trust.trust_domain, &next.svid.trust.bundle) {
-                    Ok(bundle) => trust.set(bundle),
+                    Ok(bundle) => link.trust.set(bundle),
                     Err(error) => {
                         tracing::warn!(%error, "the edge sent an unreadable trust bundle")
                     }

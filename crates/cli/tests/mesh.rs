@@ -356,6 +356,40 @@ impl Mesh {
         )
     }
 
+    /// reviews v1 and a client, both in sync and reviews answering the
+    /// client over mTLS; returns them and the client's outbound port.
+    async fn reviews_and_client(&mut self) -> (Proc, Proc, u16) {
+        let v1 = self.workload("reviews", "reviews-v1", "v1");
+        let (client, port) = self.client();
+        self.until_in_sync(2).await;
+        until(
+            "traffic flows over mTLS",
+            Duration::from_secs(20),
+            async || {
+                self.instances(port, 1, "/")
+                    .await
+                    .contains_key("reviews-v1")
+            },
+        )
+        .await;
+        (v1, client, port)
+    }
+
+    /// The value of metric `name` on the Prometheus page at `url`, if the
+    /// page has it.
+    async fn metric(&self, url: &str, name: &str) -> Option<i64> {
+        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// A metric of the edge.
+    async fn edge_metric(&self, name: &str) -> Option<i64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.edge_admin);
+        self.metric(&url, name).await
+    }
+
     /// A counter of a sidecar's Envoy (0 when it has none yet).
     async fn envoy_stat(&self, node: &str, name: &str) -> u64 {
         let url = format!(
@@ -1076,19 +1110,7 @@ fn edge_client(credential: &Path) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
     let mut mesh = Mesh::start().await;
-    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
-    let (_client, port) = mesh.client();
-    mesh.until_in_sync(2).await;
-    until(
-        "traffic flows over mTLS",
-        Duration::from_secs(20),
-        async || {
-            mesh.instances(port, 1, "/")
-                .await
-                .contains_key("reviews-v1")
-        },
-    )
-    .await;
+    let (_v1, _client, _port) = mesh.reviews_and_client().await;
     let inbound = inbound_port(&mesh, "reviews-v1").await;
 
     // Plaintext to the inbound port gets no answer.
@@ -1166,21 +1188,11 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
     // the refusals are counted.
     let answered = openssl_request(xds, &bundle, Some((&stranger_chain, &stranger_key)));
     assert!(!answered.contains("HTTP/1.1"), "{answered}");
-    let metrics = mesh
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", mesh.edge_admin))
-        .send()
+    let refused = mesh
+        .edge_metric("weft_edge_tls_handshake_failures_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weft_edge_tls_handshake_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(refused >= 2, "{metrics}");
+    assert!(refused >= 2, "{refused} refused handshakes counted");
     // Edge to server: the edge port is TLS only, with the server's own
     // SVID, and takes an edge's requests only with an edge's certificate.
     let server = mesh.server();
@@ -1380,33 +1392,14 @@ spec:
 async fn certificates_rotate_under_load_without_failed_requests() {
     // Certificates of 20 s are renewed every 10 s or so.
     let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
-    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
-    let (_client, port) = mesh.client();
-    mesh.until_in_sync(2).await;
-    until("traffic flows", Duration::from_secs(20), async || {
-        mesh.instances(port, 1, "/")
-            .await
-            .contains_key("reviews-v1")
-    })
-    .await;
+    let (_v1, _client, port) = mesh.reviews_and_client().await;
     let inbound = inbound_port(&mesh, "reviews-v1").await;
     let client_credential = mesh.credential("client");
     let (chain, key, bundle) = workload_identity(&mesh, &client_credential, "client").await;
     let served_before = served_certificate(inbound, &bundle, &chain, &key);
     let issued = || async {
-        let url = format!("http://127.0.0.1:{}/metrics", mesh.edge_admin);
-        let text = mesh
-            .http
-            .get(&url)
-            .send()
+        mesh.edge_metric("weft_edge_svids_issued_total")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("weft_edge_svids_issued_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
     let before = issued().await;
@@ -1897,15 +1890,7 @@ spec:
 async fn root_rotation_loses_no_requests() {
     // Certificates of 20 s: each step reaches every proxy in about 10 s.
     let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
-    let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
-    let (_client, port) = mesh.client();
-    mesh.until_in_sync(2).await;
-    until("traffic flows", Duration::from_secs(20), async || {
-        mesh.instances(port, 1, "/")
-            .await
-            .contains_key("reviews-v1")
-    })
-    .await;
+    let (_v1, _client, port) = mesh.reviews_and_client().await;
     let roots = || {
         let run = mesh
             .server()
@@ -2052,21 +2037,7 @@ async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
         .expect("the workload credential");
     let run = mesh.server().weft(&mesh.admin, &["token", "revoke", id]);
     assert_eq!(run.code, 0, "{run:?}");
-    let overdue = || async {
-        let url = format!("http://127.0.0.1:{}/metrics", mesh.edge_admin);
-        let text = mesh
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("weft_edge_svids_overdue "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let overdue = || mesh.edge_metric("weft_edge_svids_overdue");
     assert_eq!(overdue().await, Some(0));
     until(
         "the missed renewal is flagged",
@@ -2087,19 +2058,10 @@ async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
     );
 
     // The server tells how long the signing root has left.
-    let metrics = mesh
-        .http
-        .get(format!("{}/metrics", mesh.server().url))
-        .send()
+    let server_metrics = format!("{}/metrics", mesh.server().url);
+    let left = mesh
+        .metric(&server_metrics, "weft_server_root_ca_expiry_seconds")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let left: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weft_server_root_ca_expiry_seconds "))
-        .and_then(|v| v.trim().parse().ok())
         .expect("the root CA expiry gauge");
     assert!(left > 9 * 365 * 24 * 3600, "{left}");
 }

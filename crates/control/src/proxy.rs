@@ -1325,17 +1325,21 @@ impl ProxyConfig {
         let listeners: Vec<XdsListener> = self.listeners.iter().map(Listener::to_xds).collect();
         let routes: Vec<RouteConfiguration> = self.routes.iter().map(RouteTable::to_xds).collect();
         let mut snapshot = Snapshot::new(&clusters, &endpoints, &listeners, &routes)?;
-        // Listeners (JWT providers) and route tables (RBAC policies) hold
-        // protobuf maps: version them by their model, which encodes the
-        // same every time.
-        for listener in &self.listeners {
+        // JWT providers (on a listener) and RBAC policies (on a route
+        // table) are protobuf maps, encoded in hash order: version the
+        // resources that hold them by their model, which encodes the same
+        // every time. Others keep the hash of their bytes (no JSON work
+        // for the large outbound route table).
+        for listener in self.listeners.iter().filter(|l| l.jwt.is_some()) {
             snapshot.set_version(
                 ResourceType::Listener,
                 &listener.name,
                 model_version(listener),
             );
         }
-        for table in &self.routes {
+        let has_policies =
+            |t: &&RouteTable| t.virtual_hosts.iter().any(|v| v.authorization.is_some());
+        for table in self.routes.iter().filter(has_policies) {
             snapshot.set_version(ResourceType::Route, &table.name, model_version(table));
         }
         Ok(snapshot)

@@ -310,20 +310,12 @@ impl Config {
                     let cluster = format!("jwks|{}:{}", location.host, location.port);
                     if !clusters.iter().any(|c: &Cluster| c.name == cluster) {
                         clusters.push(Cluster {
-                            name: cluster.clone(),
-                            local: None,
-                            connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
-                            lb_policy: LbPolicy::RoundRobin,
-                            limits: None,
-                            outlier_detection: None,
-                            idle_timeout_ms: None,
-                            max_requests_per_connection: None,
-                            mtls: None,
                             external: Some(ExternalHost {
                                 host: location.host,
                                 port: location.port,
                                 tls: location.tls,
                             }),
+                            ..single_host_cluster(&cluster)
                         });
                     }
                     Jwks::Remote {
@@ -565,6 +557,23 @@ fn parse_duration(value: &Option<String>) -> Option<Duration> {
     value
         .as_deref()
         .and_then(|v| humantime::parse_duration(v).ok())
+}
+
+/// A cluster of one fixed host with default settings; the caller says
+/// which host (`local` or `external`).
+fn single_host_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        local: None,
+        connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
+        lb_policy: LbPolicy::RoundRobin,
+        limits: None,
+        outlier_detection: None,
+        idle_timeout_ms: None,
+        max_requests_per_connection: None,
+        mtls: None,
+        external: None,
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -1039,19 +1048,11 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
         });
         if let Some(app_port) = w.app_port {
             proxy.clusters.push(Cluster {
-                name: LOCAL_APP.into(),
                 local: Some(SocketAddr {
                     address: "127.0.0.1".into(),
                     port: app_port,
                 }),
-                connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
-                lb_policy: LbPolicy::RoundRobin,
-                limits: None,
-                outlier_detection: None,
-                idle_timeout_ms: None,
-                max_requests_per_connection: None,
-                mtls: None,
-                external: None,
+                ..single_host_cluster(LOCAL_APP)
             });
             let key = ServiceKey {
                 namespace: w.namespace.clone(),

@@ -95,27 +95,31 @@ impl Store {
 
     /// Makes a root not retired the signer; false if there is no such root.
     pub async fn activate_root_authority(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        self.stamp_root(
             "UPDATE root_authorities SET activated_at = $1 WHERE id = $2 AND retired_at IS NULL",
+            id,
         )
-        .bind(crate::now_rfc3339())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        self.credentials_changed.send_modify(|n| *n += 1);
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     /// Retires a root: it is trusted no more. False if there is no such
     /// root not retired.
     pub async fn retire_root_authority(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        self.stamp_root(
             "UPDATE root_authorities SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
+            id,
         )
-        .bind(crate::now_rfc3339())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Sets a timestamp of root `id` with `query` (now, then the id), and
+    /// wakes edges; whether a root was changed.
+    async fn stamp_root(&self, query: &'static str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(query)
+            .bind(crate::now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         self.credentials_changed.send_modify(|n| *n += 1);
         Ok(done.rows_affected() == 1)
     }
