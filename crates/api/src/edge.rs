@@ -24,6 +24,112 @@ pub struct EdgeConfig {
     /// by edges older than the CA.
     #[serde(default)]
     pub trust: Option<Trust>,
+    /// Where this cluster is (from its Cluster resource): the edge
+    /// publishes it with its directory entry and ranks other clusters by it.
+    #[serde(default)]
+    pub locality: Locality,
+}
+
+/// Where a cluster is. Other clusters are ranked against it for failover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Locality {
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    /// The Cluster resource's labels, for `failoverPriority: [label:KEY]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One item of the global directory, as an edge publishes it about its own
+/// cluster (edges → server) and the server hands it to every other edge
+/// (server → edges). Never endpoints: what crosses clusters grows with
+/// clusters × services, not with instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum DirectoryItem {
+    /// Where the cluster is and its east-west gateways.
+    Site(Site),
+    /// A service the cluster runs.
+    Service(DirectoryService),
+}
+
+impl DirectoryItem {
+    /// The item's key within its cluster: one site, one item per service.
+    pub fn key(&self) -> String {
+        match self {
+            DirectoryItem::Site(_) => "site".to_string(),
+            DirectoryItem::Service(s) => format!("service/{}/{}", s.namespace, s.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Site {
+    pub locality: Locality,
+    /// Where other clusters reach this one's services (`IP:PORT` of its
+    /// east-west gateways); none: its services cannot be called from
+    /// elsewhere.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryService {
+    pub namespace: String,
+    pub name: String,
+    /// Instances whose proxies are connected to the edge.
+    pub healthy: u32,
+    /// The service accounts its instances run as: callers elsewhere accept
+    /// only these identities.
+    pub service_accounts: Vec<String>,
+}
+
+/// `PUT /v1/edge/directory`: everything an edge publishes about its own
+/// cluster. The server keeps what changed and drops what is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectoryEntry {
+    pub site: Site,
+    pub services: Vec<DirectoryService>,
+}
+
+impl DirectoryEntry {
+    /// The entry as directory items.
+    pub fn items(&self) -> Vec<DirectoryItem> {
+        std::iter::once(DirectoryItem::Site(self.site.clone()))
+            .chain(self.services.iter().cloned().map(DirectoryItem::Service))
+            .collect()
+    }
+}
+
+/// `GET /v1/edge/directory?since=R`: the other clusters' items changed
+/// after revision `R` (all of them when `full`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryUpdate {
+    /// Ask with this next time.
+    pub revision: i64,
+    /// The edge's revision was too old or unknown: this is the whole
+    /// directory, and whatever is not in it is gone.
+    #[serde(default)]
+    pub full: bool,
+    pub changes: Vec<DirectoryChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryChange {
+    pub cluster: String,
+    pub key: String,
+    /// None: the item is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<DirectoryItem>,
 }
 
 /// A trust domain and the roots it accepts (PEM, one or more: several
@@ -147,6 +253,23 @@ pub struct EdgeStatus {
     /// The cluster's CA; none before the server signed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaReport>,
+    /// The other clusters this edge knows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryReport>,
+}
+
+/// What an edge holds of the global directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryReport {
+    /// The server's directory revision it reflects.
+    pub revision: i64,
+    /// Other clusters, and the services they run in all.
+    pub clusters: usize,
+    pub services: usize,
+    /// Read back from disk, not yet refreshed from the server.
+    #[serde(default)]
+    pub from_disk: bool,
 }
 
 /// The cluster CA an edge issues workload certificates with.

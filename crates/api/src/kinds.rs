@@ -28,6 +28,17 @@ pub enum Concern {
     Iam,
 }
 
+/// Which way a kind's resources travel between `weft server` and the
+/// edges. The directory (`crate::edge::DirectoryItem`) is the one thing
+/// that travels from edges to the server and on to the other edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Kept by the server only (tenancy, IAM, clusters).
+    ServerOnly,
+    /// Down to the edges of the clusters its workspace selects.
+    ToEdges,
+}
+
 /// A kind's own rule for names: an error message, or Ok.
 type NameCheck = fn(&str) -> Result<(), String>;
 
@@ -46,6 +57,9 @@ pub struct Kind {
     pub concern: Concern,
     /// At most one resource of this kind exists (the Organization).
     pub singleton: bool,
+    /// Which way resources of this kind travel between the server and
+    /// edges.
+    pub sync: Sync,
     /// Extra `weft get` table columns: header and field inside `spec`
     /// (or inside `status`, written `status.field`).
     pub columns: &'static [(&'static str, &'static str)],
@@ -86,6 +100,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::General,
         singleton: true,
+        sync: Sync::ServerOnly,
         columns: DESCRIBED,
         check_spec: check_spec::<OrganizationSpec>,
         spec_schema: spec_schema::<OrganizationSpec>,
@@ -100,6 +115,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: Some("tenant"),
         concern: Concern::General,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: DESCRIBED,
         check_spec: check_spec::<DescribedSpec>,
         spec_schema: spec_schema::<DescribedSpec>,
@@ -114,6 +130,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: Some("workspace"),
         concern: Concern::General,
         singleton: false,
+        sync: Sync::ToEdges,
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<WorkspaceSpec>,
         spec_schema: spec_schema::<WorkspaceSpec>,
@@ -126,6 +143,7 @@ pub static KINDS: &[Kind] = &[
         &["tg"],
         "trafficGroup",
         Concern::Traffic,
+        Sync::ToEdges,
     ),
     group(
         "SecurityGroup",
@@ -133,6 +151,7 @@ pub static KINDS: &[Kind] = &[
         &["sg"],
         "securityGroup",
         Concern::Security,
+        Sync::ToEdges,
     ),
     group(
         "GatewayGroup",
@@ -140,6 +159,7 @@ pub static KINDS: &[Kind] = &[
         &["gg"],
         "gatewayGroup",
         Concern::Gateway,
+        Sync::ServerOnly,
     ),
     Kind {
         name: "ServiceRoute",
@@ -149,6 +169,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Traffic,
         singleton: false,
+        sync: Sync::ToEdges,
         columns: &[("SERVICE", "service")],
         check_spec: check_spec::<ServiceRouteSpec>,
         spec_schema: spec_schema::<ServiceRouteSpec>,
@@ -163,6 +184,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Security,
         singleton: false,
+        sync: Sync::ToEdges,
         columns: &[("SERVICE", "service")],
         check_spec: check_spec::<SecuritySettingSpec>,
         spec_schema: spec_schema::<SecuritySettingSpec>,
@@ -177,6 +199,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Traffic,
         singleton: false,
+        sync: Sync::ToEdges,
         columns: &[
             ("SERVICE", "service"),
             ("TIMEOUT", "timeout"),
@@ -195,6 +218,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::General,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: &[
             ("REGION", "region"),
             ("ZONE", "zone"),
@@ -217,6 +241,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Iam,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: &[("DISPLAY NAME", "displayName"), ("EMAIL", "email")],
         check_spec: check_spec::<UserSpec>,
         spec_schema: spec_schema::<UserSpec>,
@@ -231,6 +256,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Iam,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: &[("MEMBERS", "members")],
         check_spec: check_spec::<TeamSpec>,
         spec_schema: spec_schema::<TeamSpec>,
@@ -245,6 +271,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Iam,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: &[("DESCRIPTION", "description")],
         check_spec: check_spec::<RoleSpec>,
         spec_schema: spec_schema::<RoleSpec>,
@@ -259,6 +286,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Iam,
         singleton: false,
+        sync: Sync::ServerOnly,
         columns: &[("ROLE", "role"), ("SUBJECTS", "subjects")],
         check_spec: check_spec::<AccessBindingSpec>,
         spec_schema: spec_schema::<AccessBindingSpec>,
@@ -274,6 +302,7 @@ const fn group(
     aliases: &'static [&'static str],
     parent_field: &'static str,
     concern: Concern,
+    sync: Sync,
 ) -> Kind {
     Kind {
         name,
@@ -283,6 +312,7 @@ const fn group(
         parent_field: Some(parent_field),
         concern,
         singleton: false,
+        sync,
         columns: &[("NAMESPACES", "namespaceSelector")],
         check_spec: check_spec::<GroupSpec>,
         spec_schema: spec_schema::<GroupSpec>,

@@ -319,6 +319,29 @@ pub struct TrafficSettingSpec {
     pub outlier_detection: Option<OutlierDetection>,
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
+    /// How calls use instances in other clusters.
+    pub locality: Option<LocalityPolicy>,
+}
+
+/// Local instances serve first; other clusters' east-west gateways back
+/// them up, nearest first.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityPolicy {
+    /// Whether calls may go to other clusters (default true); false: local
+    /// instances only.
+    pub cross_cluster: Option<bool>,
+    /// What ranks other clusters, most important first: `region`, `zone`,
+    /// `network`, or `label:KEY` (a label of the Cluster resources).
+    /// Clusters that match the caller's on more leading entries come
+    /// first. Default: [region, zone].
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+}
+
+impl LocalityPolicy {
+    /// The ranking used when no setting gives one.
+    pub const DEFAULT_PRIORITY: [&'static str; 2] = ["region", "zone"];
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -421,9 +444,35 @@ impl Spec for TrafficSettingSpec {
             && self.circuit_breaker.is_none()
             && self.outlier_detection.is_none()
             && self.load_balancer.is_none()
-            && self.connection_pool.is_none();
+            && self.connection_pool.is_none()
+            && self.locality.is_none();
         if nothing_set {
-            problems.add(at, "sets nothing: give at least one of timeout, retries, circuitBreaker, outlierDetection, loadBalancer, connectionPool");
+            problems.add(at, "sets nothing: give at least one of timeout, retries, circuitBreaker, outlierDetection, loadBalancer, connectionPool, locality");
+        }
+        if let Some(locality) = &self.locality {
+            let here = field(at, "locality");
+            let mut seen = BTreeSet::new();
+            for (i, entry) in locality.failover_priority.iter().enumerate() {
+                let at = index(&field(&here, "failoverPriority"), i);
+                let known = matches!(entry.as_str(), "region" | "zone" | "network")
+                    || entry
+                        .strip_prefix("label:")
+                        .is_some_and(|key| !key.is_empty());
+                if !known {
+                    problems.add(
+                        at,
+                        format!("{entry:?} is not region, zone, network or label:KEY"),
+                    );
+                } else if !seen.insert(entry) {
+                    problems.add(at, "is listed twice");
+                }
+            }
+            if locality.cross_cluster == Some(false) && !locality.failover_priority.is_empty() {
+                problems.add(
+                    field(&here, "failoverPriority"),
+                    "has no effect with crossCluster: false (calls stay in the cluster)",
+                );
+            }
         }
         let timeout = self
             .timeout

@@ -89,6 +89,15 @@ The app calls other services through its sidecar with the service name as the ho
   curl --http2-prior-knowledge -H 'Host: ratings' http://127.0.0.1:15001/   # h2c")]
     Sidecar(sidecar::SidecarArgs),
 
+    /// Run the cluster's east-west gateway (Envoy): other clusters reach this
+    /// cluster's services through it, their mTLS passed through by SNI
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east --eastwest > eastwest.token
+  weft eastwest --listen 10.0.0.5:15443 --edge 127.0.0.1:15010 --credential-file eastwest.token
+The edge publishes the --listen address to the other clusters as this one's entry point.")]
+    Eastwest(sidecar::EastwestArgs),
+
     /// Tools for testing and inspecting: offline translation, a test workload
     #[command(subcommand)]
     X(XCommand),
@@ -300,7 +309,8 @@ Examples:
   weft token create --user ci-bot --ttl 30d --description 'deploy pipeline' > ci.token
   weft token create --cluster east > edge.token              # for `weft edge`
   weft token create --cluster east --namespace shop --service-account cart > cart.token
-                                                             # for `weft sidecar`")]
+                                                             # for `weft sidecar`
+  weft token create --cluster east --eastwest > eastwest.token  # for `weft eastwest`")]
     Create {
         /// Whose token (default: yours; another user's needs admin)
         #[arg(long, conflicts_with = "cluster")]
@@ -314,6 +324,9 @@ Examples:
         /// With --namespace: the workload's service account
         #[arg(long, requires_all = ["cluster", "namespace"])]
         service_account: Option<String>,
+        /// The credential of the cluster's east-west gateway (`weft eastwest`)
+        #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account"])]
+        eastwest: bool,
         #[arg(long, default_value = "")]
         description: String,
         /// Lifetime, e.g. 12h or 90d (default: until revoked)
@@ -415,6 +428,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Command::Eastwest(args) => {
+            init_logging(&cli.log_format);
+            let code = sidecar::run_eastwest(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::X(XCommand::Translate(args)) => {
             if translate::run(args)? {
                 ok
@@ -476,9 +496,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cluster,
             namespace,
             service_account,
+            eastwest,
             description,
             ttl,
         }) => {
+            let (namespace, service_account) = if eastwest {
+                (
+                    Some(weft_identity::RESERVED_NAMESPACE.to_string()),
+                    Some(weft_identity::EASTWEST_ACCOUNT.to_string()),
+                )
+            } else {
+                (namespace, service_account)
+            };
             let request = CreateToken {
                 user,
                 cluster,

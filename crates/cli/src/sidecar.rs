@@ -1,6 +1,7 @@
-//! `weft sidecar`: writes the Envoy bootstrap that announces a workload to
-//! its edge, then runs Envoy (and optionally the app) and supervises them:
-//! when either exits, or on Ctrl-C/SIGTERM, both stop.
+//! `weft sidecar` and `weft eastwest`: write the Envoy bootstrap that
+//! announces a workload (or the cluster's east-west gateway) to its edge,
+//! get its certificate, then run Envoy (and optionally the app) and
+//! supervise them: when either exits, or on Ctrl-C/SIGTERM, both stop.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,7 +11,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use tokio::process::{Child, Command};
-use weft_control::workload::Workload;
+use weft_control::workload::{Role, Workload};
 
 use weft_control::proxy::sds;
 
@@ -42,6 +43,25 @@ pub struct SidecarArgs {
     /// Port on 127.0.0.1 where the app calls other services
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// The app to run beside Envoy, after `--`
+    #[arg(last = true)]
+    pub app: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EastwestArgs {
+    /// Where other clusters' proxies connect (TLS, routed by SNI)
+    #[arg(long, default_value = "127.0.0.1:15443")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// What every Envoy that weft runs needs: its edge, its credential, Envoy.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
     /// The edge's xDS address
     #[arg(long, env = "WEFT_EDGE", default_value = "127.0.0.1:15010")]
     pub edge: std::net::SocketAddr,
@@ -64,9 +84,6 @@ pub struct SidecarArgs {
     /// Use state-of-the-world xDS instead of delta
     #[arg(long)]
     pub sotw: bool,
-    /// The app to run beside Envoy, after `--`
-    #[arg(last = true)]
-    pub app: Vec<String>,
 }
 
 fn parse_label(value: &str) -> Result<(String, String), String> {
@@ -202,17 +219,18 @@ pub(crate) async fn stop(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-pub async fn run(args: SidecarArgs) -> Result<i32> {
-    let credential = read_credential(&args.credential_file)?;
-    let trust = Arc::new(TrustStore::default());
-    trust.set(crate::svid::trust_bundle(&args.credential_file)?);
-    let node = args.node_id.clone().unwrap_or_else(|| {
+/// A node id for a proxy of `service` that names none: SERVICE-<random>.
+fn node_id(given: &Option<String>, service: &str) -> String {
+    given.clone().unwrap_or_else(|| {
         let mut bytes = [0u8; 4];
         rand::rng().fill_bytes(&mut bytes);
-        format!("{}-{}", args.service, hex::encode(bytes))
-    });
+        format!("{service}-{}", hex::encode(bytes))
+    })
+}
+
+pub async fn run(args: SidecarArgs) -> Result<i32> {
     let workload = Workload {
-        node: node.clone(),
+        node: node_id(&args.proxy.node_id, &args.service),
         service: args.service.clone(),
         namespace: args.namespace.clone(),
         service_account: args
@@ -223,8 +241,57 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         address: args.inbound.ip().to_string(),
         port: args.inbound.port(),
         app_port: args.app_port,
-        outbound_port: args.outbound_port,
+        outbound_port: Some(args.outbound_port),
+        role: Role::Sidecar,
     };
+    let summary = format!(
+        "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}",
+        workload.service,
+        workload.namespace,
+        workload.node,
+        args.inbound,
+        args.app_port
+            .map_or("(none)".to_string(), |p| format!("127.0.0.1:{p}")),
+        args.outbound_port,
+    );
+    run_proxy(workload, &args.proxy, &args.app, &summary).await
+}
+
+/// `weft eastwest`: the cluster's east-west gateway. Its credential is the
+/// cluster's gateway credential (`weft token create --cluster C
+/// --eastwest`); its edge publishes `--listen` as the cluster's entry point.
+pub async fn run_eastwest(args: EastwestArgs) -> Result<i32> {
+    let workload = Workload {
+        node: node_id(&args.proxy.node_id, "eastwest"),
+        service: "eastwest".into(),
+        namespace: weft_identity::RESERVED_NAMESPACE.into(),
+        service_account: weft_identity::EASTWEST_ACCOUNT.into(),
+        labels: BTreeMap::new(),
+        address: args.listen.ip().to_string(),
+        port: args.listen.port(),
+        app_port: None,
+        outbound_port: None,
+        role: Role::Eastwest,
+    };
+    let summary = format!(
+        "weft eastwest: node {}: other clusters reach this one at {} (TLS passed through by SNI)",
+        workload.node, args.listen
+    );
+    run_proxy(workload, &args.proxy, &[], &summary).await
+}
+
+/// Gets the proxy's certificate, writes its bootstrap, and runs Envoy (and
+/// `app`, if any) until one exits or a signal comes.
+async fn run_proxy(
+    workload: Workload,
+    args: &ProxyArgs,
+    app: &[String],
+    summary: &str,
+) -> Result<i32> {
+    let credential = read_credential(&args.credential_file)?;
+    let trust = Arc::new(TrustStore::default());
+    trust.set(crate::svid::trust_bundle(&args.credential_file)?);
+    let node = workload.node.clone();
     let admin_port = if args.admin_port == 0 {
         free_port()?
     } else {
@@ -289,16 +356,11 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
             )
         })?;
     println!(
-        "weft sidecar: {}.{} node {node}: inbound {} -> app {}; outbound 127.0.0.1:{}; edge {}; Envoy admin http://127.0.0.1:{admin_port}",
-        workload.service,
-        workload.namespace,
-        args.inbound,
-        args.app_port
-            .map_or("(none)".to_string(), |p| format!("127.0.0.1:{p}")),
-        args.outbound_port,
-        args.edge,
+        "{summary}; edge {}; Envoy admin http://127.0.0.1:{admin_port}",
+        args.edge
     );
-    let mut app = match args.app.split_first() {
+    let runs_app = !app.is_empty();
+    let mut app = match app.split_first() {
         Some((program, rest)) => Some(
             Command::new(program)
                 .args(rest)
@@ -335,7 +397,7 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         }
     };
     drop(dir);
-    if code != 0 && args.app.is_empty() {
+    if code != 0 && !runs_app {
         bail!("Envoy exited with status {code}; see its log above");
     }
     Ok(code)

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use weft_api::Resource;
+use weft_api::edge::Locality;
+use weft_control::directory::Directory;
 use weft_control::translate::{Config, translate};
 use weft_control::workload::Workload;
 
@@ -28,6 +30,15 @@ pub struct TranslateArgs {
     /// server): traffic between proxies is mutual TLS
     #[arg(long, default_value = "weft")]
     pub trust_domain: String,
+    /// The other clusters, as an edge keeps them (`EDGE-DATA/directory.json`)
+    #[arg(long)]
+    pub directory: Option<PathBuf>,
+    /// This cluster's region (other clusters are ranked against it)
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// This cluster's zone
+    #[arg(long, default_value = "")]
+    pub zone: String,
 }
 
 pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
@@ -46,9 +57,23 @@ pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
         .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
     let workloads: Vec<Workload> = serde_norway::from_str(&text)
         .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
-    let config =
-        Config::parse(&args.cluster, &resources).with_trust_domain(Some(args.trust_domain));
-    let mut translation = translate(&config, &workloads);
+    let directory: Directory = match &args.directory {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?
+        }
+        None => Directory::default(),
+    };
+    let config = Config::parse(&args.cluster, &resources)
+        .with_trust_domain(Some(args.trust_domain))
+        .with_locality(Locality {
+            region: args.region,
+            zone: args.zone,
+            ..Locality::default()
+        });
+    let mut translation = translate(&config, &workloads, &directory);
     if let Some(node) = &args.node {
         if !translation.proxies.contains_key(node) {
             return Err(CliError::new(

@@ -86,7 +86,8 @@ fn mesh(services: usize, per_workspace: usize) -> (Vec<Resource>, Vec<Workload>)
                 address: format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255),
                 port: 15006,
                 app_port: Some(8080),
-                outbound_port: 15001,
+                outbound_port: Some(15001),
+                role: Default::default(),
             });
         }
     }
@@ -105,7 +106,7 @@ fn run(services: usize, per_workspace: usize) {
     let parse = started.elapsed();
 
     let started = Instant::now();
-    let translation = translate(&config, &workloads);
+    let translation = translate(&config, &workloads, &Default::default());
     let translate_time = started.elapsed();
     assert!(
         translation.errors.is_empty(),

@@ -8,6 +8,13 @@
 //! per proxy in the [`SnapshotCache`]; the ADS server streams them out. The
 //! status task reports proxies, versions, NACKs and translation errors back
 //! to the server every few seconds.
+//!
+//! The global directory travels the same way in both directions: the
+//! publish task sends this cluster's entry (its site, gateways and services
+//! with healthy counts) when it changes, and the follow task long-polls
+//! the other clusters' changes, keeps them in `DATA/directory.json`, and
+//! wakes the build. An edge that restarts without the server routes to
+//! other clusters from that file.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -28,11 +35,14 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_api::edge::{ConfigError, EdgeConfig, EdgeStatus, NackReport, ProxyReport, Trust};
+use weft_api::edge::{
+    ConfigError, DirectoryReport, EdgeConfig, EdgeStatus, NackReport, ProxyReport, Trust,
+};
 use weft_identity::{Bundle, SpiffeId};
 use weft_xds::{AdsServer, SnapshotCache};
 
 use crate::ca::EdgeCa;
+use crate::directory::{Directory, DirectoryClient, own_entry};
 use crate::proxy::ProxyConfig;
 use crate::registry::Registry;
 use crate::translate::{Config, translate};
@@ -86,6 +96,11 @@ struct EdgeMetrics {
     build_seconds: Histogram,
     workloads: Gauge,
     proxy_config_bytes: Gauge,
+    directory_updates: Counter,
+    directory_full_syncs: Counter,
+    directory_clusters: Gauge,
+    directory_services: Gauge,
+    directory_publications: Counter,
 }
 
 impl EdgeMetrics {
@@ -97,6 +112,11 @@ impl EdgeMetrics {
             build_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             workloads: Gauge::default(),
             proxy_config_bytes: Gauge::default(),
+            directory_updates: Counter::default(),
+            directory_full_syncs: Counter::default(),
+            directory_clusters: Gauge::default(),
+            directory_services: Gauge::default(),
+            directory_publications: Counter::default(),
         }
     }
 
@@ -131,6 +151,31 @@ impl EdgeMetrics {
             "Encoded size of the largest proxy snapshot",
             self.proxy_config_bytes.clone(),
         );
+        registry.register(
+            "edge_directory_updates",
+            "Directory updates from the server that changed what this edge knows",
+            self.directory_updates.clone(),
+        );
+        registry.register(
+            "edge_directory_full_syncs",
+            "Whole directories received (first sync, or a revision the server did not know)",
+            self.directory_full_syncs.clone(),
+        );
+        registry.register(
+            "edge_directory_clusters",
+            "Other clusters in the directory",
+            self.directory_clusters.clone(),
+        );
+        registry.register(
+            "edge_directory_services",
+            "Services other clusters run, per the directory",
+            self.directory_services.clone(),
+        );
+        registry.register(
+            "edge_directory_publications",
+            "This cluster's directory entry sent to the server",
+            self.directory_publications.clone(),
+        );
     }
 }
 
@@ -151,6 +196,8 @@ struct Edge {
     ca: Arc<EdgeCa>,
     current: Mutex<Current>,
     config_tx: watch::Sender<Option<Arc<EdgeConfig>>>,
+    /// Other clusters, and whether it is still the copy read from disk.
+    directory_tx: watch::Sender<(Arc<Directory>, bool)>,
     metrics: EdgeMetrics,
     prometheus: MetricsRegistry,
 }
@@ -162,6 +209,22 @@ impl Edge {
 
     fn config_file(&self) -> PathBuf {
         self.data_dir.join("config.json")
+    }
+
+    fn directory_file(&self) -> PathBuf {
+        self.data_dir.join("directory.json")
+    }
+
+    /// Starts routing with `directory`.
+    fn use_directory(&self, directory: Directory, from_disk: bool) {
+        self.metrics
+            .directory_clusters
+            .set(directory.clusters.len() as i64);
+        self.metrics
+            .directory_services
+            .set(directory.services() as i64);
+        self.directory_tx
+            .send_replace((Arc::new(directory), from_disk));
     }
 
     /// Starts serving `config`, remembered as coming from disk or not.
@@ -219,6 +282,15 @@ impl Edge {
             proxies,
             errors: current.errors.clone(),
             ca: self.ca.report(),
+            directory: {
+                let (directory, from_disk) = &*self.directory_tx.borrow();
+                Some(DirectoryReport {
+                    revision: directory.revision,
+                    clusters: directory.clusters.len(),
+                    services: directory.services(),
+                    from_disk: *from_disk,
+                })
+            },
         }
     }
 }
@@ -272,6 +344,7 @@ pub async fn run(
         ca: ca.clone(),
         current: Mutex::new(Current::default()),
         config_tx: watch::Sender::new(None),
+        directory_tx: watch::Sender::new((Arc::new(Directory::default()), false)),
         metrics,
         prometheus,
     });
@@ -293,6 +366,28 @@ pub async fn run(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
             tracing::warn!(file = %edge.config_file().display(), %error, "cannot read the kept configuration")
+        }
+    }
+
+    // The last directory too: routes to other clusters survive a restart
+    // without the server.
+    match std::fs::read(edge.directory_file()) {
+        Ok(bytes) => match serde_json::from_slice::<Directory>(&bytes) {
+            Ok(directory) => {
+                tracing::info!(
+                    revision = directory.revision,
+                    clusters = directory.clusters.len(),
+                    "routing to other clusters with the directory kept on disk until the server answers"
+                );
+                edge.use_directory(directory, true);
+            }
+            Err(error) => {
+                tracing::warn!(file = %edge.directory_file().display(), %error, "ignoring an unreadable kept directory")
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(file = %edge.directory_file().display(), %error, "cannot read the kept directory")
         }
     }
 
@@ -334,6 +429,14 @@ pub async fn run(
     tokio::spawn(build_loop(edge.clone(), stop_rx.clone()));
     match http(POLL_WAIT + Duration::from_secs(10)) {
         Ok(client) => {
+            let directory =
+                DirectoryClient::new(client.clone(), &options.server, &options.credential);
+            tokio::spawn(follow_loop(
+                edge.clone(),
+                directory.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(publish_loop(edge.clone(), directory, stop_rx.clone()));
             tokio::spawn(sync_loop(
                 edge.clone(),
                 client,
@@ -467,11 +570,13 @@ async fn render_metrics(State(edge): State<Arc<Edge>>) -> impl IntoResponse {
 async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
     let mut config_rx = edge.config_tx.subscribe();
     let mut registry_rx = edge.registry.subscribe();
+    let mut directory_rx = edge.directory_tx.subscribe();
     let mut parsed: Option<(String, Config)> = None;
     let mut published: std::collections::BTreeMap<String, ProxyConfig> = Default::default();
     loop {
         let config = config_rx.borrow_and_update().clone();
         registry_rx.borrow_and_update();
+        let directory = directory_rx.borrow_and_update().0.clone();
         if let Some(config) = config {
             let started = Instant::now();
             // Parsing validates every resource: once per configuration.
@@ -482,12 +587,13 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
                 (
                     config.version.clone(),
                     Config::parse(&config.cluster, &config.resources)
-                        .with_trust_domain(config.trust.as_ref().map(|t| t.trust_domain.clone())),
+                        .with_trust_domain(config.trust.as_ref().map(|t| t.trust_domain.clone()))
+                        .with_locality(config.locality.clone()),
                 )
             });
             let workloads = edge.registry.workloads();
             edge.metrics.workloads.set(workloads.len() as i64);
-            let translation = translate(parsed_config, &workloads);
+            let translation = translate(parsed_config, &workloads, &directory);
             let mut errors = translation.errors;
             // Proxies that left the registry: drop what was kept for them.
             published.retain(|node, _| {
@@ -535,6 +641,7 @@ async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             r = config_rx.changed() => if r.is_err() { return },
             r = registry_rx.changed() => if r.is_err() { return },
+            r = directory_rx.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
         // Let a burst of changes (many proxies starting) settle.
@@ -657,6 +764,115 @@ async fn sync_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Follows the other clusters' directory entries: long polls from the
+/// revision the edge has (kept on disk, so a restart asks only for what it
+/// missed), writes each change to disk before using it, and keeps the
+/// last directory while the server is unreachable.
+async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if !edge.ca.serving.is_set() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        let (current, _) = edge.directory_tx.borrow().clone();
+        let update = tokio::select! {
+            r = client.follow(current.revision, POLL_WAIT) => r,
+            _ = stop.changed() => return,
+        };
+        let update = match update {
+            Ok(update) => update,
+            Err(message) => {
+                tracing::debug!("directory: {message}; routing with the last one");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(500);
+        if update.full {
+            edge.metrics.directory_full_syncs.inc();
+        }
+        let changes = update.changes.len();
+        let mut directory = (*current).clone();
+        let changed = directory.apply(update);
+        if directory.revision == current.revision && !changed {
+            continue;
+        }
+        if let Err(error) = write_private(
+            &edge.directory_file(),
+            &serde_json::to_vec(&directory).unwrap_or_default(),
+        ) {
+            tracing::error!(file = %edge.directory_file().display(), %error, "cannot keep the directory on disk; a restart without the server would lose routes to other clusters");
+        }
+        if changed {
+            edge.metrics.directory_updates.inc();
+            tracing::info!(
+                revision = directory.revision,
+                changes,
+                clusters = directory.clusters.len(),
+                "directory updated"
+            );
+        }
+        edge.use_directory(directory, false);
+    }
+}
+
+/// How often the entry is published even when unchanged: the server
+/// writes nothing then, and a server that lost it gets it back.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
+
+/// Publishes this cluster's directory entry when it changes (proxies
+/// coming and going, a new locality) and now and then regardless.
+async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::Receiver<bool>) {
+    let mut registry_rx = edge.registry.subscribe();
+    let mut config_rx = edge.config_tx.subscribe();
+    let mut published = None;
+    let mut last_sent = Instant::now();
+    loop {
+        let locality = config_rx
+            .borrow_and_update()
+            .as_ref()
+            .map(|c| c.locality.clone());
+        registry_rx.borrow_and_update();
+        // Until a configuration names the locality, there is nothing true
+        // to publish.
+        if let Some(locality) = locality.filter(|_| edge.ca.serving.is_set()) {
+            let entry = own_entry(&locality, &edge.registry.workloads());
+            if published.as_ref() != Some(&entry) || last_sent.elapsed() >= REPUBLISH_EVERY {
+                match client.publish(&entry).await {
+                    Ok(()) => {
+                        edge.metrics.directory_publications.inc();
+                        tracing::debug!(
+                            services = entry.services.len(),
+                            "directory entry published"
+                        );
+                        published = Some(entry);
+                        last_sent = Instant::now();
+                    }
+                    Err(message) => {
+                        tracing::debug!("directory entry not published: {message}");
+                        published = None;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = registry_rx.changed() => if r.is_err() { return },
+            r = config_rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(if published.is_some() { REPUBLISH_EVERY } else { Duration::from_secs(1) }) => {},
+            _ = stop.changed() => return,
+        }
+        // Let a burst of registrations settle into one publication.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! which `weft-xds` serves over ADS.
 
 pub mod ca;
+pub mod directory;
 pub mod edge;
 pub mod proxy;
 pub mod registry;

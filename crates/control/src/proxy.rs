@@ -119,6 +119,16 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     LocalReplyConfig, ResponseMapper,
 };
+use envoy_types::pb::envoy::config::core::v3::Locality as XdsLocality;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::{
+    RetryPriority, retry_priority::ConfigType as RetryPriorityConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use serde::{Deserialize, Serialize};
 use weft_xds::{Inconsistent, ResourceType, Snapshot};
 
@@ -141,6 +151,21 @@ pub struct ProxyConfig {
     pub endpoints: Vec<Endpoints>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteTable>,
+    /// TLS passed through by SNI (an east-west gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough: Vec<SniListener>,
+}
+
+/// A listener that sends each TLS connection, unopened, to the cluster its
+/// SNI names: the workload's own mTLS goes end to end, so the callee sees
+/// the caller's identity. A name it does not know gets no connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SniListener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// SNI → cluster.
+    pub routes: BTreeMap<String, String>,
 }
 
 /// An upstream: a service (or a subset of it) or the local app.
@@ -167,6 +192,9 @@ pub struct Cluster {
     /// A host outside the mesh, by DNS name (a token issuer's keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalHost>,
+    /// Bytes are relayed as they come (TCP), not HTTP: a gateway's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 /// A host outside the mesh. With `tls`, its certificate must chain to
@@ -191,6 +219,10 @@ pub struct Mtls {
     /// On a listener: also take plaintext connections (a migration).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub permissive: bool,
+    /// Upstream: the server name to send, by which another cluster's
+    /// east-west gateway picks the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +272,28 @@ pub struct SocketAddr {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     pub cluster: String,
+    /// This cluster's instances, first in line (priority 0).
     pub endpoints: Vec<SocketAddr>,
+    /// Other clusters' gateways, each at its priority behind them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteEndpoints>,
+}
+
+/// Another cluster's east-west gateways as endpoints of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteEndpoints {
+    /// The other cluster's name.
+    pub cluster: String,
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// 0 is tried first; the nearer the cluster, the lower.
+    pub priority: u32,
+    /// Each gateway's load-balancing weight: the cluster's healthy
+    /// instances shared among its gateways.
+    pub weight: u32,
+    pub gateways: Vec<SocketAddr>,
 }
 
 /// An HTTP listener whose routes come over RDS.
@@ -424,6 +477,10 @@ pub struct Retry {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout_ms: Option<u64>,
+    /// Each retry goes to the next priority (the next-nearest cluster)
+    /// rather than back to the one that failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub next_priority: bool,
 }
 
 /// What consistent hashing keys on (sticky sessions).
@@ -485,6 +542,38 @@ fn load_assignment(cluster: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssign
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+impl Endpoints {
+    fn to_xds(&self) -> ClusterLoadAssignment {
+        let mut assignment = load_assignment(&self.cluster, &self.endpoints);
+        assignment
+            .endpoints
+            .extend(self.remote.iter().map(|remote| {
+                LocalityLbEndpoints {
+                    locality: Some(XdsLocality {
+                        region: remote.region.clone(),
+                        zone: remote.zone.clone(),
+                        sub_zone: remote.cluster.clone(),
+                    }),
+                    lb_endpoints: remote
+                        .gateways
+                        .iter()
+                        .map(|addr| LbEndpoint {
+                            host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
+                                address: Some(socket(addr)),
+                                ..Default::default()
+                            })),
+                            load_balancing_weight: Some(uint(remote.weight.max(1))),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    priority: remote.priority,
+                    ..Default::default()
+                }
+            }));
+        assignment
     }
 }
 
@@ -573,8 +662,9 @@ impl Cluster {
             lb_policy: lb_policy as i32,
             circuit_breakers,
             outlier_detection,
-            // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches.
-            typed_extension_protocol_options: if self.external.is_some() {
+            // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches;
+            // a passthrough cluster relays bytes.
+            typed_extension_protocol_options: if self.external.is_some() || self.passthrough {
                 Default::default()
             } else {
                 [(
@@ -1064,6 +1154,7 @@ impl Mtls {
             config_type: Some(TransportSocketConfig::TypedConfig(pack_any(
                 UpstreamTlsContext {
                     common_tls_context: Some(self.common()),
+                    sni: self.sni.clone().unwrap_or_default(),
                     ..Default::default()
                 },
             ))),
@@ -1121,6 +1212,20 @@ impl Listener {
                 Vec::new()
             },
             local_reply_config: self.jwt.as_ref().map(|_| JwtCheck::local_replies()),
+            // The app learns who called from `x-forwarded-client-cert`
+            // (the caller's SPIFFE ID, checked by this listener's mTLS);
+            // whatever the caller sent in that header is replaced.
+            forward_client_cert_details: if self.mtls.is_some() {
+                ForwardClientCertDetails::SanitizeSet as i32
+            } else {
+                ForwardClientCertDetails::Sanitize as i32
+            },
+            set_current_client_cert_details: self.mtls.as_ref().map(|_| {
+                SetCurrentClientCertDetails {
+                    uri: true,
+                    ..Default::default()
+                }
+            }),
             ..Default::default()
         };
         let filters = vec![Filter {
@@ -1148,13 +1253,7 @@ impl Listener {
                 filters,
                 ..Default::default()
             });
-            listener.listener_filters = vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".into(),
-                config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
-                    TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }];
+            listener.listener_filters = vec![tls_inspector()];
         }
         listener
     }
@@ -1220,6 +1319,14 @@ impl Forward {
                 ),
             }],
             host_selection_retry_max_attempts: 5,
+            retry_priority: r.next_priority.then(|| RetryPriority {
+                name: "envoy.retry_priorities.previous_priorities".into(),
+                config_type: Some(RetryPriorityConfig::TypedConfig(pack_any(
+                    PreviousPrioritiesConfig {
+                        update_frequency: 1,
+                    },
+                ))),
+            }),
             ..Default::default()
         });
         let hash_policy = self
@@ -1313,16 +1420,62 @@ impl RouteTable {
     }
 }
 
+/// Reads the TLS ClientHello (is it TLS? which SNI?) before a filter
+/// chain is chosen.
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+impl SniListener {
+    fn to_xds(&self) -> XdsListener {
+        let filter_chains = self
+            .routes
+            .iter()
+            .map(|(sni, cluster)| FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![sni.clone()],
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                }),
+                filters: vec![Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(ConfigType::TypedConfig(pack_any(TcpProxy {
+                        stat_prefix: cluster.replace('|', "_"),
+                        cluster_specifier: Some(TcpClusterSpecifier::Cluster(cluster.clone())),
+                        ..Default::default()
+                    }))),
+                }],
+                ..Default::default()
+            })
+            .collect();
+        XdsListener {
+            name: self.name.clone(),
+            address: Some(socket(&self.address)),
+            filter_chains,
+            listener_filters: vec![tls_inspector()],
+            ..Default::default()
+        }
+    }
+}
+
 impl ProxyConfig {
     /// Envoy's resources for this proxy, checked for consistency.
     pub fn to_snapshot(&self) -> Result<Snapshot, Inconsistent> {
         let clusters: Vec<XdsCluster> = self.clusters.iter().map(Cluster::to_xds).collect();
-        let endpoints: Vec<ClusterLoadAssignment> = self
-            .endpoints
+        let endpoints: Vec<ClusterLoadAssignment> =
+            self.endpoints.iter().map(Endpoints::to_xds).collect();
+        let listeners: Vec<XdsListener> = self
+            .listeners
             .iter()
-            .map(|e| load_assignment(&e.cluster, &e.endpoints))
+            .map(Listener::to_xds)
+            .chain(self.passthrough.iter().map(SniListener::to_xds))
             .collect();
-        let listeners: Vec<XdsListener> = self.listeners.iter().map(Listener::to_xds).collect();
         let routes: Vec<RouteConfiguration> = self.routes.iter().map(RouteTable::to_xds).collect();
         let mut snapshot = Snapshot::new(&clusters, &endpoints, &listeners, &routes)?;
         // JWT providers (on a listener) and RBAC policies (on a route

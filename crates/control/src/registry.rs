@@ -273,7 +273,8 @@ mod tests {
             address: "127.0.0.1".into(),
             port: 15006,
             app_port: Some(9080),
-            outbound_port: 15001,
+            outbound_port: Some(15001),
+            role: Default::default(),
         };
         let mut metadata = MetadataMap::new();
         metadata.insert("authorization", "Bearer s3cret".parse().unwrap());

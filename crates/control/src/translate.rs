@@ -4,31 +4,35 @@
 //!
 //! 1. [`Config::parse`] validates the cluster's resources once per
 //!    configuration version and keeps what shapes traffic, typed.
-//! 2. [`translate`] plans every service (its instances, subsets, routes and
-//!    merged settings: the intermediate form, [`ServicePlan`]) and then
-//!    gives each proxy what its workspace may call plus its own inbound
-//!    side. One bad resource becomes a [`ConfigError`] naming it; the rest
+//! 2. [`translate`] plans every service (its instances here, the other
+//!    clusters that run it from the [`Directory`] ranked by locality, its
+//!    subsets, routes and merged settings: the intermediate form,
+//!    [`ServicePlan`]) and then gives each proxy what its workspace may
+//!    call plus its own inbound side, and the east-west gateway a route
+//!    by SNI to each local service. One bad resource becomes a [`ConfigError`] naming it; the rest
 //!    still translates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use weft_api::edge::ConfigError;
+use weft_api::edge::{ConfigError, Locality};
 use weft_api::security::{Caller, MtlsMode, SecuritySettingSpec};
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
 use weft_api::traffic::{
-    CircuitBreaker, ConnectionPool, LoadBalancer, OutlierDetection, RequestMatch, Retries, RetryOn,
-    ServiceRouteSpec, StickySession, TrafficSettingSpec,
+    CircuitBreaker, ConnectionPool, LoadBalancer, LocalityPolicy, OutlierDetection, RequestMatch,
+    Retries, RetryOn, ServiceRouteSpec, StickySession, TrafficSettingSpec,
 };
 use weft_api::{Resource, validate};
 
+use crate::directory::Directory;
 use crate::proxy::{
     AccessRule, Action, Authorization, CallerId, Cluster, Endpoints, ExternalHost, Forward, HashOn,
     HeaderCondition, HeaderTest, Jwks, JwtCheck, JwtProvider, LbPolicy, Limits, Listener, Mtls,
-    Outlier, ProxyConfig, Retry, Route, RouteMatch, RouteTable, SocketAddr, VirtualHost,
+    Outlier, ProxyConfig, RemoteEndpoints, Retry, Route, RouteMatch, RouteTable, SniListener,
+    SocketAddr, VirtualHost,
 };
-use crate::workload::Workload;
+use crate::workload::{Role, Workload};
 
 /// Name of the listener and route table the app calls out through.
 pub const OUTBOUND: &str = "outbound";
@@ -36,6 +40,8 @@ pub const OUTBOUND: &str = "outbound";
 pub const INBOUND: &str = "inbound";
 /// The cluster that is the app itself.
 pub const LOCAL_APP: &str = "in|app";
+/// Name of an east-west gateway's listener.
+pub const EASTWEST: &str = "eastwest";
 /// Used when no setting gives a connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -74,6 +80,8 @@ struct SecuritySetting {
 #[derive(Default)]
 pub struct Config {
     cluster: String,
+    /// Where this cluster is; other clusters are ranked against it.
+    locality: Locality,
     /// The trust domain of workload certificates; without one (offline
     /// translation only), traffic between proxies is plaintext.
     trust_domain: Option<String>,
@@ -100,6 +108,12 @@ impl Config {
     /// proxies is mutual TLS.
     pub fn with_trust_domain(mut self, trust_domain: Option<String>) -> Config {
         self.trust_domain = trust_domain;
+        self
+    }
+
+    /// This cluster is at `locality`.
+    pub fn with_locality(mut self, locality: Locality) -> Config {
+        self.locality = locality;
         self
     }
 
@@ -200,7 +214,13 @@ impl Config {
     /// The workspace that owns `namespace` in this cluster: the first by
     /// path whose selector covers it.
     fn workspace_of(&self, namespace: &str) -> Option<&Workspace> {
-        let entry = format!("{}/{namespace}", self.cluster);
+        self.workspace_at(&self.cluster, namespace)
+    }
+
+    /// The workspace that owns `namespace` in `cluster`, among those this
+    /// cluster knows (the ones that select it).
+    fn workspace_at(&self, cluster: &str, namespace: &str) -> Option<&Workspace> {
+        let entry = format!("{cluster}/{namespace}");
         self.workspaces
             .iter()
             .find(|w| selector_covers(&w.selector, &entry))
@@ -510,6 +530,12 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// The server name callers send, by which other clusters' east-west
+    /// gateways pick the service.
+    fn sni(&self) -> String {
+        format!("{}.{}.mesh", self.name, self.namespace)
+    }
+
     fn cluster_name(&self, subset: Option<&str>) -> String {
         match subset {
             Some(subset) => format!("out|{}.{}|{subset}", self.name, self.namespace),
@@ -529,6 +555,7 @@ struct Policy {
     outlier_detection: Option<OutlierDetection>,
     load_balancer: Option<LoadBalancer>,
     connection_pool: Option<ConnectionPool>,
+    locality: Option<LocalityPolicy>,
 }
 
 /// The intermediate form: everything decided about one service.
@@ -538,10 +565,13 @@ struct ServicePlan<'c> {
     mtls: Option<Mtls>,
     workspace: Option<String>,
     instances: Vec<&'c Workload>,
+    /// Other clusters that run the service, nearest first: the backup of
+    /// the local instances, or the only way to it.
+    remote: Vec<RemoteEndpoints>,
     route: Option<&'c ServiceRoute>,
     policy: Policy,
     /// The service's EDS clusters (all instances, then each subset).
-    clusters: BTreeMap<String, Vec<SocketAddr>>,
+    clusters: BTreeMap<String, Endpoints>,
 }
 
 /// What translation produced.
@@ -573,6 +603,7 @@ fn single_host_cluster(name: &str) -> Cluster {
         max_requests_per_connection: None,
         mtls: None,
         external: None,
+        passthrough: false,
     }
 }
 
@@ -663,19 +694,130 @@ fn merge_policy(
             if claim("connectionPool", spec.connection_pool.is_some()) {
                 policy.connection_pool = spec.connection_pool.clone();
             }
+            if claim("locality", spec.locality.is_some()) {
+                policy.locality = spec.locality.clone();
+            }
         }
     }
     policy
 }
 
+/// Whether two localities agree on `attribute` (`region`, `zone`,
+/// `network` or `label:KEY`); unset never agrees.
+fn same_at(attribute: &str, a: &Locality, b: &Locality) -> bool {
+    let pick = |l: &'_ Locality| -> Option<String> {
+        match attribute {
+            "region" => Some(l.region.clone()),
+            "zone" => Some(l.zone.clone()),
+            "network" => Some(l.network.clone()),
+            other => other
+                .strip_prefix("label:")
+                .and_then(|key| l.labels.get(key).cloned()),
+        }
+    };
+    matches!((pick(a), pick(b)), (Some(x), Some(y)) if !x.is_empty() && x == y)
+}
+
+/// The other clusters that run `key` for callers of `workspace`, with
+/// their gateways at a priority each: clusters that agree with this one
+/// on more leading attributes of the failover priority come first, all
+/// behind the local instances (if there are any).
+fn remote_endpoints(
+    config: &Config,
+    directory: &Directory,
+    key: &ServiceKey,
+    workspace: Option<&str>,
+    policy: &Policy,
+    local: bool,
+) -> Vec<RemoteEndpoints> {
+    let locality = policy.locality.as_ref();
+    if workspace.is_none() || locality.and_then(|l| l.cross_cluster) == Some(false) {
+        return Vec::new();
+    }
+    let order: Vec<&str> = match locality {
+        Some(l) if !l.failover_priority.is_empty() => {
+            l.failover_priority.iter().map(String::as_str).collect()
+        }
+        _ => LocalityPolicy::DEFAULT_PRIORITY.to_vec(),
+    };
+    let item = format!("{}/{}", key.namespace, key.name);
+    let mut ranked = Vec::new();
+    for (name, remote) in &directory.clusters {
+        let (Some(site), Some(service)) = (&remote.site, remote.services.get(&item)) else {
+            continue;
+        };
+        let gateways: Vec<SocketAddr> = site
+            .gateways
+            .iter()
+            .filter_map(|g| g.parse::<std::net::SocketAddr>().ok())
+            .map(|g| SocketAddr {
+                address: g.ip().to_string(),
+                port: g.port(),
+            })
+            .collect();
+        // Only the same service: in the same workspace there as here.
+        let same_workspace = config
+            .workspace_at(name, &key.namespace)
+            .map(|w| w.path.as_str())
+            == workspace;
+        if *name == config.cluster || gateways.is_empty() || service.healthy == 0 || !same_workspace
+        {
+            continue;
+        }
+        let agreeing = order
+            .iter()
+            .take_while(|attribute| same_at(attribute, &config.locality, &site.locality))
+            .count();
+        let weight = service.healthy.div_ceil(gateways.len() as u32);
+        ranked.push((
+            order.len() - agreeing,
+            RemoteEndpoints {
+                cluster: name.clone(),
+                region: site.locality.region.clone(),
+                zone: site.locality.zone.clone(),
+                priority: 0,
+                weight,
+                gateways,
+            },
+        ));
+    }
+    let mut ranks: Vec<usize> = ranked.iter().map(|(rank, _)| *rank).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let first = u32::from(local);
+    let mut remote: Vec<RemoteEndpoints> = ranked
+        .into_iter()
+        .map(|(rank, mut endpoints)| {
+            let level = ranks.iter().position(|r| *r == rank).unwrap_or_default();
+            endpoints.priority = first + level as u32;
+            endpoints
+        })
+        .collect();
+    remote.sort_by(|a, b| (a.priority, &a.cluster).cmp(&(b.priority, &b.cluster)));
+    remote
+}
+
 impl<'c> ServicePlan<'c> {
     fn new(
         config: &'c Config,
+        directory: &Directory,
         key: ServiceKey,
         instances: Vec<&'c Workload>,
         errors: &mut Vec<ConfigError>,
     ) -> ServicePlan<'c> {
-        let workspace = config.workspace_of(&key.namespace).map(|w| w.path.clone());
+        // A service that runs only elsewhere belongs to the workspace that
+        // holds its namespace there.
+        let item = format!("{}/{}", key.namespace, key.name);
+        let workspace = config
+            .workspace_of(&key.namespace)
+            .or_else(|| {
+                directory
+                    .clusters
+                    .iter()
+                    .filter(|(_, remote)| remote.services.contains_key(&item))
+                    .find_map(|(name, _)| config.workspace_at(name, &key.namespace))
+            })
+            .map(|w| w.path.clone());
         let mut routes = config.routes.iter().filter(|r| {
             r.spec.service.name == key.name
                 && r.spec.service.namespace == key.namespace
@@ -698,21 +840,33 @@ impl<'c> ServicePlan<'c> {
             ));
         }
         let policy = merge_policy(config, &key, workspace.as_deref(), errors);
-        // Callers accept only the identities the service's instances have.
+        let remote = remote_endpoints(
+            config,
+            directory,
+            &key,
+            workspace.as_deref(),
+            &policy,
+            !instances.is_empty(),
+        );
+        // Callers accept only the identities the service's instances have,
+        // here and in the clusters they may be sent to.
         let mtls = config.trust_domain.as_ref().map(|trust_domain| {
+            let elsewhere = remote
+                .iter()
+                .filter_map(|r| directory.clusters.get(&r.cluster))
+                .filter_map(|c| c.services.get(&item))
+                .flat_map(|s| s.service_accounts.iter().map(String::as_str));
             let peers: BTreeSet<String> = instances
                 .iter()
-                .map(|w| {
-                    format!(
-                        "spiffe://{trust_domain}/ns/{}/sa/{}",
-                        w.namespace, w.service_account
-                    )
-                })
+                .map(|w| w.service_account.as_str())
+                .chain(elsewhere)
+                .map(|account| format!("spiffe://{trust_domain}/ns/{}/sa/{account}", key.namespace))
                 .collect();
             Mtls {
                 trust_domain: trust_domain.clone(),
                 peers: peers.into_iter().collect(),
                 permissive: false,
+                sni: Some(key.sni()),
             }
         });
         let mut plan = ServicePlan {
@@ -720,6 +874,7 @@ impl<'c> ServicePlan<'c> {
             mtls,
             workspace,
             instances,
+            remote,
             route,
             policy,
             clusters: BTreeMap::new(),
@@ -728,20 +883,31 @@ impl<'c> ServicePlan<'c> {
         plan
     }
 
-    /// The service's EDS clusters and their instances: every instance,
-    /// and each subset's.
-    fn endpoint_sets(&self) -> BTreeMap<String, Vec<SocketAddr>> {
+    /// The service's EDS clusters and their endpoints: every instance
+    /// (and other clusters' gateways behind them), and each subset's
+    /// instances (here only: the directory knows no labels).
+    fn endpoint_sets(&self) -> BTreeMap<String, Endpoints> {
         let address = |w: &&Workload| SocketAddr {
             address: w.address.clone(),
             port: w.port,
         };
-        let mut sets = BTreeMap::new();
-        let mut all: Vec<SocketAddr> = self.instances.iter().map(address).collect();
-        all.sort();
-        sets.insert(self.key.cluster_name(None), all);
+        let set = |cluster: String, mut endpoints: Vec<SocketAddr>, remote| {
+            endpoints.sort();
+            let endpoints = Endpoints {
+                cluster: cluster.clone(),
+                endpoints,
+                remote,
+            };
+            (cluster, endpoints)
+        };
+        let mut sets = BTreeMap::from([set(
+            self.key.cluster_name(None),
+            self.instances.iter().map(address).collect(),
+            self.remote.clone(),
+        )]);
         if let Some(route) = self.route {
             for subset in &route.spec.subsets {
-                let mut members: Vec<SocketAddr> = self
+                let members = self
                     .instances
                     .iter()
                     .filter(|w| {
@@ -752,8 +918,12 @@ impl<'c> ServicePlan<'c> {
                     })
                     .map(address)
                     .collect();
-                members.sort();
-                sets.insert(self.key.cluster_name(Some(&subset.name)), members);
+                let (name, endpoints) = set(
+                    self.key.cluster_name(Some(&subset.name)),
+                    members,
+                    Vec::new(),
+                );
+                sets.insert(name, endpoints);
             }
         }
         sets
@@ -812,6 +982,7 @@ impl<'c> ServicePlan<'c> {
             max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
             mtls: self.mtls.clone(),
             external: None,
+            passthrough: false,
         }
     }
 
@@ -826,6 +997,7 @@ impl<'c> ServicePlan<'c> {
                 retry_on: retry_on.join(","),
                 attempts: r.attempts,
                 per_try_timeout_ms: parse_duration(&r.per_try_timeout).map(millis),
+                next_priority: !self.remote.is_empty(),
             }
         });
         let hash_on = self.sticky().and_then(|s| match (&s.header, &s.cookie) {
@@ -958,18 +1130,75 @@ fn unknown_host() -> VirtualHost {
     }
 }
 
-/// Translates the configuration and registry into every proxy's config.
-pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
+/// An east-west gateway's config: a route by SNI to the instances of
+/// every service that runs here.
+fn eastwest_gateway(gateway: &Workload, plans: &[ServicePlan]) -> ProxyConfig {
+    let mut proxy = ProxyConfig::default();
+    let mut routes = BTreeMap::new();
+    for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
+        let name = format!("ew|{}.{}", plan.key.name, plan.key.namespace);
+        let mut endpoints: Vec<SocketAddr> = plan
+            .instances
+            .iter()
+            .map(|w| SocketAddr {
+                address: w.address.clone(),
+                port: w.port,
+            })
+            .collect();
+        endpoints.sort();
+        proxy.clusters.push(Cluster {
+            passthrough: true,
+            ..single_host_cluster(&name)
+        });
+        proxy.endpoints.push(Endpoints {
+            cluster: name.clone(),
+            endpoints,
+            remote: Vec::new(),
+        });
+        routes.insert(plan.key.sni(), name);
+    }
+    // Envoy takes no listener without a filter chain.
+    if !routes.is_empty() {
+        proxy.passthrough.push(SniListener {
+            name: EASTWEST.into(),
+            address: SocketAddr {
+                address: gateway.address.clone(),
+                port: gateway.port,
+            },
+            routes,
+        });
+    }
+    proxy
+}
+
+/// Translates the configuration, registry and the other clusters'
+/// directory into every proxy's config.
+pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory) -> Translation {
     let mut errors = config.errors.clone();
 
-    // Every service that has instances or a route, with its instances.
+    // Every service that has instances here, a route, or instances
+    // elsewhere in a workspace this cluster knows, with its instances.
     let mut instances: BTreeMap<ServiceKey, Vec<&Workload>> = BTreeMap::new();
     for w in workloads {
+        if w.role != Role::Sidecar || w.app_port.is_none() {
+            continue;
+        }
         let key = ServiceKey {
             namespace: w.namespace.clone(),
             name: w.service.clone(),
         };
         instances.entry(key).or_default().push(w);
+    }
+    for (cluster, remote) in &directory.clusters {
+        for service in remote.services.values() {
+            if config.workspace_at(cluster, &service.namespace).is_some() {
+                let key = ServiceKey {
+                    namespace: service.namespace.clone(),
+                    name: service.name.clone(),
+                };
+                instances.entry(key).or_default();
+            }
+        }
     }
     for r in &config.routes {
         let key = ServiceKey {
@@ -980,7 +1209,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
     }
     let plans: Vec<ServicePlan> = instances
         .into_iter()
-        .map(|(key, members)| ServicePlan::new(config, key, members, &mut errors))
+        .map(|(key, members)| ServicePlan::new(config, directory, key, members, &mut errors))
         .collect();
 
     // Clusters and routes are the same for every caller in a workspace;
@@ -1008,44 +1237,45 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
 
     let mut proxies = BTreeMap::new();
     for w in workloads {
-        let visible = config
-            .workspace_of(&w.namespace)
-            .and_then(|ws| by_workspace.get(ws.path.as_str()))
-            .map_or(&[][..], Vec::as_slice);
+        if w.role == Role::Eastwest {
+            proxies.insert(w.node.clone(), eastwest_gateway(w, &plans));
+            continue;
+        }
         let mut proxy = ProxyConfig::default();
-        let mut outbound = Vec::new();
-        for &i in visible {
-            let (plan, (clusters, routes)) = (&plans[i], &built[i]);
-            proxy.clusters.extend(clusters.iter().cloned());
-            proxy
-                .endpoints
-                .extend(plan.clusters.iter().map(|(name, members)| Endpoints {
-                    cluster: name.clone(),
-                    endpoints: members.clone(),
-                }));
-            outbound.push(VirtualHost {
-                name: format!("{}.{}", plan.key.name, plan.key.namespace),
-                domains: plan.domains(&w.namespace),
-                routes: routes.clone(),
-                authorization: None,
+        if let Some(outbound_port) = w.outbound_port {
+            let visible = config
+                .workspace_of(&w.namespace)
+                .and_then(|ws| by_workspace.get(ws.path.as_str()))
+                .map_or(&[][..], Vec::as_slice);
+            let mut outbound = Vec::new();
+            for &i in visible {
+                let (plan, (clusters, routes)) = (&plans[i], &built[i]);
+                proxy.clusters.extend(clusters.iter().cloned());
+                proxy.endpoints.extend(plan.clusters.values().cloned());
+                outbound.push(VirtualHost {
+                    name: format!("{}.{}", plan.key.name, plan.key.namespace),
+                    domains: plan.domains(&w.namespace),
+                    routes: routes.clone(),
+                    authorization: None,
+                });
+            }
+            outbound.push(unknown_host());
+            proxy.listeners.push(Listener {
+                name: OUTBOUND.into(),
+                address: SocketAddr {
+                    address: "127.0.0.1".into(),
+                    port: outbound_port,
+                },
+                route_table: OUTBOUND.into(),
+                mtls: None,
+                authorize: false,
+                jwt: None,
+            });
+            proxy.routes.push(RouteTable {
+                name: OUTBOUND.into(),
+                virtual_hosts: outbound,
             });
         }
-        outbound.push(unknown_host());
-        proxy.listeners.push(Listener {
-            name: OUTBOUND.into(),
-            address: SocketAddr {
-                address: "127.0.0.1".into(),
-                port: w.outbound_port,
-            },
-            route_table: OUTBOUND.into(),
-            mtls: None,
-            authorize: false,
-            jwt: None,
-        });
-        proxy.routes.push(RouteTable {
-            name: OUTBOUND.into(),
-            virtual_hosts: outbound,
-        });
         if let Some(app_port) = w.app_port {
             proxy.clusters.push(Cluster {
                 local: Some(SocketAddr {
@@ -1086,6 +1316,7 @@ pub fn translate(config: &Config, workloads: &[Workload]) -> Translation {
                     trust_domain: trust_domain.clone(),
                     peers: Vec::new(),
                     permissive: config.permissive(&key, &mut errors),
+                    sni: None,
                 }),
                 authorize: config.trust_domain.is_some(),
                 jwt,

@@ -12,7 +12,21 @@ use envoy_types::pb::google::protobuf::{Struct, Value};
 use serde::{Deserialize, Serialize};
 use weft_api::problems::check_dns_label;
 
-/// One instance of a service, with its sidecar.
+/// What a proxy is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Beside a workload: `weft sidecar`.
+    #[default]
+    Sidecar,
+    /// The cluster's east-west gateway (`weft eastwest`): other clusters
+    /// reach this one's services through it. `address:port` is where it
+    /// listens.
+    Eastwest,
+}
+
+/// One instance of a service, with its sidecar (or the cluster's
+/// east-west gateway).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
@@ -31,8 +45,16 @@ pub struct Workload {
     /// that only calls out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_port: Option<u16>,
-    /// Where the app calls other services through its sidecar (loopback).
-    pub outbound_port: u16,
+    /// Where the app calls other services through its sidecar (loopback);
+    /// none for a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "is_sidecar")]
+    pub role: Role,
+}
+
+fn is_sidecar(role: &Role) -> bool {
+    *role == Role::Sidecar
 }
 
 /// Metadata keys, as `weft sidecar` writes them.
@@ -45,6 +67,7 @@ pub mod keys {
     pub const PORT: &str = "port";
     pub const APP_PORT: &str = "appPort";
     pub const OUTBOUND_PORT: &str = "outboundPort";
+    pub const ROLE: &str = "role";
 }
 
 fn string_field<'a>(fields: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
@@ -81,6 +104,17 @@ impl Workload {
         let service = label(keys::SERVICE);
         let namespace = label(keys::NAMESPACE);
         let service_account = label(keys::SERVICE_ACCOUNT);
+        let role = match string_field(&fields, keys::ROLE) {
+            None | Some("sidecar") => Role::Sidecar,
+            Some("eastwest") => Role::Eastwest,
+            Some(other) => {
+                problems.push(format!(
+                    "metadata.{}: {other:?} is not sidecar or eastwest",
+                    keys::ROLE
+                ));
+                Role::Sidecar
+            }
+        };
         let mut port = |key: &str, required: bool| -> Option<u16> {
             match string_field(&fields, key).map(str::parse::<u16>) {
                 Some(Ok(port)) if port > 0 => Some(port),
@@ -95,7 +129,20 @@ impl Workload {
         };
         let port_value = port(keys::PORT, true);
         let app_port = port(keys::APP_PORT, false);
-        let outbound_port = port(keys::OUTBOUND_PORT, true);
+        let outbound_port = port(keys::OUTBOUND_PORT, role == Role::Sidecar);
+        // The gateway role goes with the gateway's identity, both ways: a
+        // workload cannot make itself its cluster's entry point, and the
+        // gateway's credential serves nothing else.
+        let gateway_identity = namespace == weft_identity::RESERVED_NAMESPACE
+            && service_account == weft_identity::EASTWEST_ACCOUNT;
+        if gateway_identity != (role == Role::Eastwest) {
+            problems.push(format!(
+                "metadata.{}: only the east-west gateway ({}/{}) has the role eastwest, and it has no other",
+                keys::ROLE,
+                weft_identity::RESERVED_NAMESPACE,
+                weft_identity::EASTWEST_ACCOUNT
+            ));
+        }
         let address = string_field(&fields, keys::ADDRESS).unwrap_or_default();
         if address.parse::<std::net::IpAddr>().is_err() {
             problems.push(format!(
@@ -131,7 +178,8 @@ impl Workload {
             address: address.to_string(),
             port: port_value.unwrap_or_default(),
             app_port,
-            outbound_port: outbound_port.unwrap_or_default(),
+            outbound_port,
+            role,
         })
     }
 
@@ -144,8 +192,13 @@ impl Workload {
             keys::LABELS: self.labels,
             keys::ADDRESS: self.address,
             keys::PORT: self.port.to_string(),
-            keys::OUTBOUND_PORT: self.outbound_port.to_string(),
         });
+        if let Some(outbound_port) = self.outbound_port {
+            metadata[keys::OUTBOUND_PORT] = outbound_port.to_string().into();
+        }
+        if self.role == Role::Eastwest {
+            metadata[keys::ROLE] = "eastwest".into();
+        }
         if let Some(app_port) = self.app_port {
             metadata[keys::APP_PORT] = app_port.to_string().into();
         }

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use weft_api::Resource;
+use weft_api::edge::Locality;
+use weft_control::directory::Directory;
 use weft_control::translate::{Config, translate};
 use weft_control::workload::Workload;
 use weft_xds::ResourceType;
@@ -20,6 +22,11 @@ struct Case {
     trust_domain: Option<String>,
     workloads: Vec<Workload>,
     manifests: Vec<Resource>,
+    /// Where this cluster is, and what the other clusters run.
+    #[serde(default)]
+    locality: Locality,
+    #[serde(default)]
+    directory: Directory,
 }
 
 #[test]
@@ -37,9 +44,10 @@ fn translation_matches_golden_files() {
         let name = input.file_name().unwrap().to_string_lossy().to_string();
         let case: Case = serde_norway::from_str(&std::fs::read_to_string(&input).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let config =
-            Config::parse(&case.cluster, &case.manifests).with_trust_domain(case.trust_domain);
-        let translation = translate(&config, &case.workloads);
+        let config = Config::parse(&case.cluster, &case.manifests)
+            .with_trust_domain(case.trust_domain)
+            .with_locality(case.locality);
+        let translation = translate(&config, &case.workloads, &case.directory);
         for (node, proxy) in &translation.proxies {
             let snapshot = proxy.to_snapshot().unwrap_or_else(|e| {
                 panic!("{name}: proxy {node} has an inconsistent snapshot: {e}")

@@ -22,6 +22,8 @@ fn invalid(value: &str, reason: impl Into<String>) -> IdentityError {
 
 /// The namespace of weft's own components' identities.
 pub const RESERVED_NAMESPACE: &str = "weft-system";
+/// The service account of east-west gateways, in [`RESERVED_NAMESPACE`].
+pub const EASTWEST_ACCOUNT: &str = "weft-eastwest";
 
 /// Checks a trust domain: lowercase letters, digits, `.`, `-` and `_`, as
 /// the SPIFFE ID specification allows.
@@ -88,6 +90,12 @@ impl SpiffeId {
     /// can be made for it).
     pub fn edge(trust_domain: &str) -> Result<SpiffeId, IdentityError> {
         SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, "weft-edge")
+    }
+
+    /// The identity of a cluster's east-west gateway (`weft eastwest`),
+    /// the one workload credential allowed in the reserved namespace.
+    pub fn eastwest(trust_domain: &str) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, EASTWEST_ACCOUNT)
     }
 
     /// The identity of `weft server` on its edge port.

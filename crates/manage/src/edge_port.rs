@@ -21,8 +21,8 @@ use weft_identity::{Bundle, CertRequest, SpiffeId, cluster_of_ca};
 
 use crate::AppState;
 use crate::ca::{self, CaError};
-use crate::edges;
 use crate::error::ApiError;
+use crate::{directory, edges};
 
 /// How long the server's certificate lives; it is renewed at half-life.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -127,6 +127,10 @@ pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), CaError
     let router = Router::new()
         .route("/v1/edge/config", get(edges::config))
         .route("/v1/edge/status", put(edges::status))
+        .route(
+            "/v1/edge/directory",
+            get(directory::follow).put(directory::publish),
+        )
         .route("/v1/edge/ca", post(ca::sign_intermediate))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use weft_api::edge::{EdgeConfig, EdgeStatus, WorkloadCredential, parse_workload_principal};
-use weft_api::kinds::top_level_path;
+use weft_api::kinds::{KINDS, Sync, top_level_path};
 use weft_store::EdgeReport;
 
 use crate::AppState;
@@ -24,14 +24,6 @@ use crate::error::ApiError;
 use crate::iam::valid_token;
 use crate::request::JsonBody;
 
-/// Kinds an edge needs, under the workspaces that select its cluster.
-const MESH_KINDS: &[&str] = &[
-    "TrafficGroup",
-    "ServiceRoute",
-    "TrafficSetting",
-    "SecurityGroup",
-    "SecuritySetting",
-];
 /// Longest long poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often a long poll looks again for changes the revision does not
@@ -94,8 +86,13 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
             resources.push(ws.resource);
         }
     }
-    for kind in MESH_KINDS {
-        for stored in store.list(kind).await? {
+    // Kinds that sync to edges, under the workspaces that select the
+    // cluster.
+    let below_workspaces = KINDS
+        .iter()
+        .filter(|k| k.sync == Sync::ToEdges && k.name != "Workspace");
+    for kind in below_workspaces {
+        for stored in store.list(kind.name).await? {
             if workspaces
                 .iter()
                 .any(|w| stored.path.starts_with(w.as_str()))
@@ -137,12 +134,14 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
         resources,
         workload_credentials,
         trust: Some(trust),
+        locality: crate::directory::locality_of(state, cluster).await?,
     };
     let desired: Vec<_> = config.resources.iter().map(|r| r.desired()).collect();
     let digest = Sha256::new()
         .chain_update(serde_json::to_vec(&desired).unwrap_or_default())
         .chain_update(serde_json::to_vec(&config.workload_credentials).unwrap_or_default())
         .chain_update(serde_json::to_vec(&config.trust).unwrap_or_default())
+        .chain_update(serde_json::to_vec(&config.locality).unwrap_or_default())
         .finalize();
     config.version = hex::encode(&digest[..8]);
     Ok(config)

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use weft_store::{Reason, StoreError};
 
 /// One problem in a request, tied to a document and field where it can be.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Detail {
     /// Index of the document in the request, for bulk requests.

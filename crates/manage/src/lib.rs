@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bootstrap;
 pub mod ca;
+pub mod directory;
 pub mod edge_port;
 pub mod edges;
 pub mod error;

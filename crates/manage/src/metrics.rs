@@ -29,6 +29,11 @@ pub struct Metrics {
     pub root_ca_expiry: Gauge,
     /// TLS handshakes refused on the edge port.
     pub edge_handshake_failures: Counter,
+    /// Directory items written (changed, added or withdrawn) by edges'
+    /// publications; publications that changed nothing write none.
+    pub directory_items_written: Counter,
+    /// Publications by outcome (changed, unchanged).
+    pub directory_publications: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Metrics {
@@ -72,7 +77,21 @@ impl Metrics {
             "TLS handshakes refused on the edge port (plaintext, untrusted certificates)",
             edge_handshake_failures.clone(),
         );
+        let directory_items_written = Counter::default();
+        registry.register(
+            "directory_items_written",
+            "Directory items (sites, services) written from edges' publications",
+            directory_items_written.clone(),
+        );
+        let directory_publications = Family::default();
+        registry.register(
+            "directory_publications",
+            "Directory entries published by edges, by outcome (changed, unchanged)",
+            directory_publications.clone(),
+        );
         Metrics {
+            directory_items_written,
+            directory_publications,
             registry,
             requests,
             latency,

@@ -453,6 +453,7 @@ async fn store_apply(
                         .get_or_create(&vec![("outcome", outcome)])
                         .inc();
                 }
+                crate::directory::withdraw_deleted_clusters(state, &applied).await;
             }
             Ok(applied)
         }

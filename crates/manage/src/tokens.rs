@@ -117,9 +117,13 @@ async fn principal(
     match (&request.namespace, &request.service_account) {
         (None, None) => Ok(edge_principal(cluster)),
         (Some(namespace), Some(account)) => {
-            if namespace == weft_identity::RESERVED_NAMESPACE {
+            // The reserved namespace holds weft's own identities; the one
+            // credential made there is the east-west gateway's.
+            if namespace == weft_identity::RESERVED_NAMESPACE
+                && account != weft_identity::EASTWEST_ACCOUNT
+            {
                 return Err(ApiError::bad_request(format!(
-                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it)"
+                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credential is the east-west gateway's (weft token create --cluster C --eastwest)"
                 )));
             }
             for (field, value) in [("namespace", namespace), ("serviceAccount", account)] {

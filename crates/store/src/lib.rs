@@ -13,6 +13,8 @@
 //!   are one check, done inside the write transaction.
 //! - `audit`: a hash-chained log of every change and refusal ([`audit`]).
 //! - `tokens`: API tokens, stored only as hashes ([`tokens`]).
+//! - `directory`: what each cluster's edge published about itself, with a
+//!   revision counter of its own ([`directory`]).
 //! - `meta`: the global revision and the audit chain's head. Every write
 //!   transaction bumps the revision first, which takes the row lock: writers
 //!   are serialized on both backends, so checks and the audit chain see a
@@ -20,6 +22,7 @@
 
 pub mod audit;
 pub mod authorities;
+pub mod directory;
 pub mod edges;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,6 +40,7 @@ use weft_api::{Reference, Resource, Validated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use authorities::RootAuthority;
+pub use directory::DirectoryRow;
 pub use edges::EdgeReport;
 pub use tokens::TokenRecord;
 pub use watch::{ChangeEvent, Op};
@@ -204,6 +208,8 @@ pub struct Store {
     /// Bumped when this process creates or revokes a token: tokens are not
     /// resources and do not move the revision.
     credentials_changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The latest directory revision this process committed.
+    directory_committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
     /// Revisions of changes kept for watchers.
     change_retention: i64,
 }
@@ -267,6 +273,19 @@ const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL,
         activated_at TEXT,
         retired_at TEXT)",
+    // A removed item keeps its row with a NULL body (a tombstone), so
+    // edges that follow changes learn it is gone.
+    "CREATE TABLE IF NOT EXISTS directory (
+        cluster TEXT NOT NULL,
+        item TEXT NOT NULL,
+        body TEXT,
+        revision BIGINT NOT NULL,
+        PRIMARY KEY (cluster, item))",
+    "CREATE INDEX IF NOT EXISTS directory_by_revision ON directory (revision)",
+    "CREATE TABLE IF NOT EXISTS directory_meta (
+        id BIGINT PRIMARY KEY,
+        revision BIGINT NOT NULL)",
+    "INSERT INTO directory_meta (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
     // The row every writer locks first; see the module docs.
     "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
         ON CONFLICT (id) DO NOTHING",
@@ -334,6 +353,7 @@ impl Store {
             pool,
             committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             credentials_changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            directory_committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             change_retention: watch::DEFAULT_RETENTION,
         })
     }

@@ -1,0 +1,303 @@
+//! The global directory at an edge: what other clusters run and how to
+//! reach them (their sites and services, as the server relays them), and
+//! this cluster's own entry, which the edge publishes.
+//!
+//! Never endpoints: a service elsewhere is a healthy-instance count and
+//! the identities its instances run as, reached through its cluster's
+//! east-west gateways. Translation ranks the other clusters by locality
+//! and puts their gateways behind the local instances.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use weft_api::edge::{
+    DirectoryEntry, DirectoryItem, DirectoryService, DirectoryUpdate, Locality, Site,
+};
+
+use crate::workload::{Role, Workload};
+
+/// The edge's calls to the server's directory endpoints.
+#[derive(Clone)]
+pub struct DirectoryClient {
+    client: reqwest::Client,
+    server: String,
+    credential: String,
+}
+
+impl DirectoryClient {
+    /// `client` must show the edge's certificate; `server` is the edge
+    /// port's base URL.
+    pub fn new(client: reqwest::Client, server: &str, credential: &str) -> DirectoryClient {
+        DirectoryClient {
+            client,
+            server: server.trim_end_matches('/').to_string(),
+            credential: credential.to_string(),
+        }
+    }
+
+    /// Publishes this cluster's whole entry; the server keeps what changed.
+    pub async fn publish(&self, entry: &DirectoryEntry) -> Result<(), String> {
+        let response = self
+            .client
+            .put(format!("{}/v1/edge/directory", self.server))
+            .bearer_auth(&self.credential)
+            .json(entry)
+            .send()
+            .await
+            .map_err(|e| format!("server unreachable: {e}"))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        Err(format!(
+            "server answered {status}: {}",
+            response.text().await.unwrap_or_default().trim()
+        ))
+    }
+
+    /// The other clusters' changes after `since`, waiting up to `wait`
+    /// for one.
+    pub async fn follow(
+        &self,
+        since: i64,
+        wait: std::time::Duration,
+    ) -> Result<DirectoryUpdate, String> {
+        let response = self
+            .client
+            .get(format!("{}/v1/edge/directory", self.server))
+            .query(&[
+                ("since", since.to_string()),
+                ("wait", wait.as_secs().to_string()),
+            ])
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .map_err(|e| format!("server unreachable: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!(
+                "server answered {status}: {}",
+                response.text().await.unwrap_or_default().trim()
+            ));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("unreadable directory update: {e}"))
+    }
+}
+
+/// Other clusters' entries, as of a directory revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Directory {
+    /// The server's directory revision this reflects; 0: none yet.
+    #[serde(default)]
+    pub revision: i64,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, RemoteCluster>,
+}
+
+/// What one other cluster published.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// By `NAMESPACE/NAME`.
+    #[serde(default)]
+    pub services: BTreeMap<String, DirectoryService>,
+}
+
+impl Directory {
+    /// Applies an update from the server; whether anything changed.
+    pub fn apply(&mut self, update: DirectoryUpdate) -> bool {
+        let before = self.clone();
+        if update.full {
+            self.clusters.clear();
+        }
+        for change in update.changes {
+            let cluster = self.clusters.entry(change.cluster.clone()).or_default();
+            match change.item {
+                Some(DirectoryItem::Site(site)) => cluster.site = Some(site),
+                Some(DirectoryItem::Service(service)) => {
+                    let key = format!("{}/{}", service.namespace, service.name);
+                    cluster.services.insert(key, service);
+                }
+                None if change.key == "site" => cluster.site = None,
+                None => {
+                    if let Some(key) = change.key.strip_prefix("service/") {
+                        cluster.services.remove(key);
+                    }
+                }
+            }
+            if cluster.site.is_none() && cluster.services.is_empty() {
+                self.clusters.remove(&change.cluster);
+            }
+        }
+        self.revision = update.revision;
+        let changed = before.clusters != self.clusters;
+        changed
+    }
+
+    /// Services other clusters run, with how many instances each.
+    pub fn services(&self) -> usize {
+        self.clusters.values().map(|c| c.services.len()).sum()
+    }
+}
+
+/// This cluster's entry: where it is, its gateways, and each service with
+/// registered instances, counted. Workloads are the registry's (a proxy
+/// in its grace period still counts: it may be back in a moment).
+pub fn own_entry(locality: &Locality, workloads: &[Workload]) -> DirectoryEntry {
+    let mut gateways: Vec<String> = workloads
+        .iter()
+        .filter(|w| w.role == Role::Eastwest)
+        .filter_map(|w| {
+            let ip = w.address.parse::<std::net::IpAddr>().ok()?;
+            Some(std::net::SocketAddr::new(ip, w.port).to_string())
+        })
+        .collect();
+    gateways.sort();
+    gateways.dedup();
+    let mut services: BTreeMap<(&str, &str), (u32, BTreeSet<&str>)> = BTreeMap::new();
+    for w in workloads {
+        if w.role != Role::Sidecar || w.app_port.is_none() {
+            continue;
+        }
+        let (count, accounts) = services
+            .entry((w.namespace.as_str(), w.service.as_str()))
+            .or_default();
+        *count += 1;
+        accounts.insert(w.service_account.as_str());
+    }
+    DirectoryEntry {
+        site: Site {
+            locality: locality.clone(),
+            gateways,
+        },
+        services: services
+            .into_iter()
+            .map(
+                |((namespace, name), (healthy, accounts))| DirectoryService {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    healthy,
+                    service_accounts: accounts.into_iter().map(str::to_string).collect(),
+                },
+            )
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::edge::DirectoryChange;
+
+    fn instance(service: &str, n: usize) -> Workload {
+        Workload {
+            node: format!("{service}-{n}"),
+            service: service.into(),
+            namespace: "shop".into(),
+            service_account: service.into(),
+            labels: BTreeMap::new(),
+            address: format!("10.0.{}.{}", n / 250, n % 250 + 1),
+            port: 15006,
+            app_port: Some(8080),
+            outbound_port: Some(15001),
+            role: Role::Sidecar,
+        }
+    }
+
+    /// What crosses clusters depends on services, not on instances: the
+    /// entry of 20 services is printed for 1, 10 and 100 instances each,
+    /// and differs only by the digits of the counts.
+    #[test]
+    fn an_entry_grows_with_services_not_instances() {
+        let locality = Locality {
+            region: "eu".into(),
+            ..Locality::default()
+        };
+        let mut sizes = Vec::new();
+        for per_service in [1, 10, 100] {
+            let workloads: Vec<Workload> = (0..20)
+                .flat_map(|s| (0..per_service).map(move |n| instance(&format!("svc{s}"), n)))
+                .collect();
+            let entry = own_entry(&locality, &workloads);
+            assert_eq!(entry.services.len(), 20);
+            assert!(
+                entry
+                    .services
+                    .iter()
+                    .all(|s| s.healthy == per_service as u32)
+            );
+            let bytes = serde_json::to_vec(&entry).unwrap().len();
+            println!(
+                "20 services × {per_service} instances ({} endpoints): entry {bytes} bytes",
+                workloads.len()
+            );
+            sizes.push(bytes);
+        }
+        // "healthy":1 → "healthy":100 adds two digits per service.
+        assert_eq!(sizes[1] - sizes[0], 20);
+        assert_eq!(sizes[2] - sizes[1], 20);
+    }
+
+    #[test]
+    fn updates_add_change_and_remove_items() {
+        let service = |healthy| {
+            Some(DirectoryItem::Service(DirectoryService {
+                namespace: "shop".into(),
+                name: "reviews".into(),
+                healthy,
+                service_accounts: vec!["reviews".into()],
+            }))
+        };
+        let change = |cluster: &str, key: &str, item| DirectoryChange {
+            cluster: cluster.into(),
+            key: key.into(),
+            item,
+        };
+        let mut directory = Directory::default();
+        assert!(directory.apply(DirectoryUpdate {
+            revision: 3,
+            full: true,
+            changes: vec![
+                change("west", "site", Some(DirectoryItem::Site(Site::default()))),
+                change("west", "service/shop/reviews", service(2)),
+            ],
+        }));
+        assert_eq!(directory.services(), 1);
+        assert!(!directory.apply(DirectoryUpdate {
+            revision: 4,
+            full: false,
+            changes: vec![change("west", "service/shop/reviews", service(2))],
+        }));
+        assert_eq!(directory.revision, 4);
+        assert!(directory.apply(DirectoryUpdate {
+            revision: 5,
+            full: false,
+            changes: vec![change("west", "service/shop/reviews", None)],
+        }));
+        assert_eq!(directory.services(), 0);
+        assert!(directory.apply(DirectoryUpdate {
+            revision: 6,
+            full: false,
+            changes: vec![change("west", "site", None)],
+        }));
+        assert!(directory.clusters.is_empty());
+        // A full update drops what it does not name.
+        directory.apply(DirectoryUpdate {
+            revision: 7,
+            full: false,
+            changes: vec![change("east", "service/shop/reviews", service(1))],
+        });
+        directory.apply(DirectoryUpdate {
+            revision: 8,
+            full: true,
+            changes: vec![change("west", "service/shop/reviews", service(1))],
+        });
+        assert_eq!(directory.clusters.keys().collect::<Vec<_>>(), vec!["west"]);
+    }
+}
