@@ -6,76 +6,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, WEFT, write};
-
-fn envoy() -> PathBuf {
-    if let Some(path) = std::env::var_os("WEFT_ENVOY") {
-        return PathBuf::from(path);
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/envoy");
-    assert!(
-        local.exists(),
-        "Envoy is missing: run scripts/setup (or set WEFT_ENVOY)"
-    );
-    local
-}
-
-/// A port for a listener a test starts. Taken below the kernel's
-/// ephemeral range (32768 and up), so no outgoing connection of Envoy or a
-/// client can be holding it when the listener binds, and never handed out
-/// twice in this process; free when it is handed out.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    const FIRST: u16 = 20_000;
-    const LAST: u16 = 32_000;
-    // Each run starts elsewhere in the range, away from the last run's
-    // ports.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        FIRST + (std::process::id() % 100) as u16 * 100,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = FIRST + port.wrapping_sub(FIRST) % (LAST - FIRST);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A process stopped with SIGTERM (so a sidecar stops its Envoy too).
-struct Proc(Child);
-
-impl Proc {
-    /// Sends SIGTERM; returns false if the process had to be killed after
-    /// 10 s.
-    fn stop(&mut self) -> bool {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
+use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
 
 const BASE: &str = "\
 apiVersion: weft.dev/v1alpha1
@@ -119,23 +54,6 @@ struct Mesh {
     /// Each sidecar's Envoy admin port, by node.
     envoy_admin: BTreeMap<String, u16>,
     http: reqwest::Client,
-}
-
-/// Prints the end of every log in `dir`: when a test fails, the logs of
-/// the components tell why.
-fn show_log_tails(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!("--- last lines of {}\n{tail}", path.display());
-        }
-    }
 }
 
 impl Drop for Mesh {
@@ -467,18 +385,6 @@ impl Mesh {
         .await;
         started.elapsed()
     }
-}
-
-async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < deadline {
-        if check().await {
-            eprintln!("waited {:?} until {what}", started.elapsed());
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {deadline:?} waiting until {what}");
 }
 
 fn route(spec: &str) -> String {

@@ -225,6 +225,31 @@ impl EdgeCa {
         }
     }
 
+    /// A client for the server's edge port: mutual TLS, the server must be
+    /// `weft-server` under the bundle, and the edge shows its own
+    /// certificate (none before its first CA). A new connection per
+    /// request: one made before the edge had its certificate would
+    /// otherwise keep being reused without it.
+    pub fn server_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let tls = weft_identity::tls::client_config(
+            self.trust_store.clone(),
+            |bundle| {
+                SpiffeId::server(bundle.trust_domain())
+                    .map(|id| id.to_string())
+                    .unwrap_or_default()
+            },
+            Some(self.serving.clone()),
+        )
+        .map_err(|e| format!("the server connection: {e}"))?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .pool_max_idle_per_host(0)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("the server connection: {e}"))
+    }
+
     /// Asks the server to sign a new intermediate, and keeps it.
     pub async fn renew(
         &self,

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use weft_api::edge::{
     ConfigError, DirectoryReport, EdgeConfig, EdgeStatus, NackReport, ProxyReport, Trust,
 };
-use weft_identity::{Bundle, SpiffeId};
+use weft_identity::Bundle;
 use weft_xds::{AdsServer, SnapshotCache};
 
 use crate::ca::EdgeCa;
@@ -398,35 +398,18 @@ pub async fn run(
             signer: String::new(),
         }));
     }
-    // The server is called over mutual TLS: it must be `weft-server` under
-    // the bundle, and the edge shows its own certificate (none before its
-    // first CA).
-    let tls = weft_identity::tls::client_config(
-        ca.trust_store.clone(),
-        |bundle| {
-            SpiffeId::server(bundle.trust_domain())
-                .map(|id| id.to_string())
-                .unwrap_or_default()
-        },
-        Some(ca.serving.clone()),
-    )
-    .map_err(|e| EdgeError::Serve {
-        what: "the server connection",
-        source: Box::new(e),
-    })?;
-    // A new connection per request: one made before the edge had its
-    // certificate would otherwise keep being reused without it.
-    let http = |timeout: Duration| {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls.clone())
-            .pool_max_idle_per_host(0)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(timeout)
-            .build()
-    };
+    let http = |timeout: Duration| ca.server_client(timeout);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(build_loop(edge.clone(), stop_rx.clone()));
+    // A restarted edge (it kept a configuration) first lets the proxies
+    // that were connected come back: a proxy that reconnects early would
+    // otherwise get a config without the instances of the others.
+    let hold = if edge.lock().from_disk {
+        options.grace
+    } else {
+        Duration::ZERO
+    };
+    tokio::spawn(build_loop(edge.clone(), hold, stop_rx.clone()));
     match http(POLL_WAIT + Duration::from_secs(10)) {
         Ok(client) => {
             let directory =
@@ -567,7 +550,17 @@ async fn render_metrics(State(edge): State<Arc<Edge>>) -> impl IntoResponse {
 
 /// Translates and publishes whenever the configuration or the registry
 /// changes. Changes that arrive together are built once.
-async fn build_loop(edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
+async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<bool>) {
+    if !hold.is_zero() {
+        tracing::info!(
+            ?hold,
+            "waiting for the proxies to reconnect before the first build"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            _ = stop.changed() => return,
+        }
+    }
     let mut config_rx = edge.config_tx.subscribe();
     let mut registry_rx = edge.registry.subscribe();
     let mut directory_rx = edge.directory_tx.subscribe();
@@ -699,7 +692,11 @@ async fn sync_loop(
             _ = stop.changed() => return,
         };
         let failure = match outcome {
-            Ok(response) if response.status() == StatusCode::NOT_MODIFIED => None,
+            Ok(response) if response.status() == StatusCode::NOT_MODIFIED => {
+                // The server confirmed the configuration read from disk.
+                edge.lock().from_disk = false;
+                None
+            }
             Ok(response) if response.status().is_success() => match response
                 .json::<EdgeConfig>()
                 .await
@@ -780,7 +777,7 @@ async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::
                 _ = stop.changed() => return,
             }
         }
-        let (current, _) = edge.directory_tx.borrow().clone();
+        let (current, from_disk) = edge.directory_tx.borrow().clone();
         let update = tokio::select! {
             r = client.follow(current.revision, POLL_WAIT) => r,
             _ = stop.changed() => return,
@@ -805,6 +802,10 @@ async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::
         let mut directory = (*current).clone();
         let changed = directory.apply(update);
         if directory.revision == current.revision && !changed {
+            if from_disk {
+                // The server confirmed the directory read from disk.
+                edge.use_directory(directory, false);
+            }
             continue;
         }
         if let Err(error) = write_private(

@@ -198,6 +198,11 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// What differs between the two protocol variants.
 trait Protocol: Send + 'static {
     type Request: Send + 'static;
+    /// Whether a request is answered before the proxy has a snapshot:
+    /// delta must answer every first request (or Envoy waits out its
+    /// initial fetch timeout), with nothing, which removes nothing; in SotW
+    /// an empty answer would remove everything a reconnecting proxy has.
+    const ANSWERS_WITHOUT_SNAPSHOT: bool;
 
     fn node(request: &Self::Request) -> Option<&Node>;
     /// Handles a request; returns the type it concerns if a response for it
@@ -388,8 +393,15 @@ impl<P: Protocol> Session<P> {
         }
         let node = self.node.clone().unwrap_or_default();
         if let Some(t) = self.protocol.on_request(request, &node, &self.cache) {
-            let snapshot = self.snapshot().unwrap_or_default();
-            self.push(t, &snapshot, true).await?;
+            // No snapshot yet: a restarted edge is still learning which
+            // proxies are there. The proxy keeps what it has until one comes.
+            match self.snapshot() {
+                Some(snapshot) => self.push(t, &snapshot, true).await?,
+                None if P::ANSWERS_WITHOUT_SNAPSHOT => {
+                    self.push(t, &Snapshot::default(), false).await?
+                }
+                None => {}
+            }
         }
         self.advance(false).await
     }
@@ -540,6 +552,7 @@ struct SotwType {
 
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
+    const ANSWERS_WITHOUT_SNAPSHOT: bool = false;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -685,6 +698,7 @@ struct DeltaType {
 
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
+    const ANSWERS_WITHOUT_SNAPSHOT: bool = true;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -773,7 +787,11 @@ impl Protocol for Delta {
         } else {
             Vec::new()
         };
-        let must_answer = !state.answered;
+        // The last step of an update also answers when only the version
+        // moved (a proxy that reconnected before its snapshot already held
+        // all of it), so its ACK records the version it runs.
+        let must_answer =
+            !state.answered || (removals && state.progress.sent_version != snapshot.version(t));
         if updated.is_empty() && removed.is_empty() && !must_answer {
             return Ok(None);
         }

@@ -139,19 +139,12 @@ async fn sotw_orders_updates_ignores_stale_requests_and_never_resends_a_nack() {
     let mut client = serve(cache.clone()).await;
     let mut proxy = SotwClient::open(&mut client).await;
 
-    // First requests are answered even before there is a snapshot.
+    // Before there is a snapshot nothing is answered: an empty SotW
+    // answer would remove what a reconnecting proxy has.
     proxy.ask(ResourceType::Cluster, &[], "", "", None).await;
-    let empty = proxy.next().await;
-    assert_eq!(
-        (kind(&empty), empty.resources.len()),
-        (ResourceType::Cluster, 0)
-    );
-    proxy.ack(&empty, &[]).await;
     proxy
         .ask(ResourceType::Endpoint, &["a"], "", "", None)
         .await;
-    let empty_eds = proxy.next().await;
-    proxy.ack(&empty_eds, &["a"]).await;
     proxy.nothing().await;
 
     cache.set(
@@ -181,13 +174,13 @@ async fn sotw_orders_updates_ignores_stale_requests_and_never_resends_a_nack() {
             .contains_key(&ResourceType::Endpoint)
     );
 
-    // A request answering an older response is stale and ignored, even if
-    // it names other resources.
+    // A request answering another response than the latest of its type is
+    // stale and ignored, even if it names other resources.
     proxy
         .ask(
             ResourceType::Endpoint,
             &["a", "b"],
-            &empty_eds.nonce,
+            &clusters.nonce,
             "",
             None,
         )
@@ -332,4 +325,61 @@ async fn delta_sends_changes_and_removals_by_subscription() {
     let removal = proxy.next().await;
     assert!(removal.resources.is_empty(), "{removal:?}");
     assert_eq!(removal.removed_resources, vec!["b".to_string()]);
+}
+
+/// A proxy that reconnects to a server with no snapshot for it yet (an
+/// edge restarted and still learning who is connected) keeps what it has:
+/// delta answers its first request with nothing removed, SotW waits; once
+/// the snapshot comes, only what differs goes out.
+#[tokio::test]
+async fn a_proxy_reconnecting_before_its_snapshot_keeps_what_it_has() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let kept = Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap();
+    let held = kept.resources(ResourceType::Cluster)["a"].version.clone();
+
+    let (tx, requests) = mpsc::channel(16);
+    let rx = client
+        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut delta = DeltaClient { tx, rx };
+    let reconnect = DeltaDiscoveryRequest {
+        node: node(),
+        type_url: ResourceType::Cluster.type_url(),
+        initial_resource_versions: [("a".to_string(), held.clone())].into(),
+        ..Default::default()
+    };
+    delta.tx.send(reconnect).await.unwrap();
+    let first = delta.next().await;
+    assert!(first.resources.is_empty(), "{first:?}");
+    assert!(
+        first.removed_resources.is_empty(),
+        "told to drop what it has: {first:?}"
+    );
+
+    let mut sotw = SotwClient::open(&mut client).await;
+    sotw.ask(ResourceType::Cluster, &[], "", "", None).await;
+    sotw.nothing().await;
+
+    // The snapshot arrives with one more cluster: delta gets only the new
+    // one, SotW the whole set.
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(
+            &[eds_cluster("a", 1), eds_cluster("b", 1)],
+            &[endpoints("a"), endpoints("b")],
+            &[],
+            &[],
+        )
+        .unwrap(),
+    );
+    let update = delta.next().await;
+    let names: Vec<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["b"]);
+    assert!(update.removed_resources.is_empty());
+    let whole = sotw.next().await;
+    assert_eq!(kind(&whole), ResourceType::Cluster);
+    assert_eq!(whole.resources.len(), 2);
 }

@@ -1,0 +1,684 @@
+//! Multi-cluster end to end: one `weft server`, three clusters in two
+//! regions, each with its own `weft edge`, `weft eastwest` gateway and
+//! Envoy sidecars on its own loopback range (east-a 127.0.1.x, east-b
+//! 127.0.2.x, west 127.0.3.x). Every assertion is about real requests.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
+
+const MESH: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east-a}
+spec: {region: east, zone: a}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east-b}
+spec: {region: east, zone: b}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: west}
+spec: {region: west, zone: a}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Tenant
+metadata: {name: retail}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: shop, tenant: retail}
+spec: {namespaceSelector: ['*/shop']}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficSetting
+metadata: {name: resilient, tenant: retail, workspace: shop}
+spec:
+  retries: {attempts: 3, perTryTimeout: 2s, retryOn: [connect-failure, reset, 5xx]}
+  outlierDetection: {consecutive5xx: 2, interval: 1s, baseEjectionTime: 5s, maxEjectionPercent: 100}
+---
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: only-the-client, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{serviceAccount: {name: client, namespace: shop}}]}]
+";
+
+/// One cluster: its edge, gateway and proxies on 127.0.NET.x.
+struct Cluster {
+    name: &'static str,
+    net: u8,
+    next_host: u8,
+    xds_port: u16,
+    admin_port: u16,
+    edge: Option<Proc>,
+    gateway: Option<Proc>,
+    proxies: BTreeMap<String, Proc>,
+    /// Each proxy's inbound address, by node, so a restart keeps it.
+    addresses: BTreeMap<String, String>,
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    edge_listen: String,
+    admin: String,
+    clusters: Vec<Cluster>,
+    http: reqwest::Client,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            show_log_tails(self.dir.path());
+        }
+    }
+}
+
+impl World {
+    async fn start() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let edge_listen = format!("127.0.0.1:{}", free_port());
+        let server = Server::start_with(
+            &dir.path().join("server"),
+            None,
+            &["--edge-listen", &edge_listen],
+        );
+        let admin = server.admin_token();
+        let mesh = write(dir.path(), "mesh.yaml", MESH);
+        let applied = server.weft(&admin, &["apply", "-f", &mesh]);
+        assert_eq!(applied.code, 0, "{applied:?}");
+        let clusters = [("east-a", 1), ("east-b", 2), ("west", 3)]
+            .into_iter()
+            .map(|(name, net)| Cluster {
+                name,
+                net,
+                next_host: 10,
+                xds_port: free_port(),
+                admin_port: free_port(),
+                edge: None,
+                gateway: None,
+                proxies: BTreeMap::new(),
+                addresses: BTreeMap::new(),
+            })
+            .collect();
+        let mut world = World {
+            dir,
+            server: Some(server),
+            edge_listen,
+            admin,
+            clusters,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        for c in 0..3 {
+            world.start_edge(c).await;
+            world.start_gateway(c);
+        }
+        world
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("the server runs")
+    }
+
+    /// A credential file for cluster `c`: `args` after `--cluster NAME`.
+    fn credential(&self, c: usize, file: &str, args: &[&str]) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}-{file}.token", self.clusters[c].name));
+        if path.exists() {
+            return path;
+        }
+        let mut all = vec!["token", "create", "--cluster", self.clusters[c].name];
+        all.extend_from_slice(args);
+        let run = self.server().weft(&self.admin, &all);
+        assert_eq!(run.code, 0, "{run:?}");
+        std::fs::write(&path, &run.stdout).unwrap();
+        path
+    }
+
+    async fn start_edge(&mut self, c: usize) {
+        let credential = self.credential(c, "edge", &[]);
+        let cluster = &self.clusters[c];
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}-edge.log", cluster.name)))
+            .unwrap();
+        let child = Command::new(WEFT)
+            .args(["edge", "--cluster", cluster.name, "--grace", "1s"])
+            .arg("--credential-file")
+            .arg(&credential)
+            .args(["--xds-listen", &format!("127.0.0.1:{}", cluster.xds_port)])
+            .args([
+                "--admin-listen",
+                &format!("127.0.0.1:{}", cluster.admin_port),
+            ])
+            .arg("--data")
+            .arg(self.dir.path().join(format!("{}-edge-data", cluster.name)))
+            .args(["--server", &format!("https://{}", self.edge_listen)])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.clusters[c].edge = Some(Proc(child));
+        let url = format!("http://127.0.0.1:{}/healthz", self.clusters[c].admin_port);
+        until("the edge answers", Duration::from_secs(20), async || {
+            self.http.get(&url).send().await.is_ok()
+        })
+        .await;
+    }
+
+    fn start_gateway(&mut self, c: usize) {
+        let credential = self.credential(c, "eastwest", &["--eastwest"]);
+        let cluster = &self.clusters[c];
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("{}-eastwest.log", cluster.name)),
+        )
+        .unwrap();
+        let child = Command::new(WEFT)
+            .args([
+                "eastwest",
+                "--node-id",
+                &format!("{}-eastwest", cluster.name),
+            ])
+            .args(["--listen", &format!("127.0.{}.1:15443", cluster.net)])
+            .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
+            .arg("--credential-file")
+            .arg(&credential)
+            .arg("--envoy")
+            .arg(envoy())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.clusters[c].gateway = Some(Proc(child));
+    }
+
+    /// Starts a sidecar in cluster `c` as service account `account`; with
+    /// `service`, an echo app of that service behind it (its instance
+    /// named `node`). Returns its outbound port.
+    fn proxy(&mut self, c: usize, node: &str, account: &str, service: Option<&str>) -> u16 {
+        let credential = self.credential(
+            c,
+            account,
+            &["--namespace", "shop", "--service-account", account],
+        );
+        let cluster = &mut self.clusters[c];
+        let address = cluster
+            .addresses
+            .entry(node.to_string())
+            .or_insert_with(|| {
+                cluster.next_host += 1;
+                format!("127.0.{}.{}:15006", cluster.net, cluster.next_host)
+            })
+            .clone();
+        let outbound = free_port();
+        let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
+        let mut command = Command::new(WEFT);
+        command
+            .args(["sidecar", "--namespace", "shop", "--node-id", node])
+            .args(["--service", service.unwrap_or(account)])
+            .args(["--service-account", account])
+            .args(["--inbound", &address])
+            .args(["--outbound-port", &outbound.to_string()])
+            .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
+            .arg("--credential-file")
+            .arg(&credential)
+            .arg("--envoy")
+            .arg(envoy())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(service) = service {
+            let app = free_port();
+            command
+                .args(["--app-port", &app.to_string(), "--"])
+                .args([WEFT, "x", "echo", "--service", service, "--instance", node])
+                .args(["--listen", &format!("127.0.0.1:{app}")]);
+        }
+        cluster
+            .proxies
+            .insert(node.to_string(), Proc(command.spawn().unwrap()));
+        outbound
+    }
+
+    fn stop_proxy(&mut self, c: usize, node: &str) {
+        let mut proxy = self.clusters[c].proxies.remove(node).unwrap();
+        assert!(proxy.stop(), "{node} stops on SIGTERM");
+    }
+
+    async fn edge_status(&self, c: usize) -> Value {
+        let url = format!("http://127.0.0.1:{}/status", self.clusters[c].admin_port);
+        match self.http.get(&url).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn metric(&self, url: &str, name: &str) -> Option<i64> {
+        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    async fn edge_metric(&self, c: usize, name: &str) -> Option<i64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.clusters[c].admin_port);
+        self.metric(&url, name).await
+    }
+
+    /// Waits until every proxy of every cluster accepted its config.
+    async fn until_in_sync(&self) {
+        until(
+            "every proxy in every cluster is in sync",
+            Duration::from_secs(60),
+            async || {
+                for (c, cluster) in self.clusters.iter().enumerate() {
+                    let status = self.edge_status(c).await;
+                    let list = status["proxies"].as_array().cloned().unwrap_or_default();
+                    let expected = cluster.proxies.len() + usize::from(cluster.gateway.is_some());
+                    let ready = list.len() == expected
+                        && list
+                            .iter()
+                            .all(|p| p["inSync"] == true && p["connected"] == true);
+                    if !ready {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    /// Waits until cluster `c`'s edge knows `services` services elsewhere;
+    /// returns how long that took.
+    async fn until_directory(&self, c: usize, services: u64) -> Duration {
+        let started = Instant::now();
+        until(
+            &format!(
+                "{} knows {services} services elsewhere",
+                self.clusters[c].name
+            ),
+            Duration::from_secs(30),
+            async || self.edge_status(c).await["directory"]["services"] == services,
+        )
+        .await;
+        started.elapsed()
+    }
+
+    /// One request from the proxy at `port` to `host`: the status, and the
+    /// answer (the instance and the headers it saw).
+    async fn call(&self, port: u16, host: &str) -> (u16, Option<Value>) {
+        let request = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", host);
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.ok())
+            }
+            Err(_) => (0, None),
+        }
+    }
+
+    /// Who answers `n` requests to `host`: instance → count.
+    async fn answers(&self, port: u16, host: &str, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let who = match self.call(port, host).await {
+                (200, Some(body)) => body["instance"].as_str().unwrap_or("?").to_string(),
+                (status, _) => format!("status {status}"),
+            };
+            *seen.entry(who).or_default() += 1;
+        }
+        seen
+    }
+}
+
+/// Requests at a steady pace from one proxy, each answer recorded with
+/// when it came.
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, Result<String, String>)>>,
+}
+
+impl Load {
+    fn start(port: u16, host: &'static str) -> Load {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let mut seen = Vec::new();
+            while !*stopped.borrow() {
+                let outcome = match client
+                    .get(format!("http://127.0.0.1:{port}/"))
+                    .header("host", host)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                        Ok(body) => Ok(body["instance"].as_str().unwrap_or("?").to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                seen.push((Instant::now(), outcome));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        });
+        Load { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(Instant, Result<String, String>)> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// Failures in `seen`, and when the first answer from `instance` came
+/// after `since`.
+fn failures_and_first(
+    seen: &[(Instant, Result<String, String>)],
+    since: Instant,
+    instance: &str,
+) -> (Vec<String>, Option<Duration>) {
+    let failures = seen
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().err().cloned())
+        .collect();
+    let first = seen
+        .iter()
+        .find(|(at, o)| *at >= since && o.as_deref() == Ok(instance))
+        .map(|(at, _)| at.duration_since(since));
+    (failures, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_control_planes() {
+    const EAST_A: usize = 0;
+    const EAST_B: usize = 1;
+    const WEST: usize = 2;
+    let mut world = World::start().await;
+    let client = world.proxy(EAST_A, "client-a", "client", None);
+    let intruder = world.proxy(EAST_A, "intruder-a", "intruder", None);
+    world.proxy(EAST_A, "reviews-a", "reviews", Some("reviews"));
+    world.proxy(EAST_B, "reviews-b", "reviews", Some("reviews"));
+    world.proxy(EAST_B, "ratings-b", "ratings", Some("ratings"));
+    world.proxy(WEST, "reviews-w", "reviews", Some("reviews"));
+    world.proxy(WEST, "ratings-w", "ratings", Some("ratings"));
+    // east-a sees east-b's and west's reviews and ratings.
+    world.until_directory(EAST_A, 4).await;
+    world.until_directory(WEST, 3).await;
+    world.until_in_sync().await;
+
+    // Local first; a service with no instance here goes to the same region.
+    until(
+        "reviews answers from east-a",
+        Duration::from_secs(30),
+        async || {
+            world
+                .answers(client, "reviews", 1)
+                .await
+                .contains_key("reviews-a")
+        },
+    )
+    .await;
+    let reviews = world.answers(client, "reviews", 30).await;
+    eprintln!("reviews from east-a: {reviews:?}");
+    assert_eq!(reviews, BTreeMap::from([("reviews-a".to_string(), 30)]));
+    until(
+        "ratings answers through east-b's gateway",
+        Duration::from_secs(30),
+        async || {
+            world
+                .answers(client, "ratings", 1)
+                .await
+                .contains_key("ratings-b")
+        },
+    )
+    .await;
+    let ratings = world.answers(client, "ratings", 30).await;
+    eprintln!("ratings from east-a: {ratings:?}");
+    assert_eq!(ratings, BTreeMap::from([("ratings-b".to_string(), 30)]));
+
+    // The callee in the other cluster sees the caller's own identity: the
+    // gateway did not open the TLS.
+    let (status, body) = world.call(client, "ratings").await;
+    assert_eq!(status, 200);
+    let forwarded = body.unwrap()["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        forwarded.contains("URI=spiffe://weft/ns/shop/sa/client"),
+        "ratings-b saw {forwarded:?}"
+    );
+    // A caller the policy does not allow is refused there too.
+    let (status, _) = world.call(intruder, "ratings").await;
+    assert_eq!(status, 403, "the intruder reached ratings in east-b");
+    until(
+        "ratings-b's access log names the refused caller",
+        Duration::from_secs(10),
+        async || {
+            std::fs::read_to_string(world.dir.path().join("ratings-b.log"))
+                .unwrap_or_default()
+                .contains("spiffe://weft/ns/shop/sa/intruder")
+        },
+    )
+    .await;
+
+    // A directory change reaches the other edges within about a second.
+    let started = Instant::now();
+    world.proxy(WEST, "details-w", "details", Some("details"));
+    let to_east_a = world.until_directory(EAST_A, 5).await;
+    let to_east_b = world.until_directory(EAST_B, 4).await;
+    eprintln!(
+        "a new service in west reached east-a's edge {:?} and east-b's {:?} after its sidecar started ({to_east_a:?} of polling)",
+        started.elapsed(),
+        to_east_b
+    );
+    // The directory carries counts, not endpoints: two more instances of
+    // details leave west's published entry the same size.
+    let entry_bytes = async |world: &World| -> usize {
+        let directory: Value = serde_json::from_slice(
+            &std::fs::read(world.dir.path().join("east-a-edge-data/directory.json")).unwrap(),
+        )
+        .unwrap();
+        serde_json::to_vec(&directory["clusters"]["west"])
+            .unwrap()
+            .len()
+    };
+    let one = entry_bytes(&world).await;
+    world.proxy(WEST, "details-w2", "details", Some("details"));
+    world.proxy(WEST, "details-w3", "details", Some("details"));
+    until(
+        "east-a knows west runs 3 details",
+        Duration::from_secs(30),
+        async || {
+            let directory = std::fs::read(world.dir.path().join("east-a-edge-data/directory.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            directory
+                .is_some_and(|d| d["clusters"]["west"]["services"]["shop/details"]["healthy"] == 3)
+        },
+    )
+    .await;
+    let three = entry_bytes(&world).await;
+    eprintln!(
+        "west's directory entry at east-a: {one} bytes with 1 details instance, {three} bytes with 3"
+    );
+    assert_eq!(one, three);
+    world.until_in_sync().await;
+
+    // Kill the local reviews under load: traffic fails over to east-b (the
+    // same region), with retries and no failed request.
+    let load = Load::start(client, "reviews");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    world.stop_proxy(EAST_A, "reviews-a");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let seen = load.stop().await;
+    let (failures, first) = failures_and_first(&seen, killed, "reviews-b");
+    let after: BTreeMap<&str, usize> = seen
+        .iter()
+        .filter(|(at, _)| *at > killed + Duration::from_secs(2))
+        .fold(BTreeMap::new(), |mut m, (_, o)| {
+            *m.entry(o.as_deref().unwrap_or("failed")).or_default() += 1;
+            m
+        });
+    eprintln!(
+        "failover: {} requests, {} failed; first answer from east-b {:?} after the kill; from 2 s on: {after:?}",
+        seen.len(),
+        failures.len(),
+        first
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(first.is_some_and(|f| f < Duration::from_secs(3)));
+    assert_eq!(after.keys().collect::<Vec<_>>(), vec![&"reviews-b"]);
+
+    // The local instance returns: traffic returns.
+    let restarted = Instant::now();
+    world.proxy(EAST_A, "reviews-a", "reviews", Some("reviews"));
+    until(
+        "reviews answers from east-a again",
+        Duration::from_secs(30),
+        async || {
+            world.answers(client, "reviews", 5).await
+                == BTreeMap::from([("reviews-a".to_string(), 5)])
+        },
+    )
+    .await;
+    eprintln!(
+        "traffic back in east-a {:?} after its instance restarted",
+        restarted.elapsed()
+    );
+
+    // No instance left in the region: ratings goes to the other region.
+    world.stop_proxy(EAST_B, "ratings-b");
+    until(
+        "ratings answers from west",
+        Duration::from_secs(30),
+        async || {
+            world.answers(client, "ratings", 5).await
+                == BTreeMap::from([("ratings-w".to_string(), 5)])
+        },
+    )
+    .await;
+
+    // Static stability. The server stops under load: nothing fails.
+    let directory_before = world.edge_status(EAST_A).await["directory"].clone();
+    let load = Load::start(client, "reviews");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.server.take().unwrap().stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An edge restarts without the server: it serves its proxies from
+    // disk, cross-cluster routes included.
+    world.clusters[EAST_A].edge.take().unwrap().stop();
+    world.start_edge(EAST_A).await;
+    world.until_in_sync().await;
+    let seen = load.stop().await;
+    let (failures, _) = failures_and_first(&seen, Instant::now(), "");
+    eprintln!(
+        "server down and east-a's edge restarted: {} requests, {} failed",
+        seen.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let status = world.edge_status(EAST_A).await;
+    assert_eq!(status["fromDisk"], true, "{status}");
+    assert_eq!(status["directory"]["fromDisk"], true, "{status}");
+    assert_eq!(
+        status["directory"]["services"],
+        directory_before["services"]
+    );
+    assert_eq!(
+        world.answers(client, "ratings", 5).await,
+        BTreeMap::from([("ratings-w".to_string(), 5)])
+    );
+
+    // The server returns: everything converges by itself, and the edges
+    // ask only for what they missed.
+    let full_syncs_before: Vec<Option<i64>> =
+        edge_metrics(&world, "weft_edge_directory_full_syncs_total").await;
+    let server = Server::start_with(
+        &world.dir.path().join("server"),
+        None,
+        &["--edge-listen", &world.edge_listen],
+    );
+    world.server = Some(server);
+    until(
+        "east-a's edge is back on the server",
+        Duration::from_secs(30),
+        async || {
+            let status = world.edge_status(EAST_A).await;
+            status["fromDisk"] == false && status["directory"]["fromDisk"] == false
+        },
+    )
+    .await;
+    // A change made while east-a's edge was away reaches it.
+    world.proxy(WEST, "ratings-w2", "ratings", Some("ratings"));
+    until(
+        "east-a knows west runs 2 ratings",
+        Duration::from_secs(30),
+        async || {
+            let directory = std::fs::read(world.dir.path().join("east-a-edge-data/directory.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            directory
+                .is_some_and(|d| d["clusters"]["west"]["services"]["shop/ratings"]["healthy"] == 2)
+        },
+    )
+    .await;
+    let full_syncs_after: Vec<Option<i64>> =
+        edge_metrics(&world, "weft_edge_directory_full_syncs_total").await;
+    eprintln!(
+        "full directory syncs per edge: before the server restart {full_syncs_before:?}, after {full_syncs_after:?}"
+    );
+    assert_eq!(
+        full_syncs_before, full_syncs_after,
+        "a reconnecting edge asked for the whole directory"
+    );
+    // East-a's restarted edge started from its file: it never needed one.
+    assert_eq!(full_syncs_after[EAST_A], Some(0));
+    let url = format!("{}/metrics", world.server().url);
+    let written = world
+        .metric(&url, "weft_server_directory_items_written_total")
+        .await;
+    eprintln!("directory items written by the restarted server: {written:?}");
+    // Only the new ratings instance's count changed.
+    assert!(written.is_some_and(|w| w <= 2), "{written:?}");
+}
+
+/// A metric of every edge, in cluster order.
+async fn edge_metrics(world: &World, name: &str) -> Vec<Option<i64>> {
+    let mut values = Vec::new();
+    for c in 0..world.clusters.len() {
+        values.push(world.edge_metric(c, name).await);
+    }
+    values
+}
