@@ -124,6 +124,35 @@ fn bad_traffic_settings_name_every_problem() {
             ],
         ),
         (
+            "locality: unknown, repeated and pointless failover priorities",
+            setting(
+                at_workspace(),
+                json!({"locality": {"failoverPriority": ["region", "planet", "region", "label:"]}}),
+            ),
+            vec![
+                (
+                    "spec.locality.failoverPriority[1]",
+                    "not region, zone, network or label:KEY",
+                ),
+                ("spec.locality.failoverPriority[2]", "listed twice"),
+                (
+                    "spec.locality.failoverPriority[3]",
+                    "not region, zone, network or label:KEY",
+                ),
+            ],
+        ),
+        (
+            "locality: a priority for calls that never leave",
+            setting(
+                at_workspace(),
+                json!({"locality": {"crossCluster": false, "failoverPriority": ["zone"]}}),
+            ),
+            vec![(
+                "spec.locality.failoverPriority",
+                "no effect with crossCluster: false",
+            )],
+        ),
+        (
             "a route must be in a traffic group",
             json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ServiceRoute",
                    "metadata": {"name": "r", "tenant": "retail", "workspace": "shop"},
@@ -161,7 +190,8 @@ fn good_traffic_settings_resolve_to_their_place() {
             "circuitBreaker": {"maxConnections": 1000, "maxPendingRequests": 100, "maxRequests": 1000, "maxRetries": 3},
             "outlierDetection": {"consecutive5xx": 5, "interval": "10s", "baseEjectionTime": "30s", "maxEjectionPercent": 50},
             "loadBalancer": "least-request",
-            "connectionPool": {"connectTimeout": "1s", "idleTimeout": "5m", "maxRequestsPerConnection": 100}
+            "connectionPool": {"connectTimeout": "1s", "idleTimeout": "5m", "maxRequestsPerConnection": 100},
+            "locality": {"failoverPriority": ["network", "region", "label:tier"]}
         }),
     );
     assert_eq!(

@@ -2,7 +2,9 @@
 //! edge` for cluster `local`, and the demo app (reviews v1 and v2, and a
 //! client sidecar to send traffic through), each as its own process with
 //! its log in the data directory; prints how to use it; stops them all on
-//! Ctrl-C, or when one of them stops.
+//! Ctrl-C, or when one of them stops. With `--multi-cluster`: three
+//! clusters in two regions, each with its edge, east-west gateway and a
+//! reviews instance, and the client in the first.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,10 @@ use crate::sidecar::stop;
 
 /// The demo's configuration; copied into the data directory on first start.
 const MESH: &str = include_str!("../../../examples/up/mesh.yaml");
+/// The multi-cluster demo's configuration.
+const MULTI_CLUSTER_MESH: &str = include_str!("../../../examples/up/multicluster.yaml");
+/// The multi-cluster demo's clusters, each on loopback range 127.0.N.x.
+const CLUSTERS: [(&str, u8); 3] = [("east-1", 1), ("east-2", 2), ("west-1", 3)];
 const CLUSTER: &str = "local";
 const NAMESPACE: &str = "shop";
 
@@ -39,17 +45,24 @@ pub struct UpArgs {
     /// The Envoy binary [default: .tools/venv/bin/envoy if it exists, else envoy on PATH]
     #[arg(long, env = "WEFT_ENVOY")]
     pub envoy: Option<PathBuf>,
+    /// Three clusters in two regions instead of one, to see locality-aware
+    /// routing and failover (keeps its data in DATA/multi-cluster)
+    #[arg(long)]
+    pub multi_cluster: bool,
 }
 
 /// One running component.
 struct Component {
-    name: &'static str,
+    name: String,
+    /// Whether the demo stops when it stops (not the instances the
+    /// multi-cluster demo invites you to stop).
+    essential: bool,
     child: Child,
     log: PathBuf,
 }
 
 impl Component {
-    fn start(name: &'static str, logs: &Path, command: &mut Command) -> Result<Component> {
+    fn start(name: &str, logs: &Path, command: &mut Command) -> Result<Component> {
         let log = logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
@@ -60,7 +73,12 @@ impl Component {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start the {name}"))?;
-        Ok(Component { name, child, log })
+        Ok(Component {
+            name: name.to_string(),
+            essential: true,
+            child,
+            log,
+        })
     }
 
     /// The end of its log, to say why it stopped.
@@ -86,7 +104,7 @@ impl Mesh {
     /// Completes when a component exits; says which and why.
     async fn first_exit(&mut self) -> String {
         loop {
-            for component in &mut self.components {
+            for component in self.components.iter_mut().filter(|c| c.essential) {
                 if let Ok(Some(status)) = component.child.try_wait() {
                     return format!(
                         "the {} stopped ({status}); the end of its log ({}):\n{}",
@@ -102,7 +120,7 @@ impl Mesh {
 
     /// Fails with the component's log if it has already exited.
     fn check(&mut self) -> Result<()> {
-        for component in &mut self.components {
+        for component in self.components.iter_mut().filter(|c| c.essential) {
             if let Ok(Some(status)) = component.child.try_wait() {
                 bail!(
                     "the {} stopped ({status}); the end of its log ({}):\n{}",
@@ -158,12 +176,14 @@ fn write_secret(path: &Path, secret: &str) -> Result<()> {
     Ok(())
 }
 
-/// The credential kept in `dir`, or a new one from the server.
+/// The credential kept in `dir`, or a new one from the server: for
+/// `cluster`'s edge, or for a workload of it (namespace, service account).
 async fn credential(
     client: &Client,
     dir: &Path,
+    cluster: &str,
     name: &str,
-    service_account: Option<&str>,
+    workload: Option<(&str, &str)>,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.token"));
     // Kept from an earlier start, unless it predates trust bundles in
@@ -174,9 +194,9 @@ async fn credential(
     }
     let request = CreateToken {
         user: None,
-        cluster: Some(CLUSTER.into()),
-        namespace: service_account.map(|_| NAMESPACE.to_string()),
-        service_account: service_account.map(str::to_string),
+        cluster: Some(cluster.into()),
+        namespace: workload.map(|(namespace, _)| namespace.to_string()),
+        service_account: workload.map(|(_, account)| account.to_string()),
         description: format!("weft up: {name}"),
         ttl_seconds: None,
     };
@@ -214,7 +234,8 @@ async fn start_server(exe: &Path, data: &Path, listen: &str, logs: &Path) -> Res
         }
     });
     Ok(Component {
-        name: "server",
+        name: "server".into(),
+        essential: true,
         child,
         log,
     })
@@ -283,10 +304,13 @@ async fn until_in_sync(mesh: &mut Mesh, edge_admin: u16, proxies: usize) -> Resu
 }
 
 pub async fn run(args: UpArgs) -> Result<i32> {
-    let data = match &args.data {
+    let mut data = match &args.data {
         Some(dir) => dir.clone(),
         None => data_home()?.join("weft").join("up"),
     };
+    if args.multi_cluster {
+        data = data.join("multi-cluster");
+    }
     for dir in ["", "logs", "credentials"] {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -321,7 +345,11 @@ pub async fn run(args: UpArgs) -> Result<i32> {
     let mut mesh = Mesh {
         components: Vec::new(),
     };
-    let result = start(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await;
+    let result = if args.multi_cluster {
+        start_multi_cluster(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await
+    } else {
+        start(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await
+    };
     let code = match result {
         Ok(()) => {
             tokio::select! {
@@ -345,15 +373,25 @@ pub async fn run(args: UpArgs) -> Result<i32> {
     Ok(code)
 }
 
-async fn start(
+/// The running server: where to reach it, and the demo's manifest.
+struct ControlPlane {
+    url: String,
+    edge_url: String,
+    client: Client,
+    admin_token_file: PathBuf,
+    manifest: PathBuf,
+}
+
+/// Starts the server and applies the demo's manifest (`default` the
+/// first time; the copy in `data` after that).
+async fn start_control_plane(
     mesh: &mut Mesh,
     exe: &Path,
-    envoy: &Path,
     data: &Path,
     logs: &Path,
-    credentials: &Path,
     args: &UpArgs,
-) -> Result<()> {
+    default: &str,
+) -> Result<ControlPlane> {
     let server_data = data.join("server");
     let server = start_server(exe, &server_data, &args.listen, logs).await?;
     let server_log = server.log.clone();
@@ -366,7 +404,7 @@ async fn start(
 
     let manifest = data.join("mesh.yaml");
     if !manifest.exists() {
-        std::fs::write(&manifest, MESH)?;
+        std::fs::write(&manifest, default)?;
     }
     if let Err(e) = crate::resources::apply(&client, std::slice::from_ref(&manifest), false).await {
         e.report();
@@ -376,10 +414,49 @@ async fn start(
             e.exit as u8
         );
     }
+    Ok(ControlPlane {
+        url,
+        edge_url,
+        client,
+        admin_token_file,
+        manifest,
+    })
+}
 
-    let edge_token = credential(&client, credentials, "edge", None).await?;
-    let reviews_token = credential(&client, credentials, "reviews", Some("reviews")).await?;
-    let client_token = credential(&client, credentials, "client", Some("client")).await?;
+async fn start(
+    mesh: &mut Mesh,
+    exe: &Path,
+    envoy: &Path,
+    data: &Path,
+    logs: &Path,
+    credentials: &Path,
+    args: &UpArgs,
+) -> Result<()> {
+    let ControlPlane {
+        url,
+        edge_url,
+        client,
+        admin_token_file,
+        manifest,
+    } = start_control_plane(mesh, exe, data, logs, args, MESH).await?;
+
+    let edge_token = credential(&client, credentials, CLUSTER, "edge", None).await?;
+    let reviews_token = credential(
+        &client,
+        credentials,
+        CLUSTER,
+        "reviews",
+        Some((NAMESPACE, "reviews")),
+    )
+    .await?;
+    let client_token = credential(
+        &client,
+        credentials,
+        CLUSTER,
+        "client",
+        Some((NAMESPACE, "client")),
+    )
+    .await?;
 
     let [
         xds,
@@ -465,6 +542,153 @@ Change the routing: edit {manifest}, then
   {weft} get cluster {CLUSTER} -o yaml     # proxies, what they accepted, NACKs
 Stop with Ctrl-C.",
         weft = exe.display(),
+        token = admin_token_file.display(),
+        logs = logs.display(),
+        manifest = manifest.display(),
+    );
+    Ok(())
+}
+
+/// Three clusters in two regions: each gets its edge, its east-west
+/// gateway on 127.0.N.1:15443 and a reviews instance on 127.0.N.11; the
+/// client runs in the first.
+async fn start_multi_cluster(
+    mesh: &mut Mesh,
+    exe: &Path,
+    envoy: &Path,
+    data: &Path,
+    logs: &Path,
+    credentials: &Path,
+    args: &UpArgs,
+) -> Result<()> {
+    let ControlPlane {
+        url,
+        edge_url,
+        client,
+        admin_token_file,
+        manifest,
+    } = start_control_plane(mesh, exe, data, logs, args, MULTI_CLUSTER_MESH).await?;
+    let mut edges = Vec::new();
+    let mut reviews_pids = Vec::new();
+    for (i, (cluster, net)) in CLUSTERS.into_iter().enumerate() {
+        let name = |what: &str| format!("{cluster}-{what}");
+        let edge_token = credential(&client, credentials, cluster, &name("edge"), None).await?;
+        let gateway = Some((
+            weft_identity::RESERVED_NAMESPACE,
+            weft_identity::EASTWEST_ACCOUNT,
+        ));
+        let gateway_token =
+            credential(&client, credentials, cluster, &name("eastwest"), gateway).await?;
+        let reviews = Some((NAMESPACE, "reviews"));
+        let reviews_token =
+            credential(&client, credentials, cluster, &name("reviews"), reviews).await?;
+        let [xds, edge_admin, app, outbound] = free_ports(args.port)?;
+        let edge = format!("127.0.0.1:{xds}");
+        mesh.components.push(Component::start(
+            &format!("{cluster}-edge"),
+            logs,
+            Command::new(exe)
+                .args(["edge", "--cluster", cluster, "--server", &edge_url])
+                .arg("--credential-file")
+                .arg(&edge_token)
+                .args(["--xds-listen", &edge])
+                .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
+                .arg("--data")
+                .arg(data.join(format!("{cluster}-edge"))),
+        )?);
+        mesh.components.push(Component::start(
+            &format!("{cluster}-eastwest"),
+            logs,
+            Command::new(exe)
+                .args(["eastwest", "--node-id", &format!("{cluster}-eastwest")])
+                .args(["--listen", &format!("127.0.{net}.1:15443")])
+                .args(["--edge", &edge])
+                .arg("--credential-file")
+                .arg(&gateway_token)
+                .arg("--envoy")
+                .arg(envoy),
+        )?);
+        let instance = format!("reviews-{cluster}");
+        let mut reviews = Component::start(
+            &instance,
+            logs,
+            Command::new(exe)
+                .args(["sidecar", "--service", "reviews", "--namespace", NAMESPACE])
+                .args(["--node-id", &instance])
+                .args(["--app-port", &app.to_string()])
+                .args(["--inbound", &format!("127.0.{net}.11:15006")])
+                .args(["--outbound-port", &outbound.to_string()])
+                .args(["--edge", &edge])
+                .arg("--credential-file")
+                .arg(&reviews_token)
+                .arg("--envoy")
+                .arg(envoy)
+                .arg("--")
+                .arg(exe)
+                .args(["x", "echo", "--service", "reviews", "--instance", &instance])
+                .args(["--listen", &format!("127.0.0.1:{app}")]),
+        )?;
+        reviews.essential = false;
+        reviews_pids.push((instance, reviews.child.id().unwrap_or_default()));
+        mesh.components.push(reviews);
+        let mut proxies = 2;
+        if i == 0 {
+            let client_token = credential(
+                &client,
+                credentials,
+                cluster,
+                &name("client"),
+                Some((NAMESPACE, "client")),
+            )
+            .await?;
+            mesh.components.push(Component::start(
+                "client",
+                logs,
+                Command::new(exe)
+                    .args(["sidecar", "--service", "client", "--namespace", NAMESPACE])
+                    .args(["--node-id", "client"])
+                    .args(["--inbound", &format!("127.0.{net}.12:15006")])
+                    .args(["--outbound-port", &args.port.to_string()])
+                    .args(["--edge", &edge])
+                    .arg("--credential-file")
+                    .arg(&client_token)
+                    .arg("--envoy")
+                    .arg(envoy),
+            )?);
+            proxies += 1;
+        }
+        edges.push((cluster, edge_admin, proxies));
+    }
+    for (_, edge_admin, proxies) in &edges {
+        until_in_sync(mesh, *edge_admin, *proxies).await?;
+    }
+    let port = args.port;
+    let statuses: Vec<String> = edges
+        .iter()
+        .map(|(cluster, admin, _)| format!("{cluster} http://127.0.0.1:{admin}/status"))
+        .collect();
+    let (local, local_pid) = &reviews_pids[0];
+    let (same_region, same_region_pid) = &reviews_pids[1];
+    let (other_region, _) = &reviews_pids[2];
+    println!(
+        "\
+weft up: three clusters are ready: east-1 and east-2 in region east, west-1 in region west.
+  server   {url}   (admin token: {token})
+  edges    {statuses}
+  gateways 127.0.1.1:15443, 127.0.2.1:15443, 127.0.3.1:15443 (east-west, TLS passed through)
+  services reviews in every cluster; a client in east-1
+  logs     {logs}
+
+Calls from east-1 stay in east-1:
+  curl -H 'Host: reviews' http://127.0.0.1:{port}/      # \"instance\": \"{local}\"
+Stop east-1's reviews, and calls go to {same_region} in east-2 (same region), with no failed request:
+  kill {local_pid}
+Stop east-2's too, and they go to {other_region} in west-1:
+  kill {same_region_pid}
+See what each edge knows of the others: curl the status URLs above (\"directory\").
+Configuration: {manifest}; export WEFT_SERVER={url} WEFT_TOKEN=$(cat {token})
+Stop with Ctrl-C.",
+        statuses = statuses.join(", "),
         token = admin_token_file.display(),
         logs = logs.display(),
         manifest = manifest.display(),

@@ -496,6 +496,10 @@ fn traffic_kinds_follow_their_concern_and_their_parents() {
     let applied = server.weft(&ann, &["apply", "-f", traffic]);
     assert_eq!(applied.code, 0, "{applied:?}");
     // The README's security example (callers, end-user tokens) is sam's.
+    // The README's multi-cluster example applies too.
+    let clusters = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/multicluster");
+    let spanned = server.weft(&admin, &["apply", "-f", clusters]);
+    assert_eq!(spanned.code, 0, "{spanned:?}");
     let security = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/security");
     let secured = server.weft(&sam, &["apply", "-f", security]);
     assert!(

@@ -136,8 +136,7 @@ impl Directory {
             }
         }
         self.revision = update.revision;
-        let changed = before.clusters != self.clusters;
-        changed
+        before.clusters != self.clusters
     }
 
     /// Services other clusters run, with how many instances each.

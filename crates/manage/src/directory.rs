@@ -248,3 +248,48 @@ pub(crate) async fn withdraw_deleted_clusters(state: &AppState, applied: &[Appli
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::edge::{DirectoryService, Site};
+
+    #[test]
+    fn a_bad_entry_names_every_problem_by_field() {
+        let service = |namespace: &str, name: &str, account: &str| DirectoryService {
+            namespace: namespace.into(),
+            name: name.into(),
+            healthy: 1,
+            service_accounts: vec![account.into()],
+        };
+        let entry = DirectoryEntry {
+            site: Site {
+                locality: Locality::default(),
+                gateways: vec!["10.0.0.1:15443".into(), "gateway".into()],
+            },
+            services: vec![
+                service("shop", "reviews", "reviews"),
+                service("shop", "Reviews", "x_y"),
+                service("shop", "reviews", "reviews"),
+            ],
+        };
+        let problems: Vec<(String, bool)> = check_entry(&entry)
+            .into_iter()
+            .map(|d| (d.field, !d.message.is_empty()))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                ("site.gateways[1]".to_string(), true),
+                ("services[1].name".to_string(), true),
+                ("services[1].serviceAccounts[0]".to_string(), true),
+                ("services[2]".to_string(), true),
+            ]
+        );
+        let good = DirectoryEntry {
+            services: vec![service("shop", "reviews", "reviews")],
+            ..DirectoryEntry::default()
+        };
+        assert!(check_entry(&good).is_empty());
+    }
+}

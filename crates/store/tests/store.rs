@@ -690,6 +690,84 @@ async fn root_authorities_are_added_activated_and_retired(f: Fixture) {
     assert!(all[0].retired_at.is_some() && all[0].key_pem == "key a");
 }
 
+async fn directory_publications_write_only_what_changed(f: Fixture) {
+    let items = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let store = &f.store;
+    assert_eq!(store.directory_revision().await.unwrap(), 0);
+    let first = items(&[
+        ("site", "{}"),
+        ("service/shop/a", "1"),
+        ("service/shop/b", "1"),
+    ]);
+    let (r1, written) = store
+        .publish_directory("east", &first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(written, 3);
+    // The same entry again writes nothing and keeps the revision.
+    assert_eq!(store.publish_directory("east", &first).await.unwrap(), None);
+    assert_eq!(store.directory_revision().await.unwrap(), r1);
+    // Another cluster; then one count changes and one service goes.
+    let (r2, _) = store
+        .publish_directory("west", &items(&[("site", "{}")]))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = {
+        let s = store.clone();
+        tokio::spawn(async move { s.wait_for_directory(r2).await })
+    };
+    let (r3, written) = store
+        .publish_directory("east", &items(&[("site", "{}"), ("service/shop/a", "2")]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(written, 2);
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(woke, r3);
+    let since: Vec<(String, String, Option<String>)> = store
+        .directory_since(r2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.cluster, row.item, row.body))
+        .collect();
+    assert_eq!(
+        since,
+        vec![
+            ("east".into(), "service/shop/a".into(), Some("2".into())),
+            ("east".into(), "service/shop/b".into(), None),
+        ]
+    );
+    // From the start: only live items, no tombstones.
+    let live: Vec<String> = store
+        .directory_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| format!("{}/{}", row.cluster, row.item))
+        .collect();
+    assert_eq!(live, ["east/site", "west/site", "east/service/shop/a"]);
+    // A withdrawn cluster leaves tombstones only.
+    let withdrawn = store.withdraw_directory("west").await.unwrap().unwrap();
+    let rows = store.directory_since(r3).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].body.as_deref(), rows[0].revision),
+        (None, withdrawn)
+    );
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -722,4 +800,5 @@ suite!(
     change_feed_is_bounded_and_says_so,
     waiting_for_a_change_wakes_on_commit,
     root_authorities_are_added_activated_and_retired,
+    directory_publications_write_only_what_changed,
 );
