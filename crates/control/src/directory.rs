@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use weft_api::edge::{
-    DirectoryEntry, DirectoryItem, DirectoryService, DirectoryUpdate, Locality, Site,
+    DirectoryChange, DirectoryEntry, DirectoryItem, DirectoryService, DirectoryUpdate, Locality,
+    Site,
 };
 
 use crate::workload::{Role, Workload};
@@ -110,33 +111,46 @@ pub struct RemoteCluster {
 }
 
 impl Directory {
-    /// Applies an update from the server; whether anything changed.
+    /// Applies an update from the server; whether anything changed. Costs
+    /// what the update carries, not what the directory holds (but for a
+    /// full update).
     pub fn apply(&mut self, update: DirectoryUpdate) -> bool {
-        let before = self.clone();
-        if update.full {
-            self.clusters.clear();
-        }
-        for change in update.changes {
-            let cluster = self.clusters.entry(change.cluster.clone()).or_default();
-            match change.item {
-                Some(DirectoryItem::Site(site)) => cluster.site = Some(site),
-                Some(DirectoryItem::Service(service)) => {
-                    let key = format!("{}/{}", service.namespace, service.name);
-                    cluster.services.insert(key, service);
-                }
-                None if change.key == "site" => cluster.site = None,
-                None => {
-                    if let Some(key) = change.key.strip_prefix("service/") {
-                        cluster.services.remove(key);
-                    }
-                }
-            }
-            if cluster.site.is_none() && cluster.services.is_empty() {
-                self.clusters.remove(&change.cluster);
-            }
-        }
         self.revision = update.revision;
-        before.clusters != self.clusters
+        if update.full {
+            let mut fresh = Directory::default();
+            for change in update.changes {
+                fresh.put(change);
+            }
+            let changed = fresh.clusters != self.clusters;
+            self.clusters = fresh.clusters;
+            return changed;
+        }
+        let mut changed = false;
+        for change in update.changes {
+            changed |= self.put(change);
+        }
+        changed
+    }
+
+    /// Sets or removes one item; whether that changed anything.
+    fn put(&mut self, change: DirectoryChange) -> bool {
+        let cluster = self.clusters.entry(change.cluster.clone()).or_default();
+        let changed = match change.item {
+            Some(DirectoryItem::Site(site)) => cluster.site.replace(site.clone()) != Some(site),
+            Some(DirectoryItem::Service(service)) => {
+                let key = format!("{}/{}", service.namespace, service.name);
+                cluster.services.insert(key, service.clone()) != Some(service)
+            }
+            None if change.key == "site" => cluster.site.take().is_some(),
+            None => change
+                .key
+                .strip_prefix("service/")
+                .is_some_and(|key| cluster.services.remove(key).is_some()),
+        };
+        if cluster.site.is_none() && cluster.services.is_empty() {
+            self.clusters.remove(&change.cluster);
+        }
+        changed
     }
 
     /// Services other clusters run, with how many instances each.
@@ -192,7 +206,6 @@ pub fn own_entry(locality: &Locality, workloads: &[Workload]) -> DirectoryEntry 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_api::edge::DirectoryChange;
 
     fn instance(service: &str, n: usize) -> Workload {
         Workload {
