@@ -66,6 +66,8 @@ struct Cluster {
     proxies: BTreeMap<String, Proc>,
     /// Each proxy's inbound address, by node, so a restart keeps it.
     addresses: BTreeMap<String, String>,
+    /// Each proxy's Envoy admin port, by node.
+    envoy_admin: BTreeMap<String, u16>,
 }
 
 struct World {
@@ -110,6 +112,7 @@ impl World {
                 gateway: None,
                 proxies: BTreeMap::new(),
                 addresses: BTreeMap::new(),
+                envoy_admin: BTreeMap::new(),
             })
             .collect();
         let mut world = World {
@@ -232,6 +235,8 @@ impl World {
             })
             .clone();
         let outbound = free_port();
+        let admin = free_port();
+        cluster.envoy_admin.insert(node.to_string(), admin);
         let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
         let mut command = Command::new(WEFT);
         command
@@ -240,6 +245,7 @@ impl World {
             .args(["--service-account", account])
             .args(["--inbound", &address])
             .args(["--outbound-port", &outbound.to_string()])
+            .args(["--admin-port", &admin.to_string()])
             .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
             .arg("--credential-file")
             .arg(&credential)
@@ -279,6 +285,24 @@ impl World {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// A counter of a proxy's Envoy whose name contains `part` and ends
+    /// with `name` (0 when it has none yet).
+    async fn envoy_stat(&self, c: usize, node: &str, part: &str, name: &str) -> u64 {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter={name}",
+            self.clusters[c].envoy_admin[node]
+        );
+        let text = match self.http.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .filter(|l| l.contains(part))
+            .find_map(|l| l.split(": ").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     async fn edge_metric(&self, c: usize, name: &str) -> Option<i64> {
@@ -364,7 +388,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, host: &'static str) -> Load {
+    fn start(port: u16, host: &'static str, path: &'static str) -> Load {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let client = reqwest::Client::builder()
@@ -374,7 +398,7 @@ impl Load {
             let mut seen = Vec::new();
             while !*stopped.borrow() {
                 let outcome = match client
-                    .get(format!("http://127.0.0.1:{port}/"))
+                    .get(format!("http://127.0.0.1:{port}{path}"))
                     .header("host", host)
                     .send()
                     .await
@@ -537,7 +561,7 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
 
     // Kill the local reviews under load: traffic fails over to east-b (the
     // same region), with retries and no failed request.
-    let load = Load::start(client, "reviews");
+    let load = Load::start(client, "reviews", "/");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
     world.stop_proxy(EAST_A, "reviews-a");
@@ -578,6 +602,41 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
         restarted.elapsed()
     );
 
+    // The local instance is up but answers 503: each error is retried at
+    // the next priority, and outlier detection ejects it, so callers get
+    // east-b's answers and no failure; after the ejection it serves again.
+    let load = Load::start(client, "reviews", "/?fail=reviews-a");
+    let failing = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.stop().await;
+    let (failures, first) = failures_and_first(&seen, failing, "reviews-b");
+    let ejections = world
+        .envoy_stat(
+            EAST_A,
+            "client-a",
+            "out|reviews.shop",
+            "outlier_detection.ejections_enforced_total",
+        )
+        .await;
+    eprintln!(
+        "reviews-a answering 503: {} requests, {} failed, first from east-b after {first:?}; ejections {ejections}",
+        seen.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(ejections >= 1, "reviews-a was not ejected");
+    let ejected = Instant::now();
+    until(
+        "reviews-a serves again after its ejection",
+        Duration::from_secs(30),
+        async || {
+            world.answers(client, "reviews", 5).await
+                == BTreeMap::from([("reviews-a".to_string(), 5)])
+        },
+    )
+    .await;
+    eprintln!("reviews-a back {:?} after its ejection", ejected.elapsed());
+
     // No instance left in the region: ratings goes to the other region.
     world.stop_proxy(EAST_B, "ratings-b");
     until(
@@ -592,7 +651,7 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
 
     // Static stability. The server stops under load: nothing fails.
     let directory_before = world.edge_status(EAST_A).await["directory"].clone();
-    let load = Load::start(client, "reviews");
+    let load = Load::start(client, "reviews", "/");
     tokio::time::sleep(Duration::from_millis(500)).await;
     world.server.take().unwrap().stop();
     tokio::time::sleep(Duration::from_secs(3)).await;

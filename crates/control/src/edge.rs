@@ -679,11 +679,18 @@ async fn sync_loop(
             .as_ref()
             .map(|c| c.version.clone())
             .unwrap_or_default();
+        // What came from disk is confirmed at once, not at the end of a
+        // long poll.
+        let wait = if edge.lock().from_disk {
+            Duration::ZERO
+        } else {
+            POLL_WAIT
+        };
         let request = client
             .get(format!("{server}/v1/edge/config"))
             .query(&[
                 ("version", version.as_str()),
-                ("wait", &POLL_WAIT.as_secs().to_string()),
+                ("wait", &wait.as_secs().to_string()),
             ])
             .bearer_auth(&credential)
             .send();
@@ -779,7 +786,7 @@ async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::
         }
         let (current, from_disk) = edge.directory_tx.borrow().clone();
         let update = tokio::select! {
-            r = client.follow(current.revision, POLL_WAIT) => r,
+            r = client.follow(current.revision, if from_disk { Duration::ZERO } else { POLL_WAIT }) => r,
             _ = stop.changed() => return,
         };
         let update = match update {
