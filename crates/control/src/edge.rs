@@ -845,6 +845,7 @@ async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch:
     let mut config_rx = edge.config_tx.subscribe();
     let mut published = None;
     let mut last_sent = Instant::now();
+    let mut failing = false;
     loop {
         let locality = config_rx
             .borrow_and_update()
@@ -865,9 +866,16 @@ async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch:
                         );
                         published = Some(entry);
                         last_sent = Instant::now();
+                        failing = false;
                     }
                     Err(message) => {
-                        tracing::debug!("directory entry not published: {message}");
+                        // Once per outage: the server may simply be down.
+                        if !failing {
+                            tracing::warn!(
+                                "directory entry not published: {message}; other clusters keep the last one; retrying"
+                            );
+                        }
+                        failing = true;
                         published = None;
                     }
                 }

@@ -237,5 +237,6 @@ pub fn cluster_status(report: Option<&EdgeReport>) -> serde_json::Value {
         "errors": status.errors,
         "proxyDetails": status.proxies,
         "ca": status.ca,
+        "directory": status.directory,
     })
 }

@@ -220,6 +220,16 @@ const SCHEMA: &[&str] = &[
         revision BIGINT NOT NULL,
         audit_seq BIGINT NOT NULL,
         audit_head TEXT NOT NULL)",
+    // The rows writers lock first (see the module docs) come before any
+    // CREATE INDEX: that takes a share lock on its table even when the
+    // index exists, and a replica starting beside one that writes would
+    // otherwise hold that lock while waiting for the row: a deadlock.
+    "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
+        ON CONFLICT (id) DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS directory_meta (
+        id BIGINT PRIMARY KEY,
+        revision BIGINT NOT NULL)",
+    "INSERT INTO directory_meta (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
     "CREATE TABLE IF NOT EXISTS resources (
         path TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -282,13 +292,6 @@ const SCHEMA: &[&str] = &[
         revision BIGINT NOT NULL,
         PRIMARY KEY (cluster, item))",
     "CREATE INDEX IF NOT EXISTS directory_by_revision ON directory (revision)",
-    "CREATE TABLE IF NOT EXISTS directory_meta (
-        id BIGINT PRIMARY KEY,
-        revision BIGINT NOT NULL)",
-    "INSERT INTO directory_meta (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
-    // The row every writer locks first; see the module docs.
-    "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
-        ON CONFLICT (id) DO NOTHING",
 ];
 
 /// The current time as RFC 3339 UTC with milliseconds; sorts as text.
