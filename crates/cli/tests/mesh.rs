@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
+use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, weft_up, write};
 
 const BASE: &str = "\
 apiVersion: weft.dev/v1alpha1
@@ -743,52 +743,12 @@ async fn bad_settings_never_reach_proxies_and_nacks_show() {
     drop(taken);
 }
 
-/// Runs `weft up` until it says the mesh is ready; returns it with what it
-/// printed.
-fn weft_up(data: &Path, port: u16) -> (Proc, String) {
-    let mut child = Command::new(WEFT)
-        .args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
-        .arg("--data")
-        .arg(data)
-        .arg("--envoy")
-        .arg(envoy())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    let up = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !printed.contains("Stop with Ctrl-C") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => printed.push_str(&format!("{line}\n")),
-            Err(_) => {
-                show_log_tails(&data.join("logs"));
-                panic!("weft up was not ready within 90 s; it printed:\n{printed}")
-            }
-        }
-    }
-    (up, printed)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn weft_up_runs_a_mesh_and_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("up");
     let port = free_port();
-    let (mut up, printed) = weft_up(&data, port);
+    let (mut up, printed) = weft_up(&data, port, &[]);
     assert!(
         printed.contains(&format!("curl -H 'Host: reviews' http://127.0.0.1:{port}/")),
         "{printed}"
@@ -825,7 +785,7 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
 
     // A second start picks up the same store and credentials.
     let credentials = std::fs::read_dir(data.join("credentials")).unwrap().count();
-    let (_up, printed) = weft_up(&data, port);
+    let (_up, printed) = weft_up(&data, port, &[]);
     assert!(printed.contains("clusters/local unchanged"), "{printed}");
     assert_eq!(
         std::fs::read_dir(data.join("credentials")).unwrap().count(),

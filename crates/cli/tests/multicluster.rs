@@ -11,7 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
+use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, weft_up, write};
+
+/// Each test here starts three clusters' worth of Envoys: one at a time on
+/// two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MESH: &str = "\
 apiVersion: weft.dev/v1alpha1
@@ -61,6 +65,7 @@ struct Cluster {
     next_host: u8,
     xds_port: u16,
     admin_port: u16,
+    gateway_port: u16,
     edge: Option<Proc>,
     gateway: Option<Proc>,
     proxies: BTreeMap<String, Proc>,
@@ -108,6 +113,7 @@ impl World {
                 next_host: 10,
                 xds_port: free_port(),
                 admin_port: free_port(),
+                gateway_port: free_port(),
                 edge: None,
                 gateway: None,
                 proxies: BTreeMap::new(),
@@ -202,7 +208,10 @@ impl World {
                 "--node-id",
                 &format!("{}-eastwest", cluster.name),
             ])
-            .args(["--listen", &format!("127.0.{}.1:15443", cluster.net)])
+            .args([
+                "--listen",
+                &format!("127.0.{}.1:{}", cluster.net, cluster.gateway_port),
+            ])
             .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
             .arg("--credential-file")
             .arg(&credential)
@@ -447,6 +456,7 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     const EAST_A: usize = 0;
     const EAST_B: usize = 1;
     const WEST: usize = 2;
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut world = World::start().await;
     let client = world.proxy(EAST_A, "client-a", "client", None);
     let intruder = world.proxy(EAST_A, "intruder-a", "intruder", None);
@@ -740,4 +750,61 @@ async fn edge_metrics(world: &World, name: &str) -> Vec<Option<i64>> {
         values.push(world.edge_metric(c, name).await);
     }
     values
+}
+
+/// `weft up --multi-cluster`: three clusters come up, and killing the
+/// instances it names moves the calls to the next region, as it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_up_runs_three_clusters_and_shows_failover() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    let port = free_port();
+    let (mut up, printed) = weft_up(&data, port, &["--multi-cluster"]);
+    let pids: Vec<String> = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("kill "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 2, "{printed}");
+    weft_identity::tls::install_provider();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let answers_from = async |instance: &str| -> bool {
+        for _ in 0..5 {
+            let answered = http
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("host", "reviews")
+                .send()
+                .await;
+            let Ok(response) = answered else { return false };
+            let body: Value = response.json().await.unwrap_or_default();
+            if body["instance"] != instance {
+                return false;
+            }
+        }
+        true
+    };
+    for (instance, pid) in [
+        ("reviews-east-1", Some(&pids[0])),
+        ("reviews-east-2", Some(&pids[1])),
+        ("reviews-west-1", None),
+    ] {
+        until(
+            &format!("{instance} answers"),
+            Duration::from_secs(30),
+            async || answers_from(instance).await,
+        )
+        .await;
+        if let Some(pid) = pid {
+            assert!(Command::new("kill").arg(pid).status().unwrap().success());
+        }
+    }
+    assert!(up.stop(), "weft up did not stop within 10 s of SIGTERM");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the client's sidecar still listens after weft up stopped"
+    );
 }

@@ -319,3 +319,44 @@ pub async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() 
     }
     panic!("timed out after {deadline:?} waiting until {what}");
 }
+
+/// Runs `weft up` (with `extra` flags) until it says the mesh is ready;
+/// returns it with what it printed.
+pub fn weft_up(data: &Path, port: u16, extra: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(WEFT)
+        .args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
+        .arg("--data")
+        .arg(data)
+        .arg("--envoy")
+        .arg(envoy())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let up = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !printed.contains("Stop with Ctrl-C") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push_str(&format!("{line}\n")),
+            Err(_) => {
+                show_log_tails(&data.join("logs"));
+                panic!("weft up was not ready within 90 s; it printed:\n{printed}")
+            }
+        }
+    }
+    (up, printed)
+}
