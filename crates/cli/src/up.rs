@@ -176,6 +176,62 @@ fn write_secret(path: &Path, secret: &str) -> Result<()> {
     Ok(())
 }
 
+/// A `weft sidecar` that `weft up` runs in namespace shop.
+struct SidecarPlan<'a> {
+    service: &'a str,
+    node: &'a str,
+    credential: &'a Path,
+    /// Where other workloads reach it.
+    inbound: String,
+    /// Where its app calls out.
+    outbound: u16,
+    /// The `weft x echo` app behind it: its port, and its version (also
+    /// the sidecar's `version` label).
+    app: Option<(u16, Option<&'a str>)>,
+}
+
+impl SidecarPlan<'_> {
+    fn command(&self, exe: &Path, envoy: &Path, edge: &str) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .args([
+                "sidecar",
+                "--service",
+                self.service,
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--node-id", self.node, "--inbound", &self.inbound])
+            .args(["--outbound-port", &self.outbound.to_string()])
+            .args(["--edge", edge])
+            .arg("--credential-file")
+            .arg(self.credential)
+            .arg("--envoy")
+            .arg(envoy);
+        if let Some((app, version)) = self.app {
+            if let Some(version) = version {
+                command.args(["--label", &format!("version={version}")]);
+            }
+            command
+                .args(["--app-port", &app.to_string(), "--"])
+                .arg(exe)
+                .args([
+                    "x",
+                    "echo",
+                    "--service",
+                    self.service,
+                    "--instance",
+                    self.node,
+                ])
+                .args(["--listen", &format!("127.0.0.1:{app}")]);
+            if let Some(version) = version {
+                command.args(["--version", version]);
+            }
+        }
+        command
+    }
+}
+
 /// The credential kept in `dir`, or a new one from the server: for
 /// `cluster`'s edge, or for a workload of it (namespace, service account).
 async fn credential(
@@ -487,39 +543,32 @@ async fn start(
         ("reviews-v1", "v1", [v1_app, v1_in, v1_out]),
         ("reviews-v2", "v2", [v2_app, v2_in, v2_out]),
     ] {
+        let reviews = SidecarPlan {
+            service: "reviews",
+            node: name,
+            credential: &reviews_token,
+            inbound: format!("127.0.0.1:{inbound}"),
+            outbound,
+            app: Some((app, Some(version))),
+        };
         mesh.components.push(Component::start(
             name,
             logs,
-            Command::new(exe)
-                .args(["sidecar", "--service", "reviews", "--namespace", NAMESPACE])
-                .args(["--node-id", name, "--label", &format!("version={version}")])
-                .args(["--app-port", &app.to_string()])
-                .args(["--inbound", &format!("127.0.0.1:{inbound}")])
-                .args(["--outbound-port", &outbound.to_string()])
-                .args(["--edge", &edge])
-                .arg("--credential-file")
-                .arg(&reviews_token)
-                .arg("--envoy")
-                .arg(envoy)
-                .arg("--")
-                .arg(exe)
-                .args(["x", "echo", "--service", "reviews", "--version", version])
-                .args(["--instance", name, "--listen", &format!("127.0.0.1:{app}")]),
+            &mut reviews.command(exe, envoy, &edge),
         )?);
     }
+    let caller = SidecarPlan {
+        service: "client",
+        node: "client",
+        credential: &client_token,
+        inbound: format!("127.0.0.1:{client_inbound}"),
+        outbound: args.port,
+        app: None,
+    };
     mesh.components.push(Component::start(
         "client",
         logs,
-        Command::new(exe)
-            .args(["sidecar", "--service", "client", "--namespace", NAMESPACE])
-            .args(["--node-id", "client"])
-            .args(["--inbound", &format!("127.0.0.1:{client_inbound}")])
-            .args(["--outbound-port", &args.port.to_string()])
-            .args(["--edge", &edge])
-            .arg("--credential-file")
-            .arg(&client_token)
-            .arg("--envoy")
-            .arg(envoy),
+        &mut caller.command(exe, envoy, &edge),
     )?);
     until_in_sync(mesh, edge_admin, 3).await?;
 
@@ -609,25 +658,15 @@ async fn start_multi_cluster(
                 .arg(envoy),
         )?);
         let instance = format!("reviews-{cluster}");
-        let mut reviews = Component::start(
-            &instance,
-            logs,
-            Command::new(exe)
-                .args(["sidecar", "--service", "reviews", "--namespace", NAMESPACE])
-                .args(["--node-id", &instance])
-                .args(["--app-port", &app.to_string()])
-                .args(["--inbound", &format!("127.0.{net}.11:15006")])
-                .args(["--outbound-port", &outbound.to_string()])
-                .args(["--edge", &edge])
-                .arg("--credential-file")
-                .arg(&reviews_token)
-                .arg("--envoy")
-                .arg(envoy)
-                .arg("--")
-                .arg(exe)
-                .args(["x", "echo", "--service", "reviews", "--instance", &instance])
-                .args(["--listen", &format!("127.0.0.1:{app}")]),
-        )?;
+        let plan = SidecarPlan {
+            service: "reviews",
+            node: &instance,
+            credential: &reviews_token,
+            inbound: format!("127.0.{net}.11:15006"),
+            outbound,
+            app: Some((app, None)),
+        };
+        let mut reviews = Component::start(&instance, logs, &mut plan.command(exe, envoy, &edge))?;
         reviews.essential = false;
         reviews_pids.push((instance, reviews.child.id().unwrap_or_default()));
         mesh.components.push(reviews);
@@ -641,19 +680,18 @@ async fn start_multi_cluster(
                 Some((NAMESPACE, "client")),
             )
             .await?;
+            let caller = SidecarPlan {
+                service: "client",
+                node: "client",
+                credential: &client_token,
+                inbound: format!("127.0.{net}.12:15006"),
+                outbound: args.port,
+                app: None,
+            };
             mesh.components.push(Component::start(
                 "client",
                 logs,
-                Command::new(exe)
-                    .args(["sidecar", "--service", "client", "--namespace", NAMESPACE])
-                    .args(["--node-id", "client"])
-                    .args(["--inbound", &format!("127.0.{net}.12:15006")])
-                    .args(["--outbound-port", &args.port.to_string()])
-                    .args(["--edge", &edge])
-                    .arg("--credential-file")
-                    .arg(&client_token)
-                    .arg("--envoy")
-                    .arg(envoy),
+                &mut caller.command(exe, envoy, &edge),
             )?);
             proxies += 1;
         }

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, weft_up, write};
+use support::{
+    Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
+};
 
 const BASE: &str = "\
 apiVersion: weft.dev/v1alpha1
@@ -293,19 +295,10 @@ impl Mesh {
         (v1, client, port)
     }
 
-    /// The value of metric `name` on the Prometheus page at `url`, if the
-    /// page has it.
-    async fn metric(&self, url: &str, name: &str) -> Option<i64> {
-        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
     /// A metric of the edge.
     async fn edge_metric(&self, name: &str) -> Option<i64> {
         let url = format!("http://127.0.0.1:{}/metrics", self.edge_admin);
-        self.metric(&url, name).await
+        metric(&self.http, &url, name).await
     }
 
     /// A counter of a sidecar's Envoy (0 when it has none yet).
@@ -1925,9 +1918,12 @@ async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
 
     // The server tells how long the signing root has left.
     let server_metrics = format!("{}/metrics", mesh.server().url);
-    let left = mesh
-        .metric(&server_metrics, "weft_server_root_ca_expiry_seconds")
-        .await
-        .expect("the root CA expiry gauge");
+    let left = metric(
+        &mesh.http,
+        &server_metrics,
+        "weft_server_root_ca_expiry_seconds",
+    )
+    .await
+    .expect("the root CA expiry gauge");
     assert!(left > 9 * 365 * 24 * 3600, "{left}");
 }

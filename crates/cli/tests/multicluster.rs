@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, weft_up, write};
+use support::{
+    Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
+};
 
 /// Each test here starts three clusters' worth of Envoys: one at a time on
 /// two cores.
@@ -289,11 +291,21 @@ impl World {
         }
     }
 
-    async fn metric(&self, url: &str, name: &str) -> Option<i64> {
-        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
+    /// The directory cluster `c`'s edge keeps on disk, if readable.
+    fn kept_directory(&self, c: usize) -> Option<Value> {
+        let file = format!("{}-edge-data/directory.json", self.clusters[c].name);
+        let bytes = std::fs::read(self.dir.path().join(file)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits until five calls in a row to `host` are all answered by
+    /// `instance`.
+    async fn until_answered_by(&self, port: u16, host: &str, instance: &str, what: &str) {
+        let all = BTreeMap::from([(instance.to_string(), 5)]);
+        until(what, Duration::from_secs(30), async || {
+            self.answers(port, host, 5).await == all
+        })
+        .await;
     }
 
     /// A counter of a proxy's Envoy whose name contains `part` and ends
@@ -316,7 +328,7 @@ impl World {
 
     async fn edge_metric(&self, c: usize, name: &str) -> Option<i64> {
         let url = format!("http://127.0.0.1:{}/metrics", self.clusters[c].admin_port);
-        self.metric(&url, name).await
+        metric(&self.http, &url, name).await
     }
 
     /// Waits until every proxy of every cluster accepted its config.
@@ -538,31 +550,28 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     );
     // The directory carries counts, not endpoints: two more instances of
     // details leave west's published entry the same size.
-    let entry_bytes = async |world: &World| -> usize {
-        let directory: Value = serde_json::from_slice(
-            &std::fs::read(world.dir.path().join("east-a-edge-data/directory.json")).unwrap(),
-        )
-        .unwrap();
+    let entry_bytes = |world: &World| -> usize {
+        let directory = world
+            .kept_directory(EAST_A)
+            .expect("east-a keeps its directory");
         serde_json::to_vec(&directory["clusters"]["west"])
             .unwrap()
             .len()
     };
-    let one = entry_bytes(&world).await;
+    let one = entry_bytes(&world);
     world.proxy(WEST, "details-w2", "details", Some("details"));
     world.proxy(WEST, "details-w3", "details", Some("details"));
     until(
         "east-a knows west runs 3 details",
         Duration::from_secs(30),
         async || {
-            let directory = std::fs::read(world.dir.path().join("east-a-edge-data/directory.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            directory
+            world
+                .kept_directory(EAST_A)
                 .is_some_and(|d| d["clusters"]["west"]["services"]["shop/details"]["healthy"] == 3)
         },
     )
     .await;
-    let three = entry_bytes(&world).await;
+    let three = entry_bytes(&world);
     eprintln!(
         "west's directory entry at east-a: {one} bytes with 1 details instance, {three} bytes with 3"
     );
@@ -598,15 +607,14 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     // The local instance returns: traffic returns.
     let restarted = Instant::now();
     world.proxy(EAST_A, "reviews-a", "reviews", Some("reviews"));
-    until(
-        "reviews answers from east-a again",
-        Duration::from_secs(30),
-        async || {
-            world.answers(client, "reviews", 5).await
-                == BTreeMap::from([("reviews-a".to_string(), 5)])
-        },
-    )
-    .await;
+    world
+        .until_answered_by(
+            client,
+            "reviews",
+            "reviews-a",
+            "reviews answers from east-a again",
+        )
+        .await;
     eprintln!(
         "traffic back in east-a {:?} after its instance restarted",
         restarted.elapsed()
@@ -636,28 +644,21 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(ejections >= 1, "reviews-a was not ejected");
     let ejected = Instant::now();
-    until(
-        "reviews-a serves again after its ejection",
-        Duration::from_secs(30),
-        async || {
-            world.answers(client, "reviews", 5).await
-                == BTreeMap::from([("reviews-a".to_string(), 5)])
-        },
-    )
-    .await;
+    world
+        .until_answered_by(
+            client,
+            "reviews",
+            "reviews-a",
+            "reviews-a serves again after its ejection",
+        )
+        .await;
     eprintln!("reviews-a back {:?} after its ejection", ejected.elapsed());
 
     // No instance left in the region: ratings goes to the other region.
     world.stop_proxy(EAST_B, "ratings-b");
-    until(
-        "ratings answers from west",
-        Duration::from_secs(30),
-        async || {
-            world.answers(client, "ratings", 5).await
-                == BTreeMap::from([("ratings-w".to_string(), 5)])
-        },
-    )
-    .await;
+    world
+        .until_answered_by(client, "ratings", "ratings-w", "ratings answers from west")
+        .await;
 
     // Static stability. The server stops under load: nothing fails.
     let directory_before = world.edge_status(EAST_A).await["directory"].clone();
@@ -715,10 +716,8 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
         "east-a knows west runs 2 ratings",
         Duration::from_secs(30),
         async || {
-            let directory = std::fs::read(world.dir.path().join("east-a-edge-data/directory.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            directory
+            world
+                .kept_directory(EAST_A)
                 .is_some_and(|d| d["clusters"]["west"]["services"]["shop/ratings"]["healthy"] == 2)
         },
     )
@@ -735,9 +734,12 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     // East-a's restarted edge started from its file: it never needed one.
     assert_eq!(full_syncs_after[EAST_A], Some(0));
     let url = format!("{}/metrics", world.server().url);
-    let written = world
-        .metric(&url, "weft_server_directory_items_written_total")
-        .await;
+    let written = metric(
+        &world.http,
+        &url,
+        "weft_server_directory_items_written_total",
+    )
+    .await;
     eprintln!("directory items written by the restarted server: {written:?}");
     // Only the new ratings instance's count changed.
     assert!(written.is_some_and(|w| w <= 2), "{written:?}");

@@ -174,10 +174,7 @@ pub fn own_entry(locality: &Locality, workloads: &[Workload]) -> DirectoryEntry 
     gateways.sort();
     gateways.dedup();
     let mut services: BTreeMap<(&str, &str), (u32, BTreeSet<&str>)> = BTreeMap::new();
-    for w in workloads {
-        if w.role != Role::Sidecar || w.app_port.is_none() {
-            continue;
-        }
+    for w in workloads.iter().filter(|w| w.is_instance()) {
         let (count, accounts) = services
             .entry((w.namespace.as_str(), w.service.as_str()))
             .or_default();

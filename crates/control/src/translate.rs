@@ -1179,10 +1179,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     // Every service that has instances here, a route, or instances
     // elsewhere in a workspace this cluster knows, with its instances.
     let mut instances: BTreeMap<ServiceKey, Vec<&Workload>> = BTreeMap::new();
-    for w in workloads {
-        if w.role != Role::Sidecar || w.app_port.is_none() {
-            continue;
-        }
+    for w in workloads.iter().filter(|w| w.is_instance()) {
         let key = ServiceKey {
             namespace: w.namespace.clone(),
             name: w.service.clone(),

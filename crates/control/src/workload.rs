@@ -78,6 +78,12 @@ fn string_field<'a>(fields: &'a BTreeMap<String, Value>, key: &str) -> Option<&'
 }
 
 impl Workload {
+    /// Whether this is an instance of its service: a sidecar with an app
+    /// behind it (not a client that only calls out, nor a gateway).
+    pub fn is_instance(&self) -> bool {
+        self.role == Role::Sidecar && self.app_port.is_some()
+    }
+
     /// Reads a proxy's node; the error names every missing or bad key.
     pub fn from_node(node: &Node) -> Result<Workload, String> {
         let empty = Struct::default();

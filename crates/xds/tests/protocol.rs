@@ -260,6 +260,18 @@ struct DeltaClient {
 }
 
 impl DeltaClient {
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> DeltaClient {
+        let (tx, requests) = mpsc::channel(16);
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        DeltaClient { tx, rx }
+    }
+
     async fn ask(&self, t: ResourceType, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) {
         let request = DeltaDiscoveryRequest {
             node: node(),
@@ -285,13 +297,7 @@ impl DeltaClient {
 async fn delta_sends_changes_and_removals_by_subscription() {
     let cache = Arc::new(SnapshotCache::new());
     let mut client = serve(cache.clone()).await;
-    let (tx, requests) = mpsc::channel(16);
-    let rx = client
-        .delta_aggregated_resources(ReceiverStream::new(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut proxy = DeltaClient { tx, rx };
+    let mut proxy = DeltaClient::open(&mut client).await;
     cache.set(
         "fake-proxy",
         Snapshot::new(
@@ -338,13 +344,7 @@ async fn a_proxy_reconnecting_before_its_snapshot_keeps_what_it_has() {
     let kept = Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap();
     let held = kept.resources(ResourceType::Cluster)["a"].version.clone();
 
-    let (tx, requests) = mpsc::channel(16);
-    let rx = client
-        .delta_aggregated_resources(ReceiverStream::new(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut delta = DeltaClient { tx, rx };
+    let mut delta = DeltaClient::open(&mut client).await;
     let reconnect = DeltaDiscoveryRequest {
         node: node(),
         type_url: ResourceType::Cluster.type_url(),

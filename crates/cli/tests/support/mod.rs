@@ -360,3 +360,12 @@ pub fn weft_up(data: &Path, port: u16, extra: &[&str]) -> (Proc, String) {
     }
     (up, printed)
 }
+
+/// The value of metric `name` on the Prometheus page at `url`, if the page
+/// has it.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<i64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
