@@ -43,6 +43,11 @@ pub struct SidecarArgs {
     /// Port on 127.0.0.1 where the app calls other services
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,
+    /// The services the app calls, comma-separated (`name` in its own
+    /// namespace, or `name.namespace`): its proxy holds only these, and
+    /// answers any other name with 404 [default: every service of its workspace]
+    #[arg(long, value_delimiter = ',')]
+    pub calls: Vec<String>,
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// The app to run beside Envoy, after `--`
@@ -243,6 +248,8 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         app_port: args.app_port,
         outbound_port: Some(args.outbound_port),
         role: Role::Sidecar,
+        calls: Workload::parse_calls(&args.calls.join(","), &args.namespace)
+            .map_err(|e| anyhow::anyhow!("--calls{e}"))?,
     };
     let summary = format!(
         "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}",
@@ -272,6 +279,7 @@ pub async fn run_eastwest(args: EastwestArgs) -> Result<i32> {
         app_port: None,
         outbound_port: None,
         role: Role::Eastwest,
+        calls: Vec::new(),
     };
     let summary = format!(
         "weft eastwest: node {}: other clusters reach this one at {} (TLS passed through by SNI)",

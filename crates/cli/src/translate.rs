@@ -73,7 +73,7 @@ pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
             zone: args.zone,
             ..Locality::default()
         });
-    let mut translation = translate(&config, &workloads, &directory);
+    let mut translation = translate(&config, &workloads, &directory).per_proxy();
     if let Some(node) = &args.node {
         if !translation.proxies.contains_key(node) {
             return Err(CliError::new(

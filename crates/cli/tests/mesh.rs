@@ -210,6 +210,19 @@ impl Mesh {
         credential: &Path,
         outbound: u16,
     ) -> Proc {
+        self.sidecar_with(service, node, version, credential, outbound, &[])
+    }
+
+    /// [`Mesh::sidecar`] with more `weft sidecar` flags.
+    fn sidecar_with(
+        &mut self,
+        service: &str,
+        node: &str,
+        version: Option<&str>,
+        credential: &Path,
+        outbound: u16,
+        flags: &[&str],
+    ) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
         let admin = free_port();
         self.envoy_admin.insert(node.to_string(), admin);
@@ -232,6 +245,7 @@ impl Mesh {
             .arg(credential)
             .arg("--envoy")
             .arg(envoy())
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
@@ -1926,4 +1940,157 @@ async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
     .await
     .expect("the root CA expiry gauge");
     assert!(left > 9 * 365 * 24 * 3600, "{left}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_under_load_loses_no_requests() {
+    let mut mesh = Mesh::start().await;
+    let (mut v1, _client, port) = mesh.reviews_and_client().await;
+    // Instances that go away are retried elsewhere, as in any rollout.
+    mesh.apply(
+        &setting("  retries: {attempts: 3, retryOn: [connect-failure, reset, 5xx]}\n"),
+        2,
+    )
+    .await;
+    const BUILDS: &str = "weft_edge_snapshot_builds_total";
+    const ENCODED: &str = "weft_edge_services_encoded_total";
+    let builds_before = mesh.edge_metric(BUILDS).await.unwrap_or(0);
+    let encoded_before = mesh.edge_metric(ENCODED).await.unwrap_or(0);
+    let load = Load::start(port);
+    // Twenty new instances (v2) come up together...
+    let started = Instant::now();
+    let mut v2: Vec<Proc> = (0..20)
+        .map(|i| mesh.workload("reviews", &format!("reviews-v2-{i}"), "v2"))
+        .collect();
+    mesh.until_in_sync(22).await;
+    let up = started.elapsed();
+    until(
+        "the new instances answer",
+        Duration::from_secs(30),
+        async || {
+            let seen = mesh.instances(port, 40, "/").await;
+            seen.keys().filter(|k| k.starts_with("reviews-v2-")).count() >= 5
+        },
+    )
+    .await;
+    // ...and the old one and half of the new go away, one after another
+    // as a rolling update takes them down.
+    assert!(v1.stop(), "reviews-v1 did not stop on SIGTERM");
+    mesh.until_in_sync(21).await;
+    for (i, instance) in v2.iter_mut().take(10).enumerate() {
+        assert!(instance.stop(), "an instance did not stop on SIGTERM");
+        mesh.until_in_sync(20 - i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failed) = load.stop().await;
+    let builds = mesh.edge_metric(BUILDS).await.unwrap_or(0) - builds_before;
+    let encoded = mesh.edge_metric(ENCODED).await.unwrap_or(0) - encoded_before;
+    println!(
+        "rollout: 20 instances up in {up:?}, then 11 gone one by one; {ok} requests succeeded, {} failed; \
+         {builds} builds encoded {encoded} services",
+        failed.len()
+    );
+    assert!(ok > 100, "only {ok} requests during the rollout");
+    assert!(
+        failed.is_empty(),
+        "failed requests during the rollout: {failed:?}"
+    );
+    // Only reviews changed: no build re-encoded more than it and the
+    // client's and instances' own sides.
+    assert!(
+        encoded <= builds,
+        "{encoded} services encoded in {builds} builds: more than the one that changed"
+    );
+    let seen = mesh.instances(port, 20, "/").await;
+    assert!(
+        seen.keys().all(|k| k.starts_with("reviews-v2-")),
+        "requests went to instances that left: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_declares_its_calls_holds_only_those() {
+    let mut mesh = Mesh::start().await;
+    let _reviews = mesh.workload("reviews", "reviews-v1", "v1");
+    let _ratings = mesh.workload("ratings", "ratings-v1", "v1");
+    let credential = mesh.credential("client");
+    let port = free_port();
+    let _client = mesh.sidecar_with(
+        "client",
+        "client-1",
+        None,
+        &credential,
+        port,
+        &["--calls", "reviews"],
+    );
+    mesh.until_in_sync(3).await;
+    until("reviews answers", Duration::from_secs(20), async || {
+        mesh.call(port, "reviews", "/", &[]).await.0 == 200
+    })
+    .await;
+    assert_eq!(mesh.call(port, "reviews.shop.svc", "/", &[]).await.0, 200);
+    // ratings exists and the workspace may call it, but this proxy said
+    // it calls reviews only.
+    let response = mesh
+        .http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "ratings")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("declared the services it calls") && body.contains("--calls"),
+        "{body}"
+    );
+    // Its Envoy holds reviews' clusters and nothing of ratings.
+    let clusters = mesh
+        .http
+        .get(format!(
+            "http://127.0.0.1:{}/clusters",
+            mesh.envoy_admin["client-1"]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(clusters.contains("out|reviews.shop::"), "{clusters}");
+    assert!(!clusters.contains("ratings"), "{clusters}");
+    // A proxy that declares nothing still reaches both.
+    let (_other, other_port) = {
+        let port = free_port();
+        (
+            mesh.sidecar("client", "client-2", None, &credential, port),
+            port,
+        )
+    };
+    mesh.until_in_sync(4).await;
+    until(
+        "ratings answers the other client",
+        Duration::from_secs(20),
+        async || mesh.call(other_port, "ratings", "/", &[]).await.0 == 200,
+    )
+    .await;
+    // A bad declaration stops the sidecar at once, saying why.
+    let run = Command::new(WEFT)
+        .args([
+            "sidecar",
+            "--service",
+            "client",
+            "--calls",
+            "Not_A_Name",
+            "--credential-file",
+        ])
+        .arg(&credential)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--calls[0]") && stderr.contains("Not_A_Name"),
+        "{stderr}"
+    );
 }

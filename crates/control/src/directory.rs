@@ -216,6 +216,7 @@ mod tests {
             app_port: Some(8080),
             outbound_port: Some(15001),
             role: Role::Sidecar,
+            calls: Vec::new(),
         }
     }
 

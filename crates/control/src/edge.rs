@@ -43,7 +43,7 @@ use weft_xds::{AdsServer, SnapshotCache};
 
 use crate::ca::EdgeCa;
 use crate::directory::{Directory, DirectoryClient, own_entry};
-use crate::proxy::ProxyConfig;
+use crate::publish::{Publisher, coalesce};
 use crate::registry::Registry;
 use crate::translate::{Config, translate};
 
@@ -94,6 +94,8 @@ struct EdgeMetrics {
     config_updates: Counter,
     builds: Counter,
     build_seconds: Histogram,
+    services_encoded: Counter,
+    proxies_updated: Counter,
     workloads: Gauge,
     proxy_config_bytes: Gauge,
     directory_updates: Counter,
@@ -110,6 +112,8 @@ impl EdgeMetrics {
             config_updates: Counter::default(),
             builds: Counter::default(),
             build_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            services_encoded: Counter::default(),
+            proxies_updated: Counter::default(),
             workloads: Gauge::default(),
             proxy_config_bytes: Gauge::default(),
             directory_updates: Counter::default(),
@@ -133,13 +137,23 @@ impl EdgeMetrics {
         );
         registry.register(
             "edge_snapshot_builds",
-            "Translations of the whole cluster into proxy snapshots",
+            "Builds of the cluster's proxy snapshots (each encodes only what changed)",
             self.builds.clone(),
         );
         registry.register(
             "edge_snapshot_build_seconds",
             "Time to translate and publish every proxy's snapshot",
             self.build_seconds.clone(),
+        );
+        registry.register(
+            "edge_services_encoded",
+            "Services whose xDS resources a build encoded (new or changed); unchanged ones are reused",
+            self.services_encoded.clone(),
+        );
+        registry.register(
+            "edge_proxies_updated",
+            "Proxy snapshots a build replaced; proxies whose resources did not change keep theirs",
+            self.proxies_updated.clone(),
         );
         registry.register(
             "edge_registered_workloads",
@@ -561,15 +575,32 @@ async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<b
             _ = stop.changed() => return,
         }
     }
-    let mut config_rx = edge.config_tx.subscribe();
-    let mut registry_rx = edge.registry.subscribe();
-    let mut directory_rx = edge.directory_tx.subscribe();
+    // One change counter for the three sources, so a burst across them
+    // settles as one.
+    let (changes_tx, mut changes) = watch::channel(0u64);
+    {
+        let mut config_rx = edge.config_tx.subscribe();
+        let mut registry_rx = edge.registry.subscribe();
+        let mut directory_rx = edge.directory_tx.subscribe();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = config_rx.changed() => if r.is_err() { return },
+                    r = registry_rx.changed() => if r.is_err() { return },
+                    r = directory_rx.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                changes_tx.send_modify(|n| *n += 1);
+            }
+        });
+    }
     let mut parsed: Option<(String, Config)> = None;
-    let mut published: std::collections::BTreeMap<String, ProxyConfig> = Default::default();
+    let mut publisher = Publisher::new();
     loop {
-        let config = config_rx.borrow_and_update().clone();
-        registry_rx.borrow_and_update();
-        let directory = directory_rx.borrow_and_update().0.clone();
+        changes.borrow_and_update();
+        let config = edge.config_tx.borrow().clone();
+        let directory = edge.directory_tx.borrow().0.clone();
         if let Some(config) = config {
             let started = Instant::now();
             // Parsing validates every resource: once per configuration.
@@ -587,33 +618,26 @@ async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<b
             let workloads = edge.registry.workloads();
             edge.metrics.workloads.set(workloads.len() as i64);
             let translation = translate(parsed_config, &workloads, &directory);
+            let outcome = publisher.publish(&translation);
             let mut errors = translation.errors;
             // Proxies that left the registry: drop what was kept for them.
-            published.retain(|node, _| {
-                translation.proxies.contains_key(node) || !edge.cache.remove(node)
-            });
+            for node in &outcome.removed {
+                edge.cache.remove(node);
+            }
             edge.ca
                 .retain_nodes(|node| translation.proxies.contains_key(node));
             let mut largest = 0;
-            for (node, proxy) in translation.proxies {
-                if published.get(&node) == Some(&proxy) {
-                    continue;
-                }
-                match proxy.to_snapshot() {
-                    Ok(snapshot) => {
-                        largest = largest.max(snapshot.encoded_len());
-                        edge.cache.set(&node, snapshot);
-                        published.insert(node, proxy);
-                    }
-                    Err(e) => {
-                        tracing::error!(node, error = %e, "inconsistent snapshot not published; the proxy keeps its previous one");
-                        errors.push(ConfigError {
-                            path: format!("proxies/{node}"),
-                            field: String::new(),
-                            message: format!("not published: {e}"),
-                        });
-                    }
-                }
+            for (node, snapshot) in outcome.snapshots {
+                largest = largest.max(snapshot.encoded_len());
+                edge.cache.set(&node, snapshot);
+            }
+            for (node, e) in outcome.refused {
+                tracing::error!(node, error = %e, "inconsistent snapshot not published; the proxy keeps its previous one");
+                errors.push(ConfigError {
+                    path: format!("proxies/{node}"),
+                    field: String::new(),
+                    message: format!("not published: {e}"),
+                });
             }
             if largest > 0 {
                 edge.metrics.proxy_config_bytes.set(largest as i64);
@@ -626,19 +650,32 @@ async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<b
                 current.errors = errors;
                 current.published = config.version.clone();
             }
+            let stats = outcome.stats;
             edge.metrics.builds.inc();
+            edge.metrics
+                .services_encoded
+                .inc_by(stats.services_encoded as u64);
+            edge.metrics
+                .proxies_updated
+                .inc_by(stats.proxies_updated as u64);
             edge.metrics
                 .build_seconds
                 .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                services_encoded = stats.services_encoded,
+                groups_rebuilt = stats.groups_rebuilt,
+                proxies_updated = stats.proxies_updated,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshots built"
+            );
         }
         tokio::select! {
-            r = config_rx.changed() => if r.is_err() { return },
-            r = registry_rx.changed() => if r.is_err() { return },
-            r = directory_rx.changed() => if r.is_err() { return },
+            r = changes.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
-        // Let a burst of changes (many proxies starting) settle.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !coalesce(&mut changes).await {
+            return;
+        }
     }
 }
 

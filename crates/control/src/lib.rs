@@ -10,6 +10,7 @@ pub mod ca;
 pub mod directory;
 pub mod edge;
 pub mod proxy;
+pub mod publish;
 pub mod registry;
 pub mod translate;
 pub mod workload;

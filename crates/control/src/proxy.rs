@@ -130,7 +130,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use serde::{Deserialize, Serialize};
-use weft_xds::{Inconsistent, ResourceType, Snapshot};
+use std::sync::Arc;
+
+use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
 
 /// Where a proxy gets its certificate and trust bundle: the SDS server of
 /// its own `weft sidecar`, over a Unix socket, by these secret names.
@@ -1467,35 +1469,46 @@ impl SniListener {
 impl ProxyConfig {
     /// Envoy's resources for this proxy, checked for consistency.
     pub fn to_snapshot(&self) -> Result<Snapshot, Inconsistent> {
-        let clusters: Vec<XdsCluster> = self.clusters.iter().map(Cluster::to_xds).collect();
-        let endpoints: Vec<ClusterLoadAssignment> =
-            self.endpoints.iter().map(Endpoints::to_xds).collect();
-        let listeners: Vec<XdsListener> = self
-            .listeners
-            .iter()
-            .map(Listener::to_xds)
-            .chain(self.passthrough.iter().map(SniListener::to_xds))
-            .collect();
-        let routes: Vec<RouteConfiguration> = self.routes.iter().map(RouteTable::to_xds).collect();
-        let mut snapshot = Snapshot::new(&clusters, &endpoints, &listeners, &routes)?;
+        Snapshot::compose(Arc::new(self.to_layer()?), Arc::default())
+    }
+
+    /// This config's resources as one layer, each encoded once; what it
+    /// refers to and does not hold stays needed.
+    pub fn to_layer(&self) -> Result<Layer, Inconsistent> {
+        let mut layer = LayerBuilder::new();
+        self.add_to(&mut layer)?;
+        Ok(layer.build())
+    }
+
+    /// Adds this config's resources to `layer`.
+    pub fn add_to(&self, layer: &mut LayerBuilder) -> Result<(), Inconsistent> {
+        for cluster in &self.clusters {
+            layer.cluster(&cluster.to_xds())?;
+        }
+        for endpoints in &self.endpoints {
+            layer.endpoints(&endpoints.to_xds())?;
+        }
         // JWT providers (on a listener) and RBAC policies (on a route
         // table) are protobuf maps, encoded in hash order: version the
         // resources that hold them by their model, which encodes the same
         // every time. Others keep the hash of their bytes (no JSON work
         // for the large outbound route table).
-        for listener in self.listeners.iter().filter(|l| l.jwt.is_some()) {
-            snapshot.set_version(
-                ResourceType::Listener,
-                &listener.name,
-                model_version(listener),
-            );
+        for listener in &self.listeners {
+            let version = listener.jwt.as_ref().map(|_| model_version(listener));
+            layer.listener(&listener.to_xds(), version)?;
         }
-        let has_policies =
-            |t: &&RouteTable| t.virtual_hosts.iter().any(|v| v.authorization.is_some());
-        for table in self.routes.iter().filter(has_policies) {
-            snapshot.set_version(ResourceType::Route, &table.name, model_version(table));
+        for listener in &self.passthrough {
+            layer.listener(&listener.to_xds(), None)?;
         }
-        Ok(snapshot)
+        for table in &self.routes {
+            let has_policies = table
+                .virtual_hosts
+                .iter()
+                .any(|v| v.authorization.is_some());
+            let version = has_policies.then(|| model_version(table));
+            layer.route(&table.to_xds(), version)?;
+        }
+        Ok(())
     }
 }
 

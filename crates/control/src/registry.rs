@@ -275,6 +275,7 @@ mod tests {
             app_port: Some(9080),
             outbound_port: Some(15001),
             role: Default::default(),
+            calls: Vec::new(),
         };
         let mut metadata = MetadataMap::new();
         metadata.insert("authorization", "Bearer s3cret".parse().unwrap());

@@ -536,6 +536,11 @@ impl ServiceKey {
         format!("{}.{}.mesh", self.name, self.namespace)
     }
 
+    /// How translation names the service: `name.namespace`.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+
     fn cluster_name(&self, subset: Option<&str>) -> String {
         match subset {
             Some(subset) => format!("out|{}.{}|{subset}", self.name, self.namespace),
@@ -574,11 +579,95 @@ struct ServicePlan<'c> {
     clusters: BTreeMap<String, Endpoints>,
 }
 
-/// What translation produced.
+/// What translation produced, in the shared form: what many proxies
+/// receive alike is here once, and each proxy names what it shares.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Translation {
+    /// Each service callers may reach (`name.namespace`): its clusters and
+    /// endpoint sets, the same for every caller.
+    pub services: BTreeMap<String, ServiceResources>,
+    /// Each caller group's outbound side, by group id.
+    pub outbound: BTreeMap<String, Outbound>,
     /// By proxy (node id).
+    pub proxies: BTreeMap<String, ProxyPlan>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// What every caller of one service gets for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<Endpoints>,
+}
+
+/// The outbound route table of the callers that see the same services
+/// by the same names: one workspace, one namespace, one declared set of
+/// services called.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outbound {
+    /// The services the table routes to, by id in [`Translation::services`].
+    pub services: Vec<String>,
+    pub route_table: RouteTable,
+}
+
+/// One proxy: what is its own, and the caller group whose outbound side
+/// it shares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyPlan {
+    /// Its listeners and inbound side.
+    pub own: ProxyConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<String>,
+}
+
+impl Translation {
+    /// Everything proxy `node` is sent, in one piece: its shared resources
+    /// first, then its own.
+    pub fn proxy_config(&self, node: &str) -> Option<ProxyConfig> {
+        let plan = self.proxies.get(node)?;
+        let mut config = ProxyConfig::default();
+        if let Some(outbound) = plan.outbound.as_ref().and_then(|g| self.outbound.get(g)) {
+            for service in outbound
+                .services
+                .iter()
+                .filter_map(|s| self.services.get(s))
+            {
+                config.clusters.extend(service.clusters.iter().cloned());
+                config.endpoints.extend(service.endpoints.iter().cloned());
+            }
+            config.routes.push(outbound.route_table.clone());
+        }
+        let own = plan.own.clone();
+        config.clusters.extend(own.clusters);
+        config.endpoints.extend(own.endpoints);
+        config.listeners.extend(own.listeners);
+        config.routes.extend(own.routes);
+        config.passthrough.extend(own.passthrough);
+        Some(config)
+    }
+
+    /// Every proxy's config in one piece, with the errors: what golden
+    /// files and `weft x translate` show.
+    pub fn per_proxy(&self) -> PerProxy {
+        PerProxy {
+            proxies: self
+                .proxies
+                .keys()
+                .filter_map(|node| Some((node.clone(), self.proxy_config(node)?)))
+                .collect(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+/// Each proxy's whole config, by node id.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerProxy {
     pub proxies: BTreeMap<String, ProxyConfig>,
     pub errors: Vec<ConfigError>,
 }
@@ -1114,8 +1203,14 @@ fn retry_condition(condition: RetryOn) -> &'static str {
     }
 }
 
-/// The answer for a hostname the mesh does not know.
-fn unknown_host() -> VirtualHost {
+/// The answer for a hostname the mesh does not know, or (`declared`) one
+/// the proxy did not declare it calls.
+fn unknown_host(declared: bool) -> VirtualHost {
+    let body = if declared {
+        "weft: this proxy declared the services it calls (weft sidecar --calls) and this is not one of them; add it there, or call one of them as <service>, <service>.<namespace> or <service>.<namespace>.svc\n"
+    } else {
+        "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n"
+    };
     VirtualHost {
         name: "unknown".into(),
         domains: vec!["*".into()],
@@ -1123,7 +1218,7 @@ fn unknown_host() -> VirtualHost {
             matcher: RouteMatch::default(),
             action: Action::DirectResponse {
                 status: 404,
-                body: "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n".into(),
+                body: body.into(),
             },
         }],
         authorization: None,
@@ -1132,7 +1227,7 @@ fn unknown_host() -> VirtualHost {
 
 /// An east-west gateway's config: a route by SNI to the instances of
 /// every service that runs here.
-fn eastwest_gateway(gateway: &Workload, plans: &[ServicePlan]) -> ProxyConfig {
+fn eastwest_gateway(gateway: &Workload, plans: &[ServicePlan<'_>]) -> ProxyConfig {
     let mut proxy = ProxyConfig::default();
     let mut routes = BTreeMap::new();
     for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
@@ -1209,22 +1304,8 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         .map(|(key, members)| ServicePlan::new(config, directory, key, members, &mut errors))
         .collect();
 
-    // Clusters and routes are the same for every caller in a workspace;
-    // build them once per service.
-    let built: Vec<(Vec<Cluster>, Vec<Route>)> = plans
-        .iter()
-        .map(|plan| {
-            let clusters = plan
-                .clusters
-                .keys()
-                .map(|name| plan.cluster(name))
-                .collect();
-            (clusters, plan.routes())
-        })
-        .collect();
-
-    // A proxy sees the services of its own workspace: index them so each
-    // proxy walks only those.
+    // A proxy sees the services of its own workspace (or those it
+    // declared it calls): index them so each group walks only those.
     let mut by_workspace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, plan) in plans.iter().enumerate() {
         if let Some(workspace) = plan.workspace.as_deref() {
@@ -1232,32 +1313,72 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         }
     }
 
-    let mut proxies = BTreeMap::new();
+    let mut translation = Translation::default();
+    // Routes are the same for every caller of a service: build them once.
+    let mut routes: BTreeMap<usize, Vec<Route>> = BTreeMap::new();
+    // The inbound verdict is the same for every instance of a service.
+    let mut inbound: BTreeMap<ServiceKey, InboundPlan> = BTreeMap::new();
     for w in workloads {
         if w.role == Role::Eastwest {
-            proxies.insert(w.node.clone(), eastwest_gateway(w, &plans));
+            let own = eastwest_gateway(w, &plans);
+            translation.proxies.insert(
+                w.node.clone(),
+                ProxyPlan {
+                    own,
+                    outbound: None,
+                },
+            );
             continue;
         }
-        let mut proxy = ProxyConfig::default();
+        let mut proxy = ProxyPlan::default();
         if let Some(outbound_port) = w.outbound_port {
-            let visible = config
-                .workspace_of(&w.namespace)
-                .and_then(|ws| by_workspace.get(ws.path.as_str()))
-                .map_or(&[][..], Vec::as_slice);
-            let mut outbound = Vec::new();
-            for &i in visible {
-                let (plan, (clusters, routes)) = (&plans[i], &built[i]);
-                proxy.clusters.extend(clusters.iter().cloned());
-                proxy.endpoints.extend(plan.clusters.values().cloned());
-                outbound.push(VirtualHost {
-                    name: format!("{}.{}", plan.key.name, plan.key.namespace),
-                    domains: plan.domains(&w.namespace),
-                    routes: routes.clone(),
-                    authorization: None,
-                });
+            let workspace = config.workspace_of(&w.namespace);
+            let group = group_id(workspace.map(|ws| ws.path.as_str()), w);
+            if !translation.outbound.contains_key(&group) {
+                let visible = workspace
+                    .and_then(|ws| by_workspace.get(ws.path.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .copied()
+                    .filter(|&i| w.calls_service(&plans[i].key.name, &plans[i].key.namespace));
+                let mut services = Vec::new();
+                let mut virtual_hosts = Vec::new();
+                for i in visible {
+                    let plan = &plans[i];
+                    let id = plan.key.id();
+                    translation
+                        .services
+                        .entry(id.clone())
+                        .or_insert_with(|| ServiceResources {
+                            clusters: plan
+                                .clusters
+                                .keys()
+                                .map(|name| plan.cluster(name))
+                                .collect(),
+                            endpoints: plan.clusters.values().cloned().collect(),
+                        });
+                    services.push(id.clone());
+                    virtual_hosts.push(VirtualHost {
+                        name: id,
+                        domains: plan.domains(&w.namespace),
+                        routes: routes.entry(i).or_insert_with(|| plan.routes()).clone(),
+                        authorization: None,
+                    });
+                }
+                virtual_hosts.push(unknown_host(!w.calls.is_empty()));
+                translation.outbound.insert(
+                    group.clone(),
+                    Outbound {
+                        services,
+                        route_table: RouteTable {
+                            name: OUTBOUND.into(),
+                            virtual_hosts,
+                        },
+                    },
+                );
             }
-            outbound.push(unknown_host());
-            proxy.listeners.push(Listener {
+            proxy.outbound = Some(group);
+            proxy.own.listeners.push(Listener {
                 name: OUTBOUND.into(),
                 address: SocketAddr {
                     address: "127.0.0.1".into(),
@@ -1268,13 +1389,10 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 authorize: false,
                 jwt: None,
             });
-            proxy.routes.push(RouteTable {
-                name: OUTBOUND.into(),
-                virtual_hosts: outbound,
-            });
         }
         if let Some(app_port) = w.app_port {
-            proxy.clusters.push(Cluster {
+            let own = &mut proxy.own;
+            own.clusters.push(Cluster {
                 local: Some(SocketAddr {
                     address: "127.0.0.1".into(),
                     port: app_port,
@@ -1285,22 +1403,11 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 namespace: w.namespace.clone(),
                 name: w.service.clone(),
             };
-            let jwt = match &config.trust_domain {
-                Some(_) => config.jwt_check(&key, &mut errors),
-                None => None,
-            };
-            let authorization = config.trust_domain.as_ref().map(|trust_domain| {
-                let authorization = config.authorization(trust_domain, &key, &mut errors);
-                if jwt.is_none() {
-                    config.report_claims_without_tokens(&key, &authorization, &mut errors);
-                }
-                authorization
-            });
-            let jwt = jwt.map(|(check, clusters)| {
-                proxy.clusters.extend(clusters);
-                check
-            });
-            proxy.listeners.push(Listener {
+            let verdict = inbound
+                .entry(key.clone())
+                .or_insert_with(|| InboundPlan::new(config, &key, &mut errors));
+            own.clusters.extend(verdict.jwks_clusters.iter().cloned());
+            own.listeners.push(Listener {
                 name: INBOUND.into(),
                 address: SocketAddr {
                     address: w.address.clone(),
@@ -1312,13 +1419,13 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
                     trust_domain: trust_domain.clone(),
                     peers: Vec::new(),
-                    permissive: config.permissive(&key, &mut errors),
+                    permissive: verdict.permissive,
                     sni: None,
                 }),
                 authorize: config.trust_domain.is_some(),
-                jwt,
+                jwt: verdict.jwt.clone(),
             });
-            proxy.routes.push(RouteTable {
+            own.routes.push(RouteTable {
                 name: INBOUND.into(),
                 virtual_hosts: vec![VirtualHost {
                     name: INBOUND.into(),
@@ -1333,13 +1440,63 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                             hash_on: None,
                         }),
                     }],
-                    authorization,
+                    authorization: verdict.authorization.clone(),
                 }],
             });
         }
-        proxies.insert(w.node.clone(), proxy);
+        translation.proxies.insert(w.node.clone(), proxy);
     }
     errors.sort();
     errors.dedup();
-    Translation { proxies, errors }
+    translation.errors = errors;
+    translation
+}
+
+/// Callers that see the same services by the same names share one
+/// outbound side: same workspace, same namespace, same declared calls.
+fn group_id(workspace: Option<&str>, caller: &Workload) -> String {
+    let mut id = format!("{}|{}", workspace.unwrap_or("-"), caller.namespace);
+    if !caller.calls.is_empty() {
+        id.push_str("|calls=");
+        id.push_str(&caller.calls.join(","));
+    }
+    id
+}
+
+/// What the sidecars of one service check on every request they take:
+/// decided once per service, not once per instance.
+struct InboundPlan {
+    permissive: bool,
+    jwt: Option<JwtCheck>,
+    /// Where the token issuers' keys are fetched from.
+    jwks_clusters: Vec<Cluster>,
+    authorization: Option<Authorization>,
+}
+
+impl InboundPlan {
+    fn new(config: &Config, key: &ServiceKey, errors: &mut Vec<ConfigError>) -> InboundPlan {
+        let Some(trust_domain) = &config.trust_domain else {
+            return InboundPlan {
+                permissive: false,
+                jwt: None,
+                jwks_clusters: Vec::new(),
+                authorization: None,
+            };
+        };
+        let jwt = config.jwt_check(key, errors);
+        let authorization = config.authorization(trust_domain, key, errors);
+        if jwt.is_none() {
+            config.report_claims_without_tokens(key, &authorization, errors);
+        }
+        let (jwt, jwks_clusters) = match jwt {
+            Some((check, clusters)) => (Some(check), clusters),
+            None => (None, Vec::new()),
+        };
+        InboundPlan {
+            permissive: config.permissive(key, errors),
+            jwt,
+            jwks_clusters,
+            authorization: Some(authorization),
+        }
+    }
 }

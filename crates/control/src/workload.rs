@@ -51,6 +51,10 @@ pub struct Workload {
     pub outbound_port: Option<u16>,
     #[serde(default, skip_serializing_if = "is_sidecar")]
     pub role: Role,
+    /// The services the app calls, as `name.namespace`, sorted: its proxy
+    /// gets only these. Empty: every service of its workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
 }
 
 fn is_sidecar(role: &Role) -> bool {
@@ -68,6 +72,9 @@ pub mod keys {
     pub const APP_PORT: &str = "appPort";
     pub const OUTBOUND_PORT: &str = "outboundPort";
     pub const ROLE: &str = "role";
+    /// Comma-separated services the app calls (`name` in its own
+    /// namespace, or `name.namespace`).
+    pub const CALLS: &str = "calls";
 }
 
 fn string_field<'a>(fields: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
@@ -82,6 +89,39 @@ impl Workload {
     /// behind it (not a client that only calls out, nor a gateway).
     pub fn is_instance(&self) -> bool {
         self.role == Role::Sidecar && self.app_port.is_some()
+    }
+
+    /// Whether this workload's proxy holds service `name` of `namespace`:
+    /// it declared it calls it, or declared nothing.
+    pub fn calls_service(&self, name: &str, namespace: &str) -> bool {
+        self.calls.is_empty()
+            || self.calls.iter().any(|c| {
+                c.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|ns| ns == namespace)
+            })
+    }
+
+    /// Reads a declaration of the services an app calls: `name` (in
+    /// `namespace`) or `name.namespace`, comma-separated; returns them as
+    /// `name.namespace`, sorted, or says which entry is wrong.
+    pub fn parse_calls(declared: &str, namespace: &str) -> Result<Vec<String>, String> {
+        let mut calls = Vec::new();
+        for (i, entry) in declared.split(',').map(str::trim).enumerate() {
+            if entry.is_empty() {
+                continue;
+            }
+            let (name, ns) = entry.split_once('.').unwrap_or((entry, namespace));
+            if check_dns_label(name).is_err() || check_dns_label(ns).is_err() {
+                return Err(format!(
+                    "[{i}]: {entry:?} is not a service as <name> or <name>.<namespace> (DNS labels)"
+                ));
+            }
+            calls.push(format!("{name}.{ns}"));
+        }
+        calls.sort();
+        calls.dedup();
+        Ok(calls)
     }
 
     /// Reads a proxy's node; the error names every missing or bad key.
@@ -172,6 +212,13 @@ impl Workload {
                 _ => problems.push("metadata.labels: must be a map of strings".into()),
             }
         }
+        let calls = match string_field(&fields, keys::CALLS) {
+            Some(declared) => Workload::parse_calls(declared, &namespace).unwrap_or_else(|e| {
+                problems.push(format!("metadata.{}{e}", keys::CALLS));
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -186,6 +233,7 @@ impl Workload {
             app_port,
             outbound_port,
             role,
+            calls,
         })
     }
 
@@ -207,6 +255,9 @@ impl Workload {
         }
         if let Some(app_port) = self.app_port {
             metadata[keys::APP_PORT] = app_port.to_string().into();
+        }
+        if !self.calls.is_empty() {
+            metadata[keys::CALLS] = self.calls.join(",").into();
         }
         metadata
     }

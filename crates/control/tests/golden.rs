@@ -3,15 +3,17 @@
 //! proxy's result is a consistent xDS snapshot.
 //! Regenerate after an intended change: `WEFT_UPDATE_GOLDEN=1 cargo test -p weft-control --test golden`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 use weft_api::Resource;
 use weft_api::edge::Locality;
 use weft_control::directory::Directory;
+use weft_control::publish::Publisher;
 use weft_control::translate::{Config, translate};
 use weft_control::workload::Workload;
-use weft_xds::ResourceType;
+use weft_xds::{ResourceType, Snapshot};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -48,7 +50,14 @@ fn translation_matches_golden_files() {
             .with_trust_domain(case.trust_domain)
             .with_locality(case.locality);
         let translation = translate(&config, &case.workloads, &case.directory);
-        for (node, proxy) in &translation.proxies {
+        // The shared form, as the edge publishes it.
+        let shared: BTreeMap<String, Snapshot> = Publisher::new()
+            .publish(&translation)
+            .snapshots
+            .into_iter()
+            .collect();
+        let per_proxy = translation.per_proxy();
+        for (node, proxy) in &per_proxy.proxies {
             let snapshot = proxy.to_snapshot().unwrap_or_else(|e| {
                 panic!("{name}: proxy {node} has an inconsistent snapshot: {e}")
             });
@@ -65,8 +74,25 @@ fn translation_matches_golden_files() {
                     );
                 }
             }
+            // Shared or not, a proxy gets the very same resources.
+            let published = shared
+                .get(node)
+                .unwrap_or_else(|| panic!("{name}: proxy {node} was not published"));
+            for t in ResourceType::ALL {
+                let resources = |s: &Snapshot| -> BTreeMap<String, String> {
+                    s.entries(t)
+                        .map(|(name, e)| (name.clone(), e.version.clone()))
+                        .collect()
+                };
+                assert_eq!(
+                    resources(published),
+                    resources(&snapshot),
+                    "{name}: proxy {node}: the shared form differs in {t:?}"
+                );
+            }
         }
-        let rendered = serde_norway::to_string(&translation).unwrap();
+        assert_eq!(shared.len(), per_proxy.proxies.len(), "{name}");
+        let rendered = serde_norway::to_string(&per_proxy).unwrap();
         let out = root.join("out").join(&name);
         if update {
             std::fs::write(&out, &rendered).unwrap();
@@ -85,18 +111,9 @@ fn translation_matches_golden_files() {
 }
 
 fn similar_diff(expected: &str, actual: &str) -> String {
-    let mut out = String::new();
-    for (i, (e, a)) in expected.lines().zip(actual.lines()).enumerate() {
-        if e != a {
-            out.push_str(&format!(
-                "line {}: expected {e:?}\n         got      {a:?}\n",
-                i + 1
-            ));
-        }
-    }
-    let (e, a) = (expected.lines().count(), actual.lines().count());
-    if e != a {
-        out.push_str(&format!("expected {e} lines, got {a}\n"));
-    }
-    out
+    similar::TextDiff::from_lines(expected, actual)
+        .unified_diff()
+        .context_radius(3)
+        .header("expected", "translated")
+        .to_string()
 }

@@ -33,7 +33,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
-use crate::snapshot::{Entry, ResourceType, Snapshot};
+use crate::snapshot::{Entry, Layer, ResourceType, Snapshot};
 
 /// Decides which proxies may connect and hears when they leave: the
 /// edge's workload registry. Without one, every proxy is admitted.
@@ -241,16 +241,21 @@ trait Protocol: Send + 'static {
 
     /// Whether the proxy holds, and accepted, these resources of `t` at the
     /// snapshot's versions.
-    fn holds(&self, t: ResourceType, names: &BTreeSet<String>, snapshot: &Snapshot) -> bool {
+    fn holds(&self, t: ResourceType, names: &BTreeSet<&str>, snapshot: &Snapshot) -> bool {
         let Some(progress) = self.progress(t) else {
             return names.is_empty();
         };
-        let current = snapshot.resources(t);
         progress.acked()
             && names.iter().all(|n| {
                 self.held_version(t, n)
-                    .is_some_and(|held| current.get(n).is_some_and(|e| e.version == held))
+                    .is_some_and(|held| snapshot.get(t, n).is_some_and(|e| e.version == held))
             })
+    }
+
+    /// Whether a push of `t` could send anything; a step with nothing to
+    /// send waits for no confirmation.
+    fn has_work(&self, _t: ResourceType, _snapshot: &Snapshot, _removals: bool) -> bool {
+        true
     }
 }
 
@@ -437,7 +442,7 @@ impl<P: Protocol> Session<P> {
             (Listener, false) | (Route, false) => {
                 p.acked(Cluster)
                     && p.acked(Endpoint)
-                    && p.holds(Endpoint, snapshot.eds_services(), snapshot)
+                    && p.holds(Endpoint, &snapshot.eds_services(), snapshot)
             }
             (Endpoint, true) | (Cluster, true) => p.acked(Listener) && p.acked(Route),
         }
@@ -453,7 +458,11 @@ impl<P: Protocol> Session<P> {
         while let Some(&step) = self.pending.front() {
             // A type the proxy never asked for has nothing to send or wait for.
             let asked = self.protocol.progress(step.t).is_some();
-            if asked && !force && !self.ready(step, &snapshot) {
+            let waits = asked
+                && !force
+                && self.protocol.has_work(step.t, &snapshot, step.removals)
+                && !self.ready(step, &snapshot);
+            if waits {
                 self.waiting_since.get_or_insert_with(Instant::now);
                 return Ok(());
             }
@@ -547,7 +556,7 @@ fn served_type(type_url: &str, node: &str) -> Option<ResourceType> {
 struct SotwType {
     progress: Progress,
     /// What the last response carried (None before the first).
-    sent: Option<BTreeMap<String, Entry>>,
+    sent: Option<BTreeMap<String, Arc<Entry>>>,
 }
 
 impl Protocol for Sotw {
@@ -604,9 +613,8 @@ impl Protocol for Sotw {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(None);
         };
-        let mut payload: BTreeMap<String, Entry> = snapshot
-            .resources(t)
-            .iter()
+        let mut payload: BTreeMap<String, Arc<Entry>> = snapshot
+            .entries(t)
             .filter(|(name, _)| state.progress.subscription.wants(name))
             .map(|(name, entry)| (name.clone(), entry.clone()))
             .collect();
@@ -615,7 +623,7 @@ impl Protocol for Sotw {
             // A SotW response is the whole set: leaving a resource out removes
             // it. Keep what is going away until the second phase.
             let previous = state.sent.iter().flatten();
-            let held: Vec<(String, Entry)> = previous
+            let held: Vec<(String, Arc<Entry>)> = previous
                 .filter(|(name, _)| {
                     !payload.contains_key(*name) && state.progress.subscription.wants(name)
                 })
@@ -626,7 +634,7 @@ impl Protocol for Sotw {
                 payload.extend(held);
             }
         }
-        let versions = |m: &BTreeMap<String, Entry>| -> Vec<(String, String)> {
+        let versions = |m: &BTreeMap<String, Arc<Entry>>| -> Vec<(String, String)> {
             m.iter()
                 .map(|(n, e)| (n.clone(), e.version.clone()))
                 .collect()
@@ -682,6 +690,15 @@ impl Protocol for Sotw {
     }
 }
 
+fn resource(name: &str, entry: &Entry) -> Resource {
+    Resource {
+        name: name.to_string(),
+        version: entry.version.clone(),
+        resource: Some(entry.any.clone()),
+        ..Default::default()
+    }
+}
+
 /// Delta: responses carry only what changed, and what was removed.
 struct Delta {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -694,6 +711,46 @@ struct DeltaType {
     /// What the proxy has: name → version.
     known: BTreeMap<String, String>,
     answered: bool,
+    /// The layers `known` last matched (as filtered by the subscription),
+    /// so the next push looks only at what changed since; none: compare
+    /// everything.
+    synced: Option<Synced>,
+    /// Names whose `known` entry changed since `synced` (forgotten to be
+    /// sent again).
+    touched: BTreeSet<String>,
+}
+
+/// The layers a proxy's resources of one type last matched.
+struct Synced {
+    own: Arc<Layer>,
+    shared: u64,
+}
+
+impl DeltaType {
+    /// The names a push must look at: those that changed since the layers
+    /// it last matched, or None when it must compare everything.
+    fn candidates(&self, t: ResourceType, snapshot: &Snapshot) -> Option<BTreeSet<String>> {
+        let synced = self.synced.as_ref()?;
+        let shared = snapshot.shared();
+        let mut names = self.touched.clone();
+        if synced.shared != shared.id() {
+            let changes = shared.changes().filter(|c| c.from == synced.shared)?;
+            names.extend(changes.names(t).cloned());
+        }
+        if !Arc::ptr_eq(&synced.own, snapshot.own()) {
+            names.extend(synced.own.resources(t).keys().cloned());
+            names.extend(snapshot.own().resources(t).keys().cloned());
+        }
+        Some(names)
+    }
+
+    /// Whether the proxy holds exactly what `snapshot` has for it.
+    fn in_step_with(&self, snapshot: &Snapshot) -> bool {
+        self.touched.is_empty()
+            && self.synced.as_ref().is_some_and(|s| {
+                s.shared == snapshot.shared().id() && Arc::ptr_eq(&s.own, snapshot.own())
+            })
+    }
 }
 
 impl Protocol for Delta {
@@ -734,6 +791,12 @@ impl Protocol for Delta {
             }
         }
         let mut changed = false;
+        if !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty()
+        {
+            // What the proxy wants moved: compare everything next time.
+            state.synced = None;
+        }
         for name in request.resource_names_subscribe {
             if name == "*" {
                 changed |= !state.progress.subscription.wildcard;
@@ -763,30 +826,53 @@ impl Protocol for Delta {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(None);
         };
-        let all = snapshot.resources(t);
-        let updated: Vec<Resource> = all
-            .iter()
-            .filter(|(name, entry)| {
-                state.progress.subscription.wants(name)
-                    && state.known.get(*name) != Some(&entry.version)
-            })
-            .map(|(name, entry)| Resource {
-                name: name.clone(),
-                version: entry.version.clone(),
-                resource: Some(entry.any.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let removed: Vec<String> = if removals {
-            state
-                .known
-                .keys()
-                .filter(|name| !all.contains_key(*name) || !state.progress.subscription.wants(name))
-                .cloned()
-                .collect()
-        } else {
-            Vec::new()
+        let wanted = |name: &str| state.progress.subscription.wants(name);
+        let (updated, removed): (Vec<Resource>, Vec<String>) = match state.candidates(t, snapshot) {
+            // Only what changed since the layers the proxy last matched.
+            Some(names) => {
+                let mut updated = Vec::new();
+                let mut removed = Vec::new();
+                for name in names {
+                    let held = state.known.get(&name);
+                    match snapshot.get(t, &name).filter(|_| wanted(&name)) {
+                        Some(entry) if held != Some(&entry.version) => {
+                            updated.push(resource(&name, entry))
+                        }
+                        Some(_) => {}
+                        None if removals && held.is_some() => removed.push(name),
+                        None => {}
+                    }
+                }
+                (updated, removed)
+            }
+            None => {
+                let updated = snapshot
+                    .entries(t)
+                    .filter(|(name, entry)| {
+                        wanted(name) && state.known.get(*name) != Some(&entry.version)
+                    })
+                    .map(|(name, entry)| resource(name, entry))
+                    .collect();
+                let removed = if removals {
+                    state
+                        .known
+                        .keys()
+                        .filter(|name| snapshot.get(t, name).is_none() || !wanted(name))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (updated, removed)
+            }
         };
+        if removals {
+            state.synced = Some(Synced {
+                own: snapshot.own().clone(),
+                shared: snapshot.shared().id(),
+            });
+            state.touched.clear();
+        }
         // The last step of an update also answers when only the version
         // moved (a proxy that reconnected before its snapshot already held
         // all of it), so its ACK records the version it runs.
@@ -822,8 +908,18 @@ impl Protocol for Delta {
         if let Some(state) = self.types.get_mut(&t) {
             for name in names {
                 state.known.remove(*name);
+                state.touched.insert(name.to_string());
             }
         }
+    }
+
+    fn has_work(&self, t: ResourceType, snapshot: &Snapshot, removals: bool) -> bool {
+        let Some(state) = self.types.get(&t) else {
+            return false;
+        };
+        !state.answered
+            || !state.in_step_with(snapshot)
+            || (removals && state.progress.sent_version != snapshot.version(t))
     }
 
     async fn refuse(&mut self, status: Status) {

@@ -14,4 +14,4 @@ pub mod snapshot;
 
 pub use ads::{Admission, AdsServer};
 pub use cache::{Nack, ProxyStatus, SnapshotCache, XdsMetrics};
-pub use snapshot::{Inconsistent, ResourceType, Snapshot};
+pub use snapshot::{Changes, Entry, Inconsistent, Layer, LayerBuilder, ResourceType, Snapshot};

@@ -6,8 +6,17 @@
 //! It can only be built consistent: every route configuration a listener
 //! names exists, every cluster a route names exists, and every EDS cluster
 //! has its endpoints. So a proxy is never handed half a configuration.
+//!
+//! Resources are encoded once and shared: a snapshot is two [`Layer`]s,
+//! the proxy's own (its listeners, its inbound side) and one it shares
+//! with every proxy that calls the same services. A layer that replaces
+//! another remembers what changed ([`Changes`]), so the ADS streams of a
+//! thousand proxies each look only at the resources that changed, not at
+//! everything they hold.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
@@ -99,18 +108,323 @@ pub enum Inconsistent {
     Undecodable { listener: String, error: String },
 }
 
-/// An immutable, consistent set of resources.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    resources: BTreeMap<ResourceType, BTreeMap<String, Entry>>,
-    /// Endpoint names the EDS clusters ask for: a proxy's clusters are warm
-    /// once it holds all of them.
-    eds_services: BTreeSet<String>,
-    /// EDS cluster name → the endpoint name it asks for.
-    eds_service_of: BTreeMap<String, String>,
+/// A resource a layer refers to without holding it: the layer beside it
+/// in a snapshot must.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Need {
+    t: ResourceType,
+    name: String,
+    /// The resource that refers to it.
+    by: String,
 }
 
-const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+impl Need {
+    fn missing(&self) -> Inconsistent {
+        let (name, by) = (self.name.clone(), self.by.clone());
+        match self.t {
+            ResourceType::Route => Inconsistent::MissingRoute {
+                listener: by,
+                route: name,
+            },
+            ResourceType::Endpoint => Inconsistent::MissingEndpoints {
+                cluster: by,
+                service: name,
+            },
+            _ => Inconsistent::MissingCluster {
+                route: by,
+                cluster: name,
+            },
+        }
+    }
+}
+
+/// What changed from one layer to the one that replaced it, by type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The id of the layer this one replaced.
+    pub from: u64,
+    /// Resources new or at another version.
+    pub updated: BTreeMap<ResourceType, Vec<String>>,
+    /// Resources gone.
+    pub removed: BTreeMap<ResourceType, Vec<String>>,
+}
+
+impl Changes {
+    /// Every name of type `t` that was added, updated or removed.
+    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &String> {
+        let updated = self.updated.get(&t).into_iter().flatten();
+        updated.chain(self.removed.get(&t).into_iter().flatten())
+    }
+}
+
+/// An immutable set of encoded resources, shared by every snapshot that
+/// holds it. What it refers to and does not hold (`needs`) must be in the
+/// layer beside it.
+#[derive(Debug, Default)]
+pub struct Layer {
+    id: u64,
+    resources: BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
+    /// EDS cluster name → the endpoint name it asks for.
+    eds_service_of: BTreeMap<String, String>,
+    needs: Vec<Need>,
+    versions: BTreeMap<ResourceType, String>,
+    changes: Option<Changes>,
+}
+
+static LAYER_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl Layer {
+    /// Unique among the layers of this process: streams tell by it whether
+    /// they already delivered a layer.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The resources of one type, by name.
+    pub fn resources(&self, t: ResourceType) -> &BTreeMap<String, Arc<Entry>> {
+        static EMPTY: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
+        self.resources.get(&t).unwrap_or(&EMPTY)
+    }
+
+    /// A hash of the names and versions of the resources of type `t`.
+    pub fn version(&self, t: ResourceType) -> &str {
+        self.versions.get(&t).map_or("", String::as_str)
+    }
+
+    /// What changed since the layer this one replaced, if it was built as
+    /// its successor.
+    pub fn changes(&self) -> Option<&Changes> {
+        self.changes.as_ref()
+    }
+
+    /// Encoded size of all resources.
+    pub fn encoded_len(&self) -> usize {
+        self.resources
+            .values()
+            .flat_map(|m| m.values())
+            .map(|e| e.any.value.len())
+            .sum()
+    }
+
+    fn holds(&self, t: ResourceType, name: &str) -> bool {
+        self.resources.get(&t).is_some_and(|m| m.contains_key(name))
+    }
+}
+
+/// Collects resources into a [`Layer`], encoding each once.
+#[derive(Debug, Default)]
+pub struct LayerBuilder {
+    resources: BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
+    eds_service_of: BTreeMap<String, String>,
+    needs: Vec<Need>,
+}
+
+fn kind_of(t: ResourceType) -> &'static str {
+    match t {
+        ResourceType::Secret => "secret",
+        ResourceType::Cluster => "cluster",
+        ResourceType::Endpoint => "endpoint",
+        ResourceType::Listener => "listener",
+        ResourceType::Route => "route",
+    }
+}
+
+impl LayerBuilder {
+    pub fn new() -> LayerBuilder {
+        LayerBuilder::default()
+    }
+
+    fn insert(
+        &mut self,
+        t: ResourceType,
+        name: &str,
+        entry: Arc<Entry>,
+    ) -> Result<(), Inconsistent> {
+        let map = self.resources.entry(t).or_default();
+        if map.insert(name.to_string(), entry).is_some() {
+            return Err(Inconsistent::Duplicate {
+                kind: kind_of(t),
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn need(&mut self, t: ResourceType, name: String, by: &str) {
+        self.needs.push(Need {
+            t,
+            name,
+            by: by.to_string(),
+        });
+    }
+
+    pub fn cluster(&mut self, cluster: &Cluster) -> Result<(), Inconsistent> {
+        let eds = cluster.cluster_discovery_type
+            == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        if eds {
+            let service = cluster
+                .eds_cluster_config
+                .as_ref()
+                .map(|c| c.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&cluster.name)
+                .to_string();
+            self.eds_service_of
+                .insert(cluster.name.clone(), service.clone());
+            self.need(ResourceType::Endpoint, service, &cluster.name);
+        }
+        self.insert(
+            ResourceType::Cluster,
+            &cluster.name,
+            Arc::new(entry(cluster)),
+        )
+    }
+
+    pub fn endpoints(&mut self, endpoints: &ClusterLoadAssignment) -> Result<(), Inconsistent> {
+        let name = &endpoints.cluster_name;
+        self.insert(ResourceType::Endpoint, name, Arc::new(entry(endpoints)))
+    }
+
+    /// Adds a listener; `version`, when given, replaces the hash of its
+    /// encoding. For owners whose resources carry protobuf maps: prost
+    /// encodes a map in its hash order, which differs between two builds of
+    /// the same content, and a new version of a listener makes Envoy replace
+    /// it (and drain its connections). A version from the owner's own
+    /// canonical form keeps it stable.
+    pub fn listener(
+        &mut self,
+        listener: &Listener,
+        version: Option<String>,
+    ) -> Result<(), Inconsistent> {
+        for route in rds_names(listener)? {
+            self.need(ResourceType::Route, route, &listener.name);
+        }
+        let mut e = entry(listener);
+        if let Some(version) = version {
+            e.version = version;
+        }
+        self.insert(ResourceType::Listener, &listener.name, Arc::new(e))
+    }
+
+    /// Adds a route configuration; `version` as for listeners.
+    pub fn route(
+        &mut self,
+        route: &RouteConfiguration,
+        version: Option<String>,
+    ) -> Result<(), Inconsistent> {
+        for cluster in cluster_names_in(route) {
+            self.need(ResourceType::Cluster, cluster, &route.name);
+        }
+        let mut e = entry(route);
+        if let Some(version) = version {
+            e.version = version;
+        }
+        self.insert(ResourceType::Route, &route.name, Arc::new(e))
+    }
+
+    pub fn secret(&mut self, secret: &Secret) -> Result<(), Inconsistent> {
+        self.insert(ResourceType::Secret, &secret.name, Arc::new(entry(secret)))
+    }
+
+    /// Adds everything `layer` holds, sharing its encoded resources.
+    pub fn extend(&mut self, layer: &Layer) -> Result<(), Inconsistent> {
+        for (t, map) in &layer.resources {
+            for (name, entry) in map {
+                self.insert(*t, name, entry.clone())?;
+            }
+        }
+        self.eds_service_of.extend(
+            layer
+                .eds_service_of
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        self.needs.extend(layer.needs.iter().cloned());
+        Ok(())
+    }
+
+    /// The layer; what it refers to and holds itself is resolved, the rest
+    /// stays needed.
+    pub fn build(self) -> Layer {
+        self.build_after(None)
+    }
+
+    /// The layer that replaces `previous`, remembering what changed.
+    pub fn build_after(self, previous: Option<&Layer>) -> Layer {
+        let LayerBuilder {
+            resources,
+            eds_service_of,
+            needs,
+        } = self;
+        let mut needs: Vec<Need> = needs
+            .into_iter()
+            .filter(|n| !resources.get(&n.t).is_some_and(|m| m.contains_key(&n.name)))
+            .collect();
+        needs.sort();
+        needs.dedup();
+        let versions = ResourceType::ALL
+            .into_iter()
+            .map(|t| (t, digest(resources.get(&t))))
+            .collect();
+        let changes = previous.map(|previous| changes_between(previous, &resources));
+        Layer {
+            id: LAYER_IDS.fetch_add(1, Ordering::Relaxed),
+            resources,
+            eds_service_of,
+            needs,
+            versions,
+            changes,
+        }
+    }
+}
+
+fn digest(map: Option<&BTreeMap<String, Arc<Entry>>>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, entry) in map.into_iter().flatten() {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(entry.version.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn changes_between(
+    previous: &Layer,
+    resources: &BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
+) -> Changes {
+    let mut changes = Changes {
+        from: previous.id,
+        ..Changes::default()
+    };
+    for t in ResourceType::ALL {
+        let (old, new) = (previous.resources(t), resources.get(&t));
+        if previous.version(t) == digest(new).as_str() {
+            continue;
+        }
+        let updated: Vec<String> = new
+            .into_iter()
+            .flatten()
+            .filter(|(name, entry)| {
+                old.get(*name)
+                    .is_none_or(|o| !Arc::ptr_eq(o, entry) && o.version != entry.version)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed: Vec<String> = old
+            .keys()
+            .filter(|name| !new.is_some_and(|m| m.contains_key(*name)))
+            .cloned()
+            .collect();
+        if !updated.is_empty() {
+            changes.updated.insert(t, updated);
+        }
+        if !removed.is_empty() {
+            changes.removed.insert(t, removed);
+        }
+    }
+    changes
+}
 
 fn entry<M: Message + Name>(message: &M) -> Entry {
     let bytes = message.encode_to_vec();
@@ -124,32 +438,103 @@ fn entry<M: Message + Name>(message: &M) -> Entry {
     }
 }
 
-fn insert<M: Message + Name>(
-    map: &mut BTreeMap<String, Entry>,
-    kind: &'static str,
-    name: &str,
-    message: &M,
-) -> Result<(), Inconsistent> {
-    if map.insert(name.to_string(), entry(message)).is_some() {
-        return Err(Inconsistent::Duplicate {
-            kind,
-            name: name.to_string(),
-        });
+/// An immutable, consistent set of resources: the proxy's own layer and
+/// the layer it shares with others, which hold no name in common.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    own: Arc<Layer>,
+    shared: Arc<Layer>,
+    versions: BTreeMap<ResourceType, String>,
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Snapshot) -> bool {
+        self.versions == other.versions
+            && ResourceType::ALL
+                .into_iter()
+                .all(|t| self.entries(t).eq(other.entries(t)))
     }
-    Ok(())
 }
 
 impl Snapshot {
     /// A snapshot of secrets only: what a sidecar serves its Envoy over SDS.
     pub fn secrets(secrets: &[Secret]) -> Result<Snapshot, Inconsistent> {
-        let mut map = BTreeMap::new();
+        let mut layer = LayerBuilder::new();
         for secret in secrets {
-            insert(&mut map, "secret", &secret.name, secret)?;
+            layer.secret(secret)?;
         }
+        Snapshot::compose(Arc::new(layer.build()), Arc::default())
+    }
+
+    /// Builds a snapshot of one layer, or says what is missing.
+    pub fn new(
+        clusters: &[Cluster],
+        endpoints: &[ClusterLoadAssignment],
+        listeners: &[Listener],
+        routes: &[RouteConfiguration],
+    ) -> Result<Snapshot, Inconsistent> {
+        let mut layer = LayerBuilder::new();
+        for c in clusters {
+            layer.cluster(c)?;
+        }
+        for e in endpoints {
+            layer.endpoints(e)?;
+        }
+        for l in listeners {
+            layer.listener(l, None)?;
+        }
+        for r in routes {
+            layer.route(r, None)?;
+        }
+        Snapshot::compose(Arc::new(layer.build()), Arc::default())
+    }
+
+    /// A proxy's `own` layer beside the `shared` one: every need of either
+    /// must be met by the two, and no name may be in both.
+    pub fn compose(own: Arc<Layer>, shared: Arc<Layer>) -> Result<Snapshot, Inconsistent> {
+        for need in own.needs.iter().chain(&shared.needs) {
+            if !own.holds(need.t, &need.name) && !shared.holds(need.t, &need.name) {
+                return Err(need.missing());
+            }
+        }
+        // The own layer is the small one: look its names up in the other.
+        for (t, map) in &own.resources {
+            if let Some(name) = map.keys().find(|name| shared.holds(*t, name)) {
+                return Err(Inconsistent::Duplicate {
+                    kind: kind_of(*t),
+                    name: name.clone(),
+                });
+            }
+        }
+        let versions = ResourceType::ALL
+            .into_iter()
+            .map(|t| {
+                let version = match (own.resources(t).is_empty(), shared.resources(t).is_empty()) {
+                    (_, true) => own.version(t).to_string(),
+                    (true, false) => shared.version(t).to_string(),
+                    (false, false) => {
+                        let both = format!("{}+{}", own.version(t), shared.version(t));
+                        hex::encode(&Sha256::digest(both.as_bytes())[..8])
+                    }
+                };
+                (t, version)
+            })
+            .collect();
         Ok(Snapshot {
-            resources: BTreeMap::from([(ResourceType::Secret, map)]),
-            ..Snapshot::default()
+            own,
+            shared,
+            versions,
         })
+    }
+
+    /// The proxy's own layer.
+    pub fn own(&self) -> &Arc<Layer> {
+        &self.own
+    }
+
+    /// The layer shared with other proxies.
+    pub fn shared(&self) -> &Arc<Layer> {
+        &self.shared
     }
 
     /// Whether a proxy that acknowledged `acked` (version by type) runs
@@ -158,139 +543,60 @@ impl Snapshot {
     pub fn accepted(&self, acked: &BTreeMap<ResourceType, String>) -> bool {
         ResourceType::ALL.into_iter().all(|t| match acked.get(&t) {
             Some(version) => *version == self.version(t),
-            None => self.resources(t).is_empty(),
+            None => self.len(t) == 0,
         })
     }
 
-    /// Builds a snapshot, or says what is missing.
-    pub fn new(
-        clusters: &[Cluster],
-        endpoints: &[ClusterLoadAssignment],
-        listeners: &[Listener],
-        routes: &[RouteConfiguration],
-    ) -> Result<Snapshot, Inconsistent> {
-        let cluster_names: BTreeSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let endpoint_names: BTreeSet<&str> =
-            endpoints.iter().map(|e| e.cluster_name.as_str()).collect();
-        let route_names: BTreeSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
-
-        let mut eds_services = BTreeSet::new();
-        let mut eds_service_of = BTreeMap::new();
-        for cluster in clusters {
-            let eds = cluster.cluster_discovery_type
-                == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
-            if eds {
-                let service = cluster
-                    .eds_cluster_config
-                    .as_ref()
-                    .map(|c| c.service_name.as_str())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or(&cluster.name);
-                eds_services.insert(service.to_string());
-                eds_service_of.insert(cluster.name.clone(), service.to_string());
-                if !endpoint_names.contains(service) {
-                    return Err(Inconsistent::MissingEndpoints {
-                        cluster: cluster.name.clone(),
-                        service: service.to_string(),
-                    });
-                }
-            }
-        }
-        for listener in listeners {
-            for route in rds_names(listener)? {
-                if !route_names.contains(route.as_str()) {
-                    return Err(Inconsistent::MissingRoute {
-                        listener: listener.name.clone(),
-                        route,
-                    });
-                }
-            }
-        }
-        for route in routes {
-            for cluster in cluster_names_in(route) {
-                if !cluster_names.contains(cluster.as_str()) {
-                    return Err(Inconsistent::MissingCluster {
-                        route: route.name.clone(),
-                        cluster,
-                    });
-                }
-            }
-        }
-
-        let mut resources = BTreeMap::new();
-        let mut map = BTreeMap::new();
-        for c in clusters {
-            insert(&mut map, "cluster", &c.name, c)?;
-        }
-        resources.insert(ResourceType::Cluster, std::mem::take(&mut map));
-        for e in endpoints {
-            insert(&mut map, "endpoint", &e.cluster_name, e)?;
-        }
-        resources.insert(ResourceType::Endpoint, std::mem::take(&mut map));
-        for l in listeners {
-            insert(&mut map, "listener", &l.name, l)?;
-        }
-        resources.insert(ResourceType::Listener, std::mem::take(&mut map));
-        for r in routes {
-            insert(&mut map, "route", &r.name, r)?;
-        }
-        resources.insert(ResourceType::Route, map);
-        Ok(Snapshot {
-            resources,
-            eds_services,
-            eds_service_of,
-        })
+    /// Resource `name` of type `t`.
+    pub fn get(&self, t: ResourceType, name: &str) -> Option<&Arc<Entry>> {
+        self.own
+            .resources(t)
+            .get(name)
+            .or_else(|| self.shared.resources(t).get(name))
     }
 
-    /// The resources of one type, by name.
-    pub fn resources(&self, t: ResourceType) -> &BTreeMap<String, Entry> {
-        static EMPTY: BTreeMap<String, Entry> = BTreeMap::new();
-        self.resources.get(&t).unwrap_or(&EMPTY)
+    /// The resources of one type: the own layer's, then the shared ones.
+    pub fn entries(&self, t: ResourceType) -> impl Iterator<Item = (&String, &Arc<Entry>)> {
+        self.own.resources(t).iter().chain(self.shared.resources(t))
     }
 
-    /// Endpoint names the snapshot's EDS clusters ask for.
-    pub fn eds_services(&self) -> &BTreeSet<String> {
-        &self.eds_services
+    /// How many resources of type `t`.
+    pub fn len(&self, t: ResourceType) -> usize {
+        self.own.resources(t).len() + self.shared.resources(t).len()
+    }
+
+    /// Endpoint names the snapshot's EDS clusters ask for: a proxy's
+    /// clusters are warm once it holds all of them.
+    pub fn eds_services(&self) -> BTreeSet<&str> {
+        self.own
+            .eds_service_of
+            .values()
+            .chain(self.shared.eds_service_of.values())
+            .map(String::as_str)
+            .collect()
     }
 
     /// The endpoint name EDS cluster `cluster` asks for.
     pub fn eds_service_of(&self, cluster: &str) -> Option<&str> {
-        self.eds_service_of.get(cluster).map(String::as_str)
-    }
-
-    /// Gives resource `name` of type `t` the version `version`, in place
-    /// of the hash of its encoding. For owners whose resources carry
-    /// protobuf maps: prost encodes a map in its hash order, which differs
-    /// between two builds of the same content, and a new version of a
-    /// listener makes Envoy replace it (and drain its connections). A
-    /// version from the owner's own canonical form keeps it stable.
-    pub fn set_version(&mut self, t: ResourceType, name: &str, version: String) {
-        if let Some(entry) = self.resources.get_mut(&t).and_then(|m| m.get_mut(name)) {
-            entry.version = version;
-        }
+        self.own
+            .eds_service_of
+            .get(cluster)
+            .or_else(|| self.shared.eds_service_of.get(cluster))
+            .map(String::as_str)
     }
 
     /// A version for all resources of a type: a hash of names and versions.
     pub fn version(&self, t: ResourceType) -> String {
-        let mut hasher = Sha256::new();
-        for (name, entry) in self.resources(t) {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(entry.version.as_bytes());
-            hasher.update([0]);
-        }
-        hex::encode(&hasher.finalize()[..8])
+        self.versions.get(&t).cloned().unwrap_or_default()
     }
 
     /// Encoded size of all resources, for figures on config growth.
     pub fn encoded_len(&self) -> usize {
-        self.resources
-            .values()
-            .flat_map(|m| m.values())
-            .map(|e| e.any.value.len())
-            .sum()
+        self.own.encoded_len() + self.shared.encoded_len()
     }
 }
+
+const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 
 /// Route configuration names a listener asks for over RDS.
 fn rds_names(listener: &Listener) -> Result<Vec<String>, Inconsistent> {

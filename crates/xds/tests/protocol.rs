@@ -342,7 +342,11 @@ async fn a_proxy_reconnecting_before_its_snapshot_keeps_what_it_has() {
     let cache = Arc::new(SnapshotCache::new());
     let mut client = serve(cache.clone()).await;
     let kept = Snapshot::new(&[eds_cluster("a", 1)], &[endpoints("a")], &[], &[]).unwrap();
-    let held = kept.resources(ResourceType::Cluster)["a"].version.clone();
+    let held = kept
+        .get(ResourceType::Cluster, "a")
+        .unwrap()
+        .version
+        .clone();
 
     let mut delta = DeltaClient::open(&mut client).await;
     let reconnect = DeltaDiscoveryRequest {
