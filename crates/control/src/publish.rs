@@ -252,3 +252,93 @@ pub async fn coalesce<T>(changes: &mut watch::Receiver<T>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::Directory;
+    use crate::translate::{Config, translate};
+    use crate::workload::Workload;
+    use weft_xds::ResourceType;
+
+    fn config() -> Config {
+        let resources: Vec<weft_api::Resource> = serde_json::from_value(serde_json::json!([
+            {"apiVersion": "weft.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"}, "spec": {}},
+            {"apiVersion": "weft.dev/v1alpha1", "kind": "Workspace", "metadata": {"name": "w", "tenant": "t"},
+             "spec": {"namespaceSelector": ["east/shop"]}}
+        ]))
+        .unwrap();
+        Config::parse("east", &resources)
+    }
+
+    fn instance(node: &str, service: &str, n: u8) -> Workload {
+        Workload {
+            node: node.into(),
+            service: service.into(),
+            namespace: "shop".into(),
+            service_account: service.into(),
+            labels: Default::default(),
+            address: format!("10.0.0.{n}"),
+            port: 15006,
+            app_port: Some(8080),
+            outbound_port: Some(15001),
+            role: Default::default(),
+            calls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_instance_re_encodes_its_service_only() {
+        let config = config();
+        let mut workloads = vec![
+            instance("reviews-1", "reviews", 1),
+            instance("ratings-1", "ratings", 2),
+        ];
+        let mut publisher = Publisher::new();
+        let first = publisher.publish(&translate(&config, &workloads, &Directory::default()));
+        assert_eq!(
+            first.stats,
+            BuildStats {
+                services_encoded: 2,
+                groups_rebuilt: 1,
+                proxies_updated: 2
+            }
+        );
+        let shared_before = first.snapshots[0].1.shared().clone();
+
+        // The same input again: nothing to do.
+        let again = publisher.publish(&translate(&config, &workloads, &Directory::default()));
+        assert_eq!(again.stats, BuildStats::default());
+        assert!(again.snapshots.is_empty());
+
+        workloads.push(instance("reviews-2", "reviews", 3));
+        let next = publisher.publish(&translate(&config, &workloads, &Directory::default()));
+        assert_eq!(next.stats.services_encoded, 1, "only reviews changed");
+        assert_eq!(next.stats.groups_rebuilt, 1);
+        assert_eq!(next.stats.proxies_updated, 3);
+        let (_, snapshot) = next
+            .snapshots
+            .iter()
+            .find(|(node, _)| node == "ratings-1")
+            .unwrap();
+        // ratings-1's own layer is the one it had; its shared layer knows
+        // that only reviews' endpoints changed.
+        let changes = snapshot.shared().changes().unwrap();
+        assert_eq!(changes.from, shared_before.id());
+        assert_eq!(
+            changes.updated,
+            [(ResourceType::Endpoint, vec!["out|reviews.shop".to_string()])].into()
+        );
+        assert!(changes.removed.is_empty());
+        // Shared resources are one allocation, whoever holds them.
+        let unchanged = |s: &Snapshot| s.get(ResourceType::Cluster, "out|ratings.shop").cloned();
+        assert!(Arc::ptr_eq(
+            &unchanged(snapshot).unwrap(),
+            &unchanged(&first.snapshots[1].1).unwrap()
+        ));
+
+        workloads.retain(|w| w.node != "reviews-2");
+        let gone = publisher.publish(&translate(&config, &workloads, &Directory::default()));
+        assert_eq!(gone.removed, ["reviews-2"]);
+    }
+}

@@ -20,7 +20,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
+use weft_xds::{AdsServer, Layer, LayerBuilder, ResourceType, Snapshot, SnapshotCache};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -386,4 +386,73 @@ async fn a_proxy_reconnecting_before_its_snapshot_keeps_what_it_has() {
     let whole = sotw.next().await;
     assert_eq!(kind(&whole), ResourceType::Cluster);
     assert_eq!(whole.resources.len(), 2);
+}
+
+/// A shared layer of services `names`; `generation` changes the endpoints
+/// of the last one.
+fn shared_layer(names: &[&str], generation: u32, previous: Option<&Layer>) -> Arc<Layer> {
+    let mut layer = LayerBuilder::new();
+    for (i, name) in names.iter().enumerate() {
+        layer.cluster(&eds_cluster(name, 1)).unwrap();
+        let mut assignment = endpoints(name);
+        if i + 1 == names.len() {
+            assignment.policy = Some(Default::default());
+            assignment.endpoints = vec![Default::default(); generation as usize];
+        }
+        layer.endpoints(&assignment).unwrap();
+    }
+    Arc::new(layer.build_after(previous))
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed_in_a_shared_layer() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let mut proxy = DeltaClient::open(&mut client).await;
+    let names = ["a", "b", "c"];
+    let own = Arc::new(LayerBuilder::new().build());
+    let first = shared_layer(&names, 1, None);
+    cache.set(
+        "fake-proxy",
+        Snapshot::compose(own.clone(), first.clone()).unwrap(),
+    );
+    proxy.ask(ResourceType::Cluster, &[], &[], "").await;
+    let clusters = proxy.next().await;
+    assert_eq!(clusters.resources.len(), 3);
+    proxy.ask(ResourceType::Endpoint, &names, &[], "").await;
+    proxy
+        .ask(ResourceType::Cluster, &[], &[], &clusters.nonce)
+        .await;
+    let eds = proxy.next().await;
+    assert_eq!(eds.resources.len(), 3);
+    proxy
+        .ask(ResourceType::Endpoint, &[], &[], &eds.nonce)
+        .await;
+
+    // One service's endpoints change: the new layer knows it, and only
+    // that resource goes out.
+    let second = shared_layer(&names, 2, Some(&first));
+    let changes = second.changes().unwrap();
+    assert_eq!(changes.from, first.id());
+    assert_eq!(
+        changes.updated.get(&ResourceType::Endpoint),
+        Some(&vec!["c".to_string()])
+    );
+    assert!(changes.updated.get(&ResourceType::Cluster).is_none());
+    cache.set("fake-proxy", Snapshot::compose(own, second).unwrap());
+    let update = proxy.next().await;
+    assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
+    let sent: Vec<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, ["c"]);
+    assert!(update.removed_resources.is_empty());
+    proxy
+        .ask(ResourceType::Endpoint, &[], &[], &update.nonce)
+        .await;
+    // Nothing else follows: clusters did not change.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), proxy.rx.message())
+            .await
+            .is_err(),
+        "a response other than the changed endpoints was sent"
+    );
 }
