@@ -14,12 +14,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use prost::Message;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -283,27 +284,11 @@ fn declared() {
     }
 }
 
-/// Responses received by the lightweight clients, by type.
-#[derive(Default)]
-struct Received([AtomicU64; 5]);
-
-impl Received {
-    fn count(&self, t: ResourceType) -> u64 {
-        self.0[t as usize].load(Ordering::Relaxed)
-    }
-
-    fn all(&self) -> [u64; 5] {
-        ResourceType::ALL.map(|t| self.count(t))
-    }
-}
-
-/// A delta client that subscribes like Envoy and ACKs everything.
-async fn proxy(
-    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
-    id: String,
-    eds: Vec<String>,
-    received: Arc<Received>,
-) {
+/// A delta client that subscribes like Envoy (clusters and listeners,
+/// then the endpoints of the EDS clusters it gets, and its route tables)
+/// and ACKs everything.
+async fn proxy(channel: tonic::transport::Channel, id: String) {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, requests) = mpsc::channel(64);
     let Ok(responses) = client
         .delta_aggregated_resources(ReceiverStream::new(requests))
@@ -325,7 +310,6 @@ async fn proxy(
     };
     for request in [
         subscribe(ResourceType::Cluster, vec![]),
-        subscribe(ResourceType::Endpoint, eds),
         subscribe(ResourceType::Listener, vec![]),
         subscribe(
             ResourceType::Route,
@@ -337,9 +321,15 @@ async fn proxy(
         }
     }
     while let Ok(Some(response)) = responses.message().await {
-        if let Some(t) = ResourceType::from_type_url(&response.type_url) {
-            received.0[t as usize].fetch_add(1, Ordering::Relaxed);
-        }
+        let eds: Vec<String> = response
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .filter(|any| any.type_url == ResourceType::Cluster.type_url())
+            .filter_map(|any| XdsCluster::decode(any.value.as_slice()).ok())
+            .filter(|c| c.eds_cluster_config.is_some())
+            .map(|c| c.name)
+            .collect();
         let ack = DeltaDiscoveryRequest {
             type_url: response.type_url,
             response_nonce: response.nonce,
@@ -348,6 +338,54 @@ async fn proxy(
         if tx.send(ack).await.is_err() {
             return;
         }
+        if !eds.is_empty()
+            && tx
+                .send(subscribe(ResourceType::Endpoint, eds))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The `clients` section: lightweight proxies for the nodes listed in a
+/// file, each on a connection of its own, against the ADS server at
+/// `port`; runs until killed. A process of its own, so the edge's memory
+/// is measured without them.
+async fn clients(port: u16, nodes: &str) {
+    let nodes = std::fs::read_to_string(nodes).expect("the node list");
+    for node in nodes.lines() {
+        // Windows as large as Envoy's, so flow control is not what limits.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("the server's address")
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect_lazy();
+        tokio::spawn(proxy(channel, node.to_string()));
+    }
+    std::future::pending::<()>().await;
+}
+
+/// xDS responses the server sent, by type, from its metrics.
+fn responses(registry: &prometheus_client::registry::Registry) -> [u64; 5] {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("metrics encode");
+    ResourceType::ALL.map(|t| {
+        let prefix = format!("xds_responses_total{{type=\"{}\"}} ", t.short());
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -466,9 +504,10 @@ fn publish_into(cache: &SnapshotCache, published: Published) -> Vec<String> {
         .collect()
 }
 
-/// `proxies` connected delta clients (and three real Envoys) on an
-/// in-process ADS server, in workspaces of `per_workspace` of `services`:
-/// pushes of a new instance, a route change and a rollout.
+/// `proxies` connected delta clients (in a process of their own) and
+/// three real Envoys on an ADS server, in workspaces of `per_workspace` of
+/// `services`: pushes of a new instance, a route change and a rollout.
+/// The RSS figures are this process's: the edge's side only.
 async fn live(services: usize, per_workspace: usize, proxies: usize) {
     let rss_start = rss();
     let config = config(services, per_workspace, 90);
@@ -496,12 +535,8 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
             .add_service(AdsServer::new(cache.clone()).into_service())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let received = Arc::new(Received::default());
+    let mut metrics = prometheus_client::registry::Registry::default();
+    cache.metrics().register(&mut metrics);
     // Spread the connected proxies over the workspaces.
     let step = (nodes.len() / proxies).max(1);
     let mut connected: Vec<String> = nodes
@@ -511,16 +546,15 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
         .take(proxies)
         .cloned()
         .collect();
-    for node in &connected {
-        let snapshot = cache.subscribe(node).borrow().clone().expect("published");
-        let eds = snapshot
-            .eds_services()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let client = AggregatedDiscoveryServiceClient::new(channel.clone());
-        tokio::spawn(proxy(client, node.clone(), eds, received.clone()));
-    }
+    let list = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(list.path(), connected.join("\n")).expect("the node list");
+    let _clients = Child(
+        std::process::Command::new(std::env::current_exe().expect("the benchmark's own path"))
+            .args(["clients", &port.to_string()])
+            .arg(list.path())
+            .spawn()
+            .expect("the clients' process starts"),
+    );
     let _envoys: Vec<Envoy> = match &envoy {
         Some(binary) => (0..envoy_ports.len())
             .map(|n| start_envoy(binary, &format!("envoy-{n}"), port))
@@ -567,12 +601,12 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
         );
     };
     let diff = |before: [u64; 5]| {
-        let now = received.all();
+        let now = responses(&metrics);
         std::array::from_fn(|i| now[i] - before[i])
     };
 
     // A new instance of a service every connected proxy calls.
-    let before = received.all();
+    let before = responses(&metrics);
     workloads.push(instance(1, per_workspace, "v1", 70_000));
     let started = Instant::now();
     let published = publisher.publish(&translate(&config, &workloads, &Directory::default()));
@@ -584,7 +618,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
 
     // The same, the way the edge did it before: every proxy's config
     // encoded for itself.
-    let before = received.all();
+    let before = responses(&metrics);
     workloads.push(instance(2, per_workspace, "v1", 70_001));
     let started = Instant::now();
     let translation = translate(&config, &workloads, &Directory::default());
@@ -612,7 +646,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     publisher.publish(&translate(&config, &workloads, &Directory::default()));
 
     // A route change.
-    let before = received.all();
+    let before = responses(&metrics);
     let started = Instant::now();
     let changed = self::config(services, per_workspace, 80);
     let published = publisher.publish(&translate(&changed, &workloads, &Directory::default()));
@@ -630,7 +664,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
 
     // A rollout: 100 new instances, one every 10 ms, built as the edge
     // builds (bursts coalesced).
-    let before = received.all();
+    let before = responses(&metrics);
     let (changes_tx, mut changes) = watch::channel(workloads.clone());
     let rollout = tokio::spawn(async move {
         for n in 0..100 {
@@ -679,6 +713,12 @@ fn main() {
         Some("declared") => declared(),
         Some("live-1000") => runtime().block_on(live(1000, 1000, 2000)),
         Some("live-10000") => runtime().block_on(live(10_000, 100, 1000)),
+        Some("clients") => {
+            let mut args = std::env::args().skip(2);
+            let port = args.next().and_then(|p| p.parse().ok()).expect("a port");
+            let nodes = args.next().expect("a node list");
+            runtime().block_on(clients(port, &nodes));
+        }
         Some(other) => eprintln!("unknown section {other}"),
         None => {
             // Each section in a process of its own.

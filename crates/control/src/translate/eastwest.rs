@@ -1,0 +1,50 @@
+//! The east-west gateway: a route by SNI to the instances of every
+//! service that runs in this cluster, TLS passed through unopened.
+
+use std::collections::BTreeMap;
+
+use super::EASTWEST;
+use super::{plan::ServicePlan, resilience::single_host_cluster};
+use crate::proxy::{Cluster, Endpoints, ProxyConfig, SniListener, SocketAddr};
+use crate::workload::Workload;
+
+/// An east-west gateway's config: a route by SNI to the instances of
+/// every service that runs here.
+pub(super) fn eastwest_gateway(gateway: &Workload, plans: &[ServicePlan<'_>]) -> ProxyConfig {
+    let mut proxy = ProxyConfig::default();
+    let mut routes = BTreeMap::new();
+    for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
+        let name = format!("ew|{}.{}", plan.key.name, plan.key.namespace);
+        let mut endpoints: Vec<SocketAddr> = plan
+            .instances
+            .iter()
+            .map(|w| SocketAddr {
+                address: w.address.clone(),
+                port: w.port,
+            })
+            .collect();
+        endpoints.sort();
+        proxy.clusters.push(Cluster {
+            passthrough: true,
+            ..single_host_cluster(&name)
+        });
+        proxy.endpoints.push(Endpoints {
+            cluster: name.clone(),
+            endpoints,
+            remote: Vec::new(),
+        });
+        routes.insert(plan.key.sni(), name);
+    }
+    // Envoy takes no listener without a filter chain.
+    if !routes.is_empty() {
+        proxy.passthrough.push(SniListener {
+            name: EASTWEST.into(),
+            address: SocketAddr {
+                address: gateway.address.clone(),
+                port: gateway.port,
+            },
+            routes,
+        });
+    }
+    proxy
+}

@@ -1,0 +1,341 @@
+//! Translation: configuration + workload registry → intermediate form →
+//! one [`ProxyConfig`] per proxy. A pure function: no I/O, no clock, the
+//! same input always gives the same output.
+//!
+//! 1. [`Config::parse`] validates the cluster's resources once per
+//!    configuration version and keeps what shapes traffic, typed.
+//! 2. [`translate`] plans every service (its instances here, the other
+//!    clusters that run it from the [`Directory`] ranked by locality, its
+//!    subsets, routes and merged settings: the intermediate form,
+//!    [`ServicePlan`]) and then gives each proxy what its workspace may
+//!    call plus its own inbound side, and the east-west gateway a route
+//!    by SNI to each local service. One bad resource becomes a [`ConfigError`] naming it; the rest
+//!    still translates.
+
+mod eastwest;
+mod locality;
+mod parse;
+mod plan;
+mod resilience;
+mod routing;
+mod security;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use weft_api::edge::ConfigError;
+
+use crate::directory::Directory;
+use crate::proxy::{
+    Action, Cluster, Endpoints, Forward, Listener, Mtls, ProxyConfig, Route, RouteMatch,
+    RouteTable, SocketAddr, VirtualHost,
+};
+use crate::workload::{Role, Workload};
+
+use eastwest::eastwest_gateway;
+use resilience::single_host_cluster;
+use routing::unknown_host;
+use security::InboundPlan;
+
+pub use parse::Config;
+pub use plan::ServiceKey;
+use plan::ServicePlan;
+
+/// Name of the listener and route table the app calls out through.
+pub const OUTBOUND: &str = "outbound";
+/// Name of the listener and route table in front of the app.
+pub const INBOUND: &str = "inbound";
+/// The cluster that is the app itself.
+pub const LOCAL_APP: &str = "in|app";
+/// Name of an east-west gateway's listener.
+pub const EASTWEST: &str = "eastwest";
+
+/// What translation produced, in the shared form: what many proxies
+/// receive alike is here once, and each proxy names what it shares.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Translation {
+    /// Each service callers may reach (`name.namespace`): its clusters and
+    /// endpoint sets, the same for every caller.
+    pub services: BTreeMap<String, ServiceResources>,
+    /// Each caller group's outbound side, by group id.
+    pub outbound: BTreeMap<String, Outbound>,
+    /// By proxy (node id).
+    pub proxies: BTreeMap<String, ProxyPlan>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// What every caller of one service gets for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<Endpoints>,
+}
+
+/// The outbound route table of the callers that see the same services
+/// by the same names: one workspace, one namespace, one declared set of
+/// services called.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outbound {
+    /// The services the table routes to, by id in [`Translation::services`].
+    pub services: Vec<String>,
+    pub route_table: RouteTable,
+}
+
+/// One proxy: what is its own, and the caller group whose outbound side
+/// it shares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyPlan {
+    /// Its listeners and inbound side.
+    pub own: ProxyConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<String>,
+}
+
+impl Translation {
+    /// Everything proxy `node` is sent, in one piece: its shared resources
+    /// first, then its own.
+    pub fn proxy_config(&self, node: &str) -> Option<ProxyConfig> {
+        let plan = self.proxies.get(node)?;
+        let mut config = ProxyConfig::default();
+        if let Some(outbound) = plan.outbound.as_ref().and_then(|g| self.outbound.get(g)) {
+            for service in outbound
+                .services
+                .iter()
+                .filter_map(|s| self.services.get(s))
+            {
+                config.clusters.extend(service.clusters.iter().cloned());
+                config.endpoints.extend(service.endpoints.iter().cloned());
+            }
+            config.routes.push(outbound.route_table.clone());
+        }
+        let own = plan.own.clone();
+        config.clusters.extend(own.clusters);
+        config.endpoints.extend(own.endpoints);
+        config.listeners.extend(own.listeners);
+        config.routes.extend(own.routes);
+        config.passthrough.extend(own.passthrough);
+        Some(config)
+    }
+
+    /// Every proxy's config in one piece, with the errors: what golden
+    /// files and `weft x translate` show.
+    pub fn per_proxy(&self) -> PerProxy {
+        PerProxy {
+            proxies: self
+                .proxies
+                .keys()
+                .filter_map(|node| Some((node.clone(), self.proxy_config(node)?)))
+                .collect(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+/// Each proxy's whole config, by node id.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerProxy {
+    pub proxies: BTreeMap<String, ProxyConfig>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Translates the configuration, registry and the other clusters'
+/// directory into every proxy's config.
+pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory) -> Translation {
+    let mut errors = config.errors.clone();
+
+    // Every service that has instances here, a route, or instances
+    // elsewhere in a workspace this cluster knows, with its instances.
+    let mut instances: BTreeMap<ServiceKey, Vec<&Workload>> = BTreeMap::new();
+    for w in workloads.iter().filter(|w| w.is_instance()) {
+        let key = ServiceKey {
+            namespace: w.namespace.clone(),
+            name: w.service.clone(),
+        };
+        instances.entry(key).or_default().push(w);
+    }
+    for (cluster, remote) in &directory.clusters {
+        for service in remote.services.values() {
+            if config.workspace_at(cluster, &service.namespace).is_some() {
+                let key = ServiceKey {
+                    namespace: service.namespace.clone(),
+                    name: service.name.clone(),
+                };
+                instances.entry(key).or_default();
+            }
+        }
+    }
+    for r in &config.routes {
+        let key = ServiceKey {
+            namespace: r.spec.service.namespace.clone(),
+            name: r.spec.service.name.clone(),
+        };
+        instances.entry(key).or_default();
+    }
+    let plans: Vec<ServicePlan> = instances
+        .into_iter()
+        .map(|(key, members)| ServicePlan::new(config, directory, key, members, &mut errors))
+        .collect();
+
+    // A proxy sees the services of its own workspace (or those it
+    // declared it calls): index them so each group walks only those.
+    let mut by_workspace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if let Some(workspace) = plan.workspace.as_deref() {
+            by_workspace.entry(workspace).or_default().push(i);
+        }
+    }
+
+    let mut translation = Translation::default();
+    // Routes are the same for every caller of a service: build them once.
+    let mut routes: BTreeMap<usize, Vec<Route>> = BTreeMap::new();
+    // The inbound verdict is the same for every instance of a service.
+    let mut inbound: BTreeMap<ServiceKey, InboundPlan> = BTreeMap::new();
+    for w in workloads {
+        if w.role == Role::Eastwest {
+            let own = eastwest_gateway(w, &plans);
+            translation.proxies.insert(
+                w.node.clone(),
+                ProxyPlan {
+                    own,
+                    outbound: None,
+                },
+            );
+            continue;
+        }
+        let mut proxy = ProxyPlan::default();
+        if let Some(outbound_port) = w.outbound_port {
+            let workspace = config.workspace_of(&w.namespace);
+            let group = group_id(workspace.map(|ws| ws.path.as_str()), w);
+            if !translation.outbound.contains_key(&group) {
+                let visible = workspace
+                    .and_then(|ws| by_workspace.get(ws.path.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .copied()
+                    .filter(|&i| w.calls_service(&plans[i].key.name, &plans[i].key.namespace));
+                let mut services = Vec::new();
+                let mut virtual_hosts = Vec::new();
+                for i in visible {
+                    let plan = &plans[i];
+                    let id = plan.key.id();
+                    translation
+                        .services
+                        .entry(id.clone())
+                        .or_insert_with(|| ServiceResources {
+                            clusters: plan
+                                .clusters
+                                .keys()
+                                .map(|name| plan.cluster(name))
+                                .collect(),
+                            endpoints: plan.clusters.values().cloned().collect(),
+                        });
+                    services.push(id.clone());
+                    virtual_hosts.push(VirtualHost {
+                        name: id,
+                        domains: plan.domains(&w.namespace),
+                        routes: routes.entry(i).or_insert_with(|| plan.routes()).clone(),
+                        authorization: None,
+                    });
+                }
+                virtual_hosts.push(unknown_host(!w.calls.is_empty()));
+                translation.outbound.insert(
+                    group.clone(),
+                    Outbound {
+                        services,
+                        route_table: RouteTable {
+                            name: OUTBOUND.into(),
+                            virtual_hosts,
+                        },
+                    },
+                );
+            }
+            proxy.outbound = Some(group);
+            proxy.own.listeners.push(Listener {
+                name: OUTBOUND.into(),
+                address: SocketAddr {
+                    address: "127.0.0.1".into(),
+                    port: outbound_port,
+                },
+                route_table: OUTBOUND.into(),
+                mtls: None,
+                authorize: false,
+                jwt: None,
+            });
+        }
+        if let Some(app_port) = w.app_port {
+            let own = &mut proxy.own;
+            own.clusters.push(Cluster {
+                local: Some(SocketAddr {
+                    address: "127.0.0.1".into(),
+                    port: app_port,
+                }),
+                ..single_host_cluster(LOCAL_APP)
+            });
+            let key = ServiceKey {
+                namespace: w.namespace.clone(),
+                name: w.service.clone(),
+            };
+            let verdict = inbound
+                .entry(key.clone())
+                .or_insert_with(|| InboundPlan::new(config, &key, &mut errors));
+            own.clusters.extend(verdict.jwks_clusters.iter().cloned());
+            own.listeners.push(Listener {
+                name: INBOUND.into(),
+                address: SocketAddr {
+                    address: w.address.clone(),
+                    port: w.port,
+                },
+                route_table: INBOUND.into(),
+                // Any workload of the trust domain may connect; which may
+                // call is authorization's business.
+                mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
+                    trust_domain: trust_domain.clone(),
+                    peers: Vec::new(),
+                    permissive: verdict.permissive,
+                    sni: None,
+                }),
+                authorize: config.trust_domain.is_some(),
+                jwt: verdict.jwt.clone(),
+            });
+            own.routes.push(RouteTable {
+                name: INBOUND.into(),
+                virtual_hosts: vec![VirtualHost {
+                    name: INBOUND.into(),
+                    domains: vec!["*".into()],
+                    routes: vec![Route {
+                        matcher: RouteMatch::default(),
+                        // The caller's side owns the timeout.
+                        action: Action::Forward(Forward {
+                            clusters: BTreeMap::from([(LOCAL_APP.to_string(), 100)]),
+                            timeout_ms: Some(0),
+                            retries: None,
+                            hash_on: None,
+                        }),
+                    }],
+                    authorization: verdict.authorization.clone(),
+                }],
+            });
+        }
+        translation.proxies.insert(w.node.clone(), proxy);
+    }
+    errors.sort();
+    errors.dedup();
+    translation.errors = errors;
+    translation
+}
+
+/// Callers that see the same services by the same names share one
+/// outbound side: same workspace, same namespace, same declared calls.
+fn group_id(workspace: Option<&str>, caller: &Workload) -> String {
+    let mut id = format!("{}|{}", workspace.unwrap_or("-"), caller.namespace);
+    if !caller.calls.is_empty() {
+        id.push_str("|calls=");
+        id.push_str(&caller.calls.join(","));
+    }
+    id
+}

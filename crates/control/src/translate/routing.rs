@@ -1,0 +1,120 @@
+//! Routing: a service's routes (its ServiceRoute's rules in order, then
+//! everything to all instances), the names callers use for it, and the
+//! answer for names nobody serves.
+
+use std::collections::BTreeMap;
+
+use weft_api::traffic::RequestMatch;
+
+use super::plan::{ServiceKey, ServicePlan};
+use crate::proxy::{Action, HeaderCondition, HeaderTest, Route, RouteMatch, VirtualHost};
+
+impl ServicePlan<'_> {
+    /// The service's routes: its ServiceRoute's rules in order, then
+    /// everything else to all instances.
+    pub(super) fn routes(&self) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let mut caught_all = false;
+        if let Some(route) = self.route {
+            for rule in &route.spec.rules {
+                let clusters: BTreeMap<String, u32> = rule
+                    .destinations
+                    .iter()
+                    .map(|d| (self.key.cluster_name(d.subset.as_deref()), d.weight))
+                    .collect();
+                let action = Action::Forward(self.forward(clusters));
+                if rule.matches.is_empty() {
+                    routes.push(Route {
+                        matcher: RouteMatch::default(),
+                        action,
+                    });
+                    caught_all = true;
+                    break;
+                }
+                for m in &rule.matches {
+                    routes.push(Route {
+                        matcher: request_match(m),
+                        action: action.clone(),
+                    });
+                }
+            }
+        }
+        if !caught_all {
+            let all = BTreeMap::from([(self.key.cluster_name(None), 100)]);
+            routes.push(Route {
+                matcher: RouteMatch::default(),
+                action: Action::Forward(self.forward(all)),
+            });
+        }
+        routes
+    }
+
+    /// Names a caller in `namespace` may use for this service.
+    pub(super) fn domains(&self, caller_namespace: &str) -> Vec<String> {
+        let ServiceKey { name, namespace } = &self.key;
+        let mut domains = vec![
+            format!("{name}.{namespace}"),
+            format!("{name}.{namespace}.svc"),
+        ];
+        if namespace == caller_namespace {
+            domains.insert(0, name.clone());
+        }
+        domains
+    }
+}
+
+/// A request condition in proxy terms; the method is the `:method` header.
+pub(super) fn request_match(m: &RequestMatch) -> RouteMatch {
+    let mut headers: Vec<HeaderCondition> = m
+        .headers
+        .iter()
+        .map(|h| HeaderCondition {
+            name: h.name.clone(),
+            test: match (&h.exact, &h.prefix, h.present) {
+                (Some(v), _, _) => HeaderTest::Exact(v.clone()),
+                (None, Some(v), _) => HeaderTest::Prefix(v.clone()),
+                (None, None, present) => HeaderTest::Present(present.unwrap_or(true)),
+            },
+        })
+        .collect();
+    if let Some(method) = m.method {
+        headers.insert(
+            0,
+            HeaderCondition {
+                name: ":method".into(),
+                test: HeaderTest::Exact(method.as_str().into()),
+            },
+        );
+    }
+    let (path, prefix) = match &m.path {
+        Some(p) => (p.exact.clone(), p.prefix.clone()),
+        None => (None, None),
+    };
+    RouteMatch {
+        path,
+        prefix,
+        headers,
+    }
+}
+
+/// The answer for a hostname the mesh does not know, or (`declared`) one
+/// the proxy did not declare it calls.
+pub(super) fn unknown_host(declared: bool) -> VirtualHost {
+    let body = if declared {
+        "weft: this proxy declared the services it calls (weft sidecar --calls) and this is not one of them; add it there, or call one of them as <service>, <service>.<namespace> or <service>.<namespace>.svc\n"
+    } else {
+        "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n"
+    };
+    VirtualHost {
+        name: "unknown".into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            matcher: RouteMatch::default(),
+            action: Action::DirectResponse {
+                status: 404,
+                body: body.into(),
+            },
+        }],
+        authorization: None,
+    }
+}
