@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::Resource;
+use weft_api::edge::{DirectoryService, Locality, Site};
 use weft_control::directory::Directory;
 use weft_control::publish::{Published, Publisher, coalesce};
 use weft_control::translate::{Config, Translation, translate};
@@ -49,7 +50,7 @@ fn config(services: usize, per_workspace: usize, v1_weight: u32) -> Config {
         resources.push(resource(json!({
             "apiVersion": "weft.dev/v1alpha1", "kind": "Workspace",
             "metadata": {"name": ws, "tenant": "bench"},
-            "spec": {"namespaceSelector": [format!("{CLUSTER}/ns-{w}")]}
+            "spec": {"namespaceSelector": [format!("*/ns-{w}")]}
         })));
         resources.push(resource(json!({
             "apiVersion": "weft.dev/v1alpha1", "kind": "TrafficGroup",
@@ -284,6 +285,41 @@ fn declared() {
     }
 }
 
+/// A mesh of ten clusters where this one runs every tenth service (one
+/// instance each) and nine others run the rest, each behind its east-west
+/// gateway: what this cluster's edge knows of them is the directory.
+fn ten_clusters(services: usize, per_workspace: usize) -> (Vec<Workload>, Directory) {
+    let local = (0..services)
+        .step_by(10)
+        .map(|s| instance(s, per_workspace, "v1", s))
+        .collect();
+    let mut directory = Directory::default();
+    for k in 1..10 {
+        let remote = directory.clusters.entry(format!("remote-{k}")).or_default();
+        remote.site = Some(Site {
+            locality: Locality {
+                region: format!("region-{}", k % 3),
+                ..Locality::default()
+            },
+            gateways: vec![format!("10.200.0.{k}:15443")],
+        });
+        for s in (k..services).step_by(10) {
+            let name = format!("svc-{s}");
+            let namespace = format!("ns-{}", s / per_workspace);
+            remote.services.insert(
+                format!("{namespace}/{name}"),
+                DirectoryService {
+                    namespace,
+                    service_accounts: vec![name.clone()],
+                    name,
+                    healthy: 2,
+                },
+            );
+        }
+    }
+    (local, directory)
+}
+
 /// A delta client that subscribes like Envoy (clusters and listeners,
 /// then the endpoints of the EDS clusters it gets, and its route tables)
 /// and ACKs everything.
@@ -508,10 +544,15 @@ fn publish_into(cache: &SnapshotCache, published: Published) -> Vec<String> {
 /// three real Envoys on an ADS server, in workspaces of `per_workspace` of
 /// `services`: pushes of a new instance, a route change and a rollout.
 /// The RSS figures are this process's: the edge's side only.
-async fn live(services: usize, per_workspace: usize, proxies: usize) {
+async fn live(
+    services: usize,
+    per_workspace: usize,
+    mut workloads: Vec<Workload>,
+    directory: Directory,
+    proxies: usize,
+) {
     let rss_start = rss();
     let config = config(services, per_workspace, 90);
-    let mut workloads = registry(services, per_workspace);
     let envoy = envoy_binary();
     let envoy_ports: Vec<u16> = if envoy.is_some() {
         (0..3).map(|_| free_port()).collect()
@@ -523,7 +564,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     let cache = Arc::new(SnapshotCache::new());
     let mut publisher = Publisher::new();
     let started = Instant::now();
-    let translation = translate(&config, &workloads, &Directory::default());
+    let translation = translate(&config, &workloads, &directory);
     let nodes = publish_into(&cache, publisher.publish(&translation));
     let build = started.elapsed();
     let rss_built = rss();
@@ -569,8 +610,14 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     connected.extend((0..envoy_ports.len()).map(|n| format!("envoy-{n}")));
     let first = all_acked(&cache, &connected).await;
     println!(
-        "{services} services ({per_workspace} per workspace), {} connected ({} real Envoys): \
+        "{services} services ({per_workspace} per workspace, {} run here), {} proxies connected ({} real Envoys): \
          first build {}, all ACKed {} later; RSS {} at start, {} after the build, {} with every proxy connected",
+        workloads
+            .iter()
+            .filter(|w| w.is_instance())
+            .map(|w| &w.service)
+            .collect::<HashSet<_>>()
+            .len(),
         connected.len(),
         envoy_ports.len(),
         ms(build),
@@ -609,7 +656,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     let before = responses(&metrics);
     workloads.push(instance(1, per_workspace, "v1", 70_000));
     let started = Instant::now();
-    let published = publisher.publish(&translate(&config, &workloads, &Directory::default()));
+    let published = publisher.publish(&translate(&config, &workloads, &directory));
     let updated = published.stats.proxies_updated;
     publish_into(&cache, published);
     let took = started.elapsed();
@@ -621,7 +668,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     let before = responses(&metrics);
     workloads.push(instance(2, per_workspace, "v1", 70_001));
     let started = Instant::now();
-    let translation = translate(&config, &workloads, &Directory::default());
+    let translation = translate(&config, &workloads, &directory);
     let snapshots = per_proxy_snapshots(&translation);
     let updated = snapshots.len();
     for (node, snapshot) in snapshots {
@@ -639,17 +686,17 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
     // Back to the shared form: everyone's snapshot is replaced once.
     publish_into(
         &cache,
-        Publisher::new().publish(&translate(&config, &workloads, &Directory::default())),
+        Publisher::new().publish(&translate(&config, &workloads, &directory)),
     );
     all_acked(&cache, &connected).await;
     let mut publisher = Publisher::new();
-    publisher.publish(&translate(&config, &workloads, &Directory::default()));
+    publisher.publish(&translate(&config, &workloads, &directory));
 
     // A route change.
     let before = responses(&metrics);
     let started = Instant::now();
     let changed = self::config(services, per_workspace, 80);
-    let published = publisher.publish(&translate(&changed, &workloads, &Directory::default()));
+    let published = publisher.publish(&translate(&changed, &workloads, &directory));
     let updated = published.stats.proxies_updated;
     publish_into(&cache, published);
     let took = started.elapsed();
@@ -679,7 +726,7 @@ async fn live(services: usize, per_workspace: usize, proxies: usize) {
         let now = changes.borrow_and_update().clone();
         publish_into(
             &cache,
-            publisher.publish(&translate(&changed, &now, &Directory::default())),
+            publisher.publish(&translate(&changed, &now, &directory)),
         );
         builds += 1;
         if now.len() == workloads.len() + 100 {
@@ -711,8 +758,17 @@ fn main() {
         Some("full-10000") => full_build(10_000, 100),
         Some("incremental") => incremental(),
         Some("declared") => declared(),
-        Some("live-1000") => runtime().block_on(live(1000, 1000, 2000)),
-        Some("live-10000") => runtime().block_on(live(10_000, 100, 1000)),
+        Some("live-1000") => runtime().block_on(live(
+            1000,
+            1000,
+            registry(1000, 1000),
+            Directory::default(),
+            2000,
+        )),
+        Some("live-10000") => {
+            let (workloads, directory) = ten_clusters(10_000, 100);
+            runtime().block_on(live(10_000, 100, workloads, directory, 1000))
+        }
         Some("clients") => {
             let mut args = std::env::args().skip(2);
             let port = args.next().and_then(|p| p.parse().ok()).expect("a port");

@@ -108,7 +108,7 @@ impl AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Response<ReceiverStream<Result<DiscoveryResponse, Status>>> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Sotw {
             tx,
@@ -122,7 +122,7 @@ impl AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Delta {
             tx,
@@ -194,6 +194,14 @@ struct Closed;
 /// How long a push waits for the proxy to confirm what it depends on
 /// before it goes out anyway (with a warning).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// About how many bytes of resources one delta response carries; a larger
+/// update goes in several.
+const RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Responses a stream queues before its session waits for the proxy to
+/// take them: little, so memory follows what proxies consume.
+const QUEUED_RESPONSES: usize = 2;
 
 /// What differs between the two protocol variants.
 trait Protocol: Send + 'static {
@@ -718,6 +726,9 @@ struct DeltaType {
     /// Names whose `known` entry changed since `synced` (forgotten to be
     /// sent again).
     touched: BTreeSet<String>,
+    /// Nonces of the earlier responses of the latest push, when it was
+    /// sent in parts.
+    parts: Vec<String>,
 }
 
 /// The layers a proxy's resources of one type last matched.
@@ -779,7 +790,10 @@ impl Protocol for Delta {
         }
         let answers_latest =
             !request.response_nonce.is_empty() && request.response_nonce == state.progress.nonce;
-        if answers_latest {
+        // A refusal of an earlier part of the latest push counts too.
+        let refuses_a_part = request.error_detail.is_some()
+            && state.parts.iter().any(|n| *n == request.response_nonce);
+        if answers_latest || refuses_a_part {
             match request.error_detail {
                 Some(error) => {
                     cache.record_nack(node, t, state.progress.sent_version.clone(), error.message)
@@ -887,20 +901,54 @@ impl Protocol for Delta {
         for name in &removed {
             state.known.remove(name);
         }
-        let response = DeltaDiscoveryResponse {
-            system_version_info: snapshot.version(t),
-            resources: updated,
-            type_url: t.type_url(),
-            removed_resources: removed,
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        let version = snapshot.version(t);
+        let count = updated.len();
+        let changed: Vec<String> = updated.iter().map(|r| r.name.clone()).collect();
+        // A large update goes in parts of about RESPONSE_BYTES, so no
+        // stream holds a whole configuration in its buffers at once; the
+        // removals ride with the last part.
+        let mut parts: Vec<Vec<Resource>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for resource in updated {
+            let size = resource.resource.as_ref().map_or(0, |a| a.value.len());
+            if bytes + size > RESPONSE_BYTES && !parts.last().is_some_and(Vec::is_empty) {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(part) = parts.last_mut() {
+                part.push(resource);
+            }
+        }
+        let last = parts.len() - 1;
+        state.parts.clear();
+        let mut removed = Some(removed);
+        for (i, resources) in parts.into_iter().enumerate() {
+            let nonce = if i == last {
+                nonce.clone()
+            } else {
+                format!("{nonce}.{i}")
+            };
+            if i != last {
+                state.parts.push(nonce.clone());
+            }
+            let response = DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources,
+                type_url: t.type_url(),
+                removed_resources: if i == last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                nonce,
+                ..Default::default()
+            };
+            self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        }
         state.progress.nonce = nonce;
         state.answered = true;
-        state.progress.sent_version = response.system_version_info.clone();
-        let count = response.resources.len();
-        let changed = response.resources.iter().map(|r| r.name.clone()).collect();
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        state.progress.sent_version = version;
         Ok(Some(Sent { count, changed }))
     }
 

@@ -456,3 +456,68 @@ async fn delta_sends_only_what_changed_in_a_shared_layer() {
         "a response other than the changed endpoints was sent"
     );
 }
+
+#[tokio::test]
+async fn delta_sends_a_large_update_in_parts_and_hears_a_refused_part() {
+    let cache = Arc::new(SnapshotCache::new());
+    let mut client = serve(cache.clone()).await;
+    let mut proxy = DeltaClient::open(&mut client).await;
+    // 40 clusters of about 20 KB each: more than one response holds.
+    let big = |name: String| Cluster {
+        alt_stat_name: "x".repeat(20_000),
+        ..eds_cluster(&name, 1)
+    };
+    let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    let clusters: Vec<Cluster> = names.iter().cloned().map(big).collect();
+    let assignments: Vec<_> = names.iter().map(|n| endpoints(n)).collect();
+    cache.set(
+        "fake-proxy",
+        Snapshot::new(&clusters, &assignments, &[], &[]).unwrap(),
+    );
+    proxy.ask(ResourceType::Cluster, &[], &[], "").await;
+    let mut received = Vec::new();
+    let mut nonces = Vec::new();
+    while received.len() < names.len() {
+        let part = proxy.next().await;
+        assert_eq!(part.type_url, ResourceType::Cluster.type_url());
+        let bytes: usize = part
+            .resources
+            .iter()
+            .map(|r| r.resource.as_ref().unwrap().value.len())
+            .sum();
+        assert!(bytes <= 300_000, "a part of {bytes} bytes");
+        received.extend(part.resources.iter().map(|r| r.name.clone()));
+        nonces.push(part.nonce);
+    }
+    assert!(nonces.len() >= 3, "{} parts", nonces.len());
+    received.sort();
+    assert_eq!(received, names);
+    // A refusal of an early part is recorded like one of the last.
+    let refusal = DeltaDiscoveryRequest {
+        type_url: ResourceType::Cluster.type_url(),
+        response_nonce: nonces[0].clone(),
+        error_detail: Some(RpcStatus {
+            code: 13,
+            message: "part refused".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    proxy.tx.send(refusal).await.unwrap();
+    for nonce in &nonces[1..] {
+        proxy.ask(ResourceType::Cluster, &[], &[], nonce).await;
+    }
+    let snapshot = cache.subscribe("fake-proxy").borrow().clone().unwrap();
+    for _ in 0..100 {
+        let status = cache.status("fake-proxy").unwrap();
+        if status.last_nack.is_some()
+            && status.acked.get(&ResourceType::Cluster)
+                == Some(&snapshot.version(ResourceType::Cluster))
+        {
+            assert_eq!(status.last_nack.unwrap().message, "part refused");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the refusal and the ACK of the last part were not both recorded");
+}
