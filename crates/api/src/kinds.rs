@@ -42,8 +42,30 @@ pub enum Sync {
 /// A kind's own rule for names: an error message, or Ok.
 type NameCheck = fn(&str) -> Result<(), String>;
 
+/// Every kind, as a value code can match on exhaustively: a new kind is
+/// then a compile error wherever kinds are told apart (translation, for
+/// one), not a silent fall-through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KindId {
+    Organization,
+    Tenant,
+    Workspace,
+    TrafficGroup,
+    SecurityGroup,
+    GatewayGroup,
+    ServiceRoute,
+    SecuritySetting,
+    TrafficSetting,
+    Cluster,
+    User,
+    Team,
+    Role,
+    AccessBinding,
+}
+
 /// Everything the API, CLI and store need to know about a kind.
 pub struct Kind {
+    pub id: KindId,
     /// As written in `kind:` (`TrafficGroup`).
     pub name: &'static str,
     /// The REST path segment and the CLI's plural (`trafficgroups`).
@@ -93,6 +115,7 @@ const DESCRIBED: &[(&str, &str)] = &[("DISPLAY NAME", "displayName")];
 /// Every kind weft knows, parents before children.
 pub static KINDS: &[Kind] = &[
     Kind {
+        id: KindId::Organization,
         name: "Organization",
         plural: "organizations",
         aliases: &["org"],
@@ -108,6 +131,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::Tenant,
         name: "Tenant",
         plural: "tenants",
         aliases: &[],
@@ -123,6 +147,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::Workspace,
         name: "Workspace",
         plural: "workspaces",
         aliases: &["ws"],
@@ -138,6 +163,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     group(
+        KindId::TrafficGroup,
         "TrafficGroup",
         "trafficgroups",
         &["tg"],
@@ -146,6 +172,7 @@ pub static KINDS: &[Kind] = &[
         Sync::ToEdges,
     ),
     group(
+        KindId::SecurityGroup,
         "SecurityGroup",
         "securitygroups",
         &["sg"],
@@ -154,6 +181,7 @@ pub static KINDS: &[Kind] = &[
         Sync::ToEdges,
     ),
     group(
+        KindId::GatewayGroup,
         "GatewayGroup",
         "gatewaygroups",
         &["gg"],
@@ -162,6 +190,7 @@ pub static KINDS: &[Kind] = &[
         Sync::ServerOnly,
     ),
     Kind {
+        id: KindId::ServiceRoute,
         name: "ServiceRoute",
         plural: "serviceroutes",
         aliases: &["sr"],
@@ -177,6 +206,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::SecuritySetting,
         name: "SecuritySetting",
         plural: "securitysettings",
         aliases: &["secset"],
@@ -192,6 +222,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::TrafficSetting,
         name: "TrafficSetting",
         plural: "trafficsettings",
         aliases: &["ts"],
@@ -211,6 +242,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::Cluster,
         name: "Cluster",
         plural: "clusters",
         aliases: &[],
@@ -234,6 +266,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::User,
         name: "User",
         plural: "users",
         aliases: &[],
@@ -249,6 +282,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::Team,
         name: "Team",
         plural: "teams",
         aliases: &[],
@@ -264,6 +298,7 @@ pub static KINDS: &[Kind] = &[
         name_check: None,
     },
     Kind {
+        id: KindId::Role,
         name: "Role",
         plural: "roles",
         aliases: &[],
@@ -279,6 +314,7 @@ pub static KINDS: &[Kind] = &[
         name_check: Some(check_role_name),
     },
     Kind {
+        id: KindId::AccessBinding,
         name: "AccessBinding",
         plural: "accessbindings",
         aliases: &["binding", "bindings"],
@@ -297,6 +333,7 @@ pub static KINDS: &[Kind] = &[
 
 /// The three group kinds differ only in names and concern.
 const fn group(
+    id: KindId,
     name: &'static str,
     plural: &'static str,
     aliases: &'static [&'static str],
@@ -305,6 +342,7 @@ const fn group(
     sync: Sync,
 ) -> Kind {
     Kind {
+        id,
         name,
         plural,
         aliases,
@@ -425,4 +463,18 @@ pub fn kind_of_path(path: &str) -> Option<&'static Kind> {
     let mut segments = path.rsplit('/');
     segments.next()?;
     Kind::by_plural(segments.next()?)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_id() {
+        for kind in KINDS {
+            assert_eq!(format!("{:?}", kind.id), kind.name);
+        }
+        let ids: std::collections::HashSet<KindId> = KINDS.iter().map(|k| k.id).collect();
+        assert_eq!(ids.len(), KINDS.len());
+    }
 }

@@ -23,7 +23,7 @@ pub mod traffic;
 pub mod validate;
 
 pub use iam::{Rule, Verb};
-pub use kinds::{Concern, KINDS, Kind};
+pub use kinds::{Concern, KINDS, Kind, KindId};
 pub use problems::{Problem, Problems};
 pub use resource::{API_VERSION, Metadata, Resource};
 pub use validate::{Reference, Validated, validate};

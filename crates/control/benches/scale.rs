@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use prost::Message;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use weft_api::Resource;
 use weft_api::edge::{DirectoryService, Locality, Site};
 use weft_control::directory::Directory;
@@ -325,9 +325,11 @@ fn ten_clusters(services: usize, per_workspace: usize) -> (Vec<Workload>, Direct
 /// and ACKs everything.
 async fn proxy(channel: tonic::transport::Channel, id: String) {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, requests) = mpsc::channel(64);
+    // Requests are buffered without bound, as Envoy's are: a client that
+    // stopped reading while its requests queue would stall the stream.
+    let (tx, requests) = mpsc::unbounded_channel();
     let Ok(responses) = client
-        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .delta_aggregated_resources(UnboundedReceiverStream::new(requests))
         .await
     else {
         return;
@@ -352,7 +354,7 @@ async fn proxy(channel: tonic::transport::Channel, id: String) {
             vec!["outbound".into(), "inbound".into()],
         ),
     ] {
-        if tx.send(request).await.is_err() {
+        if tx.send(request).is_err() {
             return;
         }
     }
@@ -371,15 +373,10 @@ async fn proxy(channel: tonic::transport::Channel, id: String) {
             response_nonce: response.nonce,
             ..Default::default()
         };
-        if tx.send(ack).await.is_err() {
+        if tx.send(ack).is_err() {
             return;
         }
-        if !eds.is_empty()
-            && tx
-                .send(subscribe(ResourceType::Endpoint, eds))
-                .await
-                .is_err()
-        {
+        if !eds.is_empty() && tx.send(subscribe(ResourceType::Endpoint, eds)).is_err() {
             return;
         }
     }
@@ -523,9 +520,28 @@ async fn all_acked(cache: &SnapshotCache, nodes: &[String]) -> Duration {
             return started.elapsed();
         }
         if started.elapsed() > Duration::from_secs(120) {
-            panic!("proxies did not ACK within two minutes");
+            let behind: Vec<String> = nodes
+                .iter()
+                .filter_map(|n| {
+                    let snapshot = cache.subscribe(n).borrow().clone()?;
+                    let status = cache.status(n)?;
+                    let types: Vec<&str> = ResourceType::ALL
+                        .into_iter()
+                        .filter(|t| status.acked.get(t) != Some(&snapshot.version(*t)))
+                        .map(|t| t.short())
+                        .collect();
+                    (!types.is_empty()).then(|| format!("{n} ({})", types.join(" ")))
+                })
+                .collect();
+            panic!(
+                "{} proxies did not ACK within two minutes, e.g. {:?}",
+                behind.len(),
+                &behind[..behind.len().min(5)]
+            );
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Not too often: the check takes the cache's lock once per proxy,
+        // which the streams need to record ACKs.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -579,7 +595,7 @@ async fn live(
     let mut metrics = prometheus_client::registry::Registry::default();
     cache.metrics().register(&mut metrics);
     // Spread the connected proxies over the workspaces.
-    let step = (nodes.len() / proxies).max(1);
+    let step = (nodes.len() / proxies.max(1)).max(1);
     let mut connected: Vec<String> = nodes
         .iter()
         .filter(|n| n.starts_with("svc-"))
@@ -663,35 +679,6 @@ async fn live(
     let acked = all_acked(&cache, &connected).await;
     push("a new instance", took, acked, updated, diff(before));
 
-    // The same, the way the edge did it before: every proxy's config
-    // encoded for itself.
-    let before = responses(&metrics);
-    workloads.push(instance(2, per_workspace, "v1", 70_001));
-    let started = Instant::now();
-    let translation = translate(&config, &workloads, &directory);
-    let snapshots = per_proxy_snapshots(&translation);
-    let updated = snapshots.len();
-    for (node, snapshot) in snapshots {
-        cache.set(&node, snapshot);
-    }
-    let took = started.elapsed();
-    let acked = all_acked(&cache, &connected).await;
-    push(
-        "a new instance, per-proxy form (before)",
-        took,
-        acked,
-        updated,
-        diff(before),
-    );
-    // Back to the shared form: everyone's snapshot is replaced once.
-    publish_into(
-        &cache,
-        Publisher::new().publish(&translate(&config, &workloads, &directory)),
-    );
-    all_acked(&cache, &connected).await;
-    let mut publisher = Publisher::new();
-    publisher.publish(&translate(&config, &workloads, &directory));
-
     // A route change.
     let before = responses(&metrics);
     let started = Instant::now();
@@ -734,6 +721,7 @@ async fn live(
         }
     }
     rollout.await.unwrap();
+    workloads = changes.borrow().clone();
     all_acked(&cache, &connected).await;
     let sent = diff(before);
     println!(
@@ -742,6 +730,27 @@ async fn live(
         ms(started.elapsed()),
         sent[ResourceType::Endpoint as usize] as f64 / connected.len() as f64,
         mib(rss()),
+    );
+
+    // The same, the way the edge did it before: every proxy's config
+    // encoded for itself.
+    let before = responses(&metrics);
+    workloads.push(instance(2, per_workspace, "v1", 70_001));
+    let started = Instant::now();
+    let translation = translate(&changed, &workloads, &directory);
+    let snapshots = per_proxy_snapshots(&translation);
+    let updated = snapshots.len();
+    for (node, snapshot) in snapshots {
+        cache.set(&node, snapshot);
+    }
+    let took = started.elapsed();
+    let acked = all_acked(&cache, &connected).await;
+    push(
+        "a new instance, per-proxy form (before)",
+        took,
+        acked,
+        updated,
+        diff(before),
     );
 }
 
@@ -753,6 +762,11 @@ fn main() {
             .build()
             .expect("a runtime")
     };
+    // WEFT_BENCH_CONNECTED: how many lightweight proxies the live
+    // sections connect (to look at a smaller case).
+    let connected = std::env::var("WEFT_BENCH_CONNECTED")
+        .ok()
+        .and_then(|v| v.parse().ok());
     match section.as_deref() {
         Some("full-1000") => full_build(1000, 1000),
         Some("full-10000") => full_build(10_000, 100),
@@ -763,11 +777,17 @@ fn main() {
             1000,
             registry(1000, 1000),
             Directory::default(),
-            2000,
+            connected.unwrap_or(2000),
         )),
         Some("live-10000") => {
             let (workloads, directory) = ten_clusters(10_000, 100);
-            runtime().block_on(live(10_000, 100, workloads, directory, 1000))
+            runtime().block_on(live(
+                10_000,
+                100,
+                workloads,
+                directory,
+                connected.unwrap_or(1000),
+            ))
         }
         Some("clients") => {
             let mut args = std::env::args().skip(2);

@@ -81,7 +81,7 @@ fn translation_matches_golden_files() {
             for t in ResourceType::ALL {
                 let resources = |s: &Snapshot| -> BTreeMap<String, String> {
                     s.entries(t)
-                        .map(|(name, e)| (name.clone(), e.version.clone()))
+                        .map(|(name, e)| (name.clone(), e.version.to_string()))
                         .collect()
                 };
                 assert_eq!(

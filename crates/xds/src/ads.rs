@@ -195,13 +195,13 @@ struct Closed;
 /// before it goes out anyway (with a warning).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// About how many bytes of resources one delta response carries; a larger
+/// About how many bytes of resources one delta response carries (64 KiB); a larger
 /// update goes in several.
-const RESPONSE_BYTES: usize = 256 * 1024;
+const RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Responses a stream queues before its session waits for the proxy to
 /// take them: little, so memory follows what proxies consume.
-const QUEUED_RESPONSES: usize = 2;
+const QUEUED_RESPONSES: usize = 1;
 
 /// What differs between the two protocol variants.
 trait Protocol: Send + 'static {
@@ -256,7 +256,7 @@ trait Protocol: Send + 'static {
         progress.acked()
             && names.iter().all(|n| {
                 self.held_version(t, n)
-                    .is_some_and(|held| snapshot.get(t, n).is_some_and(|e| e.version == held))
+                    .is_some_and(|held| snapshot.get(t, n).is_some_and(|e| &*e.version == held))
             })
     }
 
@@ -644,7 +644,7 @@ impl Protocol for Sotw {
         }
         let versions = |m: &BTreeMap<String, Arc<Entry>>| -> Vec<(String, String)> {
             m.iter()
-                .map(|(n, e)| (n.clone(), e.version.clone()))
+                .map(|(n, e)| (n.clone(), e.version.to_string()))
                 .collect()
         };
         if state.sent.as_ref().map(versions) == Some(versions(&payload)) {
@@ -694,14 +694,14 @@ impl Protocol for Sotw {
 
     fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
         let sent = self.types.get(&t)?.sent.as_ref()?;
-        sent.get(name).map(|e| e.version.as_str())
+        sent.get(name).map(|e| &*e.version)
     }
 }
 
-fn resource(name: &str, entry: &Entry) -> Resource {
+fn resource(entry: &Entry) -> Resource {
     Resource {
-        name: name.to_string(),
-        version: entry.version.clone(),
+        name: entry.name.to_string(),
+        version: entry.version.to_string(),
         resource: Some(entry.any.clone()),
         ..Default::default()
     }
@@ -717,7 +717,7 @@ struct Delta {
 struct DeltaType {
     progress: Progress,
     /// What the proxy has: name → version.
-    known: BTreeMap<String, String>,
+    known: BTreeMap<Arc<str>, Arc<str>>,
     answered: bool,
     /// The layers `known` last matched (as filtered by the subscription),
     /// so the next push looks only at what changed since; none: compare
@@ -784,15 +784,19 @@ impl Protocol for Delta {
         if first {
             // A reconnecting proxy says what it has; with content-hash
             // versions, nothing it has needs sending again.
-            state.known = request.initial_resource_versions.into_iter().collect();
+            state.known = request
+                .initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| (name.into(), version.into()))
+                .collect();
             state.progress.subscription.wildcard =
                 t.wildcard_by_default() && request.resource_names_subscribe.is_empty();
         }
         let answers_latest =
             !request.response_nonce.is_empty() && request.response_nonce == state.progress.nonce;
         // A refusal of an earlier part of the latest push counts too.
-        let refuses_a_part = request.error_detail.is_some()
-            && state.parts.iter().any(|n| *n == request.response_nonce);
+        let refuses_a_part =
+            request.error_detail.is_some() && state.parts.contains(&request.response_nonce);
         if answers_latest || refuses_a_part {
             match request.error_detail {
                 Some(error) => {
@@ -824,7 +828,7 @@ impl Protocol for Delta {
                 state.progress.subscription.wildcard = false;
             } else {
                 state.progress.subscription.names.remove(&name);
-                state.known.remove(&name);
+                state.known.remove(name.as_str());
             }
         }
         (first || changed).then_some(t)
@@ -841,17 +845,16 @@ impl Protocol for Delta {
             return Ok(None);
         };
         let wanted = |name: &str| state.progress.subscription.wants(name);
-        let (updated, removed): (Vec<Resource>, Vec<String>) = match state.candidates(t, snapshot) {
+        let (updated, removed): (Vec<Arc<Entry>>, Vec<String>) = match state.candidates(t, snapshot)
+        {
             // Only what changed since the layers the proxy last matched.
             Some(names) => {
                 let mut updated = Vec::new();
                 let mut removed = Vec::new();
                 for name in names {
-                    let held = state.known.get(&name);
+                    let held = state.known.get(name.as_str());
                     match snapshot.get(t, &name).filter(|_| wanted(&name)) {
-                        Some(entry) if held != Some(&entry.version) => {
-                            updated.push(resource(&name, entry))
-                        }
+                        Some(entry) if held != Some(&entry.version) => updated.push(entry.clone()),
                         Some(_) => {}
                         None if removals && held.is_some() => removed.push(name),
                         None => {}
@@ -863,16 +866,16 @@ impl Protocol for Delta {
                 let updated = snapshot
                     .entries(t)
                     .filter(|(name, entry)| {
-                        wanted(name) && state.known.get(*name) != Some(&entry.version)
+                        wanted(name) && state.known.get(name.as_str()) != Some(&entry.version)
                     })
-                    .map(|(name, entry)| resource(name, entry))
+                    .map(|(_, entry)| entry.clone())
                     .collect();
                 let removed = if removals {
                     state
                         .known
                         .keys()
                         .filter(|name| snapshot.get(t, name).is_none() || !wanted(name))
-                        .cloned()
+                        .map(|name| name.to_string())
                         .collect()
                 } else {
                     Vec::new()
@@ -895,21 +898,23 @@ impl Protocol for Delta {
         if updated.is_empty() && removed.is_empty() && !must_answer {
             return Ok(None);
         }
-        for r in &updated {
-            state.known.insert(r.name.clone(), r.version.clone());
+        for entry in &updated {
+            state
+                .known
+                .insert(entry.name.clone(), entry.version.clone());
         }
         for name in &removed {
-            state.known.remove(name);
+            state.known.remove(name.as_str());
         }
         let version = snapshot.version(t);
         let count = updated.len();
-        let changed: Vec<String> = updated.iter().map(|r| r.name.clone()).collect();
+        let changed: Vec<String> = updated.iter().map(|e| e.name.to_string()).collect();
         // A large update goes in parts of about RESPONSE_BYTES, so no
         // stream holds a whole configuration in its buffers at once; the
         // removals ride with the last part.
         let mut parts: Vec<Vec<Resource>> = vec![Vec::new()];
         let mut bytes = 0;
-        for resource in updated {
+        for resource in updated.iter().map(|e| resource(e)) {
             let size = resource.resource.as_ref().map_or(0, |a| a.value.len());
             if bytes + size > RESPONSE_BYTES && !parts.last().is_some_and(Vec::is_empty) {
                 parts.push(Vec::new());
@@ -979,6 +984,6 @@ impl Protocol for Delta {
     }
 
     fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
-        self.types.get(&t)?.known.get(name).map(String::as_str)
+        self.types.get(&t)?.known.get(name).map(|v| &**v)
     }
 }

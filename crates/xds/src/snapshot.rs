@@ -87,10 +87,13 @@ impl ResourceType {
 }
 
 /// One resource, encoded, with the hash of its encoding as its version.
+/// Name and version are shared, not copied, by every stream that records
+/// holding it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    pub name: Arc<str>,
     pub any: Any,
-    pub version: String,
+    pub version: Arc<str>,
 }
 
 /// Why a snapshot could not be built.
@@ -276,13 +279,17 @@ impl LayerBuilder {
         self.insert(
             ResourceType::Cluster,
             &cluster.name,
-            Arc::new(entry(cluster)),
+            Arc::new(entry(&cluster.name, cluster, None)),
         )
     }
 
     pub fn endpoints(&mut self, endpoints: &ClusterLoadAssignment) -> Result<(), Inconsistent> {
         let name = &endpoints.cluster_name;
-        self.insert(ResourceType::Endpoint, name, Arc::new(entry(endpoints)))
+        self.insert(
+            ResourceType::Endpoint,
+            name,
+            Arc::new(entry(name, endpoints, None)),
+        )
     }
 
     /// Adds a listener; `version`, when given, replaces the hash of its
@@ -299,10 +306,7 @@ impl LayerBuilder {
         for route in rds_names(listener)? {
             self.need(ResourceType::Route, route, &listener.name);
         }
-        let mut e = entry(listener);
-        if let Some(version) = version {
-            e.version = version;
-        }
+        let e = entry(&listener.name, listener, version);
         self.insert(ResourceType::Listener, &listener.name, Arc::new(e))
     }
 
@@ -315,15 +319,16 @@ impl LayerBuilder {
         for cluster in cluster_names_in(route) {
             self.need(ResourceType::Cluster, cluster, &route.name);
         }
-        let mut e = entry(route);
-        if let Some(version) = version {
-            e.version = version;
-        }
+        let e = entry(&route.name, route, version);
         self.insert(ResourceType::Route, &route.name, Arc::new(e))
     }
 
     pub fn secret(&mut self, secret: &Secret) -> Result<(), Inconsistent> {
-        self.insert(ResourceType::Secret, &secret.name, Arc::new(entry(secret)))
+        self.insert(
+            ResourceType::Secret,
+            &secret.name,
+            Arc::new(entry(&secret.name, secret, None)),
+        )
     }
 
     /// Adds everything `layer` holds, sharing its encoded resources.
@@ -426,15 +431,16 @@ fn changes_between(
     changes
 }
 
-fn entry<M: Message + Name>(message: &M) -> Entry {
+fn entry<M: Message + Name>(name: &str, message: &M, version: Option<String>) -> Entry {
     let bytes = message.encode_to_vec();
-    let version = hex::encode(&Sha256::digest(&bytes)[..8]);
+    let version = version.unwrap_or_else(|| hex::encode(&Sha256::digest(&bytes)[..8]));
     Entry {
+        name: name.into(),
         any: Any {
             type_url: M::type_url(),
             value: bytes,
         },
-        version,
+        version: version.into(),
     }
 }
 

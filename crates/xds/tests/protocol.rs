@@ -346,7 +346,7 @@ async fn a_proxy_reconnecting_before_its_snapshot_keeps_what_it_has() {
         .get(ResourceType::Cluster, "a")
         .unwrap()
         .version
-        .clone();
+        .to_string();
 
     let mut delta = DeltaClient::open(&mut client).await;
     let reconnect = DeltaDiscoveryRequest {
@@ -438,7 +438,7 @@ async fn delta_sends_only_what_changed_in_a_shared_layer() {
         changes.updated.get(&ResourceType::Endpoint),
         Some(&vec!["c".to_string()])
     );
-    assert!(changes.updated.get(&ResourceType::Cluster).is_none());
+    assert!(!changes.updated.contains_key(&ResourceType::Cluster));
     cache.set("fake-proxy", Snapshot::compose(own, second).unwrap());
     let update = proxy.next().await;
     assert_eq!(update.type_url, ResourceType::Endpoint.type_url());
@@ -485,7 +485,7 @@ async fn delta_sends_a_large_update_in_parts_and_hears_a_refused_part() {
             .iter()
             .map(|r| r.resource.as_ref().unwrap().value.len())
             .sum();
-        assert!(bytes <= 300_000, "a part of {bytes} bytes");
+        assert!(bytes <= 100_000, "a part of {bytes} bytes");
         received.extend(part.resources.iter().map(|r| r.name.clone()));
         nonces.push(part.nonce);
     }
@@ -510,11 +510,10 @@ async fn delta_sends_a_large_update_in_parts_and_hears_a_refused_part() {
     let snapshot = cache.subscribe("fake-proxy").borrow().clone().unwrap();
     for _ in 0..100 {
         let status = cache.status("fake-proxy").unwrap();
-        if status.last_nack.is_some()
-            && status.acked.get(&ResourceType::Cluster)
-                == Some(&snapshot.version(ResourceType::Cluster))
-        {
-            assert_eq!(status.last_nack.unwrap().message, "part refused");
+        let acked = status.acked.get(&ResourceType::Cluster)
+            == Some(&snapshot.version(ResourceType::Cluster));
+        if let (Some(nack), true) = (&status.last_nack, acked) {
+            assert_eq!(nack.message, "part refused");
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

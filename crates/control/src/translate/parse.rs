@@ -6,7 +6,7 @@ use weft_api::edge::{ConfigError, Locality};
 use weft_api::security::SecuritySettingSpec;
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
 use weft_api::traffic::{ServiceRef, ServiceRouteSpec, TrafficSettingSpec};
-use weft_api::{Resource, validate};
+use weft_api::{KindId, Resource, validate};
 
 use super::plan::ServiceKey;
 
@@ -119,49 +119,57 @@ impl Config {
             };
             let (path, parent) = (validated.path, validated.parent);
             let spec = validated.resource.spec;
-            let parsed = match validated.kind.name {
-                "Workspace" => serde_json::from_value::<WorkspaceSpec>(spec).map(|s| {
+            let parsed = match validated.kind.id {
+                KindId::Workspace => serde_json::from_value::<WorkspaceSpec>(spec).map(|s| {
                     config.workspaces.push(Workspace {
                         path: path.clone(),
                         selector: s.namespace_selector,
                     })
                 }),
-                "TrafficGroup" => serde_json::from_value::<GroupSpec>(spec).map(|s| {
+                KindId::TrafficGroup => serde_json::from_value::<GroupSpec>(spec).map(|s| {
                     config.groups.push(Group {
                         path: path.clone(),
                         workspace: parent.clone(),
                         selector: s.namespace_selector,
                     })
                 }),
-                "SecurityGroup" => serde_json::from_value::<GroupSpec>(spec).map(|s| {
+                KindId::SecurityGroup => serde_json::from_value::<GroupSpec>(spec).map(|s| {
                     config.security_groups.push(Group {
                         path: path.clone(),
                         workspace: parent.clone(),
                         selector: s.namespace_selector,
                     })
                 }),
-                "SecuritySetting" => serde_json::from_value(spec).map(|spec| {
+                KindId::SecuritySetting => serde_json::from_value(spec).map(|spec| {
                     config.security_settings.push(SecuritySetting {
                         path: path.clone(),
                         parent: parent.clone(),
                         spec,
                     })
                 }),
-                "TrafficSetting" => serde_json::from_value(spec).map(|spec| {
+                KindId::TrafficSetting => serde_json::from_value(spec).map(|spec| {
                     config.settings.push(Setting {
                         path: path.clone(),
                         parent: parent.clone(),
                         spec,
                     })
                 }),
-                "ServiceRoute" => serde_json::from_value(spec).map(|spec| {
+                KindId::ServiceRoute => serde_json::from_value(spec).map(|spec| {
                     config.routes.push(ServiceRoute {
                         path: path.clone(),
                         group: parent.clone(),
                         spec,
                     })
                 }),
-                _ => Ok(()),
+                // Kept at the server: never sent to edges.
+                KindId::Organization
+                | KindId::Tenant
+                | KindId::GatewayGroup
+                | KindId::Cluster
+                | KindId::User
+                | KindId::Team
+                | KindId::Role
+                | KindId::AccessBinding => Ok(()),
             };
             if let Err(e) = parsed {
                 config.errors.push(error(&path, "spec", e.to_string()));
