@@ -527,7 +527,10 @@ async fn all_acked(cache: &SnapshotCache, nodes: &[String]) -> Duration {
                     let status = cache.status(n)?;
                     let types: Vec<&str> = ResourceType::ALL
                         .into_iter()
-                        .filter(|t| status.acked.get(t) != Some(&snapshot.version(*t)))
+                        .filter(|t| match status.acked.get(t) {
+                            Some(version) => *version != snapshot.version(*t),
+                            None => snapshot.len(*t) > 0,
+                        })
                         .map(|t| t.short())
                         .collect();
                     (!types.is_empty()).then(|| format!("{n} ({})", types.join(" ")))

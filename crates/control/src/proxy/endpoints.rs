@@ -1,0 +1,43 @@
+//! Endpoint sets → `ClusterLoadAssignment` (EDS): local instances at
+//! priority 0, other clusters' gateways behind them.
+
+use envoy_types::pb::envoy::config::core::v3::Locality as XdsLocality;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as XdsEndpoint, LbEndpoint, LocalityLbEndpoints,
+};
+
+use super::Endpoints;
+use super::convert::{load_assignment, socket, uint};
+
+impl Endpoints {
+    pub(super) fn to_xds(&self) -> ClusterLoadAssignment {
+        let mut assignment = load_assignment(&self.cluster, &self.endpoints);
+        assignment
+            .endpoints
+            .extend(self.remote.iter().map(|remote| {
+                LocalityLbEndpoints {
+                    locality: Some(XdsLocality {
+                        region: remote.region.clone(),
+                        zone: remote.zone.clone(),
+                        sub_zone: remote.cluster.clone(),
+                    }),
+                    lb_endpoints: remote
+                        .gateways
+                        .iter()
+                        .map(|addr| LbEndpoint {
+                            host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
+                                address: Some(socket(addr)),
+                                ..Default::default()
+                            })),
+                            load_balancing_weight: Some(uint(remote.weight.max(1))),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    priority: remote.priority,
+                    ..Default::default()
+                }
+            }));
+        assignment
+    }
+}

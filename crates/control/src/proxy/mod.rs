@@ -1,0 +1,438 @@
+//! One proxy's configuration in weft's own terms: the xDS resources weft
+//! generates, with only the fields weft uses. Translation produces these;
+//! they print as YAML (golden files, `weft x translate`) and convert into
+//! Envoy's wire types at the boundary ([`ProxyConfig::add_to`]), one
+//! module per resource: `cluster`, `endpoints`, `listener`, `route`, and
+//! the pieces they carry, `tls`, `jwt`, `rbac`.
+
+mod cluster;
+mod convert;
+mod endpoints;
+mod jwt;
+mod listener;
+mod rbac;
+mod route;
+mod tls;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
+
+/// Where a proxy gets its certificate and trust bundle: the SDS server of
+/// its own `weft sidecar`, over a Unix socket, by these secret names.
+pub mod sds {
+    /// The bootstrap's static cluster for the sidecar's SDS socket.
+    pub const CLUSTER: &str = "weft-sds";
+    /// The workload's certificate chain and key.
+    pub const CERTIFICATE: &str = "default";
+    /// The roots of the trust domain.
+    pub const TRUST_BUNDLE: &str = "ROOTCA";
+}
+
+/// Everything one proxy is sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<Endpoints>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteTable>,
+    /// TLS passed through by SNI (an east-west gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough: Vec<SniListener>,
+}
+
+/// A listener that sends each TLS connection, unopened, to the cluster its
+/// SNI names: the workload's own mTLS goes end to end, so the callee sees
+/// the caller's identity. A name it does not know gets no connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SniListener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// SNI → cluster.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// An upstream: a service (or a subset of it) or the local app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub name: String,
+    /// Endpoints come over EDS; none: the fixed `local` address (the app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    pub connect_timeout_ms: u64,
+    pub lb_policy: LbPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Outlier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Mutual TLS to the upstream; none: plaintext (the local app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+    /// A host outside the mesh, by DNS name (a token issuer's keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalHost>,
+    /// Bytes are relayed as they come (TCP), not HTTP: a gateway's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
+}
+
+/// A host outside the mesh. With `tls`, its certificate must chain to
+/// the system's roots and name `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalHost {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Mutual TLS with the workload certificate and trust bundle the proxy
+/// gets from its sidecar over SDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mtls {
+    pub trust_domain: String,
+    /// The SPIFFE IDs the peer may present; empty: any of the trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// On a listener: also take plaintext connections (a migration).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permissive: bool,
+    /// Upstream: the server name to send, by which another cluster's
+    /// east-west gateway picks the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    RingHash,
+    Random,
+}
+
+/// Circuit-breaker thresholds; over them a call fails fast with 503.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_min_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub interval_ms: u64,
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SocketAddr {
+    pub address: String,
+    pub port: u16,
+}
+
+/// The instances behind one EDS cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    pub cluster: String,
+    /// This cluster's instances, first in line (priority 0).
+    pub endpoints: Vec<SocketAddr>,
+    /// Other clusters' gateways, each at its priority behind them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteEndpoints>,
+}
+
+/// Another cluster's east-west gateways as endpoints of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteEndpoints {
+    /// The other cluster's name.
+    pub cluster: String,
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// 0 is tried first; the nearer the cluster, the lower.
+    pub priority: u32,
+    /// Each gateway's load-balancing weight: the cluster's healthy
+    /// instances shared among its gateways.
+    pub weight: u32,
+    pub gateways: Vec<SocketAddr>,
+}
+
+/// An HTTP listener whose routes come over RDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub route_table: String,
+    /// Mutual TLS required of every connection; none: plaintext (the
+    /// outbound listener, on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+    /// Whether each request is authorized (by the rules of its route
+    /// table's virtual host; with none there, nothing gets through) and
+    /// logged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authorize: bool,
+    /// End-user tokens checked before authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtCheck>,
+}
+
+/// End-user JWT checks: a token present is checked on every request
+/// (401 if invalid); `required_for` requests must carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtCheck {
+    pub providers: Vec<JwtProvider>,
+    /// Empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_for: Vec<RouteMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub jwks: Jwks,
+    pub clock_skew_s: u32,
+    /// Claim (`a.b` for nested) → request header for the app.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Jwks {
+    Inline(String),
+    /// Fetched through `cluster` and kept `refresh_ms`.
+    Remote {
+        uri: String,
+        cluster: String,
+        refresh_ms: u64,
+    },
+}
+
+/// Who may call. A request matching a deny rule is refused; then only
+/// what an allow rule matches gets through: with no allow rule, nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<AccessRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AccessRule>,
+}
+
+/// Requests from any of `callers` that match any of `requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// Where the rule comes from (setting path and rule); a refusal names it.
+    pub name: String,
+    /// Caller SPIFFE IDs; empty: any caller with a certificate of the
+    /// trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CallerId>,
+    /// Empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RouteMatch>,
+    /// End-user claims the request's token must carry: each claim (`a.b`
+    /// for nested) one of its values, or a list containing one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CallerId {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// Who may call, on a listener that authorizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// First matching route wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// "/" when neither path nor prefix is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderCondition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderCondition {
+    pub name: String,
+    #[serde(flatten)]
+    pub test: HeaderTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderTest {
+    Exact(String),
+    Prefix(String),
+    Present(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    Forward(Forward),
+    DirectResponse { status: u32, body: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    /// Cluster names and their weights (shares of 100).
+    pub clusters: BTreeMap<String, u32>,
+    /// Whole-request timeout; 0 disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub retry_on: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Each retry goes to the next priority (the next-nearest cluster)
+    /// rather than back to the one that failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub next_priority: bool,
+}
+
+/// What consistent hashing keys on (sticky sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    Header(String),
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+impl ProxyConfig {
+    /// Envoy's resources for this proxy, checked for consistency.
+    pub fn to_snapshot(&self) -> Result<Snapshot, Inconsistent> {
+        Snapshot::compose(Arc::new(self.to_layer()?), Arc::default())
+    }
+
+    /// This config's resources as one layer, each encoded once; what it
+    /// refers to and does not hold stays needed.
+    pub fn to_layer(&self) -> Result<Layer, Inconsistent> {
+        let mut layer = LayerBuilder::new();
+        self.add_to(&mut layer)?;
+        Ok(layer.build())
+    }
+
+    /// Adds this config's resources to `layer`.
+    pub fn add_to(&self, layer: &mut LayerBuilder) -> Result<(), Inconsistent> {
+        for cluster in &self.clusters {
+            layer.cluster(&cluster.to_xds())?;
+        }
+        for endpoints in &self.endpoints {
+            layer.endpoints(&endpoints.to_xds())?;
+        }
+        // JWT providers (on a listener) and RBAC policies (on a route
+        // table) are protobuf maps, encoded in hash order: version the
+        // resources that hold them by their model, which encodes the same
+        // every time. Others keep the hash of their bytes (no JSON work
+        // for the large outbound route table).
+        for listener in &self.listeners {
+            let version = listener.jwt.as_ref().map(|_| model_version(listener));
+            layer.listener(&listener.to_xds(), version)?;
+        }
+        for listener in &self.passthrough {
+            layer.listener(&listener.to_xds(), None)?;
+        }
+        for table in &self.routes {
+            let has_policies = table
+                .virtual_hosts
+                .iter()
+                .any(|v| v.authorization.is_some());
+            let version = has_policies.then(|| model_version(table));
+            layer.route(&table.to_xds(), version)?;
+        }
+        Ok(())
+    }
+}
+
+/// A hash of a model resource's JSON form (its maps are ordered).
+fn model_version(model: &impl Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(model).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..8])
+}

@@ -1,0 +1,196 @@
+//! Route tables → Envoy `RouteConfiguration` (RDS): matches, weighted
+//! forwards, retries, hashing, direct responses.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, data_source::Specifier as DataSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::{
+    RetryPriority, retry_priority::ConfigType as RetryPriorityConfig,
+};
+use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+    Cookie, Header, PolicySpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HashPolicy};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::{
+    ClusterWeight, RandomValueSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, RetryPolicy, Route as XdsRoute, RouteAction,
+    RouteConfiguration, RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost,
+    WeightedCluster, retry_policy::RetryHostPredicate,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+
+use super::convert::{duration, uint};
+use super::{
+    Action, Authorization, Forward, HashOn, HeaderCondition, HeaderTest, Route, RouteMatch,
+    RouteTable,
+};
+
+impl HeaderCondition {
+    pub(super) fn to_xds(&self) -> HeaderMatcher {
+        let string = |pattern| {
+            HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(pattern),
+                ignore_case: false,
+            })
+        };
+        let (specifier, invert_match) = match &self.test {
+            HeaderTest::Exact(v) => (string(MatchPattern::Exact(v.clone())), false),
+            HeaderTest::Prefix(v) => (string(MatchPattern::Prefix(v.clone())), false),
+            HeaderTest::Present(present) => (HeaderMatchSpecifier::PresentMatch(true), !present),
+        };
+        HeaderMatcher {
+            name: self.name.clone(),
+            invert_match,
+            header_match_specifier: Some(specifier),
+            ..Default::default()
+        }
+    }
+}
+
+impl Forward {
+    pub(super) fn to_xds(&self) -> RouteAction {
+        let cluster_specifier = if self.clusters.len() == 1 {
+            let name = self.clusters.keys().next().cloned().unwrap_or_default();
+            ClusterSpecifier::Cluster(name)
+        } else {
+            ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: self
+                    .clusters
+                    .iter()
+                    .map(|(name, weight)| ClusterWeight {
+                        name: name.clone(),
+                        weight: Some(uint(*weight)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                // A sticky client also keeps its side of a split.
+                random_value_specifier: self
+                    .hash_on
+                    .as_ref()
+                    .map(|_| RandomValueSpecifier::UseHashPolicy(BoolValue { value: true })),
+                ..Default::default()
+            })
+        };
+        let retry_policy = self.retries.as_ref().map(|r| RetryPolicy {
+            retry_on: r.retry_on.clone(),
+            num_retries: Some(uint(r.attempts)),
+            per_try_timeout: r.per_try_timeout_ms.map(duration),
+            // Retry on another instance than the ones that failed.
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                        pack_any(PreviousHostsPredicate::default()),
+                    ),
+                ),
+            }],
+            host_selection_retry_max_attempts: 5,
+            retry_priority: r.next_priority.then(|| RetryPriority {
+                name: "envoy.retry_priorities.previous_priorities".into(),
+                config_type: Some(RetryPriorityConfig::TypedConfig(pack_any(
+                    PreviousPrioritiesConfig {
+                        update_frequency: 1,
+                    },
+                ))),
+            }),
+            ..Default::default()
+        });
+        let hash_policy = self
+            .hash_on
+            .iter()
+            .map(|h| HashPolicy {
+                policy_specifier: Some(match h {
+                    HashOn::Header(name) => PolicySpecifier::Header(Header {
+                        header_name: name.clone(),
+                        ..Default::default()
+                    }),
+                    HashOn::Cookie { name, ttl_ms } => PolicySpecifier::Cookie(Cookie {
+                        name: name.clone(),
+                        ttl: ttl_ms.map(duration),
+                        path: "/".into(),
+                        ..Default::default()
+                    }),
+                }),
+                terminal: false,
+            })
+            .collect();
+        RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            timeout: self.timeout_ms.map(duration),
+            retry_policy,
+            hash_policy,
+            ..Default::default()
+        }
+    }
+}
+
+impl RouteMatch {
+    pub(super) fn to_xds(&self) -> XdsRouteMatch {
+        let path_specifier = match (&self.path, &self.prefix) {
+            (Some(path), _) => PathSpecifier::Path(path.clone()),
+            (None, Some(prefix)) => PathSpecifier::Prefix(prefix.clone()),
+            (None, None) => PathSpecifier::Prefix("/".into()),
+        };
+        XdsRouteMatch {
+            path_specifier: Some(path_specifier),
+            headers: self.headers.iter().map(HeaderCondition::to_xds).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Route {
+    pub(super) fn to_xds(&self) -> XdsRoute {
+        let action = match &self.action {
+            Action::Forward(forward) => XdsAction::Route(forward.to_xds()),
+            Action::DirectResponse { status, body } => {
+                XdsAction::DirectResponse(DirectResponseAction {
+                    status: *status,
+                    body: Some(DataSource {
+                        specifier: Some(DataSpecifier::InlineString(body.clone())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+        };
+        XdsRoute {
+            r#match: Some(self.matcher.to_xds()),
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+}
+
+impl RouteTable {
+    pub(super) fn to_xds(&self) -> RouteConfiguration {
+        RouteConfiguration {
+            name: self.name.clone(),
+            virtual_hosts: self
+                .virtual_hosts
+                .iter()
+                .map(|vh| XdsVirtualHost {
+                    name: vh.name.clone(),
+                    domains: vh.domains.clone(),
+                    routes: vh.routes.iter().map(Route::to_xds).collect(),
+                    typed_per_filter_config: vh
+                        .authorization
+                        .as_ref()
+                        .map(Authorization::per_filter_config)
+                        .unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
