@@ -970,9 +970,16 @@ impl Protocol for Delta {
         let Some(state) = self.types.get(&t) else {
             return false;
         };
-        !state.answered
-            || !state.in_step_with(snapshot)
-            || (removals && state.progress.sent_version != snapshot.version(t))
+        if !state.answered || (removals && state.progress.sent_version != snapshot.version(t)) {
+            return true;
+        }
+        if state.in_step_with(snapshot) {
+            return false;
+        }
+        // What changed since the layers the proxy matched; unknown: all.
+        state
+            .candidates(t, snapshot)
+            .is_none_or(|names| !names.is_empty())
     }
 
     async fn refuse(&mut self, status: Status) {
