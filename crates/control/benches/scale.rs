@@ -324,6 +324,16 @@ fn ten_clusters(services: usize, per_workspace: usize) -> (Vec<Workload>, Direct
 /// then the endpoints of the EDS clusters it gets, and its route tables)
 /// and ACKs everything.
 async fn proxy(channel: tonic::transport::Channel, id: String) {
+    // Like Envoy, connect again when the stream fails (a connection
+    // refused while thousands connect at once, for one).
+    loop {
+        one_stream(channel.clone(), id.clone()).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One ADS stream of [`proxy`], until it ends.
+async fn one_stream(channel: tonic::transport::Channel, id: String) {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     // Requests are buffered without bound, as Envoy's are: a client that
     // stopped reading while its requests queue would stall the stream.
