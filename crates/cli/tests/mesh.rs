@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{
-    Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
-};
+use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
+use support::{Proc, Server, WEFT, free_port, metric, show_log_tails, until, weft_up, write};
 
 const BASE: &str = "\
 apiVersion: weft.dev/v1alpha1
@@ -47,11 +46,8 @@ struct Mesh {
     dir: tempfile::TempDir,
     server: Option<Server>,
     admin: String,
-    edge: Option<Proc>,
-    xds_port: u16,
-    edge_admin: u16,
-    /// Extra `weft edge` flags, kept across edge restarts.
-    edge_flags: Vec<String>,
+    /// Cluster `east`'s edge.
+    edge: Edge,
     credentials: BTreeMap<String, PathBuf>,
     /// Each sidecar's Envoy admin port, by node.
     envoy_admin: BTreeMap<String, u16>,
@@ -78,17 +74,13 @@ impl Mesh {
         let base = write(dir.path(), "base.yaml", BASE);
         let applied = server.weft(&admin, &["apply", "-f", &base]);
         assert_eq!(applied.code, 0, "{applied:?}");
-        let token = server.weft(&admin, &["token", "create", "--cluster", "east"]);
-        assert_eq!(token.code, 0, "{token:?}");
-        write(dir.path(), "edge.token", &token.stdout);
+        credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);
+        let edge = Edge::new("east", dir.path(), edge_flags);
         let mut mesh = Mesh {
             dir,
             server: Some(server),
             admin,
-            edge: None,
-            xds_port: free_port(),
-            edge_admin: free_port(),
-            edge_flags: edge_flags.iter().map(|f| f.to_string()).collect(),
+            edge,
             credentials: BTreeMap::new(),
             envoy_admin: BTreeMap::new(),
             http: reqwest::Client::builder()
@@ -104,55 +96,23 @@ impl Mesh {
         self.server.as_ref().expect("the server is running")
     }
 
+    /// Starts (or restarts) the edge; without a server, against an
+    /// address where nothing answers.
     async fn start_edge(&mut self) {
         let server_url = self
             .server
             .as_ref()
             .map_or("https://127.0.0.1:9".to_string(), |s| s.edge_url.clone());
-        let log = std::fs::File::create(self.dir.path().join("edge.log")).unwrap();
-        let child = Command::new(WEFT)
-            .args([
-                "edge",
-                "--cluster",
-                "east",
-                "--grace",
-                "1s",
-                "--credential-file",
-            ])
-            .arg(self.dir.path().join("edge.token"))
-            .args(["--xds-listen", &format!("127.0.0.1:{}", self.xds_port)])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", self.edge_admin)])
-            .args(&self.edge_flags)
-            .arg("--data")
-            .arg(self.dir.path().join("edge-data"))
-            .args(["--server", &server_url])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.edge = Some(Proc(child));
-        let url = format!("http://127.0.0.1:{}/healthz", self.edge_admin);
-        until("the edge answers", Duration::from_secs(20), async || {
-            self.http.get(&url).send().await.is_ok()
-        })
-        .await;
+        let credential = self.dir.path().join("edge.token");
+        self.edge.start(&server_url, &credential, &self.http).await;
     }
 
     fn edge_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.edge.log).unwrap_or_default()
     }
 
     async fn edge_status(&self) -> Value {
-        let url = format!("http://127.0.0.1:{}/status", self.edge_admin);
-        self.http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.edge.status(&self.http).await
     }
 
     /// Applies `yaml` and waits until the edge has the new configuration
@@ -177,25 +137,14 @@ impl Mesh {
         if let Some(path) = self.credentials.get(service_account) {
             return path.clone();
         }
-        let run = self.server().weft(
+        let path = credential(
+            self.server.as_ref(),
             &self.admin,
-            &[
-                "token",
-                "create",
-                "--cluster",
-                "east",
-                "--namespace",
-                "shop",
-                "--service-account",
-                service_account,
-            ],
-        );
-        assert_eq!(run.code, 0, "{run:?}");
-        let path = PathBuf::from(write(
             self.dir.path(),
-            &format!("{service_account}.token"),
-            &run.stdout,
-        ));
+            service_account,
+            "east",
+            &["--namespace", "shop", "--service-account", service_account],
+        );
         self.credentials
             .insert(service_account.to_string(), path.clone());
         path
@@ -223,54 +172,17 @@ impl Mesh {
         outbound: u16,
         flags: &[&str],
     ) -> Proc {
-        let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
         let admin = free_port();
         self.envoy_admin.insert(node.to_string(), admin);
-        let mut command = Command::new(WEFT);
+        let log = self.dir.path().join(format!("{node}.log"));
+        let mut command = sidecar(node, service, service, self.edge.xds_port, credential, &log);
         command
-            .args([
-                "sidecar",
-                "--service",
-                service,
-                "--namespace",
-                "shop",
-                "--node-id",
-                node,
-            ])
             .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
             .args(["--admin-port", &admin.to_string()])
             .args(["--outbound-port", &outbound.to_string()])
-            .args(["--edge", &format!("127.0.0.1:{}", self.xds_port)])
-            .arg("--credential-file")
-            .arg(credential)
-            .arg("--envoy")
-            .arg(envoy())
-            .args(flags)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(flags);
         if let Some(version) = version {
-            let app = free_port();
-            command
-                .args([
-                    "--label",
-                    &format!("version={version}"),
-                    "--app-port",
-                    &app.to_string(),
-                    "--",
-                ])
-                .args([
-                    WEFT,
-                    "x",
-                    "echo",
-                    "--service",
-                    service,
-                    "--version",
-                    version,
-                    "--instance",
-                    node,
-                ])
-                .args(["--listen", &format!("127.0.0.1:{app}")]);
+            with_echo_app(&mut command, service, node, Some(version));
         }
         Proc(command.spawn().unwrap())
     }
@@ -311,24 +223,18 @@ impl Mesh {
 
     /// A metric of the edge.
     async fn edge_metric(&self, name: &str) -> Option<i64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.edge_admin);
-        metric(&self.http, &url, name).await
+        self.edge.metric(&self.http, name).await
     }
 
     /// A counter of a sidecar's Envoy (0 when it has none yet).
     async fn envoy_stat(&self, node: &str, name: &str) -> u64 {
-        let url = format!(
-            "http://127.0.0.1:{}/stats?filter=^{name}$",
-            self.envoy_admin[node]
-        );
-        let text = match self.http.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        envoy_stat(
+            &self.http,
+            self.envoy_admin[node],
+            &format!("^{name}$"),
+            name,
+        )
+        .await
     }
 
     fn sidecar_log(&self, node: &str) -> String {
@@ -343,34 +249,12 @@ impl Mesh {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, Option<Value>) {
-        let mut request = self
-            .http
-            .get(format!("http://127.0.0.1:{port}{path}"))
-            .header("host", host);
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json::<Value>().await.ok())
-            }
-            Err(_) => (0, None),
-        }
+        call(&self.http, port, host, path, headers).await
     }
 
     /// Instances answering `n` plain requests to reviews.
     async fn instances(&self, port: u16, n: usize, path: &str) -> BTreeMap<String, usize> {
-        let mut seen = BTreeMap::new();
-        for _ in 0..n {
-            let (status, body) = self.call(port, "reviews", path, &[]).await;
-            let who = match body {
-                Some(b) if status == 200 => b["instance"].as_str().unwrap_or("?").to_string(),
-                _ => format!("status {status}"),
-            };
-            *seen.entry(who).or_default() += 1;
-        }
-        seen
+        answers(&self.http, port, "reviews", path, n).await
     }
 
     /// Waits until every proxy accepted what the edge has for it; returns
@@ -380,14 +264,7 @@ impl Mesh {
         until(
             "every proxy has accepted its configuration",
             Duration::from_secs(30),
-            async || {
-                let status = self.edge_status().await;
-                let list = status["proxies"].as_array().cloned().unwrap_or_default();
-                list.len() == proxies
-                    && list
-                        .iter()
-                        .all(|p| p["inSync"] == true && p["connected"] == true)
-            },
+            async || self.edge.in_sync(&self.http, proxies).await,
         )
         .await;
         started.elapsed()
@@ -696,7 +573,7 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
         stopping.elapsed()
     );
     assert!(
-        mesh.edge.take().unwrap().stop(),
+        mesh.edge.process.take().unwrap().stop(),
         "the edge did not stop within 10 s of SIGTERM"
     );
     mesh.start_edge().await;
@@ -930,7 +807,7 @@ async fn workload_identity(
     let file = std::fs::read_to_string(credential).unwrap();
     let secret = file.lines().next().unwrap();
     let svid: Value = edge_client(credential)
-        .post(format!("https://127.0.0.1:{}/v1/svid", mesh.xds_port))
+        .post(format!("https://127.0.0.1:{}/v1/svid", mesh.edge.xds_port))
         .bearer_auth(secret)
         .json(&serde_json::json!({"csr": weft_identity::csr_to_pem(&key.csr)}))
         .send()
@@ -1031,7 +908,7 @@ async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
 
     // The hop to the edge (xDS and certificate requests) is TLS too, and
     // the edge shows its own SVID. Plaintext gets nothing.
-    let xds = mesh.xds_port;
+    let xds = mesh.edge.xds_port;
     let plaintext = mesh
         .http
         .post(format!("http://127.0.0.1:{xds}/v1/svid"))

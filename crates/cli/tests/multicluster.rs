@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
 use support::{
     Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
 };
@@ -65,10 +66,8 @@ struct Cluster {
     name: &'static str,
     net: u8,
     next_host: u8,
-    xds_port: u16,
-    admin_port: u16,
+    edge: Edge,
     gateway_port: u16,
-    edge: Option<Proc>,
     gateway: Option<Proc>,
     proxies: BTreeMap<String, Proc>,
     /// Each proxy's inbound address, by node, so a restart keeps it.
@@ -113,10 +112,8 @@ impl World {
                 name,
                 net,
                 next_host: 10,
-                xds_port: free_port(),
-                admin_port: free_port(),
+                edge: Edge::new(name, dir.path(), &[]),
                 gateway_port: free_port(),
-                edge: None,
                 gateway: None,
                 proxies: BTreeMap::new(),
                 addresses: BTreeMap::new(),
@@ -147,52 +144,25 @@ impl World {
 
     /// A credential file for cluster `c`: `args` after `--cluster NAME`.
     fn credential(&self, c: usize, file: &str, args: &[&str]) -> PathBuf {
-        let path = self
-            .dir
-            .path()
-            .join(format!("{}-{file}.token", self.clusters[c].name));
-        if path.exists() {
-            return path;
-        }
-        let mut all = vec!["token", "create", "--cluster", self.clusters[c].name];
-        all.extend_from_slice(args);
-        let run = self.server().weft(&self.admin, &all);
-        assert_eq!(run.code, 0, "{run:?}");
-        std::fs::write(&path, &run.stdout).unwrap();
-        path
+        let name = self.clusters[c].name;
+        let file = format!("{name}-{file}");
+        credential(
+            self.server.as_ref(),
+            &self.admin,
+            self.dir.path(),
+            &file,
+            name,
+            args,
+        )
     }
 
     async fn start_edge(&mut self, c: usize) {
         let credential = self.credential(c, "edge", &[]);
-        let cluster = &self.clusters[c];
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{}-edge.log", cluster.name)))
-            .unwrap();
-        let child = Command::new(WEFT)
-            .args(["edge", "--cluster", cluster.name, "--grace", "1s"])
-            .arg("--credential-file")
-            .arg(&credential)
-            .args(["--xds-listen", &format!("127.0.0.1:{}", cluster.xds_port)])
-            .args([
-                "--admin-listen",
-                &format!("127.0.0.1:{}", cluster.admin_port),
-            ])
-            .arg("--data")
-            .arg(self.dir.path().join(format!("{}-edge-data", cluster.name)))
-            .args(["--server", &format!("https://{}", self.edge_listen)])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.clusters[c].edge = Some(Proc(child));
-        let url = format!("http://127.0.0.1:{}/healthz", self.clusters[c].admin_port);
-        until("the edge answers", Duration::from_secs(20), async || {
-            self.http.get(&url).send().await.is_ok()
-        })
-        .await;
+        let server_url = format!("https://{}", self.edge_listen);
+        self.clusters[c]
+            .edge
+            .start(&server_url, &credential, &self.http)
+            .await;
     }
 
     fn start_gateway(&mut self, c: usize) {
@@ -214,7 +184,7 @@ impl World {
                 "--listen",
                 &format!("127.0.{}.1:{}", cluster.net, cluster.gateway_port),
             ])
-            .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
+            .args(["--edge", &format!("127.0.0.1:{}", cluster.edge.xds_port)])
             .arg("--credential-file")
             .arg(&credential)
             .arg("--envoy")
@@ -248,29 +218,22 @@ impl World {
         let outbound = free_port();
         let admin = free_port();
         cluster.envoy_admin.insert(node.to_string(), admin);
-        let log = std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap();
-        let mut command = Command::new(WEFT);
+        let log = self.dir.path().join(format!("{node}.log"));
+        let service_name = service.unwrap_or(account);
+        let mut command = sidecar(
+            node,
+            service_name,
+            account,
+            cluster.edge.xds_port,
+            &credential,
+            &log,
+        );
         command
-            .args(["sidecar", "--namespace", "shop", "--node-id", node])
-            .args(["--service", service.unwrap_or(account)])
-            .args(["--service-account", account])
             .args(["--inbound", &address])
             .args(["--outbound-port", &outbound.to_string()])
-            .args(["--admin-port", &admin.to_string()])
-            .args(["--edge", &format!("127.0.0.1:{}", cluster.xds_port)])
-            .arg("--credential-file")
-            .arg(&credential)
-            .arg("--envoy")
-            .arg(envoy())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["--admin-port", &admin.to_string()]);
         if let Some(service) = service {
-            let app = free_port();
-            command
-                .args(["--app-port", &app.to_string(), "--"])
-                .args([WEFT, "x", "echo", "--service", service, "--instance", node])
-                .args(["--listen", &format!("127.0.0.1:{app}")]);
+            with_echo_app(&mut command, service, node, None);
         }
         cluster
             .proxies
@@ -284,11 +247,7 @@ impl World {
     }
 
     async fn edge_status(&self, c: usize) -> Value {
-        let url = format!("http://127.0.0.1:{}/status", self.clusters[c].admin_port);
-        match self.http.get(&url).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
+        self.clusters[c].edge.status(&self.http).await
     }
 
     /// The directory cluster `c`'s edge keeps on disk, if readable.
@@ -311,24 +270,12 @@ impl World {
     /// A counter of a proxy's Envoy whose name contains `part` and ends
     /// with `name` (0 when it has none yet).
     async fn envoy_stat(&self, c: usize, node: &str, part: &str, name: &str) -> u64 {
-        let url = format!(
-            "http://127.0.0.1:{}/stats?filter={name}",
-            self.clusters[c].envoy_admin[node]
-        );
-        let text = match self.http.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .filter(|l| l.contains(part))
-            .find_map(|l| l.split(": ").nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        let admin = self.clusters[c].envoy_admin[node];
+        envoy_stat(&self.http, admin, name, part).await
     }
 
     async fn edge_metric(&self, c: usize, name: &str) -> Option<i64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.clusters[c].admin_port);
-        metric(&self.http, &url, name).await
+        self.clusters[c].edge.metric(&self.http, name).await
     }
 
     /// Waits until every proxy of every cluster accepted its config.
@@ -337,15 +284,9 @@ impl World {
             "every proxy in every cluster is in sync",
             Duration::from_secs(60),
             async || {
-                for (c, cluster) in self.clusters.iter().enumerate() {
-                    let status = self.edge_status(c).await;
-                    let list = status["proxies"].as_array().cloned().unwrap_or_default();
+                for cluster in &self.clusters {
                     let expected = cluster.proxies.len() + usize::from(cluster.gateway.is_some());
-                    let ready = list.len() == expected
-                        && list
-                            .iter()
-                            .all(|p| p["inSync"] == true && p["connected"] == true);
-                    if !ready {
+                    if !cluster.edge.in_sync(&self.http, expected).await {
                         return false;
                     }
                 }
@@ -374,30 +315,12 @@ impl World {
     /// One request from the proxy at `port` to `host`: the status, and the
     /// answer (the instance and the headers it saw).
     async fn call(&self, port: u16, host: &str) -> (u16, Option<Value>) {
-        let request = self
-            .http
-            .get(format!("http://127.0.0.1:{port}/"))
-            .header("host", host);
-        match request.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.json::<Value>().await.ok())
-            }
-            Err(_) => (0, None),
-        }
+        call(&self.http, port, host, "/", &[]).await
     }
 
     /// Who answers `n` requests to `host`: instance → count.
     async fn answers(&self, port: u16, host: &str, n: usize) -> BTreeMap<String, usize> {
-        let mut seen = BTreeMap::new();
-        for _ in 0..n {
-            let who = match self.call(port, host).await {
-                (200, Some(body)) => body["instance"].as_str().unwrap_or("?").to_string(),
-                (status, _) => format!("status {status}"),
-            };
-            *seen.entry(who).or_default() += 1;
-        }
-        seen
+        answers(&self.http, port, host, "/", n).await
     }
 }
 
@@ -668,7 +591,7 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     tokio::time::sleep(Duration::from_secs(3)).await;
     // An edge restarts without the server: it serves its proxies from
     // disk, cross-cluster routes included.
-    world.clusters[EAST_A].edge.take().unwrap().stop();
+    world.clusters[EAST_A].edge.process.take().unwrap().stop();
     world.start_edge(EAST_A).await;
     world.until_in_sync().await;
     let seen = load.stop().await;

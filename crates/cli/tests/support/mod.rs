@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
