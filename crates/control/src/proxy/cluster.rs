@@ -31,16 +31,32 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::SystemRootCerts;
 
 use super::convert::{ads, duration, load_assignment, string_matcher, uint};
-use super::{Cluster, ExternalHost, LbPolicy, Mtls, SocketAddr};
+use super::{Cluster, ExternalHost, FixedHost, LbPolicy, Mtls, SocketAddr};
 
 impl Cluster {
     pub(super) fn to_xds(&self) -> XdsCluster {
+        let Cluster {
+            name,
+            fixed,
+            connect_timeout_ms,
+            lb_policy,
+            limits,
+            outlier_detection,
+            idle_timeout_ms,
+            max_requests_per_connection,
+            mtls,
+            passthrough,
+        } = self;
+        let external = match fixed {
+            Some(FixedHost::External(external)) => Some(external),
+            _ => None,
+        };
         // Upstream calls speak what the caller spoke: HTTP/1.1 stays HTTP/1.1,
         // h2c and gRPC stay HTTP/2.
         let protocol = HttpProtocolOptions {
             common_http_protocol_options: Some(CommonHttpOptions {
-                idle_timeout: self.idle_timeout_ms.map(duration),
-                max_requests_per_connection: self.max_requests_per_connection.map(uint),
+                idle_timeout: idle_timeout_ms.map(duration),
+                max_requests_per_connection: max_requests_per_connection.map(uint),
                 ..Default::default()
             }),
             upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
@@ -52,24 +68,24 @@ impl Cluster {
             )),
             ..Default::default()
         };
-        let (discovery, eds_cluster_config, load_assignment) = match (&self.local, &self.external) {
-            (Some(addr), _) => (
+        let (discovery, eds_cluster_config, load_assignment) = match fixed {
+            Some(FixedHost::Local(addr)) => (
                 DiscoveryType::Static,
                 None,
-                Some(load_assignment(&self.name, std::slice::from_ref(addr))),
+                Some(load_assignment(name, std::slice::from_ref(addr))),
             ),
-            (None, Some(external)) => (
+            Some(FixedHost::External(external)) => (
                 DiscoveryType::LogicalDns,
                 None,
                 Some(load_assignment(
-                    &self.name,
+                    name,
                     &[SocketAddr {
                         address: external.host.clone(),
                         port: external.port,
                     }],
                 )),
             ),
-            (None, None) => (
+            None => (
                 DiscoveryType::Eds,
                 Some(EdsClusterConfig {
                     eds_config: Some(ads()),
@@ -78,7 +94,7 @@ impl Cluster {
                 None,
             ),
         };
-        let circuit_breakers = self.limits.as_ref().map(|l| CircuitBreakers {
+        let circuit_breakers = limits.as_ref().map(|l| CircuitBreakers {
             thresholds: vec![Thresholds {
                 max_connections: l.max_connections.map(uint),
                 max_pending_requests: l.max_pending_requests.map(uint),
@@ -93,34 +109,31 @@ impl Cluster {
             }],
             ..Default::default()
         });
-        let outlier_detection = self
-            .outlier_detection
-            .as_ref()
-            .map(|o| XdsOutlierDetection {
-                consecutive_5xx: Some(uint(o.consecutive_5xx)),
-                interval: Some(duration(o.interval_ms)),
-                base_ejection_time: Some(duration(o.base_ejection_time_ms)),
-                max_ejection_percent: Some(uint(o.max_ejection_percent)),
-                ..Default::default()
-            });
-        let lb_policy = match self.lb_policy {
+        let outlier_detection = outlier_detection.as_ref().map(|o| XdsOutlierDetection {
+            consecutive_5xx: Some(uint(o.consecutive_5xx)),
+            interval: Some(duration(o.interval_ms)),
+            base_ejection_time: Some(duration(o.base_ejection_time_ms)),
+            max_ejection_percent: Some(uint(o.max_ejection_percent)),
+            ..Default::default()
+        });
+        let lb_policy = match lb_policy {
             LbPolicy::RoundRobin => XdsLbPolicy::RoundRobin,
             LbPolicy::LeastRequest => XdsLbPolicy::LeastRequest,
             LbPolicy::RingHash => XdsLbPolicy::RingHash,
             LbPolicy::Random => XdsLbPolicy::Random,
         };
         XdsCluster {
-            name: self.name.clone(),
+            name: name.clone(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
             eds_cluster_config,
             load_assignment,
-            connect_timeout: Some(duration(self.connect_timeout_ms)),
+            connect_timeout: Some(duration(*connect_timeout_ms)),
             lb_policy: lb_policy as i32,
             circuit_breakers,
             outlier_detection,
             // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches;
             // a passthrough cluster relays bytes.
-            typed_extension_protocol_options: if self.external.is_some() || self.passthrough {
+            typed_extension_protocol_options: if external.is_some() || *passthrough {
                 Default::default()
             } else {
                 [(
@@ -129,9 +142,9 @@ impl Cluster {
                 )]
                 .into()
             },
-            transport_socket: match &self.external {
+            transport_socket: match external {
                 Some(external) => external.tls.then(|| external.upstream_tls()),
-                None => self.mtls.as_ref().map(Mtls::upstream),
+                None => mtls.as_ref().map(Mtls::upstream),
             },
             ..Default::default()
         }

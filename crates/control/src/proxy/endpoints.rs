@@ -12,32 +12,35 @@ use super::convert::{load_assignment, socket, uint};
 
 impl Endpoints {
     pub(super) fn to_xds(&self) -> ClusterLoadAssignment {
-        let mut assignment = load_assignment(&self.cluster, &self.endpoints);
-        assignment
-            .endpoints
-            .extend(self.remote.iter().map(|remote| {
-                LocalityLbEndpoints {
-                    locality: Some(XdsLocality {
-                        region: remote.region.clone(),
-                        zone: remote.zone.clone(),
-                        sub_zone: remote.cluster.clone(),
-                    }),
-                    lb_endpoints: remote
-                        .gateways
-                        .iter()
-                        .map(|addr| LbEndpoint {
-                            host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
-                                address: Some(socket(addr)),
-                                ..Default::default()
-                            })),
-                            load_balancing_weight: Some(uint(remote.weight.max(1))),
+        let Endpoints {
+            cluster,
+            endpoints,
+            remote,
+        } = self;
+        let mut assignment = load_assignment(cluster, endpoints);
+        assignment.endpoints.extend(remote.iter().map(|remote| {
+            LocalityLbEndpoints {
+                locality: Some(XdsLocality {
+                    region: remote.region.clone(),
+                    zone: remote.zone.clone(),
+                    sub_zone: remote.cluster.clone(),
+                }),
+                lb_endpoints: remote
+                    .gateways
+                    .iter()
+                    .map(|addr| LbEndpoint {
+                        host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
+                            address: Some(socket(addr)),
                             ..Default::default()
-                        })
-                        .collect(),
-                    priority: remote.priority,
-                    ..Default::default()
-                }
-            }));
+                        })),
+                        load_balancing_weight: Some(uint(remote.weight.max(1))),
+                        ..Default::default()
+                    })
+                    .collect(),
+                priority: remote.priority,
+                ..Default::default()
+            }
+        }));
         assignment
     }
 }

@@ -48,7 +48,17 @@ pub(super) const JWT_FAILURE: &str = "failure";
 
 impl JwtProvider {
     pub(super) fn to_xds(&self) -> XdsJwtProvider {
-        let jwks = match &self.jwks {
+        // The name is the key of the provider map, set by the caller.
+        let JwtProvider {
+            name: _,
+            issuer,
+            audiences,
+            jwks,
+            clock_skew_s,
+            forward_claims,
+            forward_token,
+        } = self;
+        let jwks = match &jwks {
             Jwks::Inline(doc) => JwksSource::LocalJwks(DataSource {
                 specifier: Some(DataSpecifier::InlineString(doc.clone())),
                 ..Default::default()
@@ -76,14 +86,13 @@ impl JwtProvider {
             }),
         };
         XdsJwtProvider {
-            issuer: self.issuer.clone(),
-            audiences: self.audiences.clone(),
-            forward: self.forward_token,
+            issuer: issuer.clone(),
+            audiences: audiences.clone(),
+            forward: *forward_token,
             payload_in_metadata: JWT_PAYLOAD.into(),
             failed_status_in_metadata: JWT_FAILURE.into(),
-            clock_skew_seconds: self.clock_skew_s,
-            claim_to_headers: self
-                .forward_claims
+            clock_skew_seconds: *clock_skew_s,
+            claim_to_headers: forward_claims
                 .iter()
                 .map(|(claim, header)| JwtClaimToHeader {
                     header_name: header.clone(),

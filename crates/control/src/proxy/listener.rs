@@ -53,8 +53,16 @@ pub(super) fn access_log() -> AccessLog {
 
 impl Listener {
     pub(super) fn to_xds(&self) -> XdsListener {
+        let Listener {
+            name,
+            address,
+            route_table,
+            mtls,
+            authorize,
+            jwt,
+        } = self;
         let hcm = HttpConnectionManager {
-            stat_prefix: self.name.clone(),
+            stat_prefix: name.clone(),
             codec_type: CodecType::Auto as i32,
             // `Host: reviews:8080` routes like `Host: reviews`.
             strip_matching_host_port: false,
@@ -63,13 +71,12 @@ impl Listener {
             ),
             route_specifier: Some(RouteSpecifier::Rds(Rds {
                 config_source: Some(ads()),
-                route_config_name: self.route_table.clone(),
+                route_config_name: route_table.clone(),
             })),
-            http_filters: self
-                .jwt
+            http_filters: jwt
                 .iter()
                 .flat_map(JwtCheck::filters)
-                .chain(if self.authorize {
+                .chain(if *authorize {
                     authorization_filters()
                 } else {
                     Vec::new()
@@ -82,21 +89,21 @@ impl Listener {
             .collect(),
             // Every request the listener judges is logged with the verdict
             // and the caller (a refusal says which rule, or that none allowed).
-            access_log: if self.authorize {
+            access_log: if *authorize {
                 vec![access_log()]
             } else {
                 Vec::new()
             },
-            local_reply_config: self.jwt.as_ref().map(|_| JwtCheck::local_replies()),
+            local_reply_config: jwt.as_ref().map(|_| JwtCheck::local_replies()),
             // The app learns who called from `x-forwarded-client-cert`
             // (the caller's SPIFFE ID, checked by this listener's mTLS);
             // whatever the caller sent in that header is replaced.
-            forward_client_cert_details: if self.mtls.is_some() {
+            forward_client_cert_details: if mtls.is_some() {
                 ForwardClientCertDetails::SanitizeSet as i32
             } else {
                 ForwardClientCertDetails::Sanitize as i32
             },
-            set_current_client_cert_details: self.mtls.as_ref().map(|_| {
+            set_current_client_cert_details: mtls.as_ref().map(|_| {
                 SetCurrentClientCertDetails {
                     uri: true,
                     ..Default::default()
@@ -109,16 +116,16 @@ impl Listener {
             config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
         }];
         let mut listener = XdsListener {
-            name: self.name.clone(),
-            address: Some(socket(&self.address)),
+            name: name.clone(),
+            address: Some(socket(address)),
             filter_chains: vec![FilterChain {
                 filters: filters.clone(),
-                transport_socket: self.mtls.as_ref().map(Mtls::downstream),
+                transport_socket: mtls.as_ref().map(Mtls::downstream),
                 ..Default::default()
             }],
             ..Default::default()
         };
-        if self.mtls.as_ref().is_some_and(|m| m.permissive) {
+        if mtls.as_ref().is_some_and(|m| m.permissive) {
             // TLS connections get the mTLS chain; the TLS inspector tells
             // them apart, and the rest get a plaintext chain.
             listener.filter_chains[0].filter_chain_match = Some(FilterChainMatch {
@@ -149,8 +156,12 @@ pub(super) fn tls_inspector() -> ListenerFilter {
 
 impl SniListener {
     pub(super) fn to_xds(&self) -> XdsListener {
-        let filter_chains = self
-            .routes
+        let SniListener {
+            name,
+            address,
+            routes,
+        } = self;
+        let filter_chains = routes
             .iter()
             .map(|(sni, cluster)| FilterChain {
                 filter_chain_match: Some(FilterChainMatch {
@@ -170,8 +181,8 @@ impl SniListener {
             })
             .collect();
         XdsListener {
-            name: self.name.clone(),
-            address: Some(socket(&self.address)),
+            name: name.clone(),
+            address: Some(socket(address)),
             filter_chains,
             listener_filters: vec![tls_inspector()],
             ..Default::default()

@@ -62,9 +62,9 @@ pub struct SniListener {
 #[serde(rename_all = "camelCase")]
 pub struct Cluster {
     pub name: String,
-    /// Endpoints come over EDS; none: the fixed `local` address (the app).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local: Option<SocketAddr>,
+    /// Where its one host is; none: its endpoints come over EDS.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<FixedHost>,
     pub connect_timeout_ms: u64,
     pub lb_policy: LbPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,12 +78,19 @@ pub struct Cluster {
     /// Mutual TLS to the upstream; none: plaintext (the local app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<Mtls>,
-    /// A host outside the mesh, by DNS name (a token issuer's keys).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external: Option<ExternalHost>,
     /// Bytes are relayed as they come (TCP), not HTTP: a gateway's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub passthrough: bool,
+}
+
+/// The one host of a cluster whose endpoints do not come over EDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FixedHost {
+    /// An address on this host (the app behind its sidecar).
+    Local(SocketAddr),
+    /// A host outside the mesh, by DNS name (a token issuer's keys).
+    External(ExternalHost),
 }
 
 /// A host outside the mesh. With `tls`, its certificate must chain to

@@ -36,19 +36,20 @@ use super::{
 
 impl HeaderCondition {
     pub(super) fn to_xds(&self) -> HeaderMatcher {
+        let HeaderCondition { name, test } = self;
         let string = |pattern| {
             HeaderMatchSpecifier::StringMatch(StringMatcher {
                 match_pattern: Some(pattern),
                 ignore_case: false,
             })
         };
-        let (specifier, invert_match) = match &self.test {
+        let (specifier, invert_match) = match &test {
             HeaderTest::Exact(v) => (string(MatchPattern::Exact(v.clone())), false),
             HeaderTest::Prefix(v) => (string(MatchPattern::Prefix(v.clone())), false),
             HeaderTest::Present(present) => (HeaderMatchSpecifier::PresentMatch(true), !present),
         };
         HeaderMatcher {
-            name: self.name.clone(),
+            name: name.clone(),
             invert_match,
             header_match_specifier: Some(specifier),
             ..Default::default()
@@ -58,13 +59,18 @@ impl HeaderCondition {
 
 impl Forward {
     pub(super) fn to_xds(&self) -> RouteAction {
-        let cluster_specifier = if self.clusters.len() == 1 {
-            let name = self.clusters.keys().next().cloned().unwrap_or_default();
+        let Forward {
+            clusters,
+            timeout_ms,
+            retries,
+            hash_on,
+        } = self;
+        let cluster_specifier = if clusters.len() == 1 {
+            let name = clusters.keys().next().cloned().unwrap_or_default();
             ClusterSpecifier::Cluster(name)
         } else {
             ClusterSpecifier::WeightedClusters(WeightedCluster {
-                clusters: self
-                    .clusters
+                clusters: clusters
                     .iter()
                     .map(|(name, weight)| ClusterWeight {
                         name: name.clone(),
@@ -73,14 +79,13 @@ impl Forward {
                     })
                     .collect(),
                 // A sticky client also keeps its side of a split.
-                random_value_specifier: self
-                    .hash_on
+                random_value_specifier: hash_on
                     .as_ref()
                     .map(|_| RandomValueSpecifier::UseHashPolicy(BoolValue { value: true })),
                 ..Default::default()
             })
         };
-        let retry_policy = self.retries.as_ref().map(|r| RetryPolicy {
+        let retry_policy = retries.as_ref().map(|r| RetryPolicy {
             retry_on: r.retry_on.clone(),
             num_retries: Some(uint(r.attempts)),
             per_try_timeout: r.per_try_timeout_ms.map(duration),
@@ -104,8 +109,7 @@ impl Forward {
             }),
             ..Default::default()
         });
-        let hash_policy = self
-            .hash_on
+        let hash_policy = hash_on
             .iter()
             .map(|h| HashPolicy {
                 policy_specifier: Some(match h {
@@ -125,7 +129,7 @@ impl Forward {
             .collect();
         RouteAction {
             cluster_specifier: Some(cluster_specifier),
-            timeout: self.timeout_ms.map(duration),
+            timeout: timeout_ms.map(duration),
             retry_policy,
             hash_policy,
             ..Default::default()
@@ -135,14 +139,19 @@ impl Forward {
 
 impl RouteMatch {
     pub(super) fn to_xds(&self) -> XdsRouteMatch {
-        let path_specifier = match (&self.path, &self.prefix) {
+        let RouteMatch {
+            path,
+            prefix,
+            headers,
+        } = self;
+        let path_specifier = match (&path, &prefix) {
             (Some(path), _) => PathSpecifier::Path(path.clone()),
             (None, Some(prefix)) => PathSpecifier::Prefix(prefix.clone()),
             (None, None) => PathSpecifier::Prefix("/".into()),
         };
         XdsRouteMatch {
             path_specifier: Some(path_specifier),
-            headers: self.headers.iter().map(HeaderCondition::to_xds).collect(),
+            headers: headers.iter().map(HeaderCondition::to_xds).collect(),
             ..Default::default()
         }
     }
@@ -150,7 +159,8 @@ impl RouteMatch {
 
 impl Route {
     pub(super) fn to_xds(&self) -> XdsRoute {
-        let action = match &self.action {
+        let Route { matcher, action } = self;
+        let action = match &action {
             Action::Forward(forward) => XdsAction::Route(forward.to_xds()),
             Action::DirectResponse { status, body } => {
                 XdsAction::DirectResponse(DirectResponseAction {
@@ -164,7 +174,7 @@ impl Route {
             }
         };
         XdsRoute {
-            r#match: Some(self.matcher.to_xds()),
+            r#match: Some(matcher.to_xds()),
             action: Some(action),
             ..Default::default()
         }
@@ -173,10 +183,13 @@ impl Route {
 
 impl RouteTable {
     pub(super) fn to_xds(&self) -> RouteConfiguration {
+        let RouteTable {
+            name,
+            virtual_hosts,
+        } = self;
         RouteConfiguration {
-            name: self.name.clone(),
-            virtual_hosts: self
-                .virtual_hosts
+            name: name.clone(),
+            virtual_hosts: virtual_hosts
                 .iter()
                 .map(|vh| XdsVirtualHost {
                     name: vh.name.clone(),

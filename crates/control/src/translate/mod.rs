@@ -27,7 +27,7 @@ use weft_api::edge::ConfigError;
 
 use crate::directory::Directory;
 use crate::proxy::{
-    Action, Cluster, Endpoints, Forward, Listener, Mtls, ProxyConfig, Route, RouteMatch,
+    Action, Cluster, Endpoints, FixedHost, Forward, Listener, Mtls, ProxyConfig, Route, RouteMatch,
     RouteTable, SocketAddr, VirtualHost,
 };
 use crate::workload::{Role, Workload};
@@ -270,10 +270,10 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         if let Some(app_port) = w.app_port {
             let own = &mut proxy.own;
             own.clusters.push(Cluster {
-                local: Some(SocketAddr {
+                fixed: Some(FixedHost::Local(SocketAddr {
                     address: "127.0.0.1".into(),
                     port: app_port,
-                }),
+                })),
                 ..single_host_cluster(LOCAL_APP)
             });
             let key = ServiceKey {

@@ -23,7 +23,7 @@ pub(super) fn parse_duration(value: &Option<String>) -> Option<Duration> {
 pub(super) fn single_host_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_string(),
-        local: None,
+        fixed: None,
         connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
         lb_policy: LbPolicy::RoundRobin,
         limits: None,
@@ -31,7 +31,6 @@ pub(super) fn single_host_cluster(name: &str) -> Cluster {
         idle_timeout_ms: None,
         max_requests_per_connection: None,
         mtls: None,
-        external: None,
         passthrough: false,
     }
 }
@@ -80,7 +79,7 @@ impl ServicePlan<'_> {
         let pool = policy.connection_pool.as_ref();
         Cluster {
             name: name.to_string(),
-            local: None,
+            fixed: None,
             connect_timeout_ms: millis(
                 pool.and_then(|p| parse_duration(&p.connect_timeout))
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
@@ -93,7 +92,6 @@ impl ServicePlan<'_> {
                 .map(millis),
             max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
             mtls: self.mtls.clone(),
-            external: None,
             passthrough: false,
         }
     }

@@ -15,7 +15,8 @@ use super::{
     routing::request_match,
 };
 use crate::proxy::{
-    AccessRule, Authorization, CallerId, Cluster, ExternalHost, Jwks, JwtCheck, JwtProvider,
+    AccessRule, Authorization, CallerId, Cluster, ExternalHost, FixedHost, Jwks, JwtCheck,
+    JwtProvider,
 };
 
 impl Config {
@@ -102,11 +103,11 @@ impl Config {
                     let cluster = format!("jwks|{}:{}", location.host, location.port);
                     if !clusters.iter().any(|c: &Cluster| c.name == cluster) {
                         clusters.push(Cluster {
-                            external: Some(ExternalHost {
+                            fixed: Some(FixedHost::External(ExternalHost {
                                 host: location.host,
                                 port: location.port,
                                 tls: location.tls,
-                            }),
+                            })),
                             ..single_host_cluster(&cluster)
                         });
                     }
