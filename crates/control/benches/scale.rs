@@ -596,6 +596,8 @@ async fn live(
     let translation = translate(&config, &workloads, &directory);
     let nodes = publish_into(&cache, publisher.publish(&translation));
     let build = started.elapsed();
+    // The edge drops each translation once published.
+    drop(translation);
     let rss_built = rss();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
