@@ -211,6 +211,13 @@ impl Config {
         workspace: &str,
         key: &ServiceKey,
     ) -> [Vec<&'s S>; 3] {
+        // Only the workspace's own settings and its groups' can apply:
+        // the groups of a workspace sit under its path.
+        let under = format!("{workspace}/");
+        let settings: Vec<&S> = settings
+            .iter()
+            .filter(|s| s.parent() == workspace || s.parent().starts_with(&under))
+            .collect();
         let attached = |s: &S| {
             s.parent() == workspace
                 || groups
@@ -224,14 +231,17 @@ impl Config {
         [
             settings
                 .iter()
+                .copied()
                 .filter(|s| s.parent() == workspace && s.service().is_none())
                 .collect(),
             settings
                 .iter()
+                .copied()
                 .filter(|s| s.parent() != workspace && s.service().is_none() && attached(s))
                 .collect(),
             settings
                 .iter()
+                .copied()
                 .filter(|s| names_service(s) && attached(s))
                 .collect(),
         ]
