@@ -11,6 +11,11 @@
 //! own. Prints figures; asserts nothing.
 //!
 //! cargo bench -p weft-control --bench scale [-- SECTION]
+//!
+//! `WEFT_BENCH_CONNECTED=N` connects N lightweight proxies in the live
+//! sections; `WEFT_BENCH_FIRST_SYNC_ONLY=1` stops them once every proxy
+//! has its first configuration (to take a heap profile of the edge then,
+//! for example with `heaptrack`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -658,6 +663,10 @@ async fn live(
         mib(rss()),
     );
 
+    if std::env::var_os("WEFT_BENCH_FIRST_SYNC_ONLY").is_some() {
+        // For a heap profile of the edge with every proxy connected.
+        return;
+    }
     let push = |what: &str, took: Duration, acked: Duration, updated: usize, sent: [u64; 5]| {
         let by_type: Vec<String> = ResourceType::ALL
             .into_iter()
