@@ -597,6 +597,9 @@ async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<b
     }
     let mut parsed: Option<(String, Config)> = None;
     let mut publisher = Publisher::new();
+    // Proxies that left the registry while a stream of theirs was still
+    // open: their snapshots go once the stream closes.
+    let mut leaving: std::collections::BTreeSet<String> = Default::default();
     loop {
         changes.borrow_and_update();
         let config = edge.config_tx.borrow().clone();
@@ -621,9 +624,9 @@ async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch::Receiver<b
             let outcome = publisher.publish(&translation);
             let mut errors = translation.errors;
             // Proxies that left the registry: drop what was kept for them.
-            for node in &outcome.removed {
-                edge.cache.remove(node);
-            }
+            leaving.extend(outcome.removed.iter().cloned());
+            leaving
+                .retain(|node| !translation.proxies.contains_key(node) && !edge.cache.remove(node));
             edge.ca
                 .retain_nodes(|node| translation.proxies.contains_key(node));
             let mut largest = 0;
