@@ -367,11 +367,11 @@ impl LayerBuilder {
             .collect();
         needs.sort();
         needs.dedup();
-        let versions = ResourceType::ALL
+        let versions: BTreeMap<ResourceType, String> = ResourceType::ALL
             .into_iter()
             .map(|t| (t, digest(resources.get(&t))))
             .collect();
-        let changes = previous.map(|previous| changes_between(previous, &resources));
+        let changes = previous.map(|previous| changes_between(previous, &resources, &versions));
         Layer {
             id: LAYER_IDS.fetch_add(1, Ordering::Relaxed),
             resources,
@@ -397,6 +397,7 @@ fn digest(map: Option<&BTreeMap<String, Arc<Entry>>>) -> String {
 fn changes_between(
     previous: &Layer,
     resources: &BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
+    versions: &BTreeMap<ResourceType, String>,
 ) -> Changes {
     let mut changes = Changes {
         from: previous.id,
@@ -404,7 +405,7 @@ fn changes_between(
     };
     for t in ResourceType::ALL {
         let (old, new) = (previous.resources(t), resources.get(&t));
-        if previous.version(t) == digest(new).as_str() {
+        if versions.get(&t).map(String::as_str) == Some(previous.version(t)) {
             continue;
         }
         let updated: Vec<String> = new

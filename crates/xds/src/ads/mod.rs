@@ -12,7 +12,7 @@
 //! is recorded and the refused config is not sent again; every first delta
 //! request of a type gets an answer, even an empty one.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
@@ -33,7 +33,12 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
-use crate::snapshot::{Entry, Layer, ResourceType, Snapshot};
+mod delta;
+mod sotw;
+
+use crate::snapshot::{ResourceType, Snapshot};
+use delta::Delta;
+use sotw::Sotw;
 
 /// Decides which proxies may connect and hears when they leave: the
 /// edge's workload registry. Without one, every proxy is admitted.
@@ -110,10 +115,7 @@ impl AdsServer {
     ) -> Response<ReceiverStream<Result<DiscoveryResponse, Status>>> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
-        let protocol = Sotw {
-            tx,
-            types: BTreeMap::new(),
-        };
+        let protocol = Sotw::new(tx);
         tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
         Response::new(ReceiverStream::new(rx))
     }
@@ -124,10 +126,7 @@ impl AdsServer {
     ) -> Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
-        let protocol = Delta {
-            tx,
-            types: BTreeMap::new(),
-        };
+        let protocol = Delta::new(tx);
         tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
         Response::new(ReceiverStream::new(rx))
     }
@@ -194,10 +193,6 @@ struct Closed;
 /// How long a push waits for the proxy to confirm what it depends on
 /// before it goes out anyway (with a warning).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// About how many bytes of resources one delta response carries (64 KiB); a larger
-/// update goes in several.
-const RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Responses a stream queues before its session waits for the proxy to
 /// take them: little, so memory follows what proxies consume.
@@ -528,12 +523,6 @@ impl Subscription {
     }
 }
 
-/// State of the world: every response carries the whole set of a type.
-struct Sotw {
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    types: BTreeMap<ResourceType, SotwType>,
-}
-
 /// Where one type stands with the proxy, in either protocol.
 #[derive(Debug, Default)]
 struct Progress {
@@ -558,439 +547,4 @@ fn served_type(type_url: &str, node: &str) -> Option<ResourceType> {
         tracing::debug!(node, type_url, "request for a type weft does not serve");
     }
     t
-}
-
-#[derive(Default)]
-struct SotwType {
-    progress: Progress,
-    /// What the last response carried (None before the first).
-    sent: Option<BTreeMap<String, Arc<Entry>>>,
-}
-
-impl Protocol for Sotw {
-    type Request = DiscoveryRequest;
-    const ANSWERS_WITHOUT_SNAPSHOT: bool = false;
-
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
-
-    fn on_request(
-        &mut self,
-        request: DiscoveryRequest,
-        node: &str,
-        cache: &SnapshotCache,
-    ) -> Option<ResourceType> {
-        let t = served_type(&request.type_url, node)?;
-        let state = self.types.entry(t).or_default();
-        if !request.response_nonce.is_empty() && request.response_nonce != state.progress.nonce {
-            return None; // stale: answers a response that has been superseded
-        }
-        if let Some(error) = request.error_detail {
-            cache.record_nack(node, t, state.progress.sent_version.clone(), error.message);
-            return None;
-        }
-        if !request.response_nonce.is_empty() {
-            state.progress.acked_nonce = request.response_nonce.clone();
-            cache.record_ack(node, t, request.version_info.clone());
-        }
-        let names: BTreeSet<String> = request
-            .resource_names
-            .into_iter()
-            .filter(|n| n != "*")
-            .collect();
-        let subscription = Subscription {
-            wildcard: names.is_empty() && t.wildcard_by_default(),
-            names,
-        };
-        let changed =
-            state.sent.is_none() || subscription.names != state.progress.subscription.names;
-        state.progress.subscription = subscription;
-        // Resend only when the proxy asks for something new; the snapshot
-        // watch sends updates.
-        changed.then_some(t)
-    }
-
-    async fn push(
-        &mut self,
-        t: ResourceType,
-        snapshot: &Snapshot,
-        removals: bool,
-        nonce: String,
-    ) -> Result<Option<Sent>, Closed> {
-        let Some(state) = self.types.get_mut(&t) else {
-            return Ok(None);
-        };
-        let mut payload: BTreeMap<String, Arc<Entry>> = snapshot
-            .entries(t)
-            .filter(|(name, _)| state.progress.subscription.wants(name))
-            .map(|(name, entry)| (name.clone(), entry.clone()))
-            .collect();
-        let mut version = snapshot.version(t);
-        if !removals {
-            // A SotW response is the whole set: leaving a resource out removes
-            // it. Keep what is going away until the second phase.
-            let previous = state.sent.iter().flatten();
-            let held: Vec<(String, Arc<Entry>)> = previous
-                .filter(|(name, _)| {
-                    !payload.contains_key(*name) && state.progress.subscription.wants(name)
-                })
-                .map(|(name, entry)| (name.clone(), entry.clone()))
-                .collect();
-            if !held.is_empty() {
-                version.push_str("-before-removals");
-                payload.extend(held);
-            }
-        }
-        let versions = |m: &BTreeMap<String, Arc<Entry>>| -> Vec<(String, String)> {
-            m.iter()
-                .map(|(n, e)| (n.clone(), e.version.to_string()))
-                .collect()
-        };
-        if state.sent.as_ref().map(versions) == Some(versions(&payload)) {
-            return Ok(None);
-        }
-        let changed = payload
-            .iter()
-            .filter(|(name, entry)| {
-                state
-                    .sent
-                    .as_ref()
-                    .and_then(|sent| sent.get(*name))
-                    .is_none_or(|held| held.version != entry.version)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        let response = DiscoveryResponse {
-            version_info: version,
-            resources: payload.values().map(|e| e.any.clone()).collect(),
-            type_url: t.type_url(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
-        state.progress.nonce = nonce;
-        state.sent = Some(payload);
-        state.progress.sent_version = response.version_info.clone();
-        let count = response.resources.len();
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        Ok(Some(Sent { count, changed }))
-    }
-
-    fn forget(&mut self, t: ResourceType, names: &[&str]) {
-        if let Some(sent) = self.types.get_mut(&t).and_then(|s| s.sent.as_mut()) {
-            for name in names {
-                sent.remove(*name);
-            }
-        }
-    }
-
-    async fn refuse(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
-    }
-
-    fn progress(&self, t: ResourceType) -> Option<&Progress> {
-        self.types.get(&t).map(|s| &s.progress)
-    }
-
-    fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
-        let sent = self.types.get(&t)?.sent.as_ref()?;
-        sent.get(name).map(|e| &*e.version)
-    }
-}
-
-fn resource(entry: &Entry) -> Resource {
-    Resource {
-        name: entry.name.to_string(),
-        version: entry.version.to_string(),
-        resource: Some(entry.any.clone()),
-        ..Default::default()
-    }
-}
-
-/// Delta: responses carry only what changed, and what was removed.
-struct Delta {
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    types: BTreeMap<ResourceType, DeltaType>,
-}
-
-#[derive(Default)]
-struct DeltaType {
-    progress: Progress,
-    /// What the proxy has: name → version.
-    known: BTreeMap<Arc<str>, Arc<str>>,
-    answered: bool,
-    /// The layers `known` last matched (as filtered by the subscription),
-    /// so the next push looks only at what changed since; none: compare
-    /// everything.
-    synced: Option<Synced>,
-    /// Names whose `known` entry changed since `synced` (forgotten to be
-    /// sent again).
-    touched: BTreeSet<String>,
-    /// Nonces of the earlier responses of the latest push, when it was
-    /// sent in parts.
-    parts: Vec<String>,
-}
-
-/// The layers a proxy's resources of one type last matched.
-struct Synced {
-    own: Arc<Layer>,
-    shared: u64,
-}
-
-impl DeltaType {
-    /// The names a push must look at: those that changed since the layers
-    /// it last matched, or None when it must compare everything.
-    fn candidates(&self, t: ResourceType, snapshot: &Snapshot) -> Option<BTreeSet<String>> {
-        let synced = self.synced.as_ref()?;
-        let shared = snapshot.shared();
-        let mut names = self.touched.clone();
-        if synced.shared != shared.id() {
-            let changes = shared.changes().filter(|c| c.from == synced.shared)?;
-            names.extend(changes.names(t).cloned());
-        }
-        if !Arc::ptr_eq(&synced.own, snapshot.own()) {
-            names.extend(synced.own.resources(t).keys().cloned());
-            names.extend(snapshot.own().resources(t).keys().cloned());
-        }
-        Some(names)
-    }
-
-    /// Whether the proxy holds exactly what `snapshot` has for it.
-    fn in_step_with(&self, snapshot: &Snapshot) -> bool {
-        self.touched.is_empty()
-            && self.synced.as_ref().is_some_and(|s| {
-                s.shared == snapshot.shared().id() && Arc::ptr_eq(&s.own, snapshot.own())
-            })
-    }
-}
-
-impl Protocol for Delta {
-    type Request = DeltaDiscoveryRequest;
-    const ANSWERS_WITHOUT_SNAPSHOT: bool = true;
-
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
-
-    fn on_request(
-        &mut self,
-        request: DeltaDiscoveryRequest,
-        node: &str,
-        cache: &SnapshotCache,
-    ) -> Option<ResourceType> {
-        let t = served_type(&request.type_url, node)?;
-        let state = self.types.entry(t).or_default();
-        let first = !state.answered;
-        if first {
-            // A reconnecting proxy says what it has; with content-hash
-            // versions, nothing it has needs sending again.
-            state.known = request
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| (name.into(), version.into()))
-                .collect();
-            state.progress.subscription.wildcard =
-                t.wildcard_by_default() && request.resource_names_subscribe.is_empty();
-        }
-        let answers_latest =
-            !request.response_nonce.is_empty() && request.response_nonce == state.progress.nonce;
-        // A refusal of an earlier part of the latest push counts too.
-        let refuses_a_part =
-            request.error_detail.is_some() && state.parts.contains(&request.response_nonce);
-        if answers_latest || refuses_a_part {
-            match request.error_detail {
-                Some(error) => {
-                    cache.record_nack(node, t, state.progress.sent_version.clone(), error.message)
-                }
-                None => {
-                    state.progress.acked_nonce = request.response_nonce.clone();
-                    cache.record_ack(node, t, state.progress.sent_version.clone());
-                }
-            }
-        }
-        let mut changed = false;
-        if !request.resource_names_subscribe.is_empty()
-            || !request.resource_names_unsubscribe.is_empty()
-        {
-            // What the proxy wants moved: compare everything next time.
-            state.synced = None;
-        }
-        for name in request.resource_names_subscribe {
-            if name == "*" {
-                changed |= !state.progress.subscription.wildcard;
-                state.progress.subscription.wildcard = true;
-            } else {
-                changed |= state.progress.subscription.names.insert(name);
-            }
-        }
-        for name in request.resource_names_unsubscribe {
-            if name == "*" {
-                state.progress.subscription.wildcard = false;
-            } else {
-                state.progress.subscription.names.remove(&name);
-                state.known.remove(name.as_str());
-            }
-        }
-        (first || changed).then_some(t)
-    }
-
-    async fn push(
-        &mut self,
-        t: ResourceType,
-        snapshot: &Snapshot,
-        removals: bool,
-        nonce: String,
-    ) -> Result<Option<Sent>, Closed> {
-        let Some(state) = self.types.get_mut(&t) else {
-            return Ok(None);
-        };
-        let wanted = |name: &str| state.progress.subscription.wants(name);
-        let (updated, removed): (Vec<Arc<Entry>>, Vec<String>) = match state.candidates(t, snapshot)
-        {
-            // Only what changed since the layers the proxy last matched.
-            Some(names) => {
-                let mut updated = Vec::new();
-                let mut removed = Vec::new();
-                for name in names {
-                    let held = state.known.get(name.as_str());
-                    match snapshot.get(t, &name).filter(|_| wanted(&name)) {
-                        Some(entry) if held != Some(&entry.version) => updated.push(entry.clone()),
-                        Some(_) => {}
-                        None if removals && held.is_some() => removed.push(name),
-                        None => {}
-                    }
-                }
-                (updated, removed)
-            }
-            None => {
-                let updated = snapshot
-                    .entries(t)
-                    .filter(|(name, entry)| {
-                        wanted(name) && state.known.get(name.as_str()) != Some(&entry.version)
-                    })
-                    .map(|(_, entry)| entry.clone())
-                    .collect();
-                let removed = if removals {
-                    state
-                        .known
-                        .keys()
-                        .filter(|name| snapshot.get(t, name).is_none() || !wanted(name))
-                        .map(|name| name.to_string())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                (updated, removed)
-            }
-        };
-        if removals {
-            state.synced = Some(Synced {
-                own: snapshot.own().clone(),
-                shared: snapshot.shared().id(),
-            });
-            state.touched.clear();
-        }
-        // The last step of an update also answers when only the version
-        // moved (a proxy that reconnected before its snapshot already held
-        // all of it), so its ACK records the version it runs.
-        let must_answer =
-            !state.answered || (removals && state.progress.sent_version != snapshot.version(t));
-        if updated.is_empty() && removed.is_empty() && !must_answer {
-            return Ok(None);
-        }
-        for entry in &updated {
-            state
-                .known
-                .insert(entry.name.clone(), entry.version.clone());
-        }
-        for name in &removed {
-            state.known.remove(name.as_str());
-        }
-        let version = snapshot.version(t);
-        let count = updated.len();
-        let changed: Vec<String> = updated.iter().map(|e| e.name.to_string()).collect();
-        // A large update goes in parts of about RESPONSE_BYTES, so no
-        // stream holds a whole configuration in its buffers at once; the
-        // removals ride with the last part.
-        let mut parts: Vec<Vec<Resource>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for resource in updated.iter().map(|e| resource(e)) {
-            let size = resource.resource.as_ref().map_or(0, |a| a.value.len());
-            if bytes + size > RESPONSE_BYTES && !parts.last().is_some_and(Vec::is_empty) {
-                parts.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += size;
-            if let Some(part) = parts.last_mut() {
-                part.push(resource);
-            }
-        }
-        let last = parts.len() - 1;
-        state.parts.clear();
-        let mut removed = Some(removed);
-        for (i, resources) in parts.into_iter().enumerate() {
-            let nonce = if i == last {
-                nonce.clone()
-            } else {
-                format!("{nonce}.{i}")
-            };
-            if i != last {
-                state.parts.push(nonce.clone());
-            }
-            let response = DeltaDiscoveryResponse {
-                system_version_info: version.clone(),
-                resources,
-                type_url: t.type_url(),
-                removed_resources: if i == last {
-                    removed.take().unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
-                nonce,
-                ..Default::default()
-            };
-            self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        }
-        state.progress.nonce = nonce;
-        state.answered = true;
-        state.progress.sent_version = version;
-        Ok(Some(Sent { count, changed }))
-    }
-
-    fn forget(&mut self, t: ResourceType, names: &[&str]) {
-        if let Some(state) = self.types.get_mut(&t) {
-            for name in names {
-                state.known.remove(*name);
-                state.touched.insert(name.to_string());
-            }
-        }
-    }
-
-    fn has_work(&self, t: ResourceType, snapshot: &Snapshot, removals: bool) -> bool {
-        let Some(state) = self.types.get(&t) else {
-            return false;
-        };
-        if !state.answered || (removals && state.progress.sent_version != snapshot.version(t)) {
-            return true;
-        }
-        if state.in_step_with(snapshot) {
-            return false;
-        }
-        // What changed since the layers the proxy matched; unknown: all.
-        state
-            .candidates(t, snapshot)
-            .is_none_or(|names| !names.is_empty())
-    }
-
-    async fn refuse(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
-    }
-
-    fn progress(&self, t: ResourceType) -> Option<&Progress> {
-        self.types.get(&t).map(|s| &s.progress)
-    }
-
-    fn held_version(&self, t: ResourceType, name: &str) -> Option<&str> {
-        self.types.get(&t)?.known.get(name).map(|v| &**v)
-    }
 }
