@@ -13,9 +13,9 @@
 //! cargo bench -p weft-control --bench scale [-- SECTION]
 //!
 //! `WEFT_BENCH_CONNECTED=N` connects N lightweight proxies in the live
-//! sections; `WEFT_BENCH_FIRST_SYNC_ONLY=1` stops them once every proxy
-//! has its first configuration (to take a heap profile of the edge then,
-//! for example with `heaptrack`).
+//! sections; `WEFT_BENCH_FIRST_SYNC_ONLY=1` ends the process once every
+//! proxy has its first configuration, without freeing anything, so a heap
+//! profiler (`heaptrack`) reports what the edge holds then as "leaked".
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -625,14 +625,14 @@ async fn live(
         .collect();
     let list = tempfile::NamedTempFile::new().expect("a temporary file");
     std::fs::write(list.path(), connected.join("\n")).expect("the node list");
-    let _clients = Child(
+    let mut clients = Child(
         std::process::Command::new(std::env::current_exe().expect("the benchmark's own path"))
             .args(["clients", &port.to_string()])
             .arg(list.path())
             .spawn()
             .expect("the clients' process starts"),
     );
-    let _envoys: Vec<Envoy> = match &envoy {
+    let mut envoys: Vec<Envoy> = match &envoy {
         Some(binary) => (0..envoy_ports.len())
             .map(|n| start_envoy(binary, &format!("envoy-{n}"), port))
             .collect(),
@@ -664,8 +664,13 @@ async fn live(
     );
 
     if std::env::var_os("WEFT_BENCH_FIRST_SYNC_ONLY").is_some() {
-        // For a heap profile of the edge with every proxy connected.
-        return;
+        // For a heap profile of the edge with every proxy connected: the
+        // proxies go first, the edge ends before it frees anything.
+        let _ = clients.0.kill();
+        for envoy in &mut envoys {
+            let _ = envoy.0.kill();
+        }
+        std::process::exit(0);
     }
     let push = |what: &str, took: Duration, acked: Duration, updated: usize, sent: [u64; 5]| {
         let by_type: Vec<String> = ResourceType::ALL

@@ -10,6 +10,7 @@
 
 pub mod ads;
 pub mod cache;
+pub mod json;
 pub mod snapshot;
 
 pub use ads::{Admission, AdsServer};

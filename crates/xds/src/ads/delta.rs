@@ -17,9 +17,12 @@ use crate::snapshot::{Entry, Layer, ResourceType, Snapshot};
 
 use super::{Closed, Progress, Protocol, Sent, served_type};
 
-/// About how many bytes of resources one delta response carries (64 KiB); a larger
-/// update goes in several.
-pub(super) const RESPONSE_BYTES: usize = 64 * 1024;
+/// About how many bytes of resources one delta response carries; a larger
+/// update goes in several. Small, because a stream keeps an encode buffer
+/// as large as its largest response for as long as it lives (see
+/// [`super::grpc`]); the parts go out back to back, so their number costs
+/// little.
+pub(super) const RESPONSE_BYTES: usize = 16 * 1024;
 
 pub(super) fn resource(entry: &Entry) -> Resource {
     Resource {
@@ -32,12 +35,12 @@ pub(super) fn resource(entry: &Entry) -> Resource {
 
 /// Delta: responses carry only what changed, and what was removed.
 pub(super) struct Delta {
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Box<DeltaDiscoveryResponse>, Status>>,
     types: BTreeMap<ResourceType, DeltaType>,
 }
 
 impl Delta {
-    pub(super) fn new(tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Delta {
+    pub(super) fn new(tx: mpsc::Sender<Result<Box<DeltaDiscoveryResponse>, Status>>) -> Delta {
         Delta {
             tx,
             types: BTreeMap::new(),
@@ -48,8 +51,8 @@ impl Delta {
 #[derive(Default)]
 pub(super) struct DeltaType {
     progress: Progress,
-    /// What the proxy has: name → version.
-    known: BTreeMap<Arc<str>, Arc<str>>,
+    /// What the proxy has.
+    known: Known,
     answered: bool,
     /// The layers `known` last matched (as filtered by the subscription),
     /// so the next push looks only at what changed since; none: compare
@@ -61,6 +64,57 @@ pub(super) struct DeltaType {
     /// Nonces of the earlier responses of the latest push, when it was
     /// sent in parts.
     parts: Vec<String>,
+}
+
+/// What a proxy has of one type: name → version, sorted by name.
+///
+/// A flat list rather than a tree: every stream keeps one per type for as
+/// long as it lives, and resources mostly arrive in name order (a first
+/// sync appends), so it stays about half the size of a `BTreeMap`.
+#[derive(Default)]
+struct Known(Vec<(Arc<str>, Arc<str>)>);
+
+impl Known {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<str>> {
+        self.position(name).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, name: Arc<str>, version: Arc<str>) {
+        match self.position(&name) {
+            Ok(i) => self.0[i].1 = version,
+            Err(i) => self.0.insert(i, (name, version)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.position(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().map(|(name, _)| name)
+    }
+
+    /// Gives back what a burst of changes left unused.
+    fn settle(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 4 + 8 {
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
+impl FromIterator<(Arc<str>, Arc<str>)> for Known {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, Arc<str>)>>(held: I) -> Known {
+        let mut known: Vec<_> = held.into_iter().collect();
+        known.sort_by(|a, b| a.0.cmp(&b.0));
+        known.dedup_by(|a, b| a.0 == b.0);
+        Known(known)
+    }
 }
 
 /// The layers a proxy's resources of one type last matched.
@@ -205,7 +259,7 @@ impl Protocol for Delta {
                 let removed = if removals {
                     state
                         .known
-                        .keys()
+                        .names()
                         .filter(|name| snapshot.get(t, name).is_none() || !wanted(name))
                         .map(|name| name.to_string())
                         .collect()
@@ -238,6 +292,7 @@ impl Protocol for Delta {
         for name in &removed {
             state.known.remove(name.as_str());
         }
+        state.known.settle();
         let version = snapshot.version(t);
         let count = updated.len();
         let changed: Vec<String> = updated.iter().map(|e| e.name.to_string()).collect();
@@ -281,7 +336,10 @@ impl Protocol for Delta {
                 nonce,
                 ..Default::default()
             };
-            self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+            self.tx
+                .send(Ok(Box::new(response)))
+                .await
+                .map_err(|_| Closed)?;
         }
         state.progress.nonce = nonce;
         state.answered = true;
@@ -292,7 +350,7 @@ impl Protocol for Delta {
     fn forget(&mut self, t: ResourceType, names: &[&str]) {
         if let Some(state) = self.types.get_mut(&t) {
             for name in names {
-                state.known.remove(*name);
+                state.known.remove(name);
                 state.touched.insert(name.to_string());
             }
         }

@@ -17,27 +17,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
-    SecretDiscoveryService, SecretDiscoveryServiceServer,
-};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Extensions;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 mod delta;
+mod grpc;
 mod sotw;
 
 use crate::snapshot::{ResourceType, Snapshot};
 use delta::Delta;
+use grpc::Responses;
+pub use grpc::{AdsService, SdsService};
 use sotw::Sotw;
 
 /// Decides which proxies may connect and hears when they leave: the
@@ -103,87 +99,41 @@ impl AdsServer {
     }
 
     /// The gRPC service to add to a tonic server.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }
 
 impl AdsServer {
+    /// Starts a state-of-the-world session; its responses come out of
+    /// the receiver.
     fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Response<ReceiverStream<Result<DiscoveryResponse, Status>>> {
+    ) -> Responses<DiscoveryResponse> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Sotw::new(tx);
         tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
-        Response::new(ReceiverStream::new(rx))
+        rx
     }
 
+    /// Starts a delta session; its responses come out of the receiver.
     fn open_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>> {
+    ) -> Responses<DeltaDiscoveryResponse> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Delta::new(tx);
         tokio::spawn(self.session(protocol, metadata, extensions).run(inbound));
-        Response::new(ReceiverStream::new(rx))
+        rx
     }
 
     /// The same server as Envoy's SDS service: a sidecar serves its
     /// proxy's certificates with it (snapshots of [`Snapshot::secrets`]).
-    pub fn into_sds_service(self) -> SecretDiscoveryServiceServer<AdsServer> {
-        SecretDiscoveryServiceServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.open_sotw(request))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.open_delta(request))
-    }
-}
-
-#[tonic::async_trait]
-impl SecretDiscoveryService for AdsServer {
-    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_secrets(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        Ok(self.open_sotw(request))
-    }
-
-    async fn delta_secrets(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        Ok(self.open_delta(request))
-    }
-
-    async fn fetch_secrets(
-        &self,
-        _request: Request<DiscoveryRequest>,
-    ) -> Result<Response<DiscoveryResponse>, Status> {
-        Err(Status::unimplemented(
-            "weft serves secrets over streams only (StreamSecrets, DeltaSecrets)",
-        ))
+    pub fn into_sds_service(self) -> SdsService {
+        SdsService::new(self)
     }
 }
 

@@ -16,12 +16,12 @@ use super::{Closed, Progress, Protocol, Sent, Subscription, served_type};
 
 /// State of the world: every response carries the whole set of a type.
 pub(super) struct Sotw {
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Box<DiscoveryResponse>, Status>>,
     types: BTreeMap<ResourceType, SotwType>,
 }
 
 impl Sotw {
-    pub(super) fn new(tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) -> Sotw {
+    pub(super) fn new(tx: mpsc::Sender<Result<Box<DiscoveryResponse>, Status>>) -> Sotw {
         Sotw {
             tx,
             types: BTreeMap::new(),
@@ -141,7 +141,10 @@ impl Protocol for Sotw {
         state.sent = Some(payload);
         state.progress.sent_version = response.version_info.clone();
         let count = response.resources.len();
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.tx
+            .send(Ok(Box::new(response)))
+            .await
+            .map_err(|_| Closed)?;
         Ok(Some(Sent { count, changed }))
     }
 

@@ -1,0 +1,122 @@
+//! Envoy resources in the proto3 JSON mapping, the form of Envoy's own
+//! config dump: for golden files, and for people reading what a proxy gets.
+//!
+//! The descriptors are compiled at build time from the `.proto` files
+//! `envoy-types` was generated from (see `build.rs`), so every `Any`
+//! weft packs, however deeply nested, is shown with its fields.
+
+use std::sync::LazyLock;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+
+static ENVOY: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin")).as_slice(),
+    )
+    .expect("the descriptor set compiled by build.rs decodes")
+});
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("{0}: not a type weft knows the descriptor of")]
+    UnknownType(String),
+    #[error("{type_url}: does not decode: {source}")]
+    Decode {
+        type_url: String,
+        source: prost::DecodeError,
+    },
+    #[error("{type_url}: {source}")]
+    Serialize {
+        type_url: String,
+        source: serde_json::Error,
+    },
+}
+
+/// `any` as JSON, with its `@type`.
+pub fn to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let descriptor = ENVOY
+        .get_message_by_name(name)
+        .ok_or_else(|| JsonError::UnknownType(any.type_url.clone()))?;
+    let message = DynamicMessage::decode(descriptor, any.value.as_slice()).map_err(|source| {
+        JsonError::Decode {
+            type_url: any.type_url.clone(),
+            source,
+        }
+    })?;
+    let mut json = message
+        .serialize_with_options(
+            serde_json::value::Serializer,
+            &SerializeOptions::new().stringify_64_bit_integers(false),
+        )
+        .map_err(|source| JsonError::Serialize {
+            type_url: any.type_url.clone(),
+            source,
+        })?;
+    if let serde_json::Value::Object(fields) = &mut json {
+        fields.insert("@type".to_string(), any.type_url.clone().into());
+    }
+    Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, http_filter,
+    };
+    use prost::{Message, Name};
+
+    fn pack<M: Message + Name>(message: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn nested_any_is_shown_with_its_fields() {
+        let hcm = HttpConnectionManager {
+            stat_prefix: "in".into(),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router {
+                    suppress_envoy_headers: true,
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = to_json(&pack(&hcm)).unwrap();
+        assert_eq!(json["statPrefix"], "in");
+        let router = &json["httpFilters"][0]["typedConfig"];
+        assert_eq!(
+            router["@type"],
+            "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        );
+        assert_eq!(router["suppressEnvoyHeaders"], true);
+    }
+
+    #[test]
+    fn an_unknown_type_or_bad_bytes_is_an_error_naming_the_type() {
+        let unknown = Any {
+            type_url: "type.googleapis.com/example.Nope".into(),
+            value: vec![],
+        };
+        assert!(
+            to_json(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("example.Nope")
+        );
+        let bad = Any {
+            type_url: Cluster::type_url(),
+            value: vec![0xff, 0xff],
+        };
+        assert!(to_json(&bad).unwrap_err().to_string().contains("Cluster"));
+    }
+}
