@@ -1,5 +1,8 @@
-//! Golden files: every `testdata/in/NAME.yaml` (cluster, workloads,
-//! manifests) translates into exactly `testdata/out/NAME.yaml`, and every
+//! Golden files, in two tiers: every `testdata/in/NAME.yaml` (cluster,
+//! workloads, manifests) translates into exactly `testdata/out/NAME.yaml`
+//! (the proxy-level model), whose conversion gives exactly the Envoy
+//! resources in `testdata/xds/NAME.yaml` (as JSON, the form of Envoy's
+//! config dump: no Envoy needed to see what a change does to it); and every
 //! proxy's result is a consistent xDS snapshot.
 //! Regenerate after an intended change: `WEFT_UPDATE_GOLDEN=1 cargo test -p weft-control --test golden`.
 
@@ -92,15 +95,23 @@ fn translation_matches_golden_files() {
             }
         }
         assert_eq!(shared.len(), per_proxy.proxies.len(), "{name}");
-        let rendered = serde_norway::to_string(&per_proxy).unwrap();
-        let out = root.join("out").join(&name);
-        if update {
-            std::fs::write(&out, &rendered).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&out).unwrap_or_default();
-        if expected != rendered {
-            mismatches.push(format!("{name}:\n{}", similar_diff(&expected, &rendered)));
+        let tiers = [
+            ("out", serde_norway::to_string(&per_proxy).unwrap()),
+            ("xds", envoy_resources(&name, &shared)),
+        ];
+        for (tier, rendered) in tiers {
+            let out = root.join(tier).join(&name);
+            if update {
+                std::fs::write(&out, &rendered).unwrap();
+                continue;
+            }
+            let expected = std::fs::read_to_string(&out).unwrap_or_default();
+            if expected != rendered {
+                mismatches.push(format!(
+                    "{tier}/{name}:\n{}",
+                    similar_diff(&expected, &rendered)
+                ));
+            }
         }
     }
     assert!(
@@ -108,6 +119,36 @@ fn translation_matches_golden_files() {
         "translation differs from the golden files (WEFT_UPDATE_GOLDEN=1 to accept):\n{}",
         mismatches.join("\n")
     );
+}
+
+/// What the proxies get, as Envoy resources: each distinct resource once,
+/// under `type/name@version` (versions are content hashes), and per proxy
+/// the list of those it holds.
+fn envoy_resources(case: &str, snapshots: &BTreeMap<String, Snapshot>) -> String {
+    #[derive(serde::Serialize)]
+    struct Rendered {
+        proxies: BTreeMap<String, Vec<String>>,
+        resources: BTreeMap<String, serde_json::Value>,
+    }
+    let mut rendered = Rendered {
+        proxies: BTreeMap::new(),
+        resources: BTreeMap::new(),
+    };
+    for (node, snapshot) in snapshots {
+        let held = rendered.proxies.entry(node.clone()).or_default();
+        for t in ResourceType::ALL {
+            for (name, entry) in snapshot.entries(t) {
+                let key = format!("{}/{name}@{}", t.short(), entry.version);
+                if !rendered.resources.contains_key(&key) {
+                    let json = weft_xds::json::to_json(&entry.any)
+                        .unwrap_or_else(|e| panic!("{case}: proxy {node}: {key}: {e}"));
+                    rendered.resources.insert(key.clone(), json);
+                }
+                held.push(key);
+            }
+        }
+    }
+    serde_norway::to_string(&rendered).unwrap()
 }
 
 fn similar_diff(expected: &str, actual: &str) -> String {
