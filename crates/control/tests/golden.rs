@@ -84,7 +84,7 @@ fn translation_matches_golden_files() {
             for t in ResourceType::ALL {
                 let resources = |s: &Snapshot| -> BTreeMap<String, String> {
                     s.entries(t)
-                        .map(|(name, e)| (name.clone(), e.version.to_string()))
+                        .map(|e| (e.name.to_string(), e.version.to_string()))
                         .collect()
                 };
                 assert_eq!(
@@ -137,8 +137,8 @@ fn envoy_resources(case: &str, snapshots: &BTreeMap<String, Snapshot>) -> String
     for (node, snapshot) in snapshots {
         let held = rendered.proxies.entry(node.clone()).or_default();
         for t in ResourceType::ALL {
-            for (name, entry) in snapshot.entries(t) {
-                let key = format!("{}/{name}@{}", t.short(), entry.version);
+            for entry in snapshot.entries(t) {
+                let key = format!("{}/{}@{}", t.short(), entry.name, entry.version);
                 if !rendered.resources.contains_key(&key) {
                     let json = weft_xds::json::to_json(&entry.any)
                         .unwrap_or_else(|e| panic!("{case}: proxy {node}: {key}: {e}"));

@@ -64,6 +64,11 @@ impl ResourceType {
         }
     }
 
+    /// Its place in [`ResourceType::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn from_type_url(url: &str) -> Option<ResourceType> {
         ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
     }
@@ -160,17 +165,56 @@ impl Changes {
     }
 }
 
+/// The resources of one type in a layer, sorted by name. A flat list:
+/// an edge keeps a layer per service, most hold one or two resources of a
+/// type, and a tree node per type and layer would cost more than they do.
+#[derive(Debug, Default)]
+pub struct Resources(Vec<Arc<Entry>>);
+
+impl Resources {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|e| (*e.name).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.position(name).ok().map(|i| &self.0[i])
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<Entry>> {
+        self.0.iter()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().map(|e| &e.name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// An immutable set of encoded resources, shared by every snapshot that
 /// holds it. What it refers to and does not hold (`needs`) must be in the
 /// layer beside it.
 #[derive(Debug, Default)]
 pub struct Layer {
     id: u64,
-    resources: BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
-    /// EDS cluster name → the endpoint name it asks for.
-    eds_service_of: BTreeMap<String, String>,
+    /// By [`ResourceType::index`].
+    resources: [Resources; 5],
+    /// EDS cluster name → the endpoint name it asks for, sorted.
+    eds_service_of: Vec<(String, String)>,
     needs: Vec<Need>,
-    versions: BTreeMap<ResourceType, String>,
+    /// By [`ResourceType::index`].
+    versions: [String; 5],
     changes: Option<Changes>,
 }
 
@@ -183,15 +227,22 @@ impl Layer {
         self.id
     }
 
-    /// The resources of one type, by name.
-    pub fn resources(&self, t: ResourceType) -> &BTreeMap<String, Arc<Entry>> {
-        static EMPTY: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
-        self.resources.get(&t).unwrap_or(&EMPTY)
+    /// The resources of one type.
+    pub fn resources(&self, t: ResourceType) -> &Resources {
+        &self.resources[t.index()]
     }
 
     /// A hash of the names and versions of the resources of type `t`.
     pub fn version(&self, t: ResourceType) -> &str {
-        self.versions.get(&t).map_or("", String::as_str)
+        &self.versions[t.index()]
+    }
+
+    fn eds_service_of(&self, cluster: &str) -> Option<&str> {
+        let i = self
+            .eds_service_of
+            .binary_search_by(|(c, _)| c.as_str().cmp(cluster))
+            .ok()?;
+        Some(&self.eds_service_of[i].1)
     }
 
     /// What changed since the layer this one replaced, if it was built as
@@ -203,14 +254,14 @@ impl Layer {
     /// Encoded size of all resources.
     pub fn encoded_len(&self) -> usize {
         self.resources
-            .values()
-            .flat_map(|m| m.values())
+            .iter()
+            .flat_map(Resources::iter)
             .map(|e| e.any.value.len())
             .sum()
     }
 
     fn holds(&self, t: ResourceType, name: &str) -> bool {
-        self.resources.get(&t).is_some_and(|m| m.contains_key(name))
+        self.resources(t).contains(name)
     }
 }
 
@@ -333,9 +384,9 @@ impl LayerBuilder {
 
     /// Adds everything `layer` holds, sharing its encoded resources.
     pub fn extend(&mut self, layer: &Layer) -> Result<(), Inconsistent> {
-        for (t, map) in &layer.resources {
-            for (name, entry) in map {
-                self.insert(*t, name, entry.clone())?;
+        for t in ResourceType::ALL {
+            for entry in layer.resources(t).iter() {
+                self.insert(t, &entry.name, entry.clone())?;
             }
         }
         self.eds_service_of.extend(
@@ -367,15 +418,22 @@ impl LayerBuilder {
             .collect();
         needs.sort();
         needs.dedup();
-        let versions: BTreeMap<ResourceType, String> = ResourceType::ALL
-            .into_iter()
-            .map(|t| (t, digest(resources.get(&t))))
-            .collect();
+        needs.shrink_to_fit();
+        let mut by_type = resources;
+        let resources: [Resources; 5] = ResourceType::ALL.map(|t| {
+            Resources(
+                by_type
+                    .remove(&t)
+                    .map(|m| m.into_values().collect())
+                    .unwrap_or_default(),
+            )
+        });
+        let versions = resources.each_ref().map(digest);
         let changes = previous.map(|previous| changes_between(previous, &resources, &versions));
         Layer {
             id: LAYER_IDS.fetch_add(1, Ordering::Relaxed),
             resources,
-            eds_service_of,
+            eds_service_of: eds_service_of.into_iter().collect(),
             needs,
             versions,
             changes,
@@ -383,10 +441,10 @@ impl LayerBuilder {
     }
 }
 
-fn digest(map: Option<&BTreeMap<String, Arc<Entry>>>) -> String {
+fn digest(resources: &Resources) -> String {
     let mut hasher = Sha256::new();
-    for (name, entry) in map.into_iter().flatten() {
-        hasher.update(name.as_bytes());
+    for entry in resources.iter() {
+        hasher.update(entry.name.as_bytes());
         hasher.update([0]);
         hasher.update(entry.version.as_bytes());
         hasher.update([0]);
@@ -396,31 +454,30 @@ fn digest(map: Option<&BTreeMap<String, Arc<Entry>>>) -> String {
 
 fn changes_between(
     previous: &Layer,
-    resources: &BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>>,
-    versions: &BTreeMap<ResourceType, String>,
+    resources: &[Resources; 5],
+    versions: &[String; 5],
 ) -> Changes {
     let mut changes = Changes {
         from: previous.id,
         ..Changes::default()
     };
     for t in ResourceType::ALL {
-        let (old, new) = (previous.resources(t), resources.get(&t));
-        if versions.get(&t).map(String::as_str) == Some(previous.version(t)) {
+        let (old, new) = (previous.resources(t), &resources[t.index()]);
+        if versions[t.index()] == previous.version(t) {
             continue;
         }
         let updated: Vec<String> = new
-            .into_iter()
-            .flatten()
-            .filter(|(name, entry)| {
-                old.get(*name)
+            .iter()
+            .filter(|entry| {
+                old.get(&entry.name)
                     .is_none_or(|o| !Arc::ptr_eq(o, entry) && o.version != entry.version)
             })
-            .map(|(name, _)| name.clone())
+            .map(|entry| entry.name.to_string())
             .collect();
         let removed: Vec<String> = old
-            .keys()
-            .filter(|name| !new.is_some_and(|m| m.contains_key(*name)))
-            .cloned()
+            .names()
+            .filter(|name| !new.contains(name))
+            .map(|name| name.to_string())
             .collect();
         if !updated.is_empty() {
             changes.updated.insert(t, updated);
@@ -505,11 +562,11 @@ impl Snapshot {
             }
         }
         // The own layer is the small one: look its names up in the other.
-        for (t, map) in &own.resources {
-            if let Some(name) = map.keys().find(|name| shared.holds(*t, name)) {
+        for t in ResourceType::ALL {
+            if let Some(name) = own.resources(t).names().find(|name| shared.holds(t, name)) {
                 return Err(Inconsistent::Duplicate {
-                    kind: kind_of(*t),
-                    name: name.clone(),
+                    kind: kind_of(t),
+                    name: name.to_string(),
                 });
             }
         }
@@ -563,8 +620,11 @@ impl Snapshot {
     }
 
     /// The resources of one type: the own layer's, then the shared ones.
-    pub fn entries(&self, t: ResourceType) -> impl Iterator<Item = (&String, &Arc<Entry>)> {
-        self.own.resources(t).iter().chain(self.shared.resources(t))
+    pub fn entries(&self, t: ResourceType) -> impl Iterator<Item = &Arc<Entry>> {
+        self.own
+            .resources(t)
+            .iter()
+            .chain(self.shared.resources(t).iter())
     }
 
     /// How many resources of type `t`.
@@ -577,19 +637,17 @@ impl Snapshot {
     pub fn eds_services(&self) -> BTreeSet<&str> {
         self.own
             .eds_service_of
-            .values()
-            .chain(self.shared.eds_service_of.values())
-            .map(String::as_str)
+            .iter()
+            .chain(&self.shared.eds_service_of)
+            .map(|(_, service)| service.as_str())
             .collect()
     }
 
     /// The endpoint name EDS cluster `cluster` asks for.
     pub fn eds_service_of(&self, cluster: &str) -> Option<&str> {
         self.own
-            .eds_service_of
-            .get(cluster)
-            .or_else(|| self.shared.eds_service_of.get(cluster))
-            .map(String::as_str)
+            .eds_service_of(cluster)
+            .or_else(|| self.shared.eds_service_of(cluster))
     }
 
     /// A version for all resources of a type: a hash of names and versions.

@@ -135,8 +135,8 @@ impl DeltaType {
             names.extend(changes.names(t).cloned());
         }
         if !Arc::ptr_eq(&synced.own, snapshot.own()) {
-            names.extend(synced.own.resources(t).keys().cloned());
-            names.extend(snapshot.own().resources(t).keys().cloned());
+            names.extend(synced.own.resources(t).names().map(|n| n.to_string()));
+            names.extend(snapshot.own().resources(t).names().map(|n| n.to_string()));
         }
         Some(names)
     }
@@ -251,10 +251,10 @@ impl Protocol for Delta {
             None => {
                 let updated = snapshot
                     .entries(t)
-                    .filter(|(name, entry)| {
-                        wanted(name) && state.known.get(name.as_str()) != Some(&entry.version)
+                    .filter(|entry| {
+                        wanted(&entry.name) && state.known.get(&entry.name) != Some(&entry.version)
                     })
-                    .map(|(_, entry)| entry.clone())
+                    .cloned()
                     .collect();
                 let removed = if removals {
                     state

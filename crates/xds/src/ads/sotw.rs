@@ -92,8 +92,8 @@ impl Protocol for Sotw {
         };
         let mut payload: BTreeMap<String, Arc<Entry>> = snapshot
             .entries(t)
-            .filter(|(name, _)| state.progress.subscription.wants(name))
-            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .filter(|entry| state.progress.subscription.wants(&entry.name))
+            .map(|entry| (entry.name.to_string(), entry.clone()))
             .collect();
         let mut version = snapshot.version(t);
         if !removals {
