@@ -17,12 +17,11 @@ use crate::snapshot::{Entry, Layer, ResourceType, Snapshot};
 
 use super::{Closed, Progress, Protocol, Sent, served_type};
 
-/// About how many bytes of resources one delta response carries; a larger
-/// update goes in several. Small, because a stream keeps an encode buffer
-/// as large as its largest response for as long as it lives (see
-/// [`super::grpc`]); the parts go out back to back, so their number costs
-/// little.
-pub(super) const RESPONSE_BYTES: usize = 16 * 1024;
+/// About how many bytes of resources one delta response carries (64 KiB);
+/// a larger update goes in several, so no stream holds a whole
+/// configuration in flight at once. Each part is framed at its own size
+/// and freed once written (see [`super::grpc`]).
+pub(super) const RESPONSE_BYTES: usize = 64 * 1024;
 
 pub(super) fn resource(entry: &Entry) -> Resource {
     Resource {
