@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use weft_manage::bootstrap::{TOKEN_FILE, bootstrap};
 use weft_manage::ca::{ensure_root, organization_trust_domain};
 use weft_manage::{AppState, serve};
-use weft_store::{Store, redact};
+use weft_store::{SchemaVersion, Store, StoreError, redact};
 
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
@@ -40,6 +40,29 @@ pub struct ServerArgs {
     /// The key of --ca-cert (PEM)
     #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// Open the store, bring its schema up to this release's, and exit
+    /// (every start does this too; this is for an upgrade step of its own)
+    #[arg(long)]
+    pub migrate_only: bool,
+}
+
+fn describe(schema: SchemaVersion) -> String {
+    match schema.found {
+        Some(found) if found == schema.now => {
+            format!(
+                "the store's schema is at version {}, this release's",
+                schema.now
+            )
+        }
+        Some(found) => format!(
+            "migrated the store's schema from version {found} to {}",
+            schema.now
+        ),
+        None => format!(
+            "the store's schema is now at version {} (a new store, or one from before schema versions)",
+            schema.now
+        ),
+    }
 }
 
 /// `$XDG_DATA_HOME`, else `~/.local/share`.
@@ -82,9 +105,18 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     } else {
         "is the database server running and reachable, and are the credentials and database name in the URL right?"
     };
-    let store = Store::open(&store_url)
-        .await
-        .with_context(|| format!("cannot open the store ({hint})"))?;
+    let store = match Store::open(&store_url).await {
+        Ok(store) => store,
+        Err(e @ StoreError::Open { .. }) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot open the store ({hint})")));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot open the store")),
+    };
+    if args.migrate_only {
+        println!("weft server: {}", describe(store.schema()));
+        store.close().await;
+        return Ok(());
+    }
     let token_file = bootstrap(
         &store,
         &data,

@@ -694,3 +694,75 @@ fn organization_trust_domain_names_identities_and_new_roots() {
         "{out:?}"
     );
 }
+
+/// An upgrade on a store of the release before schema versions: `weft
+/// server --migrate-only` migrates it and exits; a store a newer release
+/// wrote is refused with a message that says what to do.
+#[test]
+fn migrate_only_upgrades_the_store_and_a_newer_store_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("weft.db");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../store/tests/fixtures/store-before-versions.sqlite"
+        ),
+        &db,
+    )
+    .unwrap();
+    let migrate = || {
+        run(std::process::Command::new(support::WEFT)
+            .args(["server", "--migrate-only", "--data"])
+            .arg(data.path()))
+    };
+    let first = migrate();
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stdout.contains("is now at version 1"), "{first:?}");
+    assert!(
+        !data.path().join("admin.token").exists(),
+        "--migrate-only does not bootstrap"
+    );
+    let again = migrate();
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains("at version 1, this release's"),
+        "{again:?}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (2, 'from a newer release', TRUE, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    });
+    let refused = migrate();
+    assert_eq!(refused.code, 8, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("the store's schema is version 2, newer than this weft knows (up to 1)"),
+        "{refused:?}"
+    );
+}
+
+/// Logs written to a file or a pipe carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let out = run(std::process::Command::new(support::WEFT)
+        .args(["server", "--migrate-only", "--data"])
+        .arg(data.path()));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("opening the store"), "{out:?}");
+    assert!(!out.stderr.contains('\u{1b}'), "{out:?}");
+}

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod authorities;
 pub mod directory;
 pub mod edges;
+pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tokens;
@@ -42,6 +43,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use authorities::RootAuthority;
 pub use directory::DirectoryRow;
 pub use edges::EdgeReport;
+pub use schema::SchemaVersion;
 pub use tokens::TokenRecord;
 pub use watch::{ChangeEvent, Op};
 
@@ -56,6 +58,13 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error("store error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(
+        "the store's schema is version {found}, newer than this weft knows (up to {supported}): a newer release wrote it. \
+         Run that release or a newer one, or restore a backup made by this one; the store was left as it was"
+    )]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("cannot bring the store's schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A watcher asked for changes older than the store keeps.
     #[error(
         "changes after revision {since} are no longer kept (the oldest kept is {oldest}); list again and watch from the list's revision"
@@ -212,87 +221,8 @@ pub struct Store {
     directory_committed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
     /// Revisions of changes kept for watchers.
     change_retention: i64,
+    schema: SchemaVersion,
 }
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS meta (
-        id BIGINT PRIMARY KEY,
-        revision BIGINT NOT NULL,
-        audit_seq BIGINT NOT NULL,
-        audit_head TEXT NOT NULL)",
-    // The rows writers lock first (see the module docs) come before any
-    // CREATE INDEX: that takes a share lock on its table even when the
-    // index exists, and a replica starting beside one that writes would
-    // otherwise hold that lock while waiting for the row: a deadlock.
-    "INSERT INTO meta (id, revision, audit_seq, audit_head) VALUES (1, 0, 0, '')
-        ON CONFLICT (id) DO NOTHING",
-    "CREATE TABLE IF NOT EXISTS directory_meta (
-        id BIGINT PRIMARY KEY,
-        revision BIGINT NOT NULL)",
-    "INSERT INTO directory_meta (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
-    "CREATE TABLE IF NOT EXISTS resources (
-        path TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        parent TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        body TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS resources_kind ON resources (kind)",
-    "CREATE TABLE IF NOT EXISTS refs (
-        source TEXT NOT NULL,
-        field TEXT NOT NULL,
-        target TEXT NOT NULL,
-        PRIMARY KEY (source, field))",
-    "CREATE INDEX IF NOT EXISTS refs_target ON refs (target)",
-    "CREATE TABLE IF NOT EXISTS changes (
-        revision BIGINT NOT NULL,
-        path TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        op TEXT NOT NULL,
-        PRIMARY KEY (revision, path))",
-    "CREATE TABLE IF NOT EXISTS audit (
-        seq BIGINT PRIMARY KEY,
-        at TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        path TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        message TEXT NOT NULL,
-        before TEXT,
-        after TEXT,
-        prev TEXT NOT NULL,
-        hash TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
-    "CREATE TABLE IF NOT EXISTS tokens (
-        id TEXT PRIMARY KEY,
-        hash TEXT NOT NULL UNIQUE,
-        user_name TEXT NOT NULL,
-        description TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at TEXT,
-        revoked_at TEXT)",
-    "CREATE TABLE IF NOT EXISTS edge_status (
-        cluster TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        reported_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS root_authorities (
-        id TEXT PRIMARY KEY,
-        trust_domain TEXT NOT NULL,
-        cert_pem TEXT NOT NULL,
-        key_pem TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        activated_at TEXT,
-        retired_at TEXT)",
-    // A removed item keeps its row with a NULL body (a tombstone), so
-    // edges that follow changes learn it is gone.
-    "CREATE TABLE IF NOT EXISTS directory (
-        cluster TEXT NOT NULL,
-        item TEXT NOT NULL,
-        body TEXT,
-        revision BIGINT NOT NULL,
-        PRIMARY KEY (cluster, item))",
-    "CREATE INDEX IF NOT EXISTS directory_by_revision ON directory (revision)",
-];
 
 /// The current time as RFC 3339 UTC with milliseconds; sorts as text.
 pub fn now_rfc3339() -> String {
@@ -339,26 +269,28 @@ impl Store {
             .connect(&connect_url)
             .await
             .map_err(open_error)?;
-        // Replicas starting together would race on CREATE TABLE IF NOT
-        // EXISTS (it is not safe to run concurrently in PostgreSQL), so the
-        // schema is created in one transaction under an advisory lock.
-        let mut tx = pool.begin().await.map_err(open_error)?;
-        if !sqlite {
-            tx.execute("SELECT pg_advisory_xact_lock(7413001)")
-                .await
-                .map_err(open_error)?;
+        let schema = schema::migrate(&pool).await?;
+        if schema.migrated() {
+            tracing::info!(
+                store = %redact(url),
+                from = schema.found,
+                to = schema.now,
+                "migrated the store's schema"
+            );
         }
-        for statement in SCHEMA {
-            tx.execute(*statement).await.map_err(open_error)?;
-        }
-        tx.commit().await.map_err(open_error)?;
         Ok(Store {
             pool,
             committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             credentials_changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             directory_committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             change_retention: watch::DEFAULT_RETENTION,
+            schema,
         })
+    }
+
+    /// The schema version the store had when it opened, and has now.
+    pub fn schema(&self) -> SchemaVersion {
+        self.schema
     }
 
     /// Keeps changes of the last `revisions` revisions for watchers.
