@@ -140,6 +140,23 @@ fn rss() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time this process (the edge's side) has used, all threads; Linux
+/// counts it in ticks of 10 ms.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// Bytes of the distinct encoded layers behind `snapshots`.
 fn distinct_bytes<'a>(snapshots: impl Iterator<Item = &'a Snapshot>) -> usize {
     let mut seen = HashSet::new();
@@ -672,7 +689,12 @@ async fn live(
         }
         std::process::exit(0);
     }
-    let push = |what: &str, took: Duration, acked: Duration, updated: usize, sent: [u64; 5]| {
+    let push = |what: &str,
+                took: Duration,
+                acked: Duration,
+                edge_cpu: Duration,
+                updated: usize,
+                sent: [u64; 5]| {
         let by_type: Vec<String> = ResourceType::ALL
             .into_iter()
             .zip(sent)
@@ -680,11 +702,12 @@ async fn live(
             .map(|(t, n)| format!("{} {n}", t.short()))
             .collect();
         println!(
-            "  {what}: build {}, every affected proxy ACKed {} after the build ({} in all); \
-             {updated} snapshots replaced; responses: {}",
+            "  {what}: build {}, every affected proxy ACKed {} after the build ({} in all, \
+             the edge's CPU {}); {updated} snapshots replaced; responses: {}",
             ms(took),
             ms(acked),
             ms(took + acked),
+            ms(edge_cpu),
             if by_type.is_empty() {
                 "none".to_string()
             } else {
@@ -700,16 +723,25 @@ async fn live(
     // A new instance of a service every connected proxy calls.
     let before = responses(&metrics);
     workloads.push(instance(1, per_workspace, "v1", 70_000));
+    let cpu_before = cpu();
     let started = Instant::now();
     let published = publisher.publish(&translate(&config, &workloads, &directory));
     let updated = published.stats.proxies_updated;
     publish_into(&cache, published);
     let took = started.elapsed();
     let acked = all_acked(&cache, &connected).await;
-    push("a new instance", took, acked, updated, diff(before));
+    push(
+        "a new instance",
+        took,
+        acked,
+        cpu() - cpu_before,
+        updated,
+        diff(before),
+    );
 
     // A route change.
     let before = responses(&metrics);
+    let cpu_before = cpu();
     let started = Instant::now();
     let changed = self::config(services, per_workspace, 80);
     let published = publisher.publish(&translate(&changed, &workloads, &directory));
@@ -721,6 +753,7 @@ async fn live(
         "a route change (parse included)",
         took,
         acked,
+        cpu() - cpu_before,
         updated,
         diff(before),
     );
@@ -765,6 +798,7 @@ async fn live(
     // encoded for itself.
     let before = responses(&metrics);
     workloads.push(instance(2, per_workspace, "v1", 70_001));
+    let cpu_before = cpu();
     let started = Instant::now();
     let translation = translate(&changed, &workloads, &directory);
     let snapshots = per_proxy_snapshots(&translation);
@@ -778,6 +812,7 @@ async fn live(
         "a new instance, per-proxy form (before)",
         took,
         acked,
+        cpu() - cpu_before,
         updated,
         diff(before),
     );

@@ -14,7 +14,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 use http_body::Frame;
 use tokio::sync::mpsc;
 use tonic::codec::{BufferSettings, Streaming};
@@ -169,10 +171,7 @@ where
     Request::from_http(http::Request::from_parts(parts, messages))
 }
 
-fn respond<T>(responses: Responses<T>) -> http::Response<tonic::body::Body>
-where
-    T: prost::Message + Send + 'static,
-{
+fn respond<T: Framed>(responses: Responses<T>) -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::new(Frames {
         responses,
         ended: false,
@@ -193,7 +192,23 @@ struct Frames<T> {
 /// The gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX_BYTES: usize = 5;
 
-impl<T: prost::Message> Body for Frames<T> {
+/// A response that can write its protobuf encoding into a frame.
+pub(super) trait Framed: Send + Sync + 'static {
+    fn encoded_len(&self) -> usize;
+    fn encode(&self, buf: &mut BytesMut);
+}
+
+impl Framed for DiscoveryResponse {
+    fn encoded_len(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+
+    fn encode(&self, buf: &mut BytesMut) {
+        prost::Message::encode_raw(self, buf);
+    }
+}
+
+impl<T: Framed> Body for Frames<T> {
     type Data = Bytes;
     type Error = Status;
 
@@ -205,7 +220,7 @@ impl<T: prost::Message> Body for Frames<T> {
             return Poll::Ready(None);
         }
         let status = match std::task::ready!(self.responses.poll_recv(cx)) {
-            Some(Ok(message)) => return Poll::Ready(Some(frame(&message))),
+            Some(Ok(message)) => return Poll::Ready(Some(frame(&*message))),
             Some(Err(status)) => status,
             None => Status::ok(""),
         };
@@ -225,23 +240,21 @@ impl<T: prost::Message> Body for Frames<T> {
     }
 }
 
-fn frame<T: prost::Message>(message: &T) -> Result<Frame<Bytes>, Status> {
+fn frame<T: Framed>(message: &T) -> Result<Frame<Bytes>, Status> {
     let length = message.encoded_len();
     let prefix_length = u32::try_from(length)
         .map_err(|_| Status::resource_exhausted(format!("a response of {length} bytes")))?;
     let mut bytes = BytesMut::with_capacity(PREFIX_BYTES + length);
     bytes.put_u8(0);
     bytes.put_u32(prefix_length);
-    message
-        .encode(&mut bytes)
-        .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
+    message.encode(&mut bytes);
+    debug_assert_eq!(bytes.len(), PREFIX_BYTES + length, "encoded_len is exact");
     Ok(Frame::data(bytes.freeze()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use http_body_util::BodyExt;
     use prost::Message;
 

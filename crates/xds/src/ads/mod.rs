@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::Extensions;
@@ -122,7 +122,7 @@ impl AdsServer {
     fn open_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Responses<DeltaDiscoveryResponse> {
+    ) -> Responses<delta::DeltaResponse> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let (metadata, extensions, inbound) = request.into_parts();
         let protocol = Delta::new(tx);
