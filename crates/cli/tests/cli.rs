@@ -766,3 +766,42 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(out.stderr.contains("opening the store"), "{out:?}");
     assert!(!out.stderr.contains('\u{1b}'), "{out:?}");
 }
+
+/// The example systemd units in deploy/systemd pass `systemd-analyze
+/// verify` (with this build's binary in place of /usr/local/bin/weft, and
+/// the sidecar template as an instance).
+#[test]
+fn example_systemd_units_pass_systemd_analyze_verify() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd");
+    let units = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/weft", support::WEFT);
+        let target = units
+            .path()
+            .join(name.replace("@.service", "@example.service"));
+        std::fs::write(&target, text).unwrap();
+        files.push(target);
+    }
+    assert_eq!(files.len(), 4, "server, edge, sidecar, eastwest: {files:?}");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .expect("systemd-analyze runs (scripts/setup installs Debian's systemd package)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Warnings go to stderr with a zero exit: none are expected.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| files.iter().any(|f| l.contains(&*f.to_string_lossy())))
+        .collect();
+    assert!(warnings.is_empty(), "{stderr}");
+}

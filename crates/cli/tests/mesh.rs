@@ -1976,3 +1976,63 @@ async fn a_proxy_that_declares_its_calls_holds_only_those() {
         "{stderr}"
     );
 }
+
+/// weft installed somewhere else than its source tree: the binary alone
+/// in a prefix (what `cargo install` leaves), `weft envoy install` into
+/// its data directory, and `weft up` from an unrelated directory with no
+/// Envoy on PATH: it finds that Envoy and the mesh answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_installed_weft_runs_up_from_any_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("prefix/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let weft = bin.join("weft");
+    std::fs::copy(support::WEFT, &weft).unwrap();
+    let share = root.path().join("share");
+    let elsewhere = root.path().join("somewhere/else");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let isolated = |command: &mut std::process::Command| {
+        command
+            .current_dir(&elsewhere)
+            .env("XDG_DATA_HOME", &share)
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("WEFT_ENVOY");
+    };
+
+    let mut install = std::process::Command::new(&weft);
+    isolated(install.args(["envoy", "install"]));
+    let installed = support::run(&mut install);
+    assert_eq!(installed.code, 0, "{installed:?}");
+    let envoy = share.join("weft/envoy/bin/envoy");
+    assert_eq!(installed.stdout.trim(), envoy.display().to_string());
+    let mut path = std::process::Command::new(&weft);
+    isolated(path.args(["envoy", "path"]));
+    let found = support::run(&mut path);
+    assert_eq!(
+        found.stdout.trim(),
+        format!("{} (1.40.0)", envoy.display()),
+        "{found:?}"
+    );
+
+    let port = free_port();
+    let data = root.path().join("up");
+    let mut up = std::process::Command::new(&weft);
+    isolated(
+        up.args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
+            .arg("--data")
+            .arg(&data),
+    );
+    let (mut up, _) = support::start_up(&mut up, &data);
+    weft_identity::tls::install_provider();
+    let body: Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "reviews")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body["version"].is_string(), "reviews answers: {body}");
+    assert!(up.stop(), "weft up did not stop within 10 s of SIGTERM");
+}

@@ -325,13 +325,20 @@ pub async fn until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() 
 /// Runs `weft up` (with `extra` flags) until it says the mesh is ready;
 /// returns it with what it printed.
 pub fn weft_up(data: &Path, port: u16, extra: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(WEFT)
+    let mut command = Command::new(WEFT);
+    command
         .args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
         .arg("--data")
         .arg(data)
         .arg("--envoy")
         .arg(envoy())
-        .args(extra)
+        .args(extra);
+    start_up(&mut command, data)
+}
+
+/// Starts `command` (a `weft up`) and waits until it says it is ready.
+pub fn start_up(command: &mut Command, data: &Path) -> (Proc, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
