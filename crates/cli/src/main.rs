@@ -5,6 +5,7 @@
 //! flags, then the environment, then the file `weft login` writes.
 
 mod admin;
+mod backup;
 mod client;
 mod config;
 mod echo;
@@ -230,6 +231,10 @@ certificate chains to it (ROOT), then retire the old one. With the default
     )]
     Ca(CaCommand),
 
+    /// Back up or restore the server's embedded store (run on the server's machine)
+    #[command(subcommand)]
+    Admin(AdminCommand),
+
     /// Save the server and a credential for later commands
     #[command(after_help = "\
 Examples:
@@ -306,6 +311,39 @@ enum CaCommand {
     Activate { id: String },
     /// Stop trusting a root that no longer signs
     Retire { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Write a consistent copy of the SQLite store, safe while the server runs
+    #[command(after_help = "\
+Examples:
+  weft admin backup weft-2026-12-01.db                    # the store in ~/.local/share/weft
+  weft admin backup --data /var/lib/weft/server nightly.db
+The file holds everything the store does, the root CAs' keys included: it is
+written readable by its owner only; keep it like the key. For PostgreSQL use
+pg_dump (README: Installing and upgrading).")]
+    Backup {
+        /// The new backup file (must not exist)
+        file: PathBuf,
+        /// The server's data directory [default: $XDG_DATA_HOME/weft]
+        #[arg(long, env = "WEFT_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Restore a backup as the store of a new data directory
+    #[command(after_help = "\
+Examples:
+  weft admin restore weft-2026-12-01.db --data /var/lib/weft/restored
+  weft server --data /var/lib/weft/restored
+The audit chain is verified first and the store migrated to this release;
+tokens, roots and resources are as they were when the backup was taken.")]
+    Restore {
+        /// The backup file
+        file: PathBuf,
+        /// The new data directory (must not hold a store yet)
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -463,6 +501,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Admin(command) => {
+            init_logging(&cli.log_format);
+            let done = match command {
+                AdminCommand::Backup { file, data } => backup::backup(data, &file).await,
+                AdminCommand::Restore { file, data } => backup::restore(&file, &data).await,
+            };
+            done.map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
         }
         Command::Version => {
             println!(

@@ -74,7 +74,7 @@ pub fn data_home() -> Result<PathBuf> {
         .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")
 }
 
-fn default_data_dir() -> Result<PathBuf> {
+pub fn default_data_dir() -> Result<PathBuf> {
     Ok(data_home()?.join("weft"))
 }
 

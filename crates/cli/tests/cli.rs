@@ -805,3 +805,112 @@ fn example_systemd_units_pass_systemd_analyze_verify() {
         .collect();
     assert!(warnings.is_empty(), "{stderr}");
 }
+
+/// A backup taken while the server writes, restored into a new data
+/// directory: a server there has the resources of the backup's revision,
+/// its tokens still work, and its audit chain verifies; the file is 0600.
+#[test]
+fn backup_under_write_load_restores_into_a_new_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None);
+    let admin = server.admin_token();
+    let applied = server.weft(&admin, &["apply", "-f", EXAMPLES]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+
+    // Writers keep creating tenants while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url, admin, scratch) = (
+            stop.clone(),
+            server.url.clone(),
+            admin.clone(),
+            dir.path().to_path_buf(),
+        );
+        std::thread::spawn(move || {
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let manifest = write(
+                    &scratch,
+                    &format!("load/{written}.yaml"),
+                    &format!(
+                        "apiVersion: weft.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: load-{written}}}\nspec: {{}}\n"
+                    ),
+                );
+                let out = run(std::process::Command::new(support::WEFT)
+                    .args(["apply", "-f", &manifest])
+                    .env("WEFT_SERVER", &url)
+                    .env("WEFT_TOKEN", &admin));
+                assert_eq!(out.code, 0, "{out:?}");
+                written += 1;
+            }
+            written
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let file = dir.path().join("backup.db");
+    let backup = run(std::process::Command::new(support::WEFT)
+        .args(["admin", "backup", "--data"])
+        .arg(&data)
+        .arg(&file));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert_eq!(backup.code, 0, "{backup:?}");
+    assert!(written > 2, "the load wrote {written} tenants");
+    assert_eq!(mode(&file), 0o600);
+    let again = run(std::process::Command::new(support::WEFT)
+        .args(["admin", "backup", "--data"])
+        .arg(&data)
+        .arg(&file));
+    assert_eq!(again.code, 8, "an existing file is not replaced: {again:?}");
+    let tenants = |server: &Server| -> Vec<String> {
+        let out = server.weft(&admin, &["get", "tenants", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let all = tenants(&server);
+    let roots = server.weft(&admin, &["ca", "list"]);
+    assert_eq!(roots.code, 0, "{roots:?}");
+    server.stop();
+
+    let restored = dir.path().join("restored");
+    let restore = run(std::process::Command::new(support::WEFT)
+        .args(["admin", "restore"])
+        .arg(&file)
+        .arg("--data")
+        .arg(&restored));
+    assert_eq!(restore.code, 0, "{restore:?}");
+    assert_eq!(mode(&restored.join("weft.db")), 0o600);
+    let twice = run(std::process::Command::new(support::WEFT)
+        .args(["admin", "restore"])
+        .arg(&file)
+        .arg("--data")
+        .arg(&restored));
+    assert_eq!(
+        twice.code, 8,
+        "a store is not restored over another: {twice:?}"
+    );
+
+    // The restored server has no admin.token file of its own: the token
+    // from the original one, kept in the store as a hash, still works.
+    std::fs::copy(data.join("admin.token"), restored.join("admin.token")).unwrap();
+    let server = Server::start(&restored, None);
+    let kept = tenants(&server);
+    assert!(kept.contains(&"retail".to_string()), "{kept:?}");
+    assert!(
+        kept.iter().all(|t| all.contains(t)),
+        "the restored tenants are some of the ones written: {kept:?}"
+    );
+    let verify = server.weft(&admin, &["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let restored_roots = server.weft(&admin, &["ca", "list"]);
+    assert_eq!(restored_roots.stdout, roots.stdout, "the same root CAs");
+}

@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod authorities;
+pub mod backup;
 pub mod directory;
 pub mod edges;
 pub mod schema;
@@ -63,6 +64,8 @@ pub enum StoreError {
          Run that release or a newer one, or restore a backup made by this one; the store was left as it was"
     )]
     NewerSchema { found: i64, supported: i64 },
+    #[error("{0}")]
+    Backup(String),
     #[error("cannot bring the store's schema up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A watcher asked for changes older than the store keeps.
