@@ -15,6 +15,7 @@ mod manifests;
 mod output;
 mod resources;
 mod server;
+mod settings;
 mod sidecar;
 mod svid;
 mod translate;
@@ -23,7 +24,7 @@ mod up;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::AuditArgs;
@@ -53,6 +54,14 @@ struct Cli {
     /// Log format of `weft server` (text or json); levels come from RUST_LOG
     #[arg(long, env = "WEFT_LOG_FORMAT", global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// A YAML file of settings for the command (long flag names to values);
+    /// flags and environment variables override it
+    #[arg(long, env = "WEFT_CONFIG_FILE", global = true)]
+    config_file: Option<PathBuf>,
+    /// Print the settings the command would run with, and where each comes
+    /// from (flag, environment, file, default), then exit
+    #[arg(long, global = true)]
+    print_settings: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -438,7 +447,23 @@ fn init_logging(format: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     weft_identity::tls::install_provider();
-    let cli = Cli::parse();
+    let root = Cli::command();
+    let resolved = match settings::resolve(&root, std::env::args_os().collect()) {
+        Ok(resolved) => resolved,
+        Err(message) => {
+            CliError::new(Exit::Invalid, message).report();
+            return ExitCode::from(Exit::Invalid as u8);
+        }
+    };
+    let matches = root.clone().get_matches_from(&resolved.args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.print_settings {
+        print!(
+            "{}",
+            settings::describe(&root, &matches, &resolved.from_file)
+        );
+        return ExitCode::SUCCESS;
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -914,3 +914,91 @@ fn backup_under_write_load_restores_into_a_new_directory() {
     let restored_roots = server.weft(&admin, &["ca", "list"]);
     assert_eq!(restored_roots.stdout, roots.stdout, "the same root CAs");
 }
+
+/// Every daemon takes its settings from a file as well: a flag beats its
+/// environment variable, which beats the file, which beats the default;
+/// a key that is no setting of the daemon is refused with its name.
+#[test]
+fn daemons_read_settings_from_a_file_under_environment_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    // (daemon, what the file must also give it, the setting, its variable)
+    let daemons: [(&str, &str, &str, &str); 4] = [
+        ("server", "", "listen", "WEFT_LISTEN"),
+        (
+            "edge",
+            "cluster: east\ncredential-file: /etc/weft/edge.token\n",
+            "xds-listen",
+            "WEFT_XDS_LISTEN",
+        ),
+        (
+            "sidecar",
+            "service: reviews\ncredential-file: /etc/weft/reviews.token\n",
+            "edge",
+            "WEFT_EDGE",
+        ),
+        (
+            "eastwest",
+            "credential-file: /etc/weft/eastwest.token\n",
+            "edge",
+            "WEFT_EDGE",
+        ),
+    ];
+    for (daemon, required, setting, variable) in daemons {
+        let file = write(
+            dir.path(),
+            &format!("{daemon}.yaml"),
+            &format!("{required}{setting}: 127.0.0.1:1001\n"),
+        );
+        let settings = |env: Option<&str>, flag: Option<&str>| -> String {
+            let mut command = std::process::Command::new(support::WEFT);
+            command
+                .arg(daemon)
+                .args(["--config-file", &file, "--print-settings"]);
+            if let Some(flag) = flag {
+                command.arg(format!("--{setting}")).arg(flag);
+            }
+            command.env_remove(variable);
+            if let Some(env) = env {
+                command.env(variable, env);
+            }
+            let out = run(&mut command);
+            assert_eq!(out.code, 0, "{daemon}: {out:?}");
+            out.stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{setting}: ")))
+                .unwrap_or_else(|| panic!("{daemon}: no {setting} in {out:?}"))
+                .to_string()
+        };
+        assert_eq!(
+            settings(None, None),
+            format!("{setting}: 127.0.0.1:1001  # file"),
+            "{daemon}"
+        );
+        assert_eq!(
+            settings(Some("127.0.0.1:1002"), None),
+            format!("{setting}: 127.0.0.1:1002  # environment"),
+            "{daemon}"
+        );
+        assert_eq!(
+            settings(Some("127.0.0.1:1002"), Some("127.0.0.1:1003")),
+            format!("{setting}: 127.0.0.1:1003  # flag"),
+            "{daemon}"
+        );
+
+        let bad = write(
+            dir.path(),
+            &format!("{daemon}-bad.yaml"),
+            &format!("{required}{setting}s: 127.0.0.1:1001\n"),
+        );
+        let refused = run(std::process::Command::new(support::WEFT)
+            .arg(daemon)
+            .args(["--config-file", &bad]));
+        assert_eq!(refused.code, 3, "{daemon}: {refused:?}");
+        assert!(
+            refused.stderr.contains(&format!(
+                "{bad}: {setting}s: not a setting of `weft {daemon}`"
+            )),
+            "{daemon}: {refused:?}"
+        );
+    }
+}
