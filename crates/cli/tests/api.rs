@@ -860,6 +860,8 @@ async fn openapi_health_and_metrics_are_served() {
     assert!(doc["components"]["schemas"]["Workspace"]["properties"]["spec"].is_object());
     let (status, _) = api(&server, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200);
+    let (status, body) = api(&server, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = api(&server, "GET", "/v1/tenants", None, None).await;
     assert_eq!(status, 401, "{body}");
     let (_, metrics) = api(&server, "GET", "/metrics", None, None).await;

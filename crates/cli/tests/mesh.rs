@@ -579,6 +579,16 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
     mesh.start_edge().await;
     let status = mesh.edge_status().await;
     assert_eq!(status["fromDisk"], true, "{status}");
+    // Ready for a load balancer once it serves the configuration it kept.
+    let readyz = format!("http://127.0.0.1:{}/readyz", mesh.edge.admin_port);
+    until("the edge is ready", Duration::from_secs(10), async || {
+        mesh.http
+            .get(&readyz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     let _c = mesh.sidecar("reviews", "reviews-c", Some("v1"), &credential, free_port());
     until(
         "a workload started without the server gets traffic",

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
@@ -66,10 +67,29 @@ impl AppState {
     }
 }
 
+/// Readiness for a load balancer: the store answers and the server is not
+/// stopping. (`/healthz` is liveness: the process serves HTTP.)
+async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
+    if *state.stopping.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: stopping\n".into(),
+        );
+    }
+    match state.store.revision().await {
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store does not answer ({e})\n"),
+        ),
+    }
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .route(
             "/v1/openapi.json",

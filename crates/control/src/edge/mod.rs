@@ -194,6 +194,19 @@ impl EdgeMetrics {
     }
 }
 
+/// Readiness: the edge serves a configuration, from the server or the copy
+/// it kept on disk. (`/healthz` is liveness.)
+async fn ready(State(edge): State<Arc<Edge>>) -> (axum::http::StatusCode, &'static str) {
+    if edge.lock().published.is_empty() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no configuration yet (none from the server, none kept on disk)\n",
+        )
+    } else {
+        (axum::http::StatusCode::OK, "ready\n")
+    }
+}
+
 /// What the edge serves now.
 #[derive(Default)]
 struct Current {
@@ -463,6 +476,7 @@ pub async fn run(
 
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .route(
             "/status",
