@@ -42,6 +42,7 @@ use weft_identity::Bundle;
 use weft_xds::{AdsServer, SnapshotCache};
 
 mod build;
+mod kept;
 
 use crate::ca::EdgeCa;
 use crate::directory::{Directory, DirectoryClient, own_entry};
@@ -378,44 +379,34 @@ pub async fn run(
     });
 
     // The last good configuration, until the server answers.
-    match std::fs::read(edge.config_file()) {
-        Ok(bytes) => match serde_json::from_slice::<EdgeConfig>(&bytes) {
-            Ok(config) if config.cluster == options.cluster => {
-                tracing::info!(version = %config.version, file = %edge.config_file().display(), "serving the last configuration kept on disk until the server answers");
-                edge.use_config(config, true);
-            }
-            Ok(config) => {
-                tracing::warn!(file = %edge.config_file().display(), cluster = %config.cluster, "ignoring a kept configuration for another cluster")
-            }
-            Err(error) => {
-                tracing::warn!(file = %edge.config_file().display(), %error, "ignoring an unreadable kept configuration")
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    match kept::read::<EdgeConfig>(&edge.config_file()) {
+        Ok(Some(config)) if config.cluster == options.cluster => {
+            tracing::info!(version = %config.version, file = %edge.config_file().display(), "serving the last configuration kept on disk until the server answers");
+            edge.use_config(config, true);
+        }
+        Ok(Some(config)) => {
+            tracing::warn!(file = %edge.config_file().display(), cluster = %config.cluster, "ignoring a kept configuration for another cluster")
+        }
+        Ok(None) => {}
         Err(error) => {
-            tracing::warn!(file = %edge.config_file().display(), %error, "cannot read the kept configuration")
+            tracing::warn!(file = %edge.config_file().display(), %error, "ignoring the kept configuration")
         }
     }
 
     // The last directory too: routes to other clusters survive a restart
     // without the server.
-    match std::fs::read(edge.directory_file()) {
-        Ok(bytes) => match serde_json::from_slice::<Directory>(&bytes) {
-            Ok(directory) => {
-                tracing::info!(
-                    revision = directory.revision,
-                    clusters = directory.clusters.len(),
-                    "routing to other clusters with the directory kept on disk until the server answers"
-                );
-                edge.use_directory(directory, true);
-            }
-            Err(error) => {
-                tracing::warn!(file = %edge.directory_file().display(), %error, "ignoring an unreadable kept directory")
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    match kept::read::<Directory>(&edge.directory_file()) {
+        Ok(Some(directory)) => {
+            tracing::info!(
+                revision = directory.revision,
+                clusters = directory.clusters.len(),
+                "routing to other clusters with the directory kept on disk until the server answers"
+            );
+            edge.use_directory(directory, true);
+        }
+        Ok(None) => {}
         Err(error) => {
-            tracing::warn!(file = %edge.directory_file().display(), %error, "cannot read the kept directory")
+            tracing::warn!(file = %edge.directory_file().display(), %error, "ignoring the kept directory")
         }
     }
 
@@ -644,10 +635,7 @@ async fn sync_loop(
                 .await
             {
                 Ok(config) => {
-                    match write_private(
-                        &edge.config_file(),
-                        &serde_json::to_vec(&config).unwrap_or_default(),
-                    ) {
+                    match kept::write(&edge.config_file(), &config) {
                         Ok(()) => {}
                         Err(error) => {
                             tracing::error!(file = %edge.config_file().display(), %error, "cannot keep the configuration on disk; a restart without the server would lose it")
@@ -750,10 +738,7 @@ async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::
             }
             continue;
         }
-        if let Err(error) = write_private(
-            &edge.directory_file(),
-            &serde_json::to_vec(&directory).unwrap_or_default(),
-        ) {
+        if let Err(error) = kept::write(&edge.directory_file(), &directory) {
             tracing::error!(file = %edge.directory_file().display(), %error, "cannot keep the directory on disk; a restart without the server would lose routes to other clusters");
         }
         if changed {
