@@ -10,6 +10,7 @@
 //! small buffers. The SDS service a sidecar serves is framed the same way.
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -38,52 +39,64 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// small while it waits.
 pub(super) type Responses<T> = mpsc::Receiver<Result<Box<T>, Status>>;
 
-/// The two streaming methods of an xDS service, served by an [`AdsServer`].
-struct Methods {
-    sotw: &'static str,
-    delta: &'static str,
+/// One of the two xDS services weft serves: its name and its two
+/// streaming methods.
+pub trait XdsApi: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SOTW: &'static str;
+    const DELTA: &'static str;
 }
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService`.
-#[derive(Clone)]
-pub struct AdsService(AdsServer);
+pub struct Aggregated;
+
+impl XdsApi for Aggregated {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+    const SOTW: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    const DELTA: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+}
 
 /// `envoy.service.secret.v3.SecretDiscoveryService`: a sidecar serves its
 /// proxy's certificates with it.
-#[derive(Clone)]
-pub struct SdsService(AdsServer);
+pub struct Secrets;
 
-impl AdsService {
-    pub(super) fn new(server: AdsServer) -> AdsService {
-        AdsService(server)
-    }
-
-    const METHODS: Methods = Methods {
-        sotw: "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-        delta: "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
-    };
-}
-
-impl SdsService {
-    pub(super) fn new(server: AdsServer) -> SdsService {
-        SdsService(server)
-    }
-
-    const METHODS: Methods = Methods {
-        sotw: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
-        delta: "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
-    };
-}
-
-impl NamedService for AdsService {
-    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-}
-
-impl NamedService for SdsService {
+impl XdsApi for Secrets {
     const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
+    const SOTW: &'static str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+    const DELTA: &'static str = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets";
 }
 
-impl<B> Service<http::Request<B>> for AdsService
+/// The gRPC service of xDS API `A`, served by an [`AdsServer`].
+pub struct XdsService<A> {
+    server: AdsServer,
+    api: PhantomData<A>,
+}
+
+pub type AdsService = XdsService<Aggregated>;
+pub type SdsService = XdsService<Secrets>;
+
+impl<A> XdsService<A> {
+    pub(super) fn new(server: AdsServer) -> XdsService<A> {
+        XdsService {
+            server,
+            api: PhantomData,
+        }
+    }
+}
+
+impl<A> Clone for XdsService<A> {
+    fn clone(&self) -> Self {
+        XdsService::new(self.server.clone())
+    }
+}
+
+impl<A: XdsApi> NamedService for XdsService<A> {
+    const NAME: &'static str = A::NAME;
+}
+
+impl<A: XdsApi, B> Service<http::Request<B>> for XdsService<A>
 where
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
@@ -97,33 +110,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = serve(&self.0, &Self::METHODS, request);
+        let response = serve::<A, B>(&self.server, request);
         Box::pin(async move { Ok(response) })
     }
 }
 
-impl<B> Service<http::Request<B>> for SdsService
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = serve(&self.0, &Self::METHODS, request);
-        Box::pin(async move { Ok(response) })
-    }
-}
-
-fn serve<B>(
+fn serve<A: XdsApi, B>(
     server: &AdsServer,
-    methods: &Methods,
     request: http::Request<B>,
 ) -> http::Response<tonic::body::Body>
 where
@@ -131,17 +124,18 @@ where
     B::Error: Into<StdError> + Send + 'static,
 {
     let path = request.uri().path();
-    if path != methods.sotw && path != methods.delta {
+    if path != A::SOTW && path != A::DELTA {
         return Status::unimplemented(format!(
             "{path}: weft serves only the streaming methods ({}, {})",
-            methods.sotw, methods.delta
+            A::SOTW,
+            A::DELTA
         ))
         .into_http();
     }
     if !identity_encoded(&request) {
         return Status::unimplemented("compressed requests are not supported").into_http();
     }
-    if path == methods.sotw {
+    if path == A::SOTW {
         respond(server.open_sotw(decoding::<DiscoveryRequest, B>(request)))
     } else {
         respond(server.open_delta(decoding::<DeltaDiscoveryRequest, B>(request)))

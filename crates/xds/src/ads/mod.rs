@@ -33,7 +33,7 @@ mod sotw;
 use crate::snapshot::{ResourceType, Snapshot};
 use delta::Delta;
 use grpc::Responses;
-pub use grpc::{AdsService, SdsService};
+pub use grpc::{AdsService, Aggregated, SdsService, Secrets, XdsApi, XdsService};
 use sotw::Sotw;
 
 /// Decides which proxies may connect and hears when they leave: the
