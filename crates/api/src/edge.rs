@@ -8,6 +8,36 @@ use sha2::{Digest, Sha256};
 
 use crate::resource::Resource;
 
+/// The header an edge names the version of this protocol in, on every
+/// request to the server's edge port.
+pub const PROTOCOL_HEADER: &str = "weft-edge-protocol";
+
+/// The version of the edge protocol this release speaks. A request
+/// without the header is version 1 (releases before the header spoke it).
+/// A server answers the versions up to its own; an edge of a newer
+/// version than its server's is refused with both named, so the upgrade
+/// order (servers, then edges) is what works.
+pub const PROTOCOL: u32 = 1;
+
+/// The version an edge's request speaks, from its header; an error names
+/// what the server speaks.
+pub fn protocol_of(header: Option<&str>) -> Result<u32, String> {
+    let version = match header {
+        None => 1,
+        Some(value) => value
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{PROTOCOL_HEADER}: {value:?} is not a protocol version"))?,
+    };
+    if (1..=PROTOCOL).contains(&version) {
+        Ok(version)
+    } else {
+        Err(format!(
+            "this server speaks edge protocol 1 to {PROTOCOL}, the edge speaks {version}: upgrade the servers before the edges"
+        ))
+    }
+}
+
 /// The part of the configuration that applies to one cluster: the
 /// workspaces whose selectors name it, everything under them that shapes
 /// traffic, and the workload credentials issued for it.
@@ -375,4 +405,22 @@ pub struct Svid {
     /// RFC 3339.
     pub expires_at: String,
     pub trust: Trust,
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_is_answered_in_the_versions_the_server_speaks() {
+        assert_eq!(protocol_of(None), Ok(1), "before the header, version 1");
+        assert_eq!(protocol_of(Some(&PROTOCOL.to_string())), Ok(PROTOCOL));
+        let newer = protocol_of(Some(&(PROTOCOL + 1).to_string())).unwrap_err();
+        assert!(
+            newer.contains("upgrade the servers before the edges"),
+            "{newer}"
+        );
+        assert!(protocol_of(Some("0")).is_err());
+        assert!(protocol_of(Some("one")).unwrap_err().contains("\"one\""));
+    }
 }

@@ -241,7 +241,13 @@ impl EdgeCa {
             Some(self.serving.clone()),
         )
         .map_err(|e| format!("the server connection: {e}"))?;
+        let mut protocol = reqwest::header::HeaderMap::new();
+        protocol.insert(
+            weft_api::edge::PROTOCOL_HEADER,
+            reqwest::header::HeaderValue::from(weft_api::edge::PROTOCOL),
+        );
         reqwest::Client::builder()
+            .default_headers(protocol)
             .use_preconfigured_tls(tls)
             .pool_max_idle_per_host(0)
             .connect_timeout(Duration::from_secs(5))

@@ -132,6 +132,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), CaError
             get(directory::follow).put(directory::publish),
         )
         .route("/v1/edge/ca", post(ca::sign_intermediate))
+        .layer(axum::middleware::from_fn(speaks_the_edge_protocol))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::observe,
@@ -160,4 +161,24 @@ pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), CaError
     }
     refresher.abort();
     Ok(())
+}
+
+/// Refuses an edge of a protocol version this server does not speak, with
+/// both versions named (see [`weft_api::edge::protocol_of`]).
+async fn speaks_the_edge_protocol(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let header = request
+        .headers()
+        .get(weft_api::edge::PROTOCOL_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    match weft_api::edge::protocol_of(header) {
+        Ok(_) => next.run(request).await,
+        Err(message) => {
+            tracing::warn!(%message, "refused an edge request");
+            (axum::http::StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+        }
+    }
 }
