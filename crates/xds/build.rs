@@ -30,6 +30,8 @@ const FILES: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // A new envoy-types (new .proto files) shows in the lock file.
+    println!("cargo:rerun-if-changed=../../Cargo.lock");
     let root = envoy_types_dir().join("proto");
     let includes = [
         "data-plane-api",

@@ -14,8 +14,7 @@ pub async fn backup(data: Option<PathBuf>, file: &Path) -> Result<()> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
-    let url = format!("sqlite://{}", data.join("weft.db").display());
-    let copied = backup::backup(&url, file)
+    let copied = backup::backup(&data.join("weft.db"), file)
         .await
         .with_context(|| format!("cannot back up the store in {}", data.display()))?;
     println!(

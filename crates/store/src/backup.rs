@@ -4,9 +4,8 @@
 //! keys), so it is written readable by its owner only. PostgreSQL stores
 //! are backed up with PostgreSQL's own tools (`pg_dump`).
 
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sqlx::any::install_default_drivers;
 use sqlx::{AnyConnection, Connection, Executor, Row};
@@ -25,17 +24,6 @@ pub struct Copied {
 
 fn failed(what: impl Into<String>) -> StoreError {
     StoreError::Backup(what.into())
-}
-
-/// The SQLite file behind `url`, or why there is none.
-fn sqlite_file(url: &str) -> Result<PathBuf, StoreError> {
-    let Some(rest) = url.strip_prefix("sqlite://") else {
-        return Err(failed(
-            "only the embedded SQLite store is backed up by weft; for PostgreSQL use pg_dump \
-             (README: Installing and upgrading)",
-        ));
-    };
-    Ok(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
 }
 
 /// Creates `path` empty and readable by its owner only; refuses to
@@ -67,13 +55,16 @@ async fn count(path: &Path) -> Result<Copied, StoreError> {
     Ok(copied)
 }
 
-/// Writes a consistent copy of the SQLite store at `url` to `target`
+/// Writes a consistent copy of the SQLite store file `source` to `target`
 /// (0600; it must not exist). Safe while a server writes: the copy is one
 /// read transaction.
-pub async fn backup(url: &str, target: &Path) -> Result<Copied, StoreError> {
-    let source = sqlite_file(url)?;
+pub async fn backup(source: &Path, target: &Path) -> Result<Copied, StoreError> {
     if !source.is_file() {
-        return Err(failed(format!("no store at {}", source.display())));
+        return Err(failed(format!(
+            "no embedded store at {} (a PostgreSQL store is backed up with pg_dump: \
+             README, Installing and upgrading)",
+            source.display()
+        )));
     }
     create_private(target)?;
     let result = async {
@@ -119,11 +110,10 @@ pub async fn restore(backup: &Path, data: &Path) -> Result<Copied, StoreError> {
     let partial = data.join("weft.db.restoring");
     let result = async {
         let mut file = create_private(&partial)?;
-        let bytes = std::fs::read(backup)
-            .map_err(|e| failed(format!("cannot read {}: {e}", backup.display())))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| failed(format!("cannot write {}: {e}", partial.display())))?;
+        std::fs::File::open(backup)
+            .and_then(|mut source| std::io::copy(&mut source, &mut file))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| failed(format!("cannot copy {}: {e}", backup.display())))?;
         let store = Store::open(&format!("sqlite://{}", partial.display())).await?;
         let chain = store.verify_audit().await?;
         store.close().await;
