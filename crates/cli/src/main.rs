@@ -6,6 +6,7 @@
 
 mod admin;
 mod backup;
+mod children;
 mod client;
 mod config;
 mod echo;
@@ -17,6 +18,7 @@ mod resources;
 mod server;
 mod settings;
 mod sidecar;
+mod supervise;
 mod svid;
 mod translate;
 mod up;
@@ -56,7 +58,7 @@ struct Cli {
     log_format: String,
     /// A YAML file of settings for the command (long flag names to values);
     /// flags and environment variables override it
-    #[arg(long, env = "WEFT_CONFIG_FILE", global = true)]
+    #[arg(long, env = settings::FILE_ENV, global = true)]
     config_file: Option<PathBuf>,
     /// Print the settings the command would run with, and where each comes
     /// from (flag, environment, file, default), then exit
@@ -298,6 +300,17 @@ Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503
 The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
 Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),
+    /// Run a program that gets SIGTERM when the process that started it
+    /// dies (how agents start Envoy and apps)
+    #[command(hide = true)]
+    Tie {
+        /// The pid of the process the program's life is tied to
+        #[arg(long)]
+        parent: u32,
+        /// The program and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -564,6 +577,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             } else {
                 Ok(ExitCode::from(Exit::Invalid as u8))
             }
+        }
+        Command::X(XCommand::Tie { parent, command }) => {
+            let failed = children::exec_tied(parent, &command);
+            Err(CliError::new(Exit::Failed, format!("{failed:#}")))
         }
         Command::X(XCommand::Echo(args)) => {
             init_logging(&cli.log_format);

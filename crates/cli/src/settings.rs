@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command};
 
+/// The environment variable naming the settings file.
+pub const FILE_ENV: &str = "WEFT_CONFIG_FILE";
+
 /// A command line with the settings of its `--config-file` added.
 pub struct Resolved {
     pub args: Vec<OsString>,

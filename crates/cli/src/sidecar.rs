@@ -2,6 +2,8 @@
 //! announces a workload (or the cluster's east-west gateway) to its edge,
 //! get its certificate, then run Envoy (and optionally the app) and
 //! supervise them: when either exits, or on Ctrl-C/SIGTERM, both stop.
+//! Both are tied to the agent's life (`children`): if the agent is killed
+//! they go too, and the same command started again takes over at once.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,11 +12,11 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
-use tokio::process::{Child, Command};
 use weft_control::workload::{Role, Workload};
 
 use weft_control::proxy::sds;
 
+use crate::children::{self, RuntimeDir};
 use crate::edge::read_credential;
 use crate::server::shutdown_signal;
 use std::sync::Arc;
@@ -90,6 +92,11 @@ pub struct ProxyArgs {
     /// Use state-of-the-world xDS instead of delta
     #[arg(long)]
     pub sotw: bool,
+    /// Where the proxy keeps its bootstrap, SDS socket and the record of
+    /// what it started, so that a restart after a crash finds them
+    /// [default: $XDG_RUNTIME_DIR/weft, else /tmp/weft-UID]
+    #[arg(long, env = "WEFT_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 fn parse_label(value: &str) -> Result<(String, String), String> {
@@ -104,6 +111,10 @@ fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes,
+/// with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A static cluster of one gRPC server (HTTP/2) at `address`.
 fn grpc_cluster(name: &str, address: serde_json::Value) -> serde_json::Value {
@@ -209,34 +220,16 @@ pub fn bootstrap(
     })
 }
 
-pub(crate) async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SIGTERM first so Envoy and the app can drain.
-        let _ = std::process::Command::new("kill")
-            .arg(pid.to_string())
-            .status();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}
-
-/// A node id for a proxy of `service` that names none: SERVICE-<random>.
-fn node_id(given: &Option<String>, service: &str) -> String {
-    given.clone().unwrap_or_else(|| {
-        let mut bytes = [0u8; 4];
-        rand::rng().fill_bytes(&mut bytes);
-        format!("{service}-{}", hex::encode(bytes))
-    })
+/// A new node id for a proxy of `service`: SERVICE-<random>.
+fn new_node_id(service: &str) -> String {
+    let mut bytes = [0u8; 4];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{service}-{}", hex::encode(bytes))
 }
 
 pub async fn run(args: SidecarArgs) -> Result<i32> {
     let workload = Workload {
-        node: node_id(&args.proxy.node_id, &args.service),
+        node: String::new(),
         service: args.service.clone(),
         namespace: args.namespace.clone(),
         service_account: args
@@ -252,17 +245,19 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         calls: Workload::parse_calls(&args.calls.join(","), &args.namespace)
             .map_err(|e| anyhow::anyhow!("--calls{e}"))?,
     };
-    let summary = format!(
-        "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}",
-        workload.service,
-        workload.namespace,
-        workload.node,
-        args.inbound,
-        args.app_port
-            .map_or("(none)".to_string(), |p| format!("127.0.0.1:{p}")),
-        args.outbound_port,
-    );
-    run_proxy(workload, &args.proxy, &args.app, &summary).await
+    let summary = |w: &Workload| {
+        format!(
+            "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}",
+            w.service,
+            w.namespace,
+            w.node,
+            args.inbound,
+            args.app_port
+                .map_or("(none)".to_string(), |p| format!("127.0.0.1:{p}")),
+            args.outbound_port,
+        )
+    };
+    run_proxy(workload, &args.proxy, &args.app, summary).await
 }
 
 /// `weft eastwest`: the cluster's east-west gateway. Its credential is the
@@ -270,7 +265,7 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
 /// --eastwest`); its edge publishes `--listen` as the cluster's entry point.
 pub async fn run_eastwest(args: EastwestArgs) -> Result<i32> {
     let workload = Workload {
-        node: node_id(&args.proxy.node_id, "eastwest"),
+        node: String::new(),
         service: "eastwest".into(),
         namespace: weft_identity::RESERVED_NAMESPACE.into(),
         service_account: weft_identity::EASTWEST_ACCOUNT.into(),
@@ -282,42 +277,67 @@ pub async fn run_eastwest(args: EastwestArgs) -> Result<i32> {
         role: Role::Eastwest,
         calls: Vec::new(),
     };
-    let summary = format!(
-        "weft eastwest: node {}: other clusters reach this one at {} (TLS passed through by SNI)",
-        workload.node, args.listen
-    );
-    run_proxy(workload, &args.proxy, &[], &summary).await
+    let summary = |w: &Workload| {
+        format!(
+            "weft eastwest: node {}: other clusters reach this one at {} (TLS passed through by SNI)",
+            w.node, args.listen
+        )
+    };
+    run_proxy(workload, &args.proxy, &[], summary).await
+}
+
+/// The runtime directory's name for a proxy: its role and the address it
+/// listens on, which no other proxy on this host can share.
+fn instance_name(workload: &Workload) -> String {
+    let role = match workload.role {
+        Role::Eastwest => "eastwest",
+        _ => "sidecar",
+    };
+    format!("{role}-{}-{}", workload.address, workload.port)
 }
 
 /// Gets the proxy's certificate, writes its bootstrap, and runs Envoy (and
 /// `app`, if any) until one exits or a signal comes.
 async fn run_proxy(
-    workload: Workload,
+    mut workload: Workload,
     args: &ProxyArgs,
     app: &[String],
-    summary: &str,
+    summary: impl FnOnce(&Workload) -> String,
 ) -> Result<i32> {
     let credential = read_credential(&args.credential_file)?;
     let trust = Arc::new(TrustStore::default());
     trust.set(crate::svid::trust_bundle(&args.credential_file)?);
+    let base = args
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(children::default_base);
+    let runtime = RuntimeDir::claim(&base, &instance_name(&workload))?;
+    workload.node = match &args.node_id {
+        Some(node) => node.clone(),
+        None => runtime.node_id(|| new_node_id(&workload.service))?,
+    };
     let node = workload.node.clone();
     let admin_port = if args.admin_port == 0 {
         free_port()?
     } else {
         args.admin_port
     };
-    // The bootstrap carries the credential: a private directory, a 0600 file.
-    let dir = tempfile::Builder::new()
-        .prefix("weft-sidecar-")
-        .tempdir()
-        .context("cannot create a directory for the Envoy bootstrap")?;
-    let path = dir.path().join("envoy.json");
+    // The runtime directory is private (0700); the bootstrap carries the
+    // credential, so it is 0600 too.
+    let path = runtime.path().join("envoy.json");
+    let sds_socket = runtime.path().join("sds.sock");
+    if sds_socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "the SDS socket path {} is longer than {MAX_SOCKET_PATH} bytes, the most a Unix socket takes; \
+             hint: pass a shorter --runtime-dir",
+            sds_socket.display()
+        );
+    }
     // The workload's identity first: Envoy starts with its certificate.
     let link = crate::svid::EdgeLink::new(args.edge, credential.clone(), node.clone(), trust)?;
     let issued = crate::svid::first(&link).await?;
     let edge_id = SpiffeId::edge(&issued.svid.trust.trust_domain)?.to_string();
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
-    let sds_socket = dir.path().join("sds.sock");
     crate::svid::serve(&sds_socket, issued, link)?;
     let bootstrap = bootstrap(
         &workload,
@@ -338,27 +358,30 @@ async fn run_proxy(
         file.write_all(serde_json::to_string_pretty(&bootstrap)?.as_bytes())?;
     }
     let binary = crate::envoy::find(args.envoy.as_deref())?;
-    let mut envoy = Command::new(&binary)
-        .args([
-            "--use-dynamic-base-id",
-            // Access log lines (authorization verdicts) within a second,
-            // not Envoy's default ten.
-            "--file-flush-interval-msec",
-            "1000",
-            // A changed listener (say, mTLS strict again) takes over at
-            // once: connections on the old one are asked to close now.
-            "--drain-strategy",
-            "immediate",
-            "--drain-time-s",
-            "5",
-            "--log-level",
-            &args.envoy_log_level,
-            "-c",
-        ])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+    let mut envoy = runtime
+        .spawn(
+            "envoy",
+            children::tied(&binary)
+                .args([
+                    "--use-dynamic-base-id",
+                    // Access log lines (authorization verdicts) within a
+                    // second, not Envoy's default ten.
+                    "--file-flush-interval-msec",
+                    "1000",
+                    // A changed listener (say, mTLS strict again) takes
+                    // over at once: connections on the old one are asked
+                    // to close now.
+                    "--drain-strategy",
+                    "immediate",
+                    "--drain-time-s",
+                    "5",
+                    "--log-level",
+                    &args.envoy_log_level,
+                    "-c",
+                ])
+                .arg(&path)
+                .stdin(Stdio::null()),
+        )
         .with_context(|| {
             format!(
                 "cannot start Envoy ({}); install it with `weft envoy install` or pass --envoy PATH",
@@ -366,17 +389,18 @@ async fn run_proxy(
             )
         })?;
     println!(
-        "{summary}; edge {}; Envoy admin http://127.0.0.1:{admin_port}",
+        "{}; edge {}; Envoy admin http://127.0.0.1:{admin_port}",
+        summary(&workload),
         args.edge
     );
     let runs_app = !app.is_empty();
     let mut app = match app.split_first() {
         Some((program, rest)) => Some(
-            Command::new(program)
-                .args(rest)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
+            runtime
+                .spawn(
+                    "app",
+                    children::tied(program).args(rest).stdin(Stdio::null()),
+                )
                 .with_context(|| format!("cannot start the app {program:?}"))?,
         ),
         None => None,
@@ -391,22 +415,22 @@ async fn run_proxy(
         status = envoy.wait() => {
             let status = status?;
             tracing::error!(%status, "Envoy exited");
-            if let Some(app) = app.as_mut() { stop(app).await; }
+            if let Some(app) = app.as_mut() { children::stop(app).await; }
             status.code().unwrap_or(1).max(1)
         }
         status = app_exit => {
             let status = status?;
             tracing::info!(%status, "the app exited; stopping Envoy");
-            stop(&mut envoy).await;
+            children::stop(&mut envoy).await;
             status.code().unwrap_or(1)
         }
         () = shutdown_signal() => {
-            if let Some(app) = app.as_mut() { stop(app).await; }
-            stop(&mut envoy).await;
+            if let Some(app) = app.as_mut() { children::stop(app).await; }
+            children::stop(&mut envoy).await;
             0
         }
     };
-    drop(dir);
+    runtime.remove();
     if code != 0 && !runs_app {
         bail!("Envoy exited with status {code}; see its log above");
     }

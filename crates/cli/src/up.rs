@@ -6,20 +6,19 @@
 //! clusters in two regions, each with its edge, east-west gateway and a
 //! reviews instance, and the client in the first.
 
+use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use reqwest::Method;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use weft_manage::tokens::{CreateToken, CreatedToken};
 
+use crate::children::RuntimeDir;
 use crate::client::Client;
 use crate::server::{data_home, shutdown_signal};
-use crate::sidecar::stop;
+use crate::supervise::Mesh;
 
 /// The demo's configuration; copied into the data directory on first start.
 const MESH: &str = include_str!("../../../examples/up/mesh.yaml");
@@ -49,89 +48,6 @@ pub struct UpArgs {
     /// routing and failover (keeps its data in DATA/multi-cluster)
     #[arg(long)]
     pub multi_cluster: bool,
-}
-
-/// One running component.
-struct Component {
-    name: String,
-    /// Whether the demo stops when it stops (not the instances the
-    /// multi-cluster demo invites you to stop).
-    essential: bool,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Component {
-    fn start(name: &str, logs: &Path, command: &mut Command) -> Result<Component> {
-        let log = logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start the {name}"))?;
-        Ok(Component {
-            name: name.to_string(),
-            essential: true,
-            child,
-            log,
-        })
-    }
-
-    /// The end of its log, to say why it stopped.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-/// All components, stopped in reverse order of start.
-struct Mesh {
-    components: Vec<Component>,
-}
-
-impl Mesh {
-    async fn stop(&mut self) {
-        while let Some(mut component) = self.components.pop() {
-            stop(&mut component.child).await;
-        }
-    }
-
-    /// Completes when a component exits; says which and why.
-    async fn first_exit(&mut self) -> String {
-        loop {
-            for component in self.components.iter_mut().filter(|c| c.essential) {
-                if let Ok(Some(status)) = component.child.try_wait() {
-                    return format!(
-                        "the {} stopped ({status}); the end of its log ({}):\n{}",
-                        component.name,
-                        component.log.display(),
-                        component.log_tail()
-                    );
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Fails with the component's log if it has already exited.
-    fn check(&mut self) -> Result<()> {
-        for component in self.components.iter_mut().filter(|c| c.essential) {
-            if let Ok(Some(status)) = component.child.try_wait() {
-                bail!(
-                    "the {} stopped ({status}); the end of its log ({}):\n{}",
-                    component.name,
-                    component.log.display(),
-                    component.log_tail()
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `N` distinct free ports on 127.0.0.1, none of them `taken`: each
@@ -180,45 +96,73 @@ struct SidecarPlan<'a> {
 }
 
 impl SidecarPlan<'_> {
-    fn command(&self, exe: &Path, envoy: &Path, edge: &str) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .args([
-                "sidecar",
-                "--service",
-                self.service,
-                "--namespace",
-                NAMESPACE,
-            ])
-            .args(["--node-id", self.node, "--inbound", &self.inbound])
-            .args(["--outbound-port", &self.outbound.to_string()])
-            .args(["--edge", edge])
-            .arg("--credential-file")
-            .arg(self.credential)
-            .arg("--envoy")
-            .arg(envoy);
+    /// The `weft sidecar` arguments; its runtime directory is under `runtime`.
+    fn args(&self, exe: &Path, envoy: &Path, edge: &str, runtime: &Path) -> Vec<OsString> {
+        let mut args = words(&[
+            "sidecar",
+            "--service",
+            self.service,
+            "--namespace",
+            NAMESPACE,
+        ]);
+        args.extend(words(&["--node-id", self.node, "--inbound", &self.inbound]));
+        args.extend(words(&[
+            "--outbound-port",
+            &self.outbound.to_string(),
+            "--edge",
+            edge,
+        ]));
+        args.extend(["--credential-file".into(), self.credential.into()]);
+        args.extend(["--envoy".into(), envoy.into()]);
+        args.extend(["--runtime-dir".into(), runtime.into()]);
         if let Some((app, version)) = self.app {
             if let Some(version) = version {
-                command.args(["--label", &format!("version={version}")]);
+                args.extend(words(&["--label", &format!("version={version}")]));
             }
-            command
-                .args(["--app-port", &app.to_string(), "--"])
-                .arg(exe)
-                .args([
-                    "x",
-                    "echo",
-                    "--service",
-                    self.service,
-                    "--instance",
-                    self.node,
-                ])
-                .args(["--listen", &format!("127.0.0.1:{app}")]);
+            args.extend(words(&["--app-port", &app.to_string(), "--"]));
+            args.push(exe.into());
+            args.extend(words(&[
+                "x",
+                "echo",
+                "--service",
+                self.service,
+                "--instance",
+                self.node,
+            ]));
+            args.extend(words(&["--listen", &format!("127.0.0.1:{app}")]));
             if let Some(version) = version {
-                command.args(["--version", version]);
+                args.extend(words(&["--version", version]));
             }
         }
-        command
+        args
     }
+}
+
+/// The `weft edge` arguments for `cluster`.
+fn edge_args(
+    cluster: &str,
+    server: &str,
+    credential: &Path,
+    xds: &str,
+    admin: u16,
+    data: &Path,
+) -> Vec<OsString> {
+    let mut args = words(&["edge", "--cluster", cluster, "--server", server]);
+    args.extend(["--credential-file".into(), credential.into()]);
+    args.extend(words(&["--xds-listen", xds]));
+    args.extend(words(&["--admin-listen", &format!("127.0.0.1:{admin}")]));
+    let dir = if cluster == CLUSTER {
+        "edge".to_string()
+    } else {
+        format!("{cluster}-edge")
+    };
+    args.extend(["--data".into(), data.join(dir).into()]);
+    args
+}
+
+/// Command-line words.
+fn words(words: &[&str]) -> Vec<OsString> {
+    words.iter().map(OsString::from).collect()
 }
 
 /// The credential kept in `dir`, or a new one from the server: for
@@ -253,37 +197,18 @@ async fn credential(
     Ok(path)
 }
 
-/// Starts the server and returns its URL, read from what it prints.
-async fn start_server(exe: &Path, data: &Path, listen: &str, logs: &Path) -> Result<Component> {
-    let log = logs.join("server.log");
-    let file = std::fs::File::create(&log)?;
-    let mut child = Command::new(exe)
-        .arg("server")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", listen, "--edge-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(file.try_clone()?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the server")?;
-    // Keep its banner in the log too.
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut file = tokio::fs::File::from_std(file);
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
-        }
-    });
-    Ok(Component {
-        name: "server".into(),
-        essential: true,
-        child,
-        log,
-    })
+/// The `weft server` arguments for its data, API and edge addresses.
+fn server_args(data: &Path, listen: &str, edge_listen: &str) -> Vec<OsString> {
+    let mut args = words(&["server", "--data"]);
+    args.push(data.into());
+    args.extend(words(&["--listen", listen, "--edge-listen", edge_listen]));
+    args
+}
+
+/// `host:port` of a URL the server printed.
+fn address_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// The URLs the server printed in its log: the API's and the edge port's.
@@ -387,13 +312,12 @@ pub async fn run(args: UpArgs) -> Result<i32> {
         )
     })?;
 
-    let mut mesh = Mesh {
-        components: Vec::new(),
-    };
+    let runtime = RuntimeDir::claim(&data, "run")?;
+    let mut mesh = Mesh::new(&exe, runtime, &logs);
     let result = if args.multi_cluster {
-        start_multi_cluster(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await
+        start_multi_cluster(&mut mesh, &exe, &envoy, &data, &credentials, &args).await
     } else {
-        start(&mut mesh, &exe, &envoy, &data, &logs, &credentials, &args).await
+        start(&mut mesh, &exe, &envoy, &data, &credentials, &args).await
     };
     let code = match result {
         Ok(()) => {
@@ -402,11 +326,7 @@ pub async fn run(args: UpArgs) -> Result<i32> {
                     eprintln!("weft up: stopping");
                     0
                 }
-                why = mesh.first_exit() => {
-                    eprintln!("weft up: {why}");
-                    eprintln!("weft up: stopping the rest");
-                    1
-                }
+                () = mesh.supervise() => unreachable!("supervising never ends"),
             }
         }
         Err(error) => {
@@ -431,17 +351,26 @@ struct ControlPlane {
 /// first time; the copy in `data` after that).
 async fn start_control_plane(
     mesh: &mut Mesh,
-    exe: &Path,
     data: &Path,
-    logs: &Path,
     args: &UpArgs,
     default: &str,
 ) -> Result<ControlPlane> {
     let server_data = data.join("server");
-    let server = start_server(exe, &server_data, &args.listen, logs).await?;
-    let server_log = server.log.clone();
-    mesh.components.push(server);
+    let server_log = mesh
+        .start(
+            "server",
+            "server",
+            server_args(&server_data, &args.listen, "127.0.0.1:0"),
+        )?
+        .log()
+        .to_path_buf();
     let (url, edge_url) = server_url(mesh, &server_log).await?;
+    // Started again after a crash, it takes the same ports: the edges
+    // and the printed URL stay right.
+    mesh.set_args(
+        "server",
+        server_args(&server_data, address_of(&url), address_of(&edge_url)),
+    );
     let admin_token_file = server_data.join("admin.token");
     let admin_token = std::fs::read_to_string(&admin_token_file)
         .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
@@ -473,7 +402,6 @@ async fn start(
     exe: &Path,
     envoy: &Path,
     data: &Path,
-    logs: &Path,
     credentials: &Path,
     args: &UpArgs,
 ) -> Result<()> {
@@ -483,7 +411,7 @@ async fn start(
         client,
         admin_token_file,
         manifest,
-    } = start_control_plane(mesh, exe, data, logs, args, MESH).await?;
+    } = start_control_plane(mesh, data, args, MESH).await?;
 
     let edge_token = credential(&client, credentials, CLUSTER, "edge", None).await?;
     let reviews_token = credential(
@@ -515,18 +443,9 @@ async fn start(
         v2_out,
     ] = free_ports(args.port)?;
     let edge = format!("127.0.0.1:{xds}");
-    mesh.components.push(Component::start(
-        "edge",
-        logs,
-        Command::new(exe)
-            .args(["edge", "--cluster", CLUSTER, "--server", &edge_url])
-            .arg("--credential-file")
-            .arg(&edge_token)
-            .args(["--xds-listen", &edge])
-            .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
-            .arg("--data")
-            .arg(data.join("edge")),
-    )?);
+    let edge_args = edge_args(CLUSTER, &edge_url, &edge_token, &edge, edge_admin, data);
+    mesh.start("edge", "edge", edge_args)?;
+    mesh.set_admin("edge", &format!("127.0.0.1:{edge_admin}"));
 
     for (name, version, [app, inbound, outbound]) in [
         ("reviews-v1", "v1", [v1_app, v1_in, v1_out]),
@@ -540,11 +459,8 @@ async fn start(
             outbound,
             app: Some((app, Some(version))),
         };
-        mesh.components.push(Component::start(
-            name,
-            logs,
-            &mut reviews.command(exe, envoy, &edge),
-        )?);
+        let command = reviews.args(exe, envoy, &edge, mesh.runtime());
+        mesh.start(name, "sidecar", command)?;
     }
     let caller = SidecarPlan {
         service: "client",
@@ -554,14 +470,12 @@ async fn start(
         outbound: args.port,
         app: None,
     };
-    mesh.components.push(Component::start(
-        "client",
-        logs,
-        &mut caller.command(exe, envoy, &edge),
-    )?);
+    let command = caller.args(exe, envoy, &edge, mesh.runtime());
+    mesh.start("client", "sidecar", command)?;
     until_in_sync(mesh, edge_admin, 3).await?;
 
     let port = args.port;
+    let logs = data.join("logs");
     println!(
         "\
 weft up: the mesh is ready.
@@ -595,7 +509,6 @@ async fn start_multi_cluster(
     exe: &Path,
     envoy: &Path,
     data: &Path,
-    logs: &Path,
     credentials: &Path,
     args: &UpArgs,
 ) -> Result<()> {
@@ -605,7 +518,7 @@ async fn start_multi_cluster(
         client,
         admin_token_file,
         manifest,
-    } = start_control_plane(mesh, exe, data, logs, args, MULTI_CLUSTER_MESH).await?;
+    } = start_control_plane(mesh, data, args, MULTI_CLUSTER_MESH).await?;
     let mut edges = Vec::new();
     let mut reviews_pids = Vec::new();
     for (i, (cluster, net)) in CLUSTERS.into_iter().enumerate() {
@@ -622,30 +535,16 @@ async fn start_multi_cluster(
             credential(&client, credentials, cluster, &name("reviews"), reviews).await?;
         let [xds, edge_admin, app, outbound] = free_ports(args.port)?;
         let edge = format!("127.0.0.1:{xds}");
-        mesh.components.push(Component::start(
-            &format!("{cluster}-edge"),
-            logs,
-            Command::new(exe)
-                .args(["edge", "--cluster", cluster, "--server", &edge_url])
-                .arg("--credential-file")
-                .arg(&edge_token)
-                .args(["--xds-listen", &edge])
-                .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
-                .arg("--data")
-                .arg(data.join(format!("{cluster}-edge"))),
-        )?);
-        mesh.components.push(Component::start(
-            &format!("{cluster}-eastwest"),
-            logs,
-            Command::new(exe)
-                .args(["eastwest", "--node-id", &format!("{cluster}-eastwest")])
-                .args(["--listen", &format!("127.0.{net}.1:15443")])
-                .args(["--edge", &edge])
-                .arg("--credential-file")
-                .arg(&gateway_token)
-                .arg("--envoy")
-                .arg(envoy),
-        )?);
+        let edge_args = edge_args(cluster, &edge_url, &edge_token, &edge, edge_admin, data);
+        mesh.start(&name("edge"), "edge", edge_args)?;
+        mesh.set_admin(&name("edge"), &format!("127.0.0.1:{edge_admin}"));
+        let mut eastwest = words(&["eastwest", "--node-id", &name("eastwest")]);
+        eastwest.extend(words(&["--listen", &format!("127.0.{net}.1:15443")]));
+        eastwest.extend(words(&["--edge", &edge, "--credential-file"]));
+        eastwest.push(gateway_token.into());
+        eastwest.extend(["--envoy".into(), envoy.into()]);
+        eastwest.extend(["--runtime-dir".into(), mesh.runtime().into()]);
+        mesh.start(&name("eastwest"), "eastwest", eastwest)?;
         let instance = format!("reviews-{cluster}");
         let plan = SidecarPlan {
             service: "reviews",
@@ -655,10 +554,9 @@ async fn start_multi_cluster(
             outbound,
             app: Some((app, None)),
         };
-        let mut reviews = Component::start(&instance, logs, &mut plan.command(exe, envoy, &edge))?;
-        reviews.essential = false;
-        reviews_pids.push((instance, reviews.child.id().unwrap_or_default()));
-        mesh.components.push(reviews);
+        let command = plan.args(exe, envoy, &edge, mesh.runtime());
+        let pid = mesh.start(&instance, "sidecar", command)?.pid();
+        reviews_pids.push((instance, pid.unwrap_or_default()));
         let mut proxies = 2;
         if i == 0 {
             let client_token = credential(
@@ -677,11 +575,8 @@ async fn start_multi_cluster(
                 outbound: args.port,
                 app: None,
             };
-            mesh.components.push(Component::start(
-                "client",
-                logs,
-                &mut caller.command(exe, envoy, &edge),
-            )?);
+            let command = caller.args(exe, envoy, &edge, mesh.runtime());
+            mesh.start("client", "sidecar", command)?;
             proxies += 1;
         }
         edges.push((cluster, edge_admin, proxies));
@@ -690,6 +585,7 @@ async fn start_multi_cluster(
         until_in_sync(mesh, *edge_admin, *proxies).await?;
     }
     let port = args.port;
+    let logs = data.join("logs");
     let statuses: Vec<String> = edges
         .iter()
         .map(|(cluster, admin, _)| format!("{cluster} http://127.0.0.1:{admin}/status"))

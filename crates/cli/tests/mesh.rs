@@ -602,6 +602,58 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
     .await;
 }
 
+/// Crash-only agents: `weft sidecar` killed with SIGKILL takes its Envoy
+/// and its app along, and the very same command started again serves at
+/// once (no port held by an orphan, no leftover socket in the way).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_again() {
+    let mut mesh = Mesh::start().await;
+    let (_client, port) = mesh.client();
+    let credential = mesh.credential("reviews");
+    let log = mesh.dir.path().join("reviews-v1.log");
+    let mut command = sidecar(
+        "reviews-v1",
+        "reviews",
+        "reviews",
+        mesh.edge.xds_port,
+        &credential,
+        &log,
+    );
+    command.args(["--inbound", &format!("127.0.0.1:{}", free_port())]);
+    with_echo_app(&mut command, "reviews", "reviews-v1", Some("v1"));
+    let mut first = Proc(command.spawn().unwrap());
+    mesh.until_in_sync(2).await;
+    until("reviews-v1 answers", Duration::from_secs(30), async || {
+        mesh.instances(port, 1, "/")
+            .await
+            .contains_key("reviews-v1")
+    })
+    .await;
+    let children = support::children_of(first.0.id());
+    assert_eq!(children.len(), 2, "Envoy and the app run under the sidecar");
+
+    support::kill9(first.0.id());
+    let _ = first.0.wait();
+    support::until_gone("the sidecar's Envoy and app are gone", &children).await;
+
+    let restarted = Instant::now();
+    let _second = Proc(command.spawn().unwrap());
+    until(
+        "the restarted sidecar serves",
+        Duration::from_secs(30),
+        async || {
+            mesh.instances(port, 1, "/")
+                .await
+                .contains_key("reviews-v1")
+        },
+    )
+    .await;
+    println!(
+        "a killed sidecar, started again, served after {:?}",
+        restarted.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_settings_never_reach_proxies_and_nacks_show() {
     let mut mesh = Mesh::start().await;
@@ -679,13 +731,86 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
 
     // A second start picks up the same store and credentials.
     let credentials = std::fs::read_dir(data.join("credentials")).unwrap().count();
-    let (_up, printed) = weft_up(&data, port, &[]);
+    let (mut up, printed) = weft_up(&data, port, &[]);
     assert!(printed.contains("clusters/local unchanged"), "{printed}");
     assert_eq!(
         std::fs::read_dir(data.join("credentials")).unwrap().count(),
         credentials
     );
     assert_eq!(call(true).await, "v2");
+
+    // weft up supervises: an edge and a sidecar killed with SIGKILL come
+    // back on their own, and the mesh serves through them again.
+    let components = || -> Vec<Value> {
+        let text = std::fs::read_to_string(data.join("run/components.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let pid_of = |name: &str| -> Option<u32> {
+        components()
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["pid"].as_u64())
+            .map(|pid| pid as u32)
+    };
+    let (edge, v2) = (pid_of("edge").unwrap(), pid_of("reviews-v2").unwrap());
+    let v2_children = support::children_of(v2);
+    assert_eq!(
+        v2_children.len(),
+        2,
+        "Envoy and the app run under reviews-v2"
+    );
+    support::kill9(edge);
+    support::kill9(v2);
+    support::until_gone("reviews-v2's Envoy and app are gone", &v2_children).await;
+    until(
+        "weft up started the edge and reviews-v2 again",
+        Duration::from_secs(30),
+        async || {
+            components()
+                .iter()
+                .filter(|c| c["name"] == "edge" || c["name"] == "reviews-v2")
+                .all(|c| c["restarts"].as_u64() >= Some(1) && c["pid"].is_u64())
+        },
+    )
+    .await;
+    assert_ne!(pid_of("edge"), Some(edge));
+    until(
+        "reviews-v2 answers again",
+        Duration::from_secs(30),
+        async || {
+            let request = http
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("host", "reviews")
+                .header("x-canary", "yes");
+            match request.send().await {
+                Ok(response) => response
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|b| b["version"] == "v2"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+
+    // weft up itself killed: everything it started goes with it.
+    let all: Vec<u32> = components()
+        .iter()
+        .filter_map(|c| c["pid"].as_u64().map(|pid| pid as u32))
+        .collect();
+    let grandchildren: Vec<u32> = all
+        .iter()
+        .flat_map(|pid| support::children_of(*pid))
+        .collect();
+    // Three Envoys, two apps.
+    assert_eq!(grandchildren.len(), 5, "{grandchildren:?}");
+    support::kill9(up.0.id());
+    let _ = up.0.wait();
+    support::until_gone(
+        "every component of a killed weft up is gone",
+        &[all, grandchildren].concat(),
+    )
+    .await;
 }
 
 /// gRPC (HTTP/2 without TLS) through the client's sidecar: the call, its

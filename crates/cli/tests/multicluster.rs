@@ -669,6 +669,53 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
 }
 
 /// A metric of every edge, in cluster order.
+/// Crash-only gateways: `weft eastwest` killed with SIGKILL takes its
+/// Envoy along, and the same command started again carries calls across
+/// clusters again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_eastwest_gateway_takes_its_envoy_along_and_the_same_command_serves_again() {
+    const EAST_A: usize = 0;
+    const EAST_B: usize = 1;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut world = World::start().await;
+    let client = world.proxy(EAST_A, "client-a", "client", None);
+    // ratings runs in east-b only: every call crosses east-b's gateway.
+    world.proxy(EAST_B, "ratings-b", "ratings", Some("ratings"));
+    world.until_directory(EAST_A, 1).await;
+    world.until_in_sync().await;
+    world
+        .until_answered_by(
+            client,
+            "ratings",
+            "ratings-b",
+            "ratings answers from east-b",
+        )
+        .await;
+
+    let gateway = world.clusters[EAST_B].gateway.take().unwrap();
+    let pid = gateway.0.id();
+    let envoys = support::children_of(pid);
+    assert_eq!(envoys.len(), 1, "the gateway runs one Envoy");
+    support::kill9(pid);
+    drop(gateway);
+    support::until_gone("the gateway's Envoy is gone", &envoys).await;
+
+    let restarted = Instant::now();
+    world.start_gateway(EAST_B);
+    world
+        .until_answered_by(
+            client,
+            "ratings",
+            "ratings-b",
+            "the restarted gateway carries calls to east-b",
+        )
+        .await;
+    println!(
+        "a killed east-west gateway, started again, carried calls after {:?}",
+        restarted.elapsed()
+    );
+}
+
 async fn edge_metrics(world: &World, name: &str) -> Vec<Option<i64>> {
     let mut values = Vec::new();
     for c in 0..world.clusters.len() {
