@@ -25,6 +25,8 @@ use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 
+use crate::procfs;
+
 /// The lock a running instance holds; it names the holder's pid.
 const LOCK: &str = "lock";
 /// One line per child: `PID START NAME` (START: its start time in clock
@@ -109,7 +111,7 @@ impl RuntimeDir {
     pub fn spawn(&self, name: &str, command: &mut Command) -> Result<Child> {
         let child = command.spawn()?;
         if let Some(pid) = child.id() {
-            let start = start_time(pid).unwrap_or_default();
+            let start = procfs::stat(pid).map_or(0, |s| s.start);
             let mut file = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
@@ -287,54 +289,25 @@ fn signal_group(leader: i32, signal: Signal) {
     }
 }
 
-/// A live process's start time (clock ticks since boot) and process
-/// group, from `/proc/PID/stat`; None for a zombie, which holds nothing.
-fn stat(pid: i32) -> Option<(u64, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: fields count from the
-    // last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // After the name: state(3) ppid(4) pgrp(5) ... starttime(22).
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    let group = fields.get(2)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((start, group))
-}
-
-/// `pid`'s start time, if it is running.
-fn start_time(pid: u32) -> Option<u64> {
-    stat(pid as i32).map(|(start, _)| start)
-}
-
-/// The processes of this user in the group `leader` led, started no
+/// The live processes of this user in the group `leader` led, started no
 /// earlier than it (`start`): a group whose number was reused by an
 /// unrelated process started before is not ours.
-fn group_members(leader: i32, start: u64) -> Vec<i32> {
-    let uid = rustix::process::getuid().as_raw();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == uid)
-                && stat(*pid).is_some_and(|(began, group)| group == leader && began >= start)
-        })
+fn group_members(leader: i32, start: u64) -> Vec<u32> {
+    procfs::processes()
+        .into_iter()
+        .filter(|pid| procfs::stat(*pid).is_some_and(|s| s.group == leader && s.start >= start))
         .collect()
 }
+
+/// A child forked by one test holds another test's lock until it execs:
+/// the tests that lock and those that fork take turns.
+#[cfg(test)]
+pub(crate) static FORKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
-
-    /// A child forked by one test holds the other's lock until it execs:
-    /// the tests that lock and the one that forks take turns.
-    static FORKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     #[test]
     fn a_live_instance_is_refused_and_a_dead_one_is_cleared() {
@@ -393,16 +366,5 @@ mod tests {
             .unwrap();
         let refused = RuntimeDir::claim(base.path(), "y").err().unwrap();
         assert!(refused.to_string().contains("or read"), "{refused:#}");
-    }
-
-    #[test]
-    fn stat_reads_this_process() {
-        let (start, group) = stat(std::process::id() as i32).unwrap();
-        assert!(start > 0);
-        assert_eq!(
-            group,
-            rustix::process::getpgrp().as_raw_pid(),
-            "the process group field"
-        );
     }
 }

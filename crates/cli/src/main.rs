@@ -6,6 +6,7 @@
 
 mod admin;
 mod backup;
+mod chaos;
 mod children;
 mod client;
 mod config;
@@ -14,6 +15,7 @@ mod edge;
 mod envoy;
 mod manifests;
 mod output;
+mod procfs;
 mod resources;
 mod server;
 mod settings;
@@ -300,6 +302,14 @@ Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503
 The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
 Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),
+    /// Run `weft up --multi-cluster` under a steady load while killing a random process of it every few seconds; report what failed
+    #[command(after_help = "\
+Examples:
+  weft x chaos                                   # 60 s, a kill every 5 s, 40 requests/s
+  weft x chaos --duration 30m --report chaos.json
+Each kill waits until the mesh is whole again (every component running and in sync).
+Exit status 1 if a request failed or the mesh did not heal within 60 s of a kill.")]
+    Chaos(chaos::ChaosArgs),
     /// Run a program that gets SIGTERM when the process that started it
     /// dies (how agents start Envoy and apps)
     #[command(hide = true)]
@@ -581,6 +591,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::X(XCommand::Tie { parent, command }) => {
             let failed = children::exec_tied(parent, &command);
             Err(CliError::new(Exit::Failed, format!("{failed:#}")))
+        }
+        Command::X(XCommand::Chaos(args)) => {
+            init_logging(&cli.log_format);
+            let code = chaos::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Command::X(XCommand::Echo(args)) => {
             init_logging(&cli.log_format);
