@@ -22,9 +22,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::children;
-use crate::procfs;
 use crate::supervise::{COMPONENTS, Running};
+use weft_agent::children;
+use weft_agent::procfs;
 
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
@@ -150,8 +150,18 @@ pub async fn run(args: ChaosArgs) -> Result<i32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills: Vec<Kill> = Vec::new();
     let started = load.started;
+    // Ctrl-C ends the run early, with the report of what ran.
+    let interrupted = crate::server::shutdown_signal();
+    tokio::pin!(interrupted);
+    let mut stopped_early = false;
     while started.elapsed() + args.every < args.duration {
-        tokio::time::sleep(args.every).await;
+        tokio::select! {
+            () = tokio::time::sleep(args.every) => {}
+            () = &mut interrupted => {
+                stopped_early = true;
+                break;
+            }
+        }
         let Some((name, kind, pid)) = choose(&up, &mut rng) else {
             continue;
         };
@@ -181,8 +191,13 @@ pub async fn run(args: ChaosArgs) -> Result<i32> {
             healed_after,
         });
     }
-    let remaining = args.duration.saturating_sub(started.elapsed());
-    tokio::time::sleep(remaining).await;
+    if !stopped_early {
+        let remaining = args.duration.saturating_sub(started.elapsed());
+        tokio::select! {
+            () = tokio::time::sleep(remaining) => {}
+            () = &mut interrupted => {}
+        }
+    }
     let (sent, failures) = load.stop().await;
     let memory_end = memory(&up);
     children::stop(&mut up.child).await;

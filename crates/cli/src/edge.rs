@@ -39,25 +39,12 @@ pub struct EdgeArgs {
     pub svid_ttl: Duration,
 }
 
-/// Reads a credential file: the secret on its first line.
-pub fn read_credential(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
-    let secret = text.lines().next().unwrap_or_default().trim().to_string();
-    anyhow::ensure!(
-        !secret.is_empty(),
-        "the credential file {} is empty",
-        path.display()
-    );
-    Ok(secret)
-}
-
 /// Where `weft edge` finds the server without `--server`.
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7071";
 
 pub async fn run_edge(args: EdgeArgs, server: String) -> Result<()> {
-    let credential = read_credential(&args.credential_file)?;
-    let trust = crate::svid::trust_bundle(&args.credential_file)?;
+    let credential = weft_agent::credential::read_secret(&args.credential_file)?;
+    let trust = weft_agent::credential::read_trust_bundle(&args.credential_file)?;
     let data_dir = match args.data {
         Some(dir) => dir,
         None => data_home()?.join(format!("edge-{}", args.cluster)),

@@ -7,7 +7,6 @@
 mod admin;
 mod backup;
 mod chaos;
-mod children;
 mod client;
 mod config;
 mod echo;
@@ -15,13 +14,11 @@ mod edge;
 mod envoy;
 mod manifests;
 mod output;
-mod procfs;
 mod resources;
 mod server;
 mod settings;
 mod sidecar;
 mod supervise;
-mod svid;
 mod translate;
 mod up;
 
@@ -589,8 +586,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::X(XCommand::Tie { parent, command }) => {
-            let failed = children::exec_tied(parent, &command);
-            Err(CliError::new(Exit::Failed, format!("{failed:#}")))
+            let failed = weft_agent::children::exec_tied(parent, &command);
+            Err(CliError::new(Exit::Failed, failed))
         }
         Command::X(XCommand::Chaos(args)) => {
             init_logging(&cli.log_format);

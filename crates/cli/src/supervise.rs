@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 
-use crate::children::{self, RuntimeDir};
+use weft_agent::children::{self, RuntimeDir};
 
 /// The file in the runtime directory that lists the running components.
 pub const COMPONENTS: &str = "components.json";

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
+use weft_agent::workload::Workload;
 use weft_api::Resource;
 use weft_api::edge::Locality;
 use weft_control::directory::Directory;
 use weft_control::translate::{Config, translate};
-use weft_control::workload::Workload;
 
 use crate::client::{CliError, Exit};
 use crate::manifests;

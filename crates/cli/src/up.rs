@@ -15,10 +15,10 @@ use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use weft_manage::tokens::{CreateToken, CreatedToken};
 
-use crate::children::RuntimeDir;
 use crate::client::Client;
 use crate::server::{data_home, shutdown_signal};
 use crate::supervise::Mesh;
+use weft_agent::children::RuntimeDir;
 
 /// The demo's configuration; copied into the data directory on first start.
 const MESH: &str = include_str!("../../../examples/up/mesh.yaml");
@@ -606,6 +606,7 @@ Calls from east-1 stay in east-1:
   curl -H 'Host: reviews' http://127.0.0.1:{port}/      # \"instance\": \"{local}\"
 Stop east-1's reviews, and calls go to {same_region} in east-2 (same region), with no failed request:
   kill {local_pid}
+  (kill -9 instead is a crash: weft up starts it again, and calls come back to east-1)
 Stop east-2's too, and they go to {other_region} in west-1:
   kill {same_region_pid}
 See what each edge knows of the others: curl the status URLs above (\"directory\").

@@ -29,12 +29,12 @@ use prost::Message;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use weft_agent::workload::Workload;
 use weft_api::Resource;
 use weft_api::edge::{DirectoryService, Locality, Site};
 use weft_control::directory::Directory;
 use weft_control::publish::{Published, Publisher, coalesce};
 use weft_control::translate::{Config, Translation, translate};
-use weft_control::workload::Workload;
 use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
 
 const CLUSTER: &str = "east";

@@ -15,7 +15,7 @@ use weft_api::edge::{
     Site,
 };
 
-use crate::workload::{Role, Workload};
+use weft_agent::workload::{Role, Workload};
 
 /// The edge's calls to the server's directory endpoints.
 #[derive(Clone)]

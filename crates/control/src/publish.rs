@@ -258,7 +258,7 @@ mod tests {
     use super::*;
     use crate::directory::Directory;
     use crate::translate::{Config, translate};
-    use crate::workload::Workload;
+    use weft_agent::workload::Workload;
     use weft_xds::ResourceType;
 
     fn config() -> Config {

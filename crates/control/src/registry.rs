@@ -19,7 +19,7 @@ use tonic::metadata::MetadataMap;
 use weft_api::edge::{WorkloadCredential, hash_secret};
 use weft_xds::Admission;
 
-use crate::workload::Workload;
+use weft_agent::workload::Workload;
 use weft_identity::transport::Peer;
 
 struct Entry {

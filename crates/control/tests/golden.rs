@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
+use weft_agent::workload::Workload;
 use weft_api::Resource;
 use weft_api::edge::Locality;
 use weft_control::directory::Directory;
 use weft_control::publish::Publisher;
 use weft_control::translate::{Config, translate};
-use weft_control::workload::Workload;
 use weft_xds::{ResourceType, Snapshot};
 
 #[derive(Deserialize)]

@@ -23,15 +23,6 @@ use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
 
 /// Where a proxy gets its certificate and trust bundle: the SDS server of
 /// its own `weft sidecar`, over a Unix socket, by these secret names.
-pub mod sds {
-    /// The bootstrap's static cluster for the sidecar's SDS socket.
-    pub const CLUSTER: &str = "weft-sds";
-    /// The workload's certificate chain and key.
-    pub const CERTIFICATE: &str = "default";
-    /// The roots of the trust domain.
-    pub const TRUST_BUNDLE: &str = "ROOTCA";
-}
-
 /// Everything one proxy is sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::EASTWEST;
 use super::{plan::ServicePlan, resilience::single_host_cluster};
 use crate::proxy::{Cluster, Endpoints, ProxyConfig, SniListener, SocketAddr};
-use crate::workload::Workload;
+use weft_agent::workload::Workload;
 
 /// An east-west gateway's config: a route by SNI to the instances of
 /// every service that runs here.

@@ -30,7 +30,7 @@ use crate::proxy::{
     Action, Cluster, Endpoints, FixedHost, Forward, Listener, Mtls, ProxyConfig, Route, RouteMatch,
     RouteTable, SocketAddr, VirtualHost,
 };
-use crate::workload::{Role, Workload};
+use weft_agent::workload::{Role, Workload};
 
 use eastwest::eastwest_gateway;
 use resilience::single_host_cluster;

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::directory::Directory;
 use crate::proxy::{Endpoints, Mtls, RemoteEndpoints, SocketAddr};
-use crate::workload::Workload;
+use weft_agent::workload::Workload;
 
 /// A service: `name` in `namespace`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

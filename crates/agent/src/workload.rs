@@ -1,6 +1,6 @@
 //! A workload as its proxy announces it in the xDS node metadata.
 //!
-//! `weft sidecar` writes these keys into the Envoy bootstrap; the edge reads
+//! The agent writes these keys into the Envoy bootstrap; the edge reads
 //! them when the proxy connects. A registry file for `weft x translate` is a
 //! YAML list of the same records.
 
@@ -61,7 +61,7 @@ fn is_sidecar(role: &Role) -> bool {
     *role == Role::Sidecar
 }
 
-/// Metadata keys, as `weft sidecar` writes them.
+/// Metadata keys, as the agent writes them.
 pub mod keys {
     pub const SERVICE: &str = "service";
     pub const NAMESPACE: &str = "namespace";
@@ -238,27 +238,47 @@ impl Workload {
     }
 
     /// The node metadata that announces this workload.
-    pub fn to_metadata(&self) -> serde_json::Value {
-        let mut metadata = serde_json::json!({
-            keys::SERVICE: self.service,
-            keys::NAMESPACE: self.namespace,
-            keys::SERVICE_ACCOUNT: self.service_account,
-            keys::LABELS: self.labels,
-            keys::ADDRESS: self.address,
-            keys::PORT: self.port.to_string(),
-        });
+    pub fn to_metadata(&self) -> Struct {
+        let text = |s: &str| Value {
+            kind: Some(ValueKind::StringValue(s.to_string())),
+        };
+        let mut fields = BTreeMap::from([
+            (keys::SERVICE, text(&self.service)),
+            (keys::NAMESPACE, text(&self.namespace)),
+            (keys::SERVICE_ACCOUNT, text(&self.service_account)),
+            (keys::ADDRESS, text(&self.address)),
+            (keys::PORT, text(&self.port.to_string())),
+        ]);
+        let labels = Struct {
+            fields: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect(),
+        };
+        fields.insert(
+            keys::LABELS,
+            Value {
+                kind: Some(ValueKind::StructValue(labels)),
+            },
+        );
         if let Some(outbound_port) = self.outbound_port {
-            metadata[keys::OUTBOUND_PORT] = outbound_port.to_string().into();
+            fields.insert(keys::OUTBOUND_PORT, text(&outbound_port.to_string()));
         }
         if self.role == Role::Eastwest {
-            metadata[keys::ROLE] = "eastwest".into();
+            fields.insert(keys::ROLE, text("eastwest"));
         }
         if let Some(app_port) = self.app_port {
-            metadata[keys::APP_PORT] = app_port.to_string().into();
+            fields.insert(keys::APP_PORT, text(&app_port.to_string()));
         }
         if !self.calls.is_empty() {
-            metadata[keys::CALLS] = self.calls.join(",").into();
+            fields.insert(keys::CALLS, text(&self.calls.join(",")));
         }
-        metadata
+        Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
     }
 }

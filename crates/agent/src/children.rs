@@ -21,11 +21,22 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 
+use crate::AgentError;
 use crate::procfs;
+
+type Result<T> = std::result::Result<T, AgentError>;
+
+/// `weft x tie` is a command of the `weft` CLI, which reads this
+/// variable's settings file: the child must not get the agent's.
+const SETTINGS_FILE_ENV: &str = "WEFT_CONFIG_FILE";
+
+/// An I/O error on the runtime directory's `path`.
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+    move |e| AgentError::file(what, path, e)
+}
 
 /// The lock a running instance holds; it names the holder's pid.
 const LOCK: &str = "lock";
@@ -65,7 +76,7 @@ impl RuntimeDir {
             .recursive(true)
             .mode(0o700)
             .create(base)
-            .with_context(|| format!("cannot create the runtime directory {}", base.display()))?;
+            .map_err(io("cannot create the runtime directory", base))?;
         // Nobody else may rename or replace what is in it.
         refuse_shared(base, 0o022)?;
         let path = base.join(instance);
@@ -76,7 +87,7 @@ impl RuntimeDir {
                 std::io::ErrorKind::AlreadyExists => Ok(()),
                 _ => Err(e),
             })
-            .with_context(|| format!("cannot create {}", path.display()))?;
+            .map_err(io("cannot create the runtime directory", &path))?;
         // Nobody else may read what is in it (the bootstrap holds a
         // credential), as a directory someone else made beforehand could.
         refuse_shared(&path, 0o077)?;
@@ -85,18 +96,20 @@ impl RuntimeDir {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path.join(LOCK))?;
+            .open(path.join(LOCK))
+            .map_err(io("cannot open the lock", &path))?;
         if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
             let holder = std::fs::read_to_string(path.join(LOCK)).unwrap_or_default();
-            bail!(
-                "another process (pid {}) runs this instance (runtime directory {}); \
+            return Err(AgentError::RuntimeDir(format!(
+                "another process (pid {}) is using the runtime directory {}; \
                  hint: stop it first, or give this one other addresses",
                 holder.trim(),
                 path.display()
-            );
+            )));
         }
-        lock.set_len(0)?;
-        writeln!(lock, "{}", std::process::id())?;
+        lock.set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(io("cannot write the lock", &path))?;
         let dir = RuntimeDir { path, _lock: lock };
         dir.stop_leftovers();
         dir.clear()?;
@@ -108,15 +121,21 @@ impl RuntimeDir {
     }
 
     /// Spawns `command` (made by [`tied`]) and records the child as `name`.
-    pub fn spawn(&self, name: &str, command: &mut Command) -> Result<Child> {
+    /// Fails only if it cannot start; a child it cannot record is
+    /// logged (tied, it dies with this process all the same).
+    pub fn spawn(&self, name: &str, command: &mut Command) -> std::io::Result<Child> {
         let child = command.spawn()?;
         if let Some(pid) = child.id() {
             let start = procfs::stat(pid).map_or(0, |s| s.start);
-            let mut file = std::fs::OpenOptions::new()
+            let path = self.path.join(CHILDREN);
+            let recorded = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
-                .open(self.path.join(CHILDREN))?;
-            writeln!(file, "{pid} {start} {name}")?;
+                .open(&path)
+                .and_then(|mut file| writeln!(file, "{pid} {start} {name}"));
+            if let Err(error) = recorded {
+                tracing::warn!(%error, path = %path.display(), name, pid, "cannot record a child");
+            }
         }
         Ok(child)
     }
@@ -131,7 +150,8 @@ impl RuntimeDir {
             return Ok(kept.trim().to_string());
         }
         let node = new();
-        std::fs::write(&file, format!("{node}\n"))?;
+        std::fs::write(&file, format!("{node}\n"))
+            .map_err(io("cannot keep the node id in", &file))?;
         Ok(node)
     }
 
@@ -187,23 +207,26 @@ impl RuntimeDir {
     /// Removes what a previous run left, but the lock, the node id and
     /// the (now empty) record of children.
     fn clear(&self) -> Result<()> {
-        for entry in std::fs::read_dir(&self.path)? {
-            let entry = entry?;
+        let entries = std::fs::read_dir(&self.path).map_err(io("cannot read", &self.path))?;
+        for entry in entries {
+            let entry = entry.map_err(io("cannot read", &self.path))?;
             let name = entry.file_name();
             if KEPT.iter().any(|kept| name == *kept) {
                 continue;
             }
             let path = entry.path();
-            let removed = if entry.file_type()?.is_dir() {
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 std::fs::remove_dir_all(&path)
             } else {
                 std::fs::remove_file(&path)
             };
-            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.map_err(io("cannot remove what a previous run left:", &path))?;
         }
-        std::fs::write(self.path.join(CHILDREN), "")?;
+        let children = self.path.join(CHILDREN);
+        std::fs::write(&children, "").map_err(io("cannot write", &children))?;
         let lock = self.path.join(LOCK);
-        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("cannot make private", &lock))?;
         Ok(())
     }
 }
@@ -211,11 +234,11 @@ impl RuntimeDir {
 /// Refuses `dir` unless this user (or, but for a private directory, root)
 /// owns it and it has none of the permission bits in `forbidden`.
 fn refuse_shared(dir: &Path, forbidden: u32) -> Result<()> {
-    let meta = std::fs::symlink_metadata(dir)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io("cannot inspect", dir))?;
     let me = rustix::process::getuid().as_raw();
     let owner_ok = meta.uid() == me || (meta.uid() == 0 && forbidden != 0o077);
     if !meta.is_dir() || !owner_ok || meta.mode() & forbidden != 0 {
-        bail!(
+        return Err(AgentError::RuntimeDir(format!(
             "the runtime directory {} is not safe to use (owner uid {}, mode {:o}): it must be \
              a directory of this user's that others cannot change{}; \
              hint: pass --runtime-dir with a directory only you can use",
@@ -223,7 +246,7 @@ fn refuse_shared(dir: &Path, forbidden: u32) -> Result<()> {
             meta.uid(),
             meta.mode() & 0o7777,
             if forbidden == 0o077 { " or read" } else { "" },
-        );
+        )));
     }
     Ok(())
 }
@@ -243,7 +266,7 @@ pub fn tied(program: impl Into<OsString>) -> Command {
         ])
         .arg(program.into())
         // The settings file is this process's, not the child's.
-        .env_remove(crate::settings::FILE_ENV)
+        .env_remove(SETTINGS_FILE_ENV)
         .process_group(0)
         .kill_on_drop(true);
     command
@@ -267,20 +290,20 @@ pub async fn stop(child: &mut Child) {
 
 /// `weft x tie`: asks for SIGTERM when `parent` dies, then becomes
 /// `command`. Returns only if that fails, with why.
-pub fn exec_tied(parent: u32, command: &[OsString]) -> anyhow::Error {
+pub fn exec_tied(parent: u32, command: &[OsString]) -> String {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = command.split_first() else {
-        return anyhow::anyhow!("weft x tie: no program given");
+        return "weft x tie: no program given".into();
     };
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(Signal::TERM)) {
-        return anyhow::anyhow!("weft x tie: cannot ask for a parent-death signal: {error}");
+        return format!("weft x tie: cannot ask for a parent-death signal: {error}");
     }
     // The parent may have died before the request above took effect.
     if rustix::process::getppid().map(|p| p.as_raw_pid() as u32) != Some(parent) {
-        return anyhow::anyhow!("weft x tie: the parent (pid {parent}) is gone");
+        return format!("weft x tie: the parent (pid {parent}) is gone");
     }
     let error = std::process::Command::new(program).args(args).exec();
-    anyhow::anyhow!("cannot run {}: {error}", Path::new(program).display())
+    format!("cannot run {}: {error}", Path::new(program).display())
 }
 
 fn signal_group(leader: i32, signal: Signal) {

@@ -1,0 +1,220 @@
+//! Runs one proxy: claims the instance's runtime directory, gets the
+//! workload certificate, serves it over SDS, writes the bootstrap, and
+//! runs Envoy (and the app, if any), both tied to this process, until one
+//! exits or `stop` completes; then stops the other.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use rand::RngCore;
+use weft_identity::SpiffeId;
+use weft_identity::tls::TrustStore;
+
+use crate::AgentError;
+use crate::bootstrap::{self, Params};
+use crate::children::{self, RuntimeDir};
+use crate::credential;
+use crate::sds::SdsServer;
+use crate::svid::{self, EdgeLink};
+use crate::workload::{Role, Workload};
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes,
+/// with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How to run a proxy, whatever its role.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// The edge's xDS address.
+    pub edge: SocketAddr,
+    pub credential_file: PathBuf,
+    /// The node id; none: the one kept from a crashed run of this
+    /// instance, else `SERVICE-<random>`.
+    pub node_id: Option<String>,
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// Envoy's admin port on 127.0.0.1 (0 picks a free one).
+    pub admin_port: u16,
+    pub envoy_log_level: String,
+    /// Delta xDS (else state of the world).
+    pub delta: bool,
+    /// Where instances keep their runtime directories.
+    pub runtime_base: PathBuf,
+}
+
+/// The runtime directory's name for a proxy: its role and the address it
+/// listens on, which no other proxy on this host can share.
+fn instance_name(workload: &Workload) -> String {
+    let role = match workload.role {
+        Role::Eastwest => "eastwest",
+        Role::Sidecar => "sidecar",
+    };
+    format!("{role}-{}-{}", workload.address, workload.port)
+}
+
+/// A new node id for a proxy of `service`: SERVICE-<random>.
+fn new_node_id(service: &str) -> String {
+    let mut bytes = [0u8; 4];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{service}-{}", hex::encode(bytes))
+}
+
+fn free_port() -> Result<u16, AgentError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| AgentError::RuntimeDir(format!("cannot pick a port for Envoy's admin: {e}")))
+}
+
+/// Runs the proxy of `workload` (its `node` is filled in here) and `app`
+/// (a program and its arguments; empty: none) until one exits or `stop`
+/// completes. `announce` gets the workload once its node id is known and
+/// Envoy runs, with Envoy's admin port. The exit code is the app's, or
+/// 0 after `stop`; Envoy exiting on its own is an error.
+pub async fn run(
+    mut workload: Workload,
+    options: &ProxyOptions,
+    app: &[String],
+    announce: impl FnOnce(&Workload, u16),
+    stop: impl Future<Output = ()>,
+) -> Result<i32, AgentError> {
+    let credential = credential::read_secret(&options.credential_file)?;
+    let trust = Arc::new(TrustStore::default());
+    trust.set(credential::read_trust_bundle(&options.credential_file)?);
+    let runtime = RuntimeDir::claim(&options.runtime_base, &instance_name(&workload))?;
+    workload.node = match &options.node_id {
+        Some(node) => node.clone(),
+        None => runtime.node_id(|| new_node_id(&workload.service))?,
+    };
+    let admin_port = match options.admin_port {
+        0 => free_port()?,
+        port => port,
+    };
+    // The runtime directory is private (0700); the bootstrap carries the
+    // credential, so it is 0600 too.
+    let path = runtime.path().join("envoy.json");
+    let sds_socket = runtime.path().join("sds.sock");
+    if sds_socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(AgentError::RuntimeDir(format!(
+            "the SDS socket path {} is longer than {MAX_SOCKET_PATH} bytes, the most a Unix \
+             socket takes; hint: pass a shorter --runtime-dir",
+            sds_socket.display()
+        )));
+    }
+    // The workload's identity first: Envoy starts with its certificate.
+    let link = EdgeLink::new(
+        options.edge,
+        credential.clone(),
+        workload.node.clone(),
+        trust,
+    )?;
+    let issued = svid::first(&link).await?;
+    let edge_id = SpiffeId::edge(&issued.svid.trust.trust_domain)?.to_string();
+    tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
+    let sds = SdsServer::start(&sds_socket, &workload.node)?;
+    svid::keep_renewed(sds, issued, link)?;
+    let bootstrap = bootstrap::to_json(&bootstrap::bootstrap(&Params {
+        workload: &workload,
+        edge: options.edge,
+        edge_id: &edge_id,
+        credential: &credential,
+        sds_socket: &sds_socket,
+        admin_port,
+        delta: options.delta,
+    }))?;
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(bootstrap.as_bytes()))
+            .map_err(|e| AgentError::file("cannot write the Envoy bootstrap", &path, e))?;
+    }
+    let mut envoy = runtime
+        .spawn(
+            "envoy",
+            children::tied(&options.envoy)
+                .args([
+                    "--use-dynamic-base-id",
+                    // Access log lines (authorization verdicts) within a
+                    // second, not Envoy's default ten.
+                    "--file-flush-interval-msec",
+                    "1000",
+                    // A changed listener (say, mTLS strict again) takes
+                    // over at once: connections on the old one are asked
+                    // to close now.
+                    "--drain-strategy",
+                    "immediate",
+                    "--drain-time-s",
+                    "5",
+                    "--log-level",
+                    &options.envoy_log_level,
+                    "-c",
+                ])
+                .arg(&path)
+                .stdin(Stdio::null()),
+        )
+        .map_err(|source| AgentError::Start {
+            what: "Envoy",
+            program: format!(
+                "{}; install it with `weft envoy install` or pass --envoy PATH",
+                options.envoy.display()
+            ),
+            source,
+        })?;
+    announce(&workload, admin_port);
+    let runs_app = !app.is_empty();
+    let mut app = match app.split_first() {
+        Some((program, rest)) => Some(
+            runtime
+                .spawn(
+                    "app",
+                    children::tied(program).args(rest).stdin(Stdio::null()),
+                )
+                .map_err(|source| AgentError::Start {
+                    what: "the app",
+                    program: program.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let app_exit = async {
+        match app.as_mut() {
+            Some(app) => app.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let waited =
+        |e: std::io::Error| AgentError::RuntimeDir(format!("cannot wait for a child: {e}"));
+    let code = tokio::select! {
+        status = envoy.wait() => {
+            let status = status.map_err(waited)?;
+            tracing::error!(%status, "Envoy exited");
+            if let Some(app) = app.as_mut() { children::stop(app).await; }
+            status.code().unwrap_or(1).max(1)
+        }
+        status = app_exit => {
+            let status = status.map_err(waited)?;
+            tracing::info!(%status, "the app exited; stopping Envoy");
+            children::stop(&mut envoy).await;
+            status.code().unwrap_or(1)
+        }
+        () = stop => {
+            if let Some(app) = app.as_mut() { children::stop(app).await; }
+            children::stop(&mut envoy).await;
+            0
+        }
+    };
+    runtime.remove();
+    if code != 0 && !runs_app {
+        return Err(AgentError::EnvoyExited(code));
+    }
+    Ok(code)
+}
