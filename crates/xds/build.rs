@@ -26,7 +26,6 @@ const FILES: &[&str] = &[
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
-    "envoy/config/bootstrap/v3/bootstrap.proto",
 ];
 
 fn main() {

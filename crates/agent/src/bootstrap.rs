@@ -2,8 +2,9 @@
 //! it is (node id, cluster, the workload in the node metadata), how it
 //! reaches its edge (ADS over mutual TLS with the workload certificate,
 //! the edge's SPIFFE ID checked, the credential as gRPC initial metadata),
-//! and the static cluster of its SDS socket. Written as proto3 JSON, which
-//! Envoy reads and people can too.
+//! and the static cluster of its SDS socket. Written as binary protobuf
+//! (`envoy.pb`, which Envoy reads by its extension): the agent carries no
+//! descriptors for a text form. Envoy's admin `/config_dump` shows it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,7 +43,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use envoy_types::util::pack_any;
 
-use crate::AgentError;
 use crate::sds;
 use crate::workload::Workload;
 
@@ -236,21 +236,11 @@ pub fn bootstrap(params: &Params) -> Bootstrap {
     }
 }
 
-/// The bootstrap as Envoy reads it from a `.json` file.
-pub fn to_json(bootstrap: &Bootstrap) -> Result<String, AgentError> {
-    let mut json = weft_xds::json::to_json(&pack_any(bootstrap.clone()))
-        .map_err(|e| AgentError::Bootstrap(e.to_string()))?;
-    // A bootstrap file is the message itself, not an Any.
-    if let serde_json::Value::Object(fields) = &mut json {
-        fields.remove("@type");
-    }
-    serde_json::to_string_pretty(&json).map_err(|e| AgentError::Bootstrap(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::workload::Role;
+    use prost::Message;
 
     #[test]
     fn the_bootstrap_names_the_workload_its_edge_and_its_sds_socket() {
@@ -267,7 +257,7 @@ mod tests {
             role: Role::Sidecar,
             calls: Vec::new(),
         };
-        let json = to_json(&bootstrap(&Params {
+        let bootstrap = bootstrap(&Params {
             workload: &workload,
             edge: "127.0.0.1:15010".parse().unwrap(),
             edge_id: "spiffe://weft/ns/weft-system/sa/weft-edge",
@@ -275,34 +265,58 @@ mod tests {
             sds_socket: Path::new("/run/weft/sidecar/sds.sock"),
             admin_port: 15000,
             delta: true,
-        }))
-        .unwrap();
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["node"]["id"], "reviews-1");
+        });
+        let node = bootstrap.node.as_ref().unwrap();
+        assert_eq!(node.id, "reviews-1");
         // The edge reads the workload back from the metadata.
-        let node: Node = Node {
-            id: "reviews-1".into(),
-            metadata: Some(workload.to_metadata()),
-            ..Default::default()
-        };
-        assert_eq!(Workload::from_node(&node).unwrap(), workload);
-        let ads = &value["dynamicResources"]["adsConfig"];
-        assert_eq!(ads["apiType"], "DELTA_GRPC");
+        assert_eq!(Workload::from_node(node).unwrap(), workload);
+        let ads = bootstrap
+            .dynamic_resources
+            .as_ref()
+            .unwrap()
+            .ads_config
+            .as_ref()
+            .unwrap();
+        assert_eq!(ads.api_type, ApiType::DeltaGrpc as i32);
         assert_eq!(
-            ads["grpcServices"][0]["initialMetadata"][0]["value"],
+            ads.grpc_services[0].initial_metadata[0].value,
             "Bearer wft_secret"
         );
-        let clusters = value["staticResources"]["clusters"].as_array().unwrap();
+        let clusters = &bootstrap.static_resources.as_ref().unwrap().clusters;
+        let endpoint = |cluster: &Cluster| {
+            let assignment = cluster.load_assignment.as_ref().unwrap();
+            match &assignment.endpoints[0].lb_endpoints[0].host_identifier {
+                Some(HostIdentifier::Endpoint(e)) => e.address.clone().unwrap().address,
+                other => panic!("{other:?}"),
+            }
+        };
         assert_eq!(
-            clusters[0]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
-                ["pipe"]["path"],
-            "/run/weft/sidecar/sds.sock"
+            endpoint(&clusters[0]),
+            Some(AddressKind::Pipe(Pipe {
+                path: "/run/weft/sidecar/sds.sock".into(),
+                mode: 0
+            }))
         );
-        let tls = &clusters[1]["transportSocket"]["typedConfig"];
+        let Some(TransportSocketConfig::TypedConfig(tls)) =
+            &clusters[1].transport_socket.as_ref().unwrap().config_type
+        else {
+            panic!("the edge cluster has TLS")
+        };
+        let tls = UpstreamTlsContext::decode(tls.value.as_slice()).unwrap();
+        let Some(ValidationContextType::CombinedValidationContext(validation)) =
+            tls.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("a combined validation context")
+        };
+        let san = &validation
+            .default_validation_context
+            .unwrap()
+            .match_typed_subject_alt_names[0];
         assert_eq!(
-            tls["commonTlsContext"]["combinedValidationContext"]["defaultValidationContext"]["matchTypedSubjectAltNames"]
-                [0]["matcher"]["exact"],
-            "spiffe://weft/ns/weft-system/sa/weft-edge"
+            san.matcher.as_ref().unwrap().match_pattern,
+            Some(MatchPattern::Exact(
+                "spiffe://weft/ns/weft-system/sa/weft-edge".into()
+            ))
         );
     }
 }

@@ -35,8 +35,6 @@ pub enum AgentError {
     Identity(#[from] weft_identity::IdentityError),
     #[error("the SDS secrets: {0}")]
     Secrets(String),
-    #[error("the Envoy bootstrap: {0}")]
-    Bootstrap(String),
     #[error("the client for the edge: {0}")]
     Client(String),
     #[error("Envoy exited with status {0}; see its log above")]

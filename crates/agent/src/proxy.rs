@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use prost::Message;
 use rand::RngCore;
 use weft_identity::SpiffeId;
 use weft_identity::tls::TrustStore;
@@ -96,7 +97,7 @@ pub async fn run(
     };
     // The runtime directory is private (0700); the bootstrap carries the
     // credential, so it is 0600 too.
-    let path = runtime.path().join("envoy.json");
+    let path = runtime.path().join("envoy.pb");
     let sds_socket = runtime.path().join("sds.sock");
     if sds_socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(AgentError::RuntimeDir(format!(
@@ -117,7 +118,7 @@ pub async fn run(
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
     let sds = SdsServer::start(&sds_socket, &workload.node)?;
     svid::keep_renewed(sds, issued, link)?;
-    let bootstrap = bootstrap::to_json(&bootstrap::bootstrap(&Params {
+    let bootstrap = bootstrap::bootstrap(&Params {
         workload: &workload,
         edge: options.edge,
         edge_id: &edge_id,
@@ -125,7 +126,8 @@ pub async fn run(
         sds_socket: &sds_socket,
         admin_port,
         delta: options.delta,
-    }))?;
+    })
+    .encode_to_vec();
     {
         use std::io::Write;
         std::fs::OpenOptions::new()
@@ -133,7 +135,7 @@ pub async fn run(
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .and_then(|mut file| file.write_all(bootstrap.as_bytes()))
+            .and_then(|mut file| file.write_all(&bootstrap))
             .map_err(|e| AgentError::file("cannot write the Envoy bootstrap", &path, e))?;
     }
     let mut envoy = runtime

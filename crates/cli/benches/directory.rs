@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use weft_api::edge::{DirectoryEntry, DirectoryService, Locality, Site, Trust};
 use weft_control::ca::EdgeCa;
-use weft_control::directory::{Directory, DirectoryClient};
+use weft_control::directory::Directory;
 use weft_control::registry::Registry;
+use weft_control::server_link::ServerLink;
 
 const SERVICES: usize = 1_000;
 
@@ -42,9 +43,9 @@ fn entry(cluster: usize, bump: u32) -> DirectoryEntry {
     }
 }
 
-/// One simulated edge: its directory client and what it holds.
+/// One simulated edge: its link to the server and what it holds.
 struct Edge {
-    client: DirectoryClient,
+    client: ServerLink,
     held: watch::Sender<Directory>,
 }
 
@@ -84,12 +85,10 @@ async fn run(clusters: usize) {
             bundle,
             signer: String::new(),
         }));
-        let client = ca.server_client(Duration::from_secs(60)).unwrap();
-        ca.renew(&client, &server.edge_url, &credential)
-            .await
-            .unwrap();
+        let client = ServerLink::new(&ca, &server.edge_url, &credential, &name).unwrap();
+        ca.renew(&client).await.unwrap();
         edges.push(Edge {
-            client: DirectoryClient::new(client, &server.edge_url, &credential),
+            client,
             held: watch::Sender::new(Directory::default()),
         });
     }

@@ -103,6 +103,9 @@ struct Report {
     kills: Vec<Kill>,
     memory_start: BTreeMap<String, Memory>,
     memory_end: BTreeMap<String, Memory>,
+    /// What the client's Envoy counted for its calls to reviews: how the
+    /// faults were absorbed (retries, connect failures, ejections).
+    client_envoy: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -200,6 +203,7 @@ pub async fn run(args: ChaosArgs) -> Result<i32> {
     }
     let (sent, failures) = load.stop().await;
     let memory_end = memory(&up);
+    let client_envoy = client_envoy_counters(&data, &http).await;
     children::stop(&mut up.child).await;
 
     let report = Report {
@@ -213,6 +217,7 @@ pub async fn run(args: ChaosArgs) -> Result<i32> {
         kills,
         memory_start,
         memory_end,
+        client_envoy,
     };
     print_report(&report);
     if let Some(path) = &args.report {
@@ -380,6 +385,47 @@ fn choose(up: &Up, rng: &mut impl Rng) -> Option<(String, String, u32)> {
     Some((name, kind.to_string(), pid))
 }
 
+/// The counters of the client's Envoy that say how faults were met,
+/// summed over its clusters for reviews. Its admin port is in its log.
+async fn client_envoy_counters(data: &Path, http: &reqwest::Client) -> BTreeMap<String, u64> {
+    const COUNTERS: [&str; 6] = [
+        "upstream_rq_retry",
+        "upstream_rq_retry_success",
+        "upstream_rq_retry_overflow",
+        "upstream_cx_connect_fail",
+        "upstream_rq_pending_overflow",
+        "outlier_detection.ejections_enforced_total",
+    ];
+    let mut counters = BTreeMap::new();
+    let log =
+        std::fs::read_to_string(data.join("multi-cluster/logs/client.log")).unwrap_or_default();
+    let Some(admin) = log
+        .split("Envoy admin ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        return counters;
+    };
+    let Ok(response) = http.get(format!("{admin}/stats")).send().await else {
+        return counters;
+    };
+    let text = response.text().await.unwrap_or_default();
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        if !name.starts_with("cluster.") || !name.contains("reviews") {
+            continue;
+        }
+        if let Some(counter) = COUNTERS.iter().find(|c| name.ends_with(&format!(".{c}")))
+            && let Ok(value) = value.trim().parse::<u64>()
+        {
+            *counters.entry(counter.to_string()).or_default() += value;
+        }
+    }
+    counters
+}
+
 /// Resident memory by kind: `weft up`, its components, their Envoys and apps.
 fn memory(up: &Up) -> BTreeMap<String, Memory> {
     let mut processes: Vec<(String, u32)> = Vec::new();
@@ -456,6 +502,12 @@ fn print_report(report: &Report) {
             cell(report.memory_end.get(kind))
         );
     }
+    let counters: Vec<String> = report
+        .client_envoy
+        .iter()
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect();
+    println!("client Envoy, calls to reviews: {}", counters.join(", "));
     println!(
         "{}",
         if report.passed() {

@@ -18,10 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use weft_api::edge::{
-    CaReport, CertificateReport, IntermediateCertificate, IntermediateRequest, Svid, SvidRequest,
-    Trust,
-};
+use weft_api::edge::{CaReport, CertificateReport, IntermediateRequest, Svid, SvidRequest, Trust};
 use weft_identity::tls::{ServingCertificate, TrustStore};
 use weft_identity::{
     Authority, Bundle, CertRequest, SpiffeId, certificates_from_pem, certificates_to_pem,
@@ -29,6 +26,7 @@ use weft_identity::{
 };
 
 use crate::registry::Registry;
+use crate::server_link::ServerLink;
 
 #[derive(Clone, Default)]
 pub struct CaMetrics {
@@ -225,67 +223,19 @@ impl EdgeCa {
         }
     }
 
-    /// A client for the server's edge port: mutual TLS, the server must be
-    /// `weft-server` under the bundle, and the edge shows its own
-    /// certificate (none before its first CA). A new connection per
-    /// request: one made before the edge had its certificate would
-    /// otherwise keep being reused without it.
-    pub fn server_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
-        let tls = weft_identity::tls::client_config(
-            self.trust_store.clone(),
-            |bundle| {
-                SpiffeId::server(bundle.trust_domain())
-                    .map(|id| id.to_string())
-                    .unwrap_or_default()
-            },
-            Some(self.serving.clone()),
-        )
-        .map_err(|e| format!("the server connection: {e}"))?;
-        let mut protocol = reqwest::header::HeaderMap::new();
-        protocol.insert(
-            weft_api::edge::PROTOCOL_HEADER,
-            reqwest::header::HeaderValue::from(weft_api::edge::PROTOCOL),
-        );
-        reqwest::Client::builder()
-            .default_headers(protocol)
-            .use_preconfigured_tls(tls)
-            .pool_max_idle_per_host(0)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("the server connection: {e}"))
-    }
-
     /// Asks the server to sign a new intermediate, and keeps it.
-    pub async fn renew(
-        &self,
-        client: &reqwest::Client,
-        server: &str,
-        credential: &str,
-    ) -> Result<(), String> {
+    pub async fn renew(&self, link: &ServerLink) -> Result<(), String> {
         let trust = self
             .trust()
             .ok_or("the server has not sent this cluster's trust domain yet")?;
         let request = CertRequest::intermediate(&trust.trust_domain, &self.cluster)
             .map_err(|e| e.to_string())?;
-        let response = client
-            .post(format!("{server}/v1/edge/ca"))
-            .bearer_auth(credential)
-            .json(&IntermediateRequest {
+        let signed = link
+            .sign_intermediate(&IntermediateRequest {
                 csr: csr_to_pem(&request.csr),
             })
-            .send()
             .await
-            .map_err(|e| format!("server unreachable: {e}"))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            return Err(format!("server answered {status}: {}", body.trim()));
-        }
-        let signed: IntermediateCertificate = response
-            .json()
-            .await
-            .map_err(|e| format!("unreadable answer: {e}"))?;
+            .map_err(|e| e.to_string())?;
         let cert = certificates_from_pem("the cluster CA", &signed.certificate)
             .map_err(|e| e.to_string())?
             .remove(0);
@@ -473,9 +423,7 @@ pub async fn issue_svid(
 /// unreachable.
 pub async fn renewal_loop(
     ca: Arc<EdgeCa>,
-    client: reqwest::Client,
-    server: String,
-    credential: String,
+    link: ServerLink,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failing = false;
@@ -483,7 +431,7 @@ pub async fn renewal_loop(
     let mut last_alarm: Option<std::time::Instant> = None;
     loop {
         if ca.needs_renewal() && ca.trust().is_some() {
-            match ca.renew(&client, &server, &credential).await {
+            match ca.renew(&link).await {
                 Ok(()) => failing = false,
                 Err(error) if !failing => {
                     tracing::warn!(%error, "cannot renew the cluster CA; retrying");

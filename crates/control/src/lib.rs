@@ -12,4 +12,5 @@ pub mod edge;
 pub mod proxy;
 pub mod publish;
 pub mod registry;
+pub mod server_link;
 pub mod translate;

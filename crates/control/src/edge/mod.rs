@@ -32,7 +32,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as MetricsRegistry;
-use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_api::edge::{
@@ -45,8 +44,9 @@ mod build;
 mod kept;
 
 use crate::ca::EdgeCa;
-use crate::directory::{Directory, DirectoryClient, own_entry};
+use crate::directory::{Directory, own_entry};
 use crate::registry::Registry;
+use crate::server_link::{LinkError, ServerLink};
 use build::build_loop;
 
 /// How long one long poll of the server may wait for a change.
@@ -417,7 +417,11 @@ pub async fn run(
             signer: String::new(),
         }));
     }
-    let http = |timeout: Duration| ca.server_client(timeout);
+    let link = ServerLink::new(&ca, &options.server, &options.credential, &options.cluster)
+        .map_err(|e| EdgeError::Serve {
+            what: "the link to the server",
+            source: Box::new(e),
+        })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // A restarted edge (it kept a configuration) first lets the proxies
@@ -429,28 +433,10 @@ pub async fn run(
         Duration::ZERO
     };
     tokio::spawn(build_loop(edge.clone(), hold, stop_rx.clone()));
-    match http(POLL_WAIT + Duration::from_secs(10)) {
-        Ok(client) => {
-            let directory =
-                DirectoryClient::new(client.clone(), &options.server, &options.credential);
-            tokio::spawn(follow_loop(
-                edge.clone(),
-                directory.clone(),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(publish_loop(edge.clone(), directory, stop_rx.clone()));
-            tokio::spawn(sync_loop(
-                edge.clone(),
-                client,
-                options.server.trim_end_matches('/').to_string(),
-                options.credential.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot build an HTTP client; the edge will not sync")
-        }
-    }
+    tokio::spawn(follow_loop(edge.clone(), link.clone(), stop_rx.clone()));
+    tokio::spawn(publish_loop(edge.clone(), link.clone(), stop_rx.clone()));
+    tokio::spawn(report_loop(edge.clone(), link.clone(), stop_rx.clone()));
+    tokio::spawn(sync_loop(edge.clone(), link.clone(), stop_rx.clone()));
     {
         let registry = registry.clone();
         let every = (options.grace / 4).max(Duration::from_millis(100));
@@ -480,20 +466,7 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(async move { admin_server.await });
 
-    match http(Duration::from_secs(30)) {
-        Ok(client) => {
-            tokio::spawn(crate::ca::renewal_loop(
-                ca.clone(),
-                client,
-                options.server.trim_end_matches('/').to_string(),
-                options.credential.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot build an HTTP client; the cluster CA will not be renewed")
-        }
-    }
+    tokio::spawn(crate::ca::renewal_loop(ca.clone(), link, stop_rx.clone()));
 
     // Proxies and sidecars talk to one port: ADS for Envoy, and
     // `POST /v1/svid` for workload certificates.
@@ -571,23 +544,7 @@ async fn render_metrics(State(edge): State<Arc<Edge>>) -> impl IntoResponse {
 /// Long-polls the server for this cluster's configuration and reports
 /// status; keeps going (with the last configuration) while the server is
 /// unreachable.
-async fn sync_loop(
-    edge: Arc<Edge>,
-    client: reqwest::Client,
-    server: String,
-    credential: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    {
-        let (edge, client, server, credential, stop) = (
-            edge.clone(),
-            client.clone(),
-            server.clone(),
-            credential.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(report_loop(edge, client, server, credential, stop));
-    }
+async fn sync_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(500);
     let mut reachable = None;
     loop {
@@ -612,59 +569,32 @@ async fn sync_loop(
         } else {
             POLL_WAIT
         };
-        let request = client
-            .get(format!("{server}/v1/edge/config"))
-            .query(&[
-                ("version", version.as_str()),
-                ("wait", &wait.as_secs().to_string()),
-            ])
-            .bearer_auth(&credential)
-            .send();
         let outcome = tokio::select! {
-            r = request => r,
+            r = link.config(&version, wait) => r,
             _ = stop.changed() => return,
         };
         let failure = match outcome {
-            Ok(response) if response.status() == StatusCode::NOT_MODIFIED => {
+            Ok(None) => {
                 // The server confirmed the configuration read from disk.
                 edge.lock().from_disk = false;
                 None
             }
-            Ok(response) if response.status().is_success() => match response
-                .json::<EdgeConfig>()
-                .await
-            {
-                Ok(config) => {
-                    match kept::write(&edge.config_file(), &config) {
-                        Ok(()) => {}
-                        Err(error) => {
-                            tracing::error!(file = %edge.config_file().display(), %error, "cannot keep the configuration on disk; a restart without the server would lose it")
-                        }
+            Ok(Some(config)) => {
+                match kept::write(&edge.config_file(), &config) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::error!(file = %edge.config_file().display(), %error, "cannot keep the configuration on disk; a restart without the server would lose it")
                     }
-                    tracing::info!(version = %config.version, resources = config.resources.len(), "configuration received");
-                    edge.metrics.config_updates.inc();
-                    edge.use_config(config, false);
-                    None
                 }
-                Err(error) => Some(format!("unreadable configuration from the server: {error}")),
-            },
-            Ok(response) => {
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
-                {
-                    format!(
-                        "; check the edge credential (issue one with `weft token create --cluster {}`)",
-                        edge.cluster
-                    )
-                } else {
-                    String::new()
-                };
-                Some(format!("server answered {status}: {}{hint}", body.trim()))
+                tracing::info!(version = %config.version, resources = config.resources.len(), "configuration received");
+                edge.metrics.config_updates.inc();
+                edge.use_config(config, false);
+                None
             }
-            Err(error) => Some(format!(
-                "server unreachable: {error}; serving the last configuration"
-            )),
+            Err(error @ LinkError::Unreachable(_)) => {
+                Some(format!("{error}; serving the last configuration"))
+            }
+            Err(error) => Some(error.to_string()),
         };
         edge.metrics
             .server_connected
@@ -672,16 +602,16 @@ async fn sync_loop(
         match failure {
             None => {
                 if reachable != Some(true) {
-                    tracing::info!(%server, "connected to the server");
+                    tracing::info!(server = link.server(), "connected to the server");
                 }
                 reachable = Some(true);
                 backoff = Duration::from_millis(500);
             }
             Some(message) => {
                 if reachable != Some(false) {
-                    tracing::warn!(%server, "{message}");
+                    tracing::warn!(server = link.server(), "{message}");
                 } else {
-                    tracing::debug!(%server, "{message}");
+                    tracing::debug!(server = link.server(), "{message}");
                 }
                 reachable = Some(false);
                 tokio::select! {
@@ -698,7 +628,7 @@ async fn sync_loop(
 /// revision the edge has (kept on disk, so a restart asks only for what it
 /// missed), writes each change to disk before using it, and keeps the
 /// last directory while the server is unreachable.
-async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::Receiver<bool>) {
+async fn follow_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         if !edge.ca.serving.is_set() {
@@ -709,13 +639,13 @@ async fn follow_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::
         }
         let (current, from_disk) = edge.directory_tx.borrow().clone();
         let update = tokio::select! {
-            r = client.follow(current.revision, if from_disk { Duration::ZERO } else { POLL_WAIT }) => r,
+            r = link.follow(current.revision, if from_disk { Duration::ZERO } else { POLL_WAIT }) => r,
             _ = stop.changed() => return,
         };
         let update = match update {
             Ok(update) => update,
-            Err(message) => {
-                tracing::debug!("directory: {message}; routing with the last one");
+            Err(error) => {
+                tracing::debug!(%error, "directory: routing with the last one");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
                     _ = stop.changed() => return,
@@ -760,7 +690,7 @@ const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
 
 /// Publishes this cluster's directory entry when it changes (proxies
 /// coming and going, a new locality) and now and then regardless.
-async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch::Receiver<bool>) {
+async fn publish_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
     let mut registry_rx = edge.registry.subscribe();
     let mut config_rx = edge.config_tx.subscribe();
     let mut published = None;
@@ -777,7 +707,7 @@ async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch:
         if let Some(locality) = locality.filter(|_| edge.ca.serving.is_set()) {
             let entry = own_entry(&locality, &edge.registry.workloads());
             if published.as_ref() != Some(&entry) || last_sent.elapsed() >= REPUBLISH_EVERY {
-                match client.publish(&entry).await {
+                match link.publish(&entry).await {
                     Ok(()) => {
                         edge.metrics.directory_publications.inc();
                         tracing::debug!(
@@ -788,11 +718,12 @@ async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch:
                         last_sent = Instant::now();
                         failing = false;
                     }
-                    Err(message) => {
+                    Err(error) => {
                         // Once per outage: the server may simply be down.
                         if !failing {
                             tracing::warn!(
-                                "directory entry not published: {message}; other clusters keep the last one; retrying"
+                                %error,
+                                "directory entry not published; other clusters keep the last one; retrying"
                             );
                         }
                         failing = true;
@@ -812,13 +743,7 @@ async fn publish_loop(edge: Arc<Edge>, client: DirectoryClient, mut stop: watch:
     }
 }
 
-async fn report_loop(
-    edge: Arc<Edge>,
-    client: reqwest::Client,
-    server: String,
-    credential: String,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn report_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
     let mut last: Option<EdgeStatus> = None;
     let mut last_sent = Instant::now();
     loop {
@@ -827,18 +752,11 @@ async fn report_loop(
         // heartbeat.
         let due = last.as_ref() != Some(&status) || last_sent.elapsed() >= STATUS_EVERY;
         if due && edge.ca.serving.is_set() {
-            let sent = client
-                .put(format!("{server}/v1/edge/status"))
-                .bearer_auth(&credential)
-                .json(&status)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
+            match link.report(&status).await {
+                Ok(()) => {
                     last = Some(status);
                     last_sent = Instant::now();
                 }
-                Ok(r) => tracing::debug!(status = %r.status(), "status report refused"),
                 Err(error) => tracing::debug!(%error, "status report failed"),
             }
         }
