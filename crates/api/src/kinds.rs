@@ -3,6 +3,7 @@
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
+use crate::gateway::{GatewaySpec, check_selector_within_parent};
 use crate::problems::Problems;
 use crate::security::SecuritySettingSpec;
 use crate::specs::{
@@ -56,6 +57,7 @@ pub enum KindId {
     ServiceRoute,
     SecuritySetting,
     TrafficSetting,
+    Gateway,
     Cluster,
     User,
     Team,
@@ -239,6 +241,23 @@ pub static KINDS: &[Kind] = &[
         check_spec: check_spec::<TrafficSettingSpec>,
         spec_schema: spec_schema::<TrafficSettingSpec>,
         parent_check: Some(check_service_within_parent),
+        name_check: None,
+    },
+    Kind {
+        id: KindId::Gateway,
+        name: "Gateway",
+        plural: "gateways",
+        aliases: &["gw"],
+        parents: &["GatewayGroup"],
+        parent_field: None,
+        concern: Concern::Gateway,
+        singleton: false,
+        // Edges get gateways once they translate them.
+        sync: Sync::ServerOnly,
+        columns: &[("WORKLOADS", "workloadSelector")],
+        check_spec: check_spec::<GatewaySpec>,
+        spec_schema: spec_schema::<GatewaySpec>,
+        parent_check: Some(check_selector_within_parent),
         name_check: None,
     },
     Kind {

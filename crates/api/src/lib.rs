@@ -13,6 +13,7 @@
 //! its hierarchical path and the paths it references) → the store.
 
 pub mod edge;
+pub mod gateway;
 pub mod iam;
 pub mod kinds;
 pub mod problems;

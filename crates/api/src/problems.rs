@@ -90,3 +90,18 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Checks a DNS name: dot-separated DNS labels, at most 253 characters
+/// (`shop.example.com`).
+pub fn check_dns_name(value: &str) -> Result<(), String> {
+    if value.len() > 253 {
+        return Err(format!("{value:?} is longer than 253 characters"));
+    }
+    if value.split('.').all(|label| check_dns_label(label).is_ok()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a DNS name (lowercase labels of letters, digits and '-', separated by dots)"
+        ))
+    }
+}

@@ -205,8 +205,30 @@ impl JwtIssuer {
     }
 }
 
+impl Authentication {
+    pub(crate) fn check(&self, here: &str, problems: &mut Problems) {
+        if self.jwt.is_empty() {
+            problems.add(field(here, "jwt"), "name at least one issuer");
+        }
+        let mut issuers = BTreeMap::new();
+        for (i, issuer) in self.jwt.iter().enumerate() {
+            let issuer_at = index(&field(here, "jwt"), i);
+            issuer.check(&issuer_at, problems);
+            if let Some(first) = issuers.insert(issuer.issuer.as_str(), i) {
+                problems.add(
+                    field(&issuer_at, "issuer"),
+                    format!("jwt[{first}] already names this issuer"),
+                );
+            }
+        }
+        for (i, request) in self.require_for.iter().enumerate() {
+            check_match(request, &index(&field(here, "requireFor"), i), problems);
+        }
+    }
+}
+
 /// Claim names: `a` or `a.b.c`, no empty part.
-fn check_claim_name(name: &str, at: &str, problems: &mut Problems) {
+pub(crate) fn check_claim_name(name: &str, at: &str, problems: &mut Problems) {
     if name.is_empty() || name.split('.').any(str::is_empty) {
         problems.add(
             at,
@@ -274,24 +296,7 @@ impl Spec for SecuritySettingSpec {
             service.check(&field(at, "service"), problems);
         }
         if let Some(authentication) = &self.authentication {
-            let here = field(at, "authentication");
-            if authentication.jwt.is_empty() {
-                problems.add(field(&here, "jwt"), "name at least one issuer");
-            }
-            let mut issuers = BTreeMap::new();
-            for (i, issuer) in authentication.jwt.iter().enumerate() {
-                let issuer_at = index(&field(&here, "jwt"), i);
-                issuer.check(&issuer_at, problems);
-                if let Some(first) = issuers.insert(issuer.issuer.as_str(), i) {
-                    problems.add(
-                        field(&issuer_at, "issuer"),
-                        format!("jwt[{first}] already names this issuer"),
-                    );
-                }
-            }
-            for (i, request) in authentication.require_for.iter().enumerate() {
-                check_match(request, &index(&field(&here, "requireFor"), i), problems);
-            }
+            authentication.check(&field(at, "authentication"), problems);
         }
         let Some(authorization) = &self.authorization else {
             if self.mtls.is_none() && self.authentication.is_none() {

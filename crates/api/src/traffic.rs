@@ -479,33 +479,7 @@ impl Spec for TrafficSettingSpec {
             .as_deref()
             .and_then(|t| duration(t, &field(at, "timeout"), problems));
         if let Some(retries) = &self.retries {
-            let here = field(at, "retries");
-            let per_try = retries
-                .per_try_timeout
-                .as_deref()
-                .and_then(|t| duration(t, &field(&here, "perTryTimeout"), problems));
-            if let (Some(per_try), Some(timeout)) = (per_try, timeout)
-                && per_try > timeout
-            {
-                problems.add(
-                    field(&here, "perTryTimeout"),
-                    "is longer than the whole request's timeout",
-                );
-            }
-            let mut seen = BTreeSet::new();
-            for (i, condition) in retries.retry_on.iter().enumerate() {
-                if !seen.insert(format!("{condition:?}")) {
-                    problems.add(index(&field(&here, "retryOn"), i), "is listed twice");
-                }
-            }
-            if let Some(budget) = &retries.budget
-                && !(budget.percent > 0.0 && budget.percent <= 100.0)
-            {
-                problems.add(
-                    field(&field(&here, "budget"), "percent"),
-                    "must be more than 0 and at most 100",
-                );
-            }
+            retries.check(&field(at, "retries"), timeout, problems);
         }
         if let Some(outlier) = &self.outlier_detection {
             let here = field(at, "outlierDetection");
@@ -532,33 +506,70 @@ impl Spec for TrafficSettingSpec {
     }
 }
 
+impl Retries {
+    /// `timeout`: the whole request's, if one is set.
+    pub(crate) fn check(&self, here: &str, timeout: Option<Duration>, problems: &mut Problems) {
+        let per_try = self
+            .per_try_timeout
+            .as_deref()
+            .and_then(|t| duration(t, &field(here, "perTryTimeout"), problems));
+        if let (Some(per_try), Some(timeout)) = (per_try, timeout)
+            && per_try > timeout
+        {
+            problems.add(
+                field(here, "perTryTimeout"),
+                "is longer than the whole request's timeout",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, condition) in self.retry_on.iter().enumerate() {
+            if !seen.insert(format!("{condition:?}")) {
+                problems.add(index(&field(here, "retryOn"), i), "is listed twice");
+            }
+        }
+        if let Some(budget) = &self.budget
+            && !(budget.percent > 0.0 && budget.percent <= 100.0)
+        {
+            problems.add(
+                field(&field(here, "budget"), "percent"),
+                "must be more than 0 and at most 100",
+            );
+        }
+    }
+}
+
 /// A service named by a traffic kind must be in a namespace its parent
 /// (workspace or group) selects. A group that selects nothing itself
 /// covers its workspace's namespaces, which are checked when it is applied.
 pub fn check_service_within_parent(spec: &Value, parent_spec: &Value, problems: &mut Problems) {
-    let Some(namespace) = spec.pointer("/service/namespace").and_then(Value::as_str) else {
-        return;
-    };
+    if let Some(namespace) = spec.pointer("/service/namespace").and_then(Value::as_str)
+        && let Err(selector) = namespace_within(namespace, parent_spec)
+    {
+        problems.add(
+            "spec.service.namespace",
+            format!("{namespace:?} is not among the namespaces this is attached to ({selector})"),
+        );
+    }
+}
+
+/// Whether `parent_spec`'s `namespaceSelector` covers `namespace` (one
+/// that selects nothing covers its parent's, checked when it was
+/// applied); else the selector, to show.
+pub(crate) fn namespace_within(namespace: &str, parent_spec: &Value) -> Result<(), String> {
     let selector: Vec<&str> = parent_spec
         .get("namespaceSelector")
         .and_then(Value::as_array)
         .map(|entries| entries.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if selector.is_empty() {
-        return;
-    }
-    let covered = selector.iter().any(|entry| {
-        entry
-            .split_once('/')
-            .is_some_and(|(_, ns)| ns == "*" || ns == namespace)
-    });
-    if !covered {
-        problems.add(
-            "spec.service.namespace",
-            format!(
-                "{namespace:?} is not among the namespaces this is attached to ({})",
-                selector.join(", ")
-            ),
-        );
+    let covered = selector.is_empty()
+        || selector.iter().any(|entry| {
+            entry
+                .split_once('/')
+                .is_some_and(|(_, ns)| ns == "*" || ns == namespace)
+        });
+    if covered {
+        Ok(())
+    } else {
+        Err(selector.join(", "))
     }
 }

@@ -161,10 +161,12 @@ impl Config {
                         spec,
                     })
                 }),
-                // Kept at the server: never sent to edges.
+                // Kept at the server: never sent to edges (gateways
+                // until edges translate them).
                 KindId::Organization
                 | KindId::Tenant
                 | KindId::GatewayGroup
+                | KindId::Gateway
                 | KindId::Cluster
                 | KindId::User
                 | KindId::Team
