@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::problems::{Problems, check_dns_label, check_dns_name, field, index};
-use crate::security::{Authentication, check_claim_name};
+use crate::security::{Authentication, Authorization, check_requests_and_claims};
 use crate::specs::Spec;
 use crate::traffic::{
     Method, RequestMatch, Retries, check_header_name, check_match, duration, exactly_one,
@@ -62,9 +62,10 @@ pub struct HttpServer {
     pub tls: Option<ServerTls>,
     /// End users: the tokens requests must carry (as in SecuritySetting).
     pub authentication: Option<Authentication>,
-    /// Who may come in. None: anyone (the services behind still decide
-    /// whether the gateway may call them).
-    pub authorization: Option<GatewayAuthorization>,
+    /// Who may come in: refused (403) if a deny rule matches; else, if
+    /// there are allow rules, one must match. None: anyone (the services
+    /// behind still decide whether the gateway may call them).
+    pub authorization: Option<Authorization<GatewayRule>>,
     /// Tried in order; the first that matches decides.
     #[schemars(length(min = 1))]
     pub routes: Vec<GatewayRoute>,
@@ -220,20 +221,9 @@ pub struct Cors {
     pub allow_credentials: bool,
 }
 
-/// Who may come in through a server. A request is refused (403) if a deny
-/// rule matches; else, if there are allow rules, one must match.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayAuthorization {
-    #[serde(default)]
-    pub allow: Vec<GatewayRule>,
-    #[serde(default)]
-    pub deny: Vec<GatewayRule>,
-}
-
 /// Matches a request from any of `sources` to any of `to` whose token
 /// carries `claims`; what is left out matches everything.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayRule {
     /// Client address ranges (`10.0.0.0/8`, `2001:db8::/32`, `1.2.3.4`).
@@ -474,37 +464,19 @@ impl HttpServer {
             authentication.check(&field(here, "authentication"), problems);
         }
         if let Some(authorization) = &self.authorization {
-            let authorization_at = field(here, "authorization");
-            if authorization.allow.is_empty() && authorization.deny.is_empty() {
-                problems.add(&authorization_at, "give at least one allow or deny rule");
-            }
-            for (list, rules) in [
-                ("allow", &authorization.allow),
-                ("deny", &authorization.deny),
-            ] {
-                for (i, rule) in rules.iter().enumerate() {
-                    let rule_at = index(&field(&authorization_at, list), i);
-                    for (j, source) in rule.sources.iter().enumerate() {
-                        check_cidr(source, &index(&field(&rule_at, "sources"), j), problems);
-                    }
-                    for (j, request) in rule.to.iter().enumerate() {
-                        check_match(request, &index(&field(&rule_at, "to"), j), problems);
-                    }
-                    for (claim, values) in &rule.claims {
-                        let claim_at = field(&field(&rule_at, "claims"), claim);
-                        check_claim_name(claim, &claim_at, problems);
-                        if values.is_empty() {
-                            problems.add(&claim_at, "give at least one accepted value");
-                        }
-                        if self.authentication.is_none() {
-                            problems.add(
-                                &claim_at,
-                                "claims come from end-user tokens: give the server authentication",
-                            );
-                        }
-                    }
+            let at = field(here, "authorization");
+            authorization.check_rules(&at, problems, |rule, rule_at, problems| {
+                for (j, source) in rule.sources.iter().enumerate() {
+                    check_cidr(source, &index(&field(rule_at, "sources"), j), problems);
                 }
-            }
+                check_requests_and_claims(&rule.to, &rule.claims, rule_at, problems);
+                if !rule.claims.is_empty() && self.authentication.is_none() {
+                    problems.add(
+                        field(rule_at, "claims"),
+                        "claims come from end-user tokens: give the server authentication",
+                    );
+                }
+            });
         }
         let routes_at = field(here, "routes");
         if self.routes.is_empty() {

@@ -252,15 +252,54 @@ pub enum MtlsMode {
 /// else allowed if an allow rule matches, else refused.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Authorization {
+pub struct Authorization<Rule = AuthorizationRule> {
     #[serde(default)]
-    pub allow: Vec<AuthorizationRule>,
+    pub allow: Vec<Rule>,
     #[serde(default)]
-    pub deny: Vec<AuthorizationRule>,
+    pub deny: Vec<Rule>,
+}
+
+impl<Rule> Authorization<Rule> {
+    /// Checks each rule with `check(rule, its path)`; an authorization
+    /// with no rule at all is refused.
+    pub(crate) fn check_rules(
+        &self,
+        here: &str,
+        problems: &mut Problems,
+        mut check: impl FnMut(&Rule, &str, &mut Problems),
+    ) {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            problems.add(here, "give at least one allow or deny rule");
+        }
+        for (list, rules) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for (i, rule) in rules.iter().enumerate() {
+                check(rule, &index(&field(here, list), i), problems);
+            }
+        }
+    }
+}
+
+/// Checks a rule's requests and the claims its token must carry.
+pub(crate) fn check_requests_and_claims(
+    to: &[RequestMatch],
+    claims: &BTreeMap<String, Vec<String>>,
+    rule_at: &str,
+    problems: &mut Problems,
+) {
+    for (j, request) in to.iter().enumerate() {
+        check_match(request, &index(&field(rule_at, "to"), j), problems);
+    }
+    for (claim, values) in claims {
+        let claim_at = field(&field(rule_at, "claims"), claim);
+        check_claim_name(claim, &claim_at, problems);
+        if values.is_empty() {
+            problems.add(&claim_at, "give at least one accepted value");
+        }
+    }
 }
 
 /// Matches a request from any of `from` that matches any of `to`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationRule {
     /// Callers, by identity; none: any workload of the trust domain.
@@ -307,18 +346,12 @@ impl Spec for SecuritySettingSpec {
             }
             return;
         };
-        let here = field(at, "authorization");
-        if authorization.allow.is_empty() && authorization.deny.is_empty() {
-            problems.add(&here, "give at least one allow or deny rule");
-        }
-        for (list, rules) in [
-            ("allow", &authorization.allow),
-            ("deny", &authorization.deny),
-        ] {
-            for (i, rule) in rules.iter().enumerate() {
-                let rule_at = index(&field(&here, list), i);
+        authorization.check_rules(
+            &field(at, "authorization"),
+            problems,
+            |rule, rule_at, problems| {
                 for (j, caller) in rule.from.iter().enumerate() {
-                    let caller_at = index(&field(&rule_at, "from"), j);
+                    let caller_at = index(&field(rule_at, "from"), j);
                     exactly_one(
                         &caller_at,
                         &[
@@ -349,17 +382,8 @@ impl Spec for SecuritySettingSpec {
                         );
                     }
                 }
-                for (j, request) in rule.to.iter().enumerate() {
-                    check_match(request, &index(&field(&rule_at, "to"), j), problems);
-                }
-                for (claim, values) in &rule.claims {
-                    let claim_at = field(&field(&rule_at, "claims"), claim);
-                    check_claim_name(claim, &claim_at, problems);
-                    if values.is_empty() {
-                        problems.add(&claim_at, "give at least one accepted value");
-                    }
-                }
-            }
-        }
+                check_requests_and_claims(&rule.to, &rule.claims, rule_at, problems);
+            },
+        );
     }
 }

@@ -217,7 +217,7 @@ fn bad_gateways_name_every_problem() {
                     "at least one accepted value",
                 ),
                 (
-                    "spec.http[0].authorization.allow[0].claims.sub",
+                    "spec.http[0].authorization.allow[0].claims",
                     "give the server authentication",
                 ),
                 (
