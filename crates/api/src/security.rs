@@ -287,7 +287,14 @@ pub(crate) fn check_requests_and_claims(
     problems: &mut Problems,
 ) {
     for (j, request) in to.iter().enumerate() {
-        check_match(request, &index(&field(rule_at, "to"), j), problems);
+        let request_at = index(&field(rule_at, "to"), j);
+        check_match(request, &request_at, problems);
+        if !request.query.is_empty() {
+            problems.add(
+                field(&request_at, "query"),
+                "authorization rules cannot match query parameters (routes can)",
+            );
+        }
     }
     for (claim, values) in claims {
         let claim_at = field(&field(rule_at, "claims"), claim);

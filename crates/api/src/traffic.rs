@@ -116,13 +116,21 @@ pub struct RequestMatch {
     pub method: Option<Method>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters (routes only: authorization rules cannot see
+    /// them).
+    #[serde(default)]
+    pub query: Vec<QueryMatch>,
 }
 
+/// The path without its query: set exactly one.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     pub exact: Option<String>,
+    /// Segment-agnostic: `/api` matches `/api`, `/api/v1` and `/apis`.
     pub prefix: Option<String>,
+    /// The whole path must match (RE2 syntax, as Envoy's).
+    pub regex: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
@@ -157,7 +165,20 @@ pub struct HeaderMatch {
     pub name: String,
     pub exact: Option<String>,
     pub prefix: Option<String>,
+    /// The whole value must match (RE2 syntax).
+    pub regex: Option<String>,
     /// `true`: the header must be there; `false`: it must not.
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    /// The whole value must match (RE2 syntax).
+    pub regex: Option<String>,
+    /// `true`: the parameter must be there (any value).
     pub present: Option<bool>,
 }
 
@@ -270,8 +291,8 @@ impl Spec for ServiceRouteSpec {
 }
 
 pub(crate) fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
-    if m.path.is_none() && m.method.is_none() && m.headers.is_empty() {
-        problems.add(at, "give at least one of path, method or headers");
+    if m.path.is_none() && m.method.is_none() && m.headers.is_empty() && m.query.is_empty() {
+        problems.add(at, "give at least one of path, method, headers or query");
     }
     if let Some(path) = &m.path {
         let here = field(at, "path");
@@ -280,6 +301,7 @@ pub(crate) fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
             &[
                 ("exact", path.exact.is_some()),
                 ("prefix", path.prefix.is_some()),
+                ("regex", path.regex.is_some()),
             ],
             problems,
         );
@@ -290,6 +312,9 @@ pub(crate) fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
                 problems.add(field(&here, name), format!("{value:?} must start with /"));
             }
         }
+        if let Some(regex) = &path.regex {
+            check_regex(regex, &field(&here, "regex"), problems);
+        }
     }
     for (i, header) in m.headers.iter().enumerate() {
         let here = index(&field(at, "headers"), i);
@@ -297,9 +322,44 @@ pub(crate) fn check_match(m: &RequestMatch, at: &str, problems: &mut Problems) {
         let options = [
             ("exact", header.exact.is_some()),
             ("prefix", header.prefix.is_some()),
+            ("regex", header.regex.is_some()),
             ("present", header.present.is_some()),
         ];
         exactly_one(&here, &options, problems);
+        if let Some(regex) = &header.regex {
+            check_regex(regex, &field(&here, "regex"), problems);
+        }
+    }
+    for (i, query) in m.query.iter().enumerate() {
+        let here = index(&field(at, "query"), i);
+        if query.name.is_empty() {
+            problems.add(field(&here, "name"), "must not be empty");
+        }
+        let options = [
+            ("exact", query.exact.is_some()),
+            ("regex", query.regex.is_some()),
+            ("present", query.present.is_some()),
+        ];
+        exactly_one(&here, &options, problems);
+        if query.present == Some(false) {
+            problems.add(
+                field(&here, "present"),
+                "only true can be matched: a parameter that must be absent is not",
+            );
+        }
+        if let Some(regex) = &query.regex {
+            check_regex(regex, &field(&here, "regex"), problems);
+        }
+    }
+}
+
+/// Envoy matches with RE2; Rust's `regex` takes the same syntax but for
+/// rare corners, so what it refuses Envoy would too.
+fn check_regex(regex: &str, at: &str, problems: &mut Problems) {
+    if let Err(e) = regex::Regex::new(regex) {
+        let reason = e.to_string();
+        let last = reason.lines().last().unwrap_or_default().trim();
+        problems.add(at, format!("{regex:?} is not a regular expression: {last}"));
     }
 }
 

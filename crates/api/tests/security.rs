@@ -38,7 +38,7 @@ fn bad_security_settings_name_every_problem() {
                         {"serviceAccount": {"name": "Bad_Name", "namespace": "shop"}},
                         {"sameWorkspace": false}
                     ]}],
-                    "deny": [{"to": [{}, {"path": {"prefix": "admin"}}]}]
+                    "deny": [{"to": [{}, {"path": {"prefix": "admin"}}, {"query": [{"name": "debug", "present": true}]}]}]
                 }}),
             ),
             vec![
@@ -56,11 +56,15 @@ fn bad_security_settings_name_every_problem() {
                 ),
                 (
                     "spec.authorization.deny[0].to[0]",
-                    "at least one of path, method or headers",
+                    "at least one of path, method, headers or query",
                 ),
                 (
                     "spec.authorization.deny[0].to[1].path.prefix",
                     "must start with /",
+                ),
+                (
+                    "spec.authorization.deny[0].to[2].query",
+                    "cannot match query parameters",
                 ),
             ],
         ),
@@ -119,7 +123,7 @@ fn bad_security_settings_name_every_problem() {
                 ),
                 (
                     "spec.authentication.requireFor[0]",
-                    "at least one of path, method or headers",
+                    "at least one of path, method, headers or query",
                 ),
                 (
                     "spec.authorization.allow[0].claims.groups",

@@ -42,6 +42,37 @@ fn bad_traffic_settings_name_every_problem() {
             ],
         ),
         (
+            "regular expressions must compile; query parameters take one test",
+            route(json!({"service": service,
+                "rules": [{"matches": [
+                    {"path": {"regex": "/items/[0-9"}},
+                    {"headers": [{"name": "x-user", "regex": "(a"}]},
+                    {"query": [{"name": "", "exact": "1"}, {"name": "lang", "regex": "en", "exact": "en"}, {"name": "debug", "present": false}]}
+                ], "destinations": [{}]}]})),
+            vec![
+                (
+                    "spec.rules[0].matches[0].path.regex",
+                    "is not a regular expression",
+                ),
+                (
+                    "spec.rules[0].matches[1].headers[0].regex",
+                    "is not a regular expression",
+                ),
+                (
+                    "spec.rules[0].matches[2].query[0].name",
+                    "must not be empty",
+                ),
+                (
+                    "spec.rules[0].matches[2].query[1]",
+                    "exactly one of exact, regex, present",
+                ),
+                (
+                    "spec.rules[0].matches[2].query[2].present",
+                    "only true can be matched",
+                ),
+            ],
+        ),
+        (
             "matches need a condition; headers exactly one test; sticky exactly one",
             route(json!({"service": service,
                 "rules": [{"matches": [{}, {"headers": [{"name": "X-User", "exact": "a", "present": true}]}], "destinations": [{}]}],
@@ -49,7 +80,7 @@ fn bad_traffic_settings_name_every_problem() {
             vec![
                 (
                     "spec.rules[0].matches[0]",
-                    "at least one of path, method or headers",
+                    "at least one of path, method, headers or query",
                 ),
                 (
                     "spec.rules[0].matches[1].headers[0].name",
@@ -57,7 +88,7 @@ fn bad_traffic_settings_name_every_problem() {
                 ),
                 (
                     "spec.rules[0].matches[1].headers[0]",
-                    "exactly one of exact, prefix, present",
+                    "exactly one of exact, prefix, regex, present",
                 ),
                 ("spec.stickySession", "exactly one of header, cookie"),
             ],

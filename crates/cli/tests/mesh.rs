@@ -321,6 +321,8 @@ async fn routes_split_match_and_stick() {
     - matches:
         - headers: [{name: x-canary, exact: 'yes'}]
         - path: {prefix: /beta/}
+        - path: {regex: '/items/[0-9]+'}
+        - query: [{name: preview, exact: '1'}]
       destinations: [{subset: v2}]
     - destinations: [{subset: v1, weight: 80}, {subset: v2, weight: 20}]
 ",
@@ -346,6 +348,11 @@ async fn routes_split_match_and_stick() {
             .await;
         assert_eq!(body.unwrap()["version"], "v2");
         let (_, body) = mesh.call(port, "reviews.shop", "/beta/x", &[]).await;
+        assert_eq!(body.unwrap()["version"], "v2");
+        // A path matched by a regular expression, and a query parameter.
+        let (_, body) = mesh.call(port, "reviews", "/items/42", &[]).await;
+        assert_eq!(body.unwrap()["version"], "v2");
+        let (_, body) = mesh.call(port, "reviews", "/cart?preview=1", &[]).await;
         assert_eq!(body.unwrap()["version"], "v2");
     }
     let seen = mesh.instances(port, 1000, "/").await;

@@ -10,7 +10,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as XdsEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
 use super::SocketAddr;
@@ -61,6 +63,14 @@ pub(super) fn load_assignment(cluster: &str, endpoints: &[SocketAddr]) -> Cluste
             lb_endpoints,
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// An RE2 expression the whole value must match.
+pub(super) fn regex(expression: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: expression.to_string(),
         ..Default::default()
     }
 }

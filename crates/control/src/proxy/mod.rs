@@ -313,11 +313,34 @@ pub struct Route {
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// "/" when neither path nor prefix is given.
+    /// "/" when none of path, prefix and regex is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The whole path (without the query) matches this RE2 expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderCondition>,
+    /// Query parameters (routes only: RBAC cannot see them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryCondition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCondition {
+    pub name: String,
+    /// None: the parameter is present, with any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<ValueTest>,
+}
+
+/// How a value must read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ValueTest {
+    Exact(String),
+    Regex(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +356,7 @@ pub struct HeaderCondition {
 pub enum HeaderTest {
     Exact(String),
     Prefix(String),
+    Regex(String),
     Present(bool),
 }
 

@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListMatcher, MetadataMatcher, OrMatcher, ValueMatcher,
 };
 
-use super::convert::string_matcher;
+use super::convert::{regex, string_matcher};
 use super::jwt::{JWT_FILTER, JWT_PAYLOAD};
 use super::{AccessRule, Authorization, CallerId};
 
@@ -102,6 +102,12 @@ impl AccessRule {
                         .clone()
                         .map(MatchPattern::Exact)
                         .or_else(|| request.prefix.clone().map(MatchPattern::Prefix))
+                        .or_else(|| {
+                            request
+                                .regex
+                                .as_deref()
+                                .map(|r| MatchPattern::SafeRegex(regex(r)))
+                        })
                         .map(|pattern| Permission {
                             rule: Some(PermissionRule::UrlPath(PathMatcher {
                                 rule: Some(PathRule::Path(string_matcher(pattern))),

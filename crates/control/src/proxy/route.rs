@@ -5,6 +5,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     DataSource, data_source::Specifier as DataSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{
     RetryPriority, retry_priority::ConfigType as RetryPriorityConfig,
 };
@@ -18,8 +19,8 @@ use envoy_types::pb::envoy::config::route::v3::weighted_cluster::{
     ClusterWeight, RandomValueSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, RetryPolicy, Route as XdsRoute, RouteAction,
-    RouteConfiguration, RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route as XdsRoute,
+    RouteAction, RouteConfiguration, RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost,
     WeightedCluster, retry_policy::RetryHostPredicate,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
@@ -28,10 +29,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use super::convert::{duration, uint};
+use super::convert::{duration, regex, string_matcher, uint};
 use super::{
     Action, Authorization, Forward, HashOn, HeaderCondition, HeaderTest, Route, RouteMatch,
-    RouteTable,
+    RouteTable, ValueTest,
 };
 
 impl HeaderCondition {
@@ -46,6 +47,7 @@ impl HeaderCondition {
         let (specifier, invert_match) = match &test {
             HeaderTest::Exact(v) => (string(MatchPattern::Exact(v.clone())), false),
             HeaderTest::Prefix(v) => (string(MatchPattern::Prefix(v.clone())), false),
+            HeaderTest::Regex(v) => (string(MatchPattern::SafeRegex(regex(v))), false),
             HeaderTest::Present(present) => (HeaderMatchSpecifier::PresentMatch(true), !present),
         };
         HeaderMatcher {
@@ -142,16 +144,35 @@ impl RouteMatch {
         let RouteMatch {
             path,
             prefix,
+            regex: path_regex,
             headers,
+            query,
         } = self;
-        let path_specifier = match (&path, &prefix) {
-            (Some(path), _) => PathSpecifier::Path(path.clone()),
-            (None, Some(prefix)) => PathSpecifier::Prefix(prefix.clone()),
-            (None, None) => PathSpecifier::Prefix("/".into()),
+        let path_specifier = match (&path, &prefix, &path_regex) {
+            (Some(path), _, _) => PathSpecifier::Path(path.clone()),
+            (None, Some(prefix), _) => PathSpecifier::Prefix(prefix.clone()),
+            (None, None, Some(expression)) => PathSpecifier::SafeRegex(regex(expression)),
+            (None, None, None) => PathSpecifier::Prefix("/".into()),
         };
+        let query_parameters = query
+            .iter()
+            .map(|condition| QueryParameterMatcher {
+                name: condition.name.clone(),
+                query_parameter_match_specifier: Some(match &condition.test {
+                    None => QueryParameterMatchSpecifier::PresentMatch(true),
+                    Some(ValueTest::Exact(v)) => QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(MatchPattern::Exact(v.clone())),
+                    ),
+                    Some(ValueTest::Regex(v)) => QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(MatchPattern::SafeRegex(regex(v))),
+                    ),
+                }),
+            })
+            .collect();
         XdsRouteMatch {
             path_specifier: Some(path_specifier),
             headers: headers.iter().map(HeaderCondition::to_xds).collect(),
+            query_parameters,
             ..Default::default()
         }
     }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use weft_api::traffic::RequestMatch;
 
 use super::plan::{ServiceKey, ServicePlan};
-use crate::proxy::{Action, HeaderCondition, HeaderTest, Route, RouteMatch, VirtualHost};
+use crate::proxy::{
+    Action, HeaderCondition, HeaderTest, QueryCondition, Route, RouteMatch, ValueTest, VirtualHost,
+};
 
 impl ServicePlan<'_> {
     /// The service's routes: its ServiceRoute's rules in order, then
@@ -70,10 +72,11 @@ pub(super) fn request_match(m: &RequestMatch) -> RouteMatch {
         .iter()
         .map(|h| HeaderCondition {
             name: h.name.clone(),
-            test: match (&h.exact, &h.prefix, h.present) {
-                (Some(v), _, _) => HeaderTest::Exact(v.clone()),
-                (None, Some(v), _) => HeaderTest::Prefix(v.clone()),
-                (None, None, present) => HeaderTest::Present(present.unwrap_or(true)),
+            test: match (&h.exact, &h.prefix, &h.regex, h.present) {
+                (Some(v), _, _, _) => HeaderTest::Exact(v.clone()),
+                (None, Some(v), _, _) => HeaderTest::Prefix(v.clone()),
+                (None, None, Some(v), _) => HeaderTest::Regex(v.clone()),
+                (None, None, None, present) => HeaderTest::Present(present.unwrap_or(true)),
             },
         })
         .collect();
@@ -86,14 +89,28 @@ pub(super) fn request_match(m: &RequestMatch) -> RouteMatch {
             },
         );
     }
-    let (path, prefix) = match &m.path {
-        Some(p) => (p.exact.clone(), p.prefix.clone()),
-        None => (None, None),
+    let (path, prefix, regex) = match &m.path {
+        Some(p) => (p.exact.clone(), p.prefix.clone(), p.regex.clone()),
+        None => (None, None, None),
     };
+    let query = m
+        .query
+        .iter()
+        .map(|q| QueryCondition {
+            name: q.name.clone(),
+            test: match (&q.exact, &q.regex) {
+                (Some(v), _) => Some(ValueTest::Exact(v.clone())),
+                (None, Some(v)) => Some(ValueTest::Regex(v.clone())),
+                (None, None) => None,
+            },
+        })
+        .collect();
     RouteMatch {
         path,
         prefix,
+        regex,
         headers,
+        query,
     }
 }
 
