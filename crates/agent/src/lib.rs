@@ -11,6 +11,7 @@
 //! the app) until one exits or it is told to stop ([`proxy`]).
 
 pub mod bootstrap;
+pub mod certificates;
 pub mod children;
 pub mod credential;
 mod error;

@@ -25,6 +25,17 @@ pub const CERTIFICATE: &str = "default";
 /// The roots of the trust domain.
 pub const TRUST_BUNDLE: &str = "ROOTCA";
 
+/// A gateway's server certificate `name`: files `NAME.crt` and `NAME.key`
+/// in its certificate directory ([`crate::certificates`]).
+pub fn server_certificate(name: &str) -> String {
+    format!("certificate/{name}")
+}
+
+/// A CA bundle for client certificates: a `NAME.crt` with no key.
+pub fn client_ca(name: &str) -> String {
+    format!("ca/{name}")
+}
+
 /// Where an Envoy resource names secret `name`: the agent's SDS server.
 pub fn secret_config(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {

@@ -353,3 +353,24 @@ pub fn client_config(
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks a server certificate chain and its private key (both PEM) as a
+/// TLS server would use them: both readable, and the key the first
+/// certificate's.
+pub fn check_certificate_and_key(chain_pem: &str, key_pem: &str) -> Result<(), IdentityError> {
+    use rustls_pki_types::pem::PemObject;
+    let chain = crate::certificates_from_pem("the certificate", chain_pem)?;
+    let unreadable = |reason: String| IdentityError::Unreadable {
+        what: "the private key",
+        reason,
+    };
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| unreadable(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| unreadable(e.to_string()))?;
+    CertifiedKey::new(chain, signing)
+        .keys_match()
+        .map_err(|e| unreadable(format!("it is not the certificate's key: {e}")))
+}
