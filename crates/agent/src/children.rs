@@ -253,7 +253,10 @@ fn refuse_shared(dir: &Path, forbidden: u32) -> Result<()> {
 
 /// A command that runs `program` tied to this process: through `weft x
 /// tie`, in its own process group, killed if the handle is dropped.
-/// Append the program's arguments with `.args`.
+/// Append the program's arguments with `.args`. Spawn it from a thread
+/// that lives as long as the process (the main thread or a runtime
+/// worker, never `spawn_blocking`): the kernel sends the signal when the
+/// thread that forked the child ends.
 pub fn tied(program: impl Into<OsString>) -> Command {
     let mut command = Command::new("/proc/self/exe");
     command
