@@ -45,16 +45,26 @@ pub struct ProxyOptions {
     pub delta: bool,
     /// Where instances keep their runtime directories.
     pub runtime_base: PathBuf,
+    /// A gateway's directory of server certificates
+    /// ([`crate::certificates`]), served alongside the workload's.
+    pub certificates: Option<PathBuf>,
 }
 
-/// The runtime directory's name for a proxy: its role and the address it
-/// listens on, which no other proxy on this host can share.
+/// How often a gateway's certificate directory is read again.
+const CERTIFICATES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The runtime directory's name for a proxy: what no other proxy on this
+/// host can share — the address a sidecar or east-west gateway listens
+/// on, a gateway's identity and address.
 fn instance_name(workload: &Workload) -> String {
-    let role = match workload.role {
-        Role::Eastwest => "eastwest",
-        Role::Sidecar => "sidecar",
-    };
-    format!("{role}-{}-{}", workload.address, workload.port)
+    match workload.role {
+        Role::Eastwest => format!("eastwest-{}-{}", workload.address, workload.port),
+        Role::Sidecar => format!("sidecar-{}-{}", workload.address, workload.port),
+        Role::Gateway => format!(
+            "gateway-{}-{}-{}",
+            workload.namespace, workload.service, workload.address
+        ),
+    }
 }
 
 /// A new node id for a proxy of `service`: SERVICE-<random>.
@@ -117,6 +127,9 @@ pub async fn run(
     let edge_id = SpiffeId::edge(&issued.svid.trust.trust_domain)?.to_string();
     tracing::info!(id = %issued.svid.id, expires = %issued.svid.expires_at, "got the workload certificate");
     let sds = SdsServer::start(&sds_socket, &workload.node)?;
+    if let Some(dir) = &options.certificates {
+        crate::certificates::watch(dir.clone(), sds.clone(), CERTIFICATES_EVERY);
+    }
     svid::keep_renewed(sds, issued, link)?;
     let bootstrap = bootstrap::bootstrap(&Params {
         workload: &workload,

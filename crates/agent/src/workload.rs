@@ -23,6 +23,10 @@ pub enum Role {
     /// reach this one's services through it. `address:port` is where it
     /// listens.
     Eastwest,
+    /// A gateway (`weft gateway`): the Gateways that select it decide its
+    /// ports; `address` is where it listens. Only a gateway credential
+    /// runs one.
+    Gateway,
 }
 
 /// One instance of a service, with its sidecar (or the cluster's
@@ -55,6 +59,17 @@ pub struct Workload {
     /// gets only these. Empty: every service of its workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<String>,
+}
+
+impl Role {
+    /// As the node metadata and the registry file spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sidecar => "sidecar",
+            Role::Eastwest => "eastwest",
+            Role::Gateway => "gateway",
+        }
+    }
 }
 
 fn is_sidecar(role: &Role) -> bool {
@@ -153,9 +168,10 @@ impl Workload {
         let role = match string_field(&fields, keys::ROLE) {
             None | Some("sidecar") => Role::Sidecar,
             Some("eastwest") => Role::Eastwest,
+            Some("gateway") => Role::Gateway,
             Some(other) => {
                 problems.push(format!(
-                    "metadata.{}: {other:?} is not sidecar or eastwest",
+                    "metadata.{}: {other:?} is not sidecar, eastwest or gateway",
                     keys::ROLE
                 ));
                 Role::Sidecar
@@ -173,7 +189,8 @@ impl Workload {
                 }
             }
         };
-        let port_value = port(keys::PORT, true);
+        // A gateway's ports are its Gateways' servers'.
+        let port_value = port(keys::PORT, role != Role::Gateway);
         let app_port = port(keys::APP_PORT, false);
         let outbound_port = port(keys::OUTBOUND_PORT, role == Role::Sidecar);
         // The gateway role goes with the gateway's identity, both ways: a
@@ -265,8 +282,8 @@ impl Workload {
         if let Some(outbound_port) = self.outbound_port {
             fields.insert(keys::OUTBOUND_PORT, text(&outbound_port.to_string()));
         }
-        if self.role == Role::Eastwest {
-            fields.insert(keys::ROLE, text("eastwest"));
+        if self.role != Role::Sidecar {
+            fields.insert(keys::ROLE, text(self.role.as_str()));
         }
         if let Some(app_port) = self.app_port {
             fields.insert(keys::APP_PORT, text(&app_port.to_string()));

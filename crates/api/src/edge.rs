@@ -237,9 +237,28 @@ pub struct WorkloadCredential {
     /// SHA-256 of the secret, hex.
     pub hash: String,
     pub namespace: String,
+    /// For a gateway credential, the gateway's name.
     pub service_account: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "CredentialRole::is_workload")]
+    pub role: CredentialRole,
+}
+
+/// What a workload credential lets its holder run: a workload's sidecar,
+/// or a gateway (`weft gateway`), never the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialRole {
+    #[default]
+    Workload,
+    Gateway,
+}
+
+impl CredentialRole {
+    fn is_workload(&self) -> bool {
+        *self == CredentialRole::Workload
+    }
 }
 
 /// What is kept of a credential's secret: its SHA-256, hex. The server
@@ -258,12 +277,45 @@ pub fn workload_principal(cluster: &str, namespace: &str, service_account: &str)
     format!("workload:{cluster}/{namespace}/{service_account}")
 }
 
-/// Splits a workload principal into cluster, namespace and service account.
-pub fn parse_workload_principal(principal: &str) -> Option<(&str, &str, &str)> {
-    let rest = principal.strip_prefix("workload:")?;
+/// The principal of a gateway credential: the gateway `name` runs in
+/// `namespace` of `cluster`, with the identity of service account `name`.
+pub fn gateway_principal(cluster: &str, namespace: &str, name: &str) -> String {
+    format!("gateway:{cluster}/{namespace}/{name}")
+}
+
+/// The parts of a workload or gateway principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadPrincipal<'a> {
+    pub cluster: &'a str,
+    pub namespace: &'a str,
+    /// The service account; a gateway's name.
+    pub service_account: &'a str,
+    pub role: CredentialRole,
+}
+
+/// Splits a workload or gateway principal into its parts.
+pub fn parse_workload_principal(principal: &str) -> Option<WorkloadPrincipal<'_>> {
+    let (role, rest) = match principal.split_once(':')? {
+        ("workload", rest) => (CredentialRole::Workload, rest),
+        ("gateway", rest) => (CredentialRole::Gateway, rest),
+        _ => return None,
+    };
     let (cluster, rest) = rest.split_once('/')?;
     let (namespace, service_account) = rest.split_once('/')?;
-    Some((cluster, namespace, service_account))
+    Some(WorkloadPrincipal {
+        cluster,
+        namespace,
+        service_account,
+        role,
+    })
+}
+
+/// The prefixes of a cluster's workload and gateway principals.
+pub fn workload_principal_prefixes(cluster: &str) -> [String; 2] {
+    [
+        format!("workload:{cluster}/"),
+        format!("gateway:{cluster}/"),
+    ]
 }
 
 /// What an edge reports about itself.

@@ -403,7 +403,9 @@ Examples:
   weft token create --cluster east > edge.token              # for `weft edge`
   weft token create --cluster east --namespace shop --service-account cart > cart.token
                                                              # for `weft sidecar`
-  weft token create --cluster east --eastwest > eastwest.token  # for `weft eastwest`")]
+  weft token create --cluster east --eastwest > eastwest.token  # for `weft eastwest`
+  weft token create --cluster east --namespace shop-gateways --gateway shop-ingress > ingress.token
+                                                             # for `weft gateway`")]
     Create {
         /// Whose token (default: yours; another user's needs admin)
         #[arg(long, conflicts_with = "cluster")]
@@ -411,14 +413,19 @@ Examples:
         /// An edge credential for this cluster (needs update on the Cluster)
         #[arg(long)]
         cluster: Option<String>,
-        /// With --service-account: a workload credential for this namespace
-        #[arg(long, requires_all = ["cluster", "service_account"])]
+        /// With --service-account or --gateway: a workload credential for
+        /// this namespace
+        #[arg(long, requires = "cluster")]
         namespace: Option<String>,
         /// With --namespace: the workload's service account
-        #[arg(long, requires_all = ["cluster", "namespace"])]
+        #[arg(long, requires_all = ["cluster", "namespace"], conflicts_with = "gateway")]
         service_account: Option<String>,
+        /// With --namespace: the credential of gateway NAME (`weft gateway`),
+        /// which runs as service account NAME and nothing else
+        #[arg(long, value_name = "NAME", requires_all = ["cluster", "namespace"])]
+        gateway: Option<String>,
         /// The credential of the cluster's east-west gateway (`weft eastwest`)
-        #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account"])]
+        #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account", "gateway"])]
         eastwest: bool,
         #[arg(long, default_value = "")]
         description: String,
@@ -650,6 +657,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cluster,
             namespace,
             service_account,
+            gateway,
             eastwest,
             description,
             ttl,
@@ -667,6 +675,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 cluster,
                 namespace,
                 service_account,
+                gateway,
                 description,
                 ttl_seconds: None,
             };

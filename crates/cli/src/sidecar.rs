@@ -110,6 +110,7 @@ impl ProxyArgs {
                 .runtime_dir
                 .clone()
                 .unwrap_or_else(weft_agent::children::default_base),
+            certificates: None,
         })
     }
 }

@@ -186,6 +186,7 @@ async fn credential(
         cluster: Some(cluster.into()),
         namespace: workload.map(|(namespace, _)| namespace.to_string()),
         service_account: workload.map(|(_, account)| account.to_string()),
+        gateway: None,
         description: format!("weft up: {name}"),
         ttl_seconds: None,
     };

@@ -541,6 +541,39 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
     }
     assert!(!mesh.instances(port, 10, "/").await.contains_key("intruder"));
 
+    // A gateway's credential runs a gateway, never a sidecar.
+    let run = mesh.server().weft(
+        &mesh.admin,
+        &[
+            "token",
+            "create",
+            "--cluster",
+            "east",
+            "--namespace",
+            "shop",
+            "--gateway",
+            "shop-ingress",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let gateway = PathBuf::from(write(mesh.dir.path(), "gateway.token", &run.stdout));
+    let _impostor = mesh.sidecar(
+        "shop-ingress",
+        "impostor",
+        Some("v9"),
+        &gateway,
+        free_port(),
+    );
+    until(
+        "the edge refuses a sidecar that presents a gateway's credential",
+        Duration::from_secs(30),
+        async || {
+            mesh.edge_log()
+                .contains("is a gateway's, but the proxy announces the role sidecar")
+        },
+    )
+    .await;
+
     // `weft get clusters` shows the edge connected with its proxies.
     let get = mesh
         .server()

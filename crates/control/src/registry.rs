@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use tonic::Extensions;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
-use weft_api::edge::{WorkloadCredential, hash_secret};
+use weft_api::edge::{CredentialRole, WorkloadCredential, hash_secret};
 use weft_xds::Admission;
 
-use weft_agent::workload::Workload;
+use weft_agent::workload::{Role, Workload};
 use weft_identity::transport::Peer;
 
 struct Entry {
@@ -145,10 +145,16 @@ impl Registry {
         metadata: &MetadataMap,
         peer: Option<&Peer>,
     ) -> Result<(), Status> {
-        let hint = format!(
-            "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
-            self.cluster, workload.namespace, workload.service_account
-        );
+        let hint = match workload.role {
+            Role::Gateway => format!(
+                "issue one with `weft token create --cluster {} --namespace {} --gateway {}` and pass it to `weft gateway --credential-file`",
+                self.cluster, workload.namespace, workload.service_account
+            ),
+            _ => format!(
+                "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
+                self.cluster, workload.namespace, workload.service_account
+            ),
+        };
         let secret = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -173,6 +179,22 @@ impl Registry {
                 credential.service_account,
                 workload.namespace,
                 workload.service_account
+            )));
+        }
+        // A gateway credential runs a gateway and nothing else, and only
+        // it does: a workload cannot make itself an entry point.
+        let gateway = workload.role == Role::Gateway;
+        if gateway != (credential.role == CredentialRole::Gateway) {
+            return Err(Status::permission_denied(format!(
+                "weft edge {}: credential {} is {}, but the proxy announces the role {}; {hint}",
+                self.cluster,
+                credential.id,
+                if credential.role == CredentialRole::Gateway {
+                    "a gateway's"
+                } else {
+                    "a workload's"
+                },
+                workload.role.as_str(),
             )));
         }
         let Some(id) = peer.and_then(|p| p.id.as_ref()) else {
@@ -263,6 +285,7 @@ mod tests {
             namespace: "shop".into(),
             service_account: "reviews".into(),
             expires_at: None,
+            role: CredentialRole::Workload,
         }]);
         let workload = Workload {
             node: "reviews-1".into(),
@@ -303,5 +326,36 @@ mod tests {
         let refused =
             registry.check_credential(&workload, &bare, Some(&peer(Some(("shop", "reviews")))));
         assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
+
+        // A workload's credential does not run a gateway, nor a gateway's
+        // a workload.
+        let as_gateway = Workload {
+            role: Role::Gateway,
+            ..workload.clone()
+        };
+        let refused = registry.check_credential(
+            &as_gateway,
+            &metadata,
+            Some(&peer(Some(("shop", "reviews")))),
+        );
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("--gateway reviews"),
+            "{refused:?}"
+        );
+        registry.set_credentials(vec![WorkloadCredential {
+            id: "t2".into(),
+            hash: hash_secret("s3cret"),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            expires_at: None,
+            role: CredentialRole::Gateway,
+        }]);
+        let check = |w: &Workload| {
+            registry.check_credential(w, &metadata, Some(&peer(Some(("shop", "reviews")))))
+        };
+        assert!(check(&as_gateway).is_ok());
+        assert_eq!(check(&workload).unwrap_err().code(), Code::PermissionDenied);
     }
 }

@@ -15,7 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weft_api::edge::{EdgeConfig, EdgeStatus, WorkloadCredential, parse_workload_principal};
+use weft_api::edge::{
+    EdgeConfig, EdgeStatus, WorkloadCredential, parse_workload_principal,
+    workload_principal_prefixes,
+};
 use weft_api::kinds::{KINDS, Sync, top_level_path};
 use weft_store::EdgeReport;
 
@@ -103,11 +106,12 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
     }
     let now = weft_store::now_rfc3339();
     let mut workload_credentials = Vec::new();
-    for (token, hash) in store
-        .tokens_with_hashes(&format!("workload:{cluster}/"))
-        .await?
-    {
-        let Some((_, namespace, service_account)) = parse_workload_principal(&token.user) else {
+    let mut tokens = Vec::new();
+    for prefix in workload_principal_prefixes(cluster) {
+        tokens.extend(store.tokens_with_hashes(&prefix).await?);
+    }
+    for (token, hash) in tokens {
+        let Some(principal) = parse_workload_principal(&token.user) else {
             continue;
         };
         let live = token.revoked_at.is_none()
@@ -119,9 +123,10 @@ async fn config_for(state: &AppState, cluster: &str) -> Result<EdgeConfig, ApiEr
             workload_credentials.push(WorkloadCredential {
                 id: token.id,
                 hash,
-                namespace: namespace.to_string(),
-                service_account: service_account.to_string(),
+                namespace: principal.namespace.to_string(),
+                service_account: principal.service_account.to_string(),
                 expires_at: token.expires_at,
+                role: principal.role,
             });
         }
     }

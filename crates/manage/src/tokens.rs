@@ -10,7 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use weft_api::Verb;
-use weft_api::edge::{edge_principal, parse_workload_principal, workload_principal};
+use weft_api::edge::{
+    CredentialRole, edge_principal, gateway_principal, parse_workload_principal, workload_principal,
+};
 use weft_api::kinds::top_level_path;
 use weft_api::problems::check_dns_label;
 use weft_store::TokenRecord;
@@ -26,10 +28,15 @@ pub struct CreateToken {
     /// Whose token; the caller by default.
     pub user: Option<String>,
     /// An edge credential for this cluster instead of a user token; with
-    /// `namespace` and `serviceAccount`, a workload credential there.
+    /// `namespace` and `serviceAccount`, a workload credential there; with
+    /// `namespace` and `gateway`, a gateway's.
     pub cluster: Option<String>,
     pub namespace: Option<String>,
     pub service_account: Option<String>,
+    /// The gateway's name (`weft gateway --name`); its identity is the
+    /// service account of that name.
+    #[serde(default)]
+    pub gateway: Option<String>,
     #[serde(default)]
     pub description: String,
     /// Lifetime; none means until revoked.
@@ -72,7 +79,7 @@ pub struct ListQuery {
 fn cluster_of(principal: &str) -> Option<&str> {
     principal
         .strip_prefix("cluster:")
-        .or_else(|| parse_workload_principal(principal).map(|(cluster, _, _)| cluster))
+        .or_else(|| parse_workload_principal(principal).map(|p| p.cluster))
 }
 
 /// Credentials of a cluster are managed by those who may update it.
@@ -99,9 +106,12 @@ async fn principal(
     request: &CreateToken,
 ) -> Result<String, ApiError> {
     let Some(cluster) = &request.cluster else {
-        if request.namespace.is_some() || request.service_account.is_some() {
+        if request.namespace.is_some()
+            || request.service_account.is_some()
+            || request.gateway.is_some()
+        {
             return Err(ApiError::bad_request(
-                "namespace and serviceAccount make a workload credential: give cluster too",
+                "namespace with serviceAccount or gateway make a workload credential: give cluster too",
             ));
         }
         let user = request.user.clone().unwrap_or_else(|| caller.user.clone());
@@ -114,26 +124,43 @@ async fn principal(
         ));
     }
     may_manage_cluster(state, caller, cluster, Verb::Update).await?;
-    match (&request.namespace, &request.service_account) {
+    let (account, role) = match (&request.service_account, &request.gateway) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give serviceAccount (a workload credential) or gateway (a gateway's), not both",
+            ));
+        }
+        (Some(account), None) => (Some(account), CredentialRole::Workload),
+        (None, Some(gateway)) => (Some(gateway), CredentialRole::Gateway),
+        (None, None) => (None, CredentialRole::Workload),
+    };
+    match (&request.namespace, account) {
         (None, None) => Ok(edge_principal(cluster)),
         (Some(namespace), Some(account)) => {
             // The reserved namespace holds weft's own identities; the one
             // credential made there is the east-west gateway's.
             if namespace == weft_identity::RESERVED_NAMESPACE
-                && account != weft_identity::EASTWEST_ACCOUNT
+                && (account != weft_identity::EASTWEST_ACCOUNT || role == CredentialRole::Gateway)
             {
                 return Err(ApiError::bad_request(format!(
                     "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credential is the east-west gateway's (weft token create --cluster C --eastwest)"
                 )));
             }
-            for (field, value) in [("namespace", namespace), ("serviceAccount", account)] {
+            let account_field = match role {
+                CredentialRole::Workload => "serviceAccount",
+                CredentialRole::Gateway => "gateway",
+            };
+            for (field, value) in [("namespace", namespace), (account_field, account)] {
                 check_dns_label(value)
                     .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
             }
-            Ok(workload_principal(cluster, namespace, account))
+            Ok(match role {
+                CredentialRole::Workload => workload_principal(cluster, namespace, account),
+                CredentialRole::Gateway => gateway_principal(cluster, namespace, account),
+            })
         }
         _ => Err(ApiError::bad_request(
-            "a workload credential needs both namespace and serviceAccount",
+            "a workload credential needs namespace and serviceAccount (a gateway's, namespace and gateway)",
         )),
     }
 }
