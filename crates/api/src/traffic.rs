@@ -454,6 +454,8 @@ pub struct CircuitBreaker {
     pub max_pending_requests: Option<u32>,
     #[schemars(range(min = 1))]
     pub max_requests: Option<u32>,
+    /// Retries in flight to the service at once. Without it (or a retry
+    /// budget), each request's `attempts` is the only bound.
     #[schemars(range(min = 1))]
     pub max_retries: Option<u32>,
 }

@@ -57,13 +57,21 @@ impl ServicePlan<'_> {
             }
         };
         let budget = policy.retries.as_ref().and_then(|r| r.budget.as_ref());
-        let limits = (policy.circuit_breaker.is_some() || budget.is_some()).then(|| {
+        let limits = (policy.circuit_breaker.is_some() || policy.retries.is_some()).then(|| {
             let cb = policy.circuit_breaker.as_ref();
+            // Envoy's own cap is 3 retries in flight per cluster: when an
+            // instance dies under load, more requests than that fail at
+            // once and the rest would get a 503 instead of their retry.
+            // Each request's `attempts` bounds retries already; a setting
+            // can still cap them cluster-wide (maxRetries or a budget).
+            let max_retries = cb
+                .and_then(|c| c.max_retries)
+                .or_else(|| budget.is_none().then_some(u32::MAX));
             Limits {
                 max_connections: cb.and_then(|c| c.max_connections),
                 max_pending_requests: cb.and_then(|c| c.max_pending_requests),
                 max_requests: cb.and_then(|c| c.max_requests),
-                max_retries: cb.and_then(|c| c.max_retries),
+                max_retries,
                 retry_budget_percent: budget.map(|b| b.percent),
                 retry_budget_min_concurrency: budget.and_then(|b| b.min_concurrency),
             }
