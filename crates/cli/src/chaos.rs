@@ -165,7 +165,7 @@ pub async fn run(args: ChaosArgs) -> Result<i32> {
                 break;
             }
         }
-        let Some((name, kind, pid)) = choose(&up, &mut rng) else {
+        let Some(Process { name, kind, pid }) = choose(&up, &mut rng) else {
             continue;
         };
         let _ = rustix::process::kill_process(
@@ -357,32 +357,56 @@ async fn whole(up: &Up, http: &reqwest::Client, expected: &BTreeMap<String, usiz
     true
 }
 
-/// A victim: a kind chosen at random, then one process of that kind.
-fn choose(up: &Up, rng: &mut impl Rng) -> Option<(String, String, u32)> {
-    let mut by_kind: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
+/// One process of the mesh: what to call it, its kind, its pid.
+struct Process {
+    name: String,
+    kind: String,
+    pid: u32,
+}
+
+/// The running components and the Envoys and apps they started.
+fn processes(up: &Up) -> Vec<Process> {
+    let mut processes = Vec::new();
     for component in components(up) {
         let Some(pid) = component.pid else { continue };
-        // The load's way in is left alone.
-        if component.name == "client" {
-            continue;
-        }
         for child in procfs::children_of(pid) {
             let kind = match procfs::program(child).as_deref() {
                 Some("envoy") => "envoy",
                 _ => "app",
             };
-            let name = format!("{}'s {kind}", component.name);
-            by_kind.entry(kind).or_default().push((name, child));
+            processes.push(Process {
+                name: format!("{}'s {kind}", component.name),
+                kind: kind.into(),
+                pid: child,
+            });
         }
-        if let Some(kind) = KINDS.iter().find(|k| **k == component.kind) {
-            by_kind.entry(kind).or_default().push((component.name, pid));
+        processes.push(Process {
+            name: component.name,
+            kind: component.kind,
+            pid,
+        });
+    }
+    processes
+}
+
+/// A victim: a kind chosen at random, then one process of that kind.
+/// The client's sidecar and what it runs (the load's way in) are left
+/// alone.
+fn choose(up: &Up, rng: &mut impl Rng) -> Option<Process> {
+    let mut by_kind: BTreeMap<&str, Vec<Process>> = BTreeMap::new();
+    for process in processes(up) {
+        if process.name == "client" || process.name.starts_with("client's ") {
+            continue;
+        }
+        if let Some(kind) = KINDS.iter().find(|k| **k == process.kind) {
+            by_kind.entry(kind).or_default().push(process);
         }
     }
     let kinds: Vec<&&str> = KINDS.iter().filter(|k| by_kind.contains_key(**k)).collect();
     let kind = **kinds.get(rng.random_range(0..kinds.len().max(1)))?;
-    let victims = &by_kind[kind];
-    let (name, pid) = victims[rng.random_range(0..victims.len())].clone();
-    Some((name, kind.to_string(), pid))
+    let mut victims = by_kind.remove(kind)?;
+    let i = rng.random_range(0..victims.len());
+    Some(victims.swap_remove(i))
 }
 
 /// The counters of the client's Envoy that say how faults were met,
@@ -428,20 +452,10 @@ async fn client_envoy_counters(data: &Path, http: &reqwest::Client) -> BTreeMap<
 
 /// Resident memory by kind: `weft up`, its components, their Envoys and apps.
 fn memory(up: &Up) -> BTreeMap<String, Memory> {
-    let mut processes: Vec<(String, u32)> = Vec::new();
+    let mut processes: Vec<(String, u32)> =
+        processes(up).into_iter().map(|p| (p.kind, p.pid)).collect();
     if let Some(pid) = up.child.id() {
         processes.push(("weft up".into(), pid));
-    }
-    for component in components(up) {
-        let Some(pid) = component.pid else { continue };
-        for child in procfs::children_of(pid) {
-            let kind = match procfs::program(child).as_deref() {
-                Some("envoy") => "envoy",
-                _ => "app",
-            };
-            processes.push((kind.into(), child));
-        }
-        processes.push((component.kind, pid));
     }
     let mut memory: BTreeMap<String, Memory> = BTreeMap::new();
     for (kind, pid) in processes {

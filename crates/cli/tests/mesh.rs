@@ -669,7 +669,7 @@ async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_a
             .contains_key("reviews-v1")
     })
     .await;
-    let children = support::children_of(first.0.id());
+    let children = weft_agent::procfs::children_of(first.0.id());
     assert_eq!(children.len(), 2, "Envoy and the app run under the sidecar");
 
     support::kill9(first.0.id());
@@ -793,7 +793,7 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
             .map(|pid| pid as u32)
     };
     let (edge, v2) = (pid_of("edge").unwrap(), pid_of("reviews-v2").unwrap());
-    let v2_children = support::children_of(v2);
+    let v2_children = weft_agent::procfs::children_of(v2);
     assert_eq!(
         v2_children.len(),
         2,
@@ -840,7 +840,7 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
         .collect();
     let grandchildren: Vec<u32> = all
         .iter()
-        .flat_map(|pid| support::children_of(*pid))
+        .flat_map(|pid| weft_agent::procfs::children_of(*pid))
         .collect();
     // Three Envoys, two apps.
     assert_eq!(grandchildren.len(), 5, "{grandchildren:?}");

@@ -694,7 +694,7 @@ async fn a_killed_eastwest_gateway_takes_its_envoy_along_and_the_same_command_se
 
     let gateway = world.clusters[EAST_B].gateway.take().unwrap();
     let pid = gateway.0.id();
-    let envoys = support::children_of(pid);
+    let envoys = weft_agent::procfs::children_of(pid);
     assert_eq!(envoys.len(), 1, "the gateway runs one Envoy");
     support::kill9(pid);
     drop(gateway);

@@ -379,29 +379,9 @@ pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<i64
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The pids of `parent`'s children, from `/proc`.
-pub fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // After the command name in parentheses: state, then ppid.
-            stat.rfind(')')
-                .and_then(|end| stat[end + 2..].split(' ').nth(1)?.parse::<u32>().ok())
-                == Some(parent)
-        })
-        .collect()
-}
-
 /// Whether process `pid` exists (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .is_some_and(|end| !stat[end + 2..].starts_with('Z'))
+    weft_agent::procfs::stat(pid).is_some()
 }
 
 /// SIGKILL to `pid`.
