@@ -264,8 +264,11 @@ impl Workload {
             (keys::NAMESPACE, text(&self.namespace)),
             (keys::SERVICE_ACCOUNT, text(&self.service_account)),
             (keys::ADDRESS, text(&self.address)),
-            (keys::PORT, text(&self.port.to_string())),
         ]);
+        // A gateway has no port of its own (0): its Gateways give them.
+        if self.port != 0 {
+            fields.insert(keys::PORT, text(&self.port.to_string()));
+        }
         let labels = Struct {
             fields: self
                 .labels

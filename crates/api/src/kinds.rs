@@ -189,7 +189,7 @@ pub static KINDS: &[Kind] = &[
         &["gg"],
         "gatewayGroup",
         Concern::Gateway,
-        Sync::ServerOnly,
+        Sync::ToEdges,
     ),
     Kind {
         id: KindId::ServiceRoute,
@@ -252,8 +252,7 @@ pub static KINDS: &[Kind] = &[
         parent_field: None,
         concern: Concern::Gateway,
         singleton: false,
-        // Edges get gateways once they translate them.
-        sync: Sync::ServerOnly,
+        sync: Sync::ToEdges,
         columns: &[("WORKLOADS", "workloadSelector")],
         check_spec: check_spec::<GatewaySpec>,
         spec_schema: spec_schema::<GatewaySpec>,

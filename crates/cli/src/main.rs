@@ -110,6 +110,19 @@ Examples:
 The edge publishes the --listen address to the other clusters as this one's entry point.")]
     Eastwest(sidecar::EastwestArgs),
 
+    /// Run a gateway (Envoy) for clients outside the mesh: the Gateways
+    /// whose workloadSelector matches it decide its ports and routes
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east --namespace edge --gateway ingress > ingress.token
+  weft gateway --name ingress --namespace edge --label app=ingress \\
+      --listen-address 0.0.0.0 --certificates /etc/weft/certs --credential-file ingress.token
+Server certificates are files on this host: NAME.crt (chain, leaf first) and
+NAME.key for each `tls.certificate: NAME` of its Gateways, NAME.crt alone for
+a `clientCa`. Replaced files are served within seconds, without a restart;
+keys never leave this host.")]
+    Gateway(sidecar::GatewayArgs),
+
     /// Tools for testing and inspecting: offline translation, a test workload
     #[command(subcommand)]
     X(XCommand),
@@ -550,6 +563,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Eastwest(args) => {
             init_logging(&cli.log_format);
             let code = sidecar::run_eastwest(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Gateway(args) => {
+            init_logging(&cli.log_format);
+            let code = sidecar::run_gateway(args)
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))

@@ -1,6 +1,6 @@
-//! `weft sidecar` and `weft eastwest`: the command lines of the agent
-//! (`weft-agent`) that runs a workload's proxy or the cluster's east-west
-//! gateway. Envoy and the app are tied to the agent's life: if it is
+//! `weft sidecar`, `weft eastwest` and `weft gateway`: the command lines
+//! of the agent (`weft-agent`) that runs a workload's proxy, the
+//! cluster's east-west gateway, or a gateway for clients outside the mesh. Envoy and the app are tied to the agent's life: if it is
 //! killed they go too, and the same command started again takes over.
 
 use std::collections::BTreeMap;
@@ -51,6 +51,28 @@ pub struct EastwestArgs {
     /// Where other clusters' proxies connect (TLS, routed by SNI)
     #[arg(long, default_value = "127.0.0.1:15443")]
     pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// The gateway's name: its credential's (`weft token create --gateway
+    /// NAME`) and its SPIFFE identity's service account
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// A label Gateways' workloadSelector can select on, e.g. app=ingress (repeatable)
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The address its servers' ports listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_address: std::net::IpAddr,
+    /// The directory of server certificates: NAME.crt and NAME.key per
+    /// certificate name its Gateways give, NAME.crt alone for a client CA
+    #[arg(long, env = "WEFT_GATEWAY_CERTIFICATES")]
+    pub certificates: Option<PathBuf>,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -149,6 +171,50 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
     };
     let code =
         weft_agent::proxy::run(workload, &options, &args.app, announce, shutdown_signal()).await?;
+    Ok(code)
+}
+
+/// `weft gateway`: an entry point for clients outside the mesh. Its
+/// credential is a gateway credential (`weft token create --gateway`);
+/// it calls services under its own identity, so their SecuritySettings
+/// must allow it.
+pub async fn run_gateway(args: GatewayArgs) -> Result<i32> {
+    let workload = Workload {
+        node: String::new(),
+        service: args.name.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.name.clone(),
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        address: args.listen_address.to_string(),
+        port: 0,
+        app_port: None,
+        outbound_port: None,
+        role: Role::Gateway,
+        calls: Vec::new(),
+    };
+    let mut options = args.proxy.options()?;
+    if let Some(dir) = &args.certificates {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--certificates {}: not a directory; it holds NAME.crt and NAME.key for each certificate its Gateways name",
+            dir.display()
+        );
+        options.certificates = Some(dir.clone());
+    }
+    let announce = |w: &Workload, admin: u16| {
+        println!(
+            "weft gateway: {} in {} node {}: listening on {} at the ports its Gateways give; certificates {}; edge {}; Envoy admin http://127.0.0.1:{admin}",
+            w.service,
+            w.namespace,
+            w.node,
+            args.listen_address,
+            args.certificates
+                .as_ref()
+                .map_or("(none)".to_string(), |d| d.display().to_string()),
+            options.edge,
+        );
+    };
+    let code = weft_agent::proxy::run(workload, &options, &[], announce, shutdown_signal()).await?;
     Ok(code)
 }
 

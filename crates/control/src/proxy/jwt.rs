@@ -38,7 +38,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 
 use super::convert::{duration, uint};
-use super::{Jwks, JwtCheck, JwtProvider, RouteMatch};
+use super::{HeaderCondition, HeaderTest, Jwks, JwtCheck, JwtProvider, RouteMatch, ScopedJwt};
 
 /// Where the JWT filter leaves a valid token's claims for authorization,
 /// and why it refused one.
@@ -170,6 +170,13 @@ impl JwtCheck {
     }
 
     pub(super) fn filters(&self) -> Vec<HttpFilter> {
+        jwt_filters([(&[][..], self)])
+    }
+
+    /// The requirement rules, first match wins: each `required_for` match
+    /// needs a valid token, and everything else is checked if it carries
+    /// one. With `scope`, only requests that also meet it.
+    fn rules(&self, scope: &[HeaderCondition]) -> Vec<RequirementRule> {
         let everything = RouteMatch::default();
         let rules = if self.required_for.is_empty() {
             vec![(&everything, self.requirement(false))]
@@ -180,47 +187,104 @@ impl JwtCheck {
                 .chain([(&everything, self.requirement(true))])
                 .collect()
         };
-        let jwt = JwtAuthentication {
-            providers: self
-                .providers
-                .iter()
-                .map(|p| (p.name.clone(), p.to_xds()))
-                .collect(),
-            rules: rules
-                .into_iter()
-                .map(|(m, requires)| RequirementRule {
+        rules
+            .into_iter()
+            .map(|(m, requires)| {
+                let mut m = m.clone();
+                m.headers.extend(scope.iter().cloned());
+                RequirementRule {
                     r#match: Some(m.to_xds()),
                     requirement_type: Some(RequirementType::Requires(requires)),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let strip = self.claim_headers();
-        let strip_filter = (!strip.is_empty()).then(|| HttpFilter {
-            name: "weft.jwt.strip-claim-headers".into(),
-            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(
-                HeaderMutationFilter {
-                    mutations: Some(Mutations {
-                        request_mutations: strip
-                            .into_iter()
-                            .map(|header| HeaderMutationRule {
-                                action: Some(HeaderMutationAction::Remove(header.into())),
-                            })
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        });
-        strip_filter
-            .into_iter()
-            .chain([HttpFilter {
-                name: JWT_FILTER.into(),
-                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(jwt))),
-                ..Default::default()
-            }])
+                }
+            })
             .collect()
     }
+}
+
+impl ScopedJwt {
+    /// Requests whose Host is the hostname (matched as Envoy matches
+    /// virtual hosts: any case, `*.` for one or more labels) and none of
+    /// the exceptions.
+    fn scope(&self) -> Vec<HeaderCondition> {
+        let Some(hostname) = self.hostname.as_deref() else {
+            return Vec::new();
+        };
+        let authority = |test| HeaderCondition {
+            name: ":authority".into(),
+            test,
+        };
+        std::iter::once(authority(HeaderTest::Regex(host_pattern(hostname))))
+            .chain(
+                self.except
+                    .iter()
+                    .map(|h| authority(HeaderTest::NotRegex(host_pattern(h)))),
+            )
+            .collect()
+    }
+}
+
+/// An RE2 expression for the Hosts a virtual host domain takes.
+fn host_pattern(hostname: &str) -> String {
+    match hostname.strip_prefix("*.") {
+        Some(domain) => format!("(?i).+\\.{}", domain.replace('.', "\\.")),
+        None => format!("(?i){}", hostname.replace('.', "\\.")),
+    }
+}
+
+/// One JWT filter for several checks, each scoped (or not): their
+/// providers together, their rules in order.
+pub(super) fn scoped_jwt_filters(checks: &[ScopedJwt]) -> Vec<HttpFilter> {
+    let scopes: Vec<Vec<HeaderCondition>> = checks.iter().map(ScopedJwt::scope).collect();
+    jwt_filters(
+        scopes
+            .iter()
+            .zip(checks)
+            .map(|(scope, check)| (scope.as_slice(), &check.check)),
+    )
+}
+
+fn jwt_filters<'a>(
+    checks: impl IntoIterator<Item = (&'a [HeaderCondition], &'a JwtCheck)>,
+) -> Vec<HttpFilter> {
+    let mut providers = std::collections::HashMap::new();
+    let mut rules = Vec::new();
+    let mut strip = BTreeSet::new();
+    for (scope, check) in checks {
+        for p in &check.providers {
+            providers.insert(p.name.clone(), p.to_xds());
+        }
+        rules.extend(check.rules(scope));
+        strip.extend(check.claim_headers());
+    }
+    let jwt = JwtAuthentication {
+        providers,
+        rules,
+        ..Default::default()
+    };
+    let strip_filter = (!strip.is_empty()).then(|| HttpFilter {
+        name: "weft.jwt.strip-claim-headers".into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(pack_any(
+            HeaderMutationFilter {
+                mutations: Some(Mutations {
+                    request_mutations: strip
+                        .into_iter()
+                        .map(|header| HeaderMutationRule {
+                            action: Some(HeaderMutationAction::Remove(header.into())),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    });
+    strip_filter
+        .into_iter()
+        .chain([HttpFilter {
+            name: JWT_FILTER.into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(jwt))),
+            ..Default::default()
+        }])
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! Listeners → Envoy `Listener` (LDS): the HTTP connection manager with
-//! its filters and access log, and the SNI passthrough listener.
+//! its filters and access log (shared with gateways), and the SNI
+//! passthrough listener.
 
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
@@ -33,9 +34,25 @@ use super::convert::{ads, socket};
 use super::rbac::authorization_filters;
 use super::{JwtCheck, Listener, Mtls, SniListener};
 
-/// One line per request on Envoy's stderr (the sidecar's log).
-pub(super) fn access_log() -> AccessLog {
-    let format = "[weft] inbound %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% caller=%DOWNSTREAM_PEER_URI_SAN%\n";
+/// Which listener a request log line comes from.
+#[derive(Clone, Copy)]
+pub(super) enum AccessLogged {
+    /// A sidecar's inbound side.
+    Inbound,
+    /// A gateway: the client's address instead of a SPIFFE ID.
+    Gateway,
+}
+
+/// One line per request on Envoy's stderr (the agent's log).
+fn access_log(kind: AccessLogged) -> AccessLog {
+    let format = match kind {
+        AccessLogged::Inbound => {
+            "[weft] inbound %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% caller=%DOWNSTREAM_PEER_URI_SAN%\n"
+        }
+        AccessLogged::Gateway => {
+            "[weft] gateway %REQ(:AUTHORITY)% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% client=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% upstream=%UPSTREAM_CLUSTER%\n"
+        }
+    };
     AccessLog {
         name: "envoy.access_loggers.stderr".into(),
         config_type: Some(AccessLogConfig::TypedConfig(pack_any(StderrAccessLog {
@@ -51,6 +68,43 @@ pub(super) fn access_log() -> AccessLog {
     }
 }
 
+/// An HTTP connection manager over route table `route_table` (RDS) with
+/// `filters` before the router. Whatever a client sends in
+/// `x-forwarded-client-cert` is dropped.
+pub(super) fn http_connection_manager(
+    stat_prefix: &str,
+    route_table: &str,
+    filters: Vec<HttpFilter>,
+    logged: Option<AccessLogged>,
+    checks_tokens: bool,
+) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: CodecType::Auto as i32,
+        // `Host: reviews:8080` routes like `Host: reviews`.
+        strip_matching_host_port: false,
+        strip_port_mode: Some(
+            envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode::StripAnyHostPort(true),
+        ),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_table.to_string(),
+        })),
+        http_filters: filters
+            .into_iter()
+            .chain([HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            }])
+            .collect(),
+        access_log: logged.map(access_log).into_iter().collect(),
+        local_reply_config: checks_tokens.then(JwtCheck::local_replies),
+        forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
+        ..Default::default()
+    }
+}
+
 impl Listener {
     pub(super) fn to_xds(&self) -> XdsListener {
         let Listener {
@@ -61,56 +115,29 @@ impl Listener {
             authorize,
             jwt,
         } = self;
-        let hcm = HttpConnectionManager {
-            stat_prefix: name.clone(),
-            codec_type: CodecType::Auto as i32,
-            // `Host: reviews:8080` routes like `Host: reviews`.
-            strip_matching_host_port: false,
-            strip_port_mode: Some(
-                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode::StripAnyHostPort(true),
-            ),
-            route_specifier: Some(RouteSpecifier::Rds(Rds {
-                config_source: Some(ads()),
-                route_config_name: route_table.clone(),
-            })),
-            http_filters: jwt
-                .iter()
-                .flat_map(JwtCheck::filters)
-                .chain(if *authorize {
-                    authorization_filters()
-                } else {
-                    Vec::new()
-                })
-                .chain([HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
-                ..Default::default()
-            }])
-            .collect(),
-            // Every request the listener judges is logged with the verdict
-            // and the caller (a refusal says which rule, or that none allowed).
-            access_log: if *authorize {
-                vec![access_log()]
+        let filters = jwt
+            .iter()
+            .flat_map(JwtCheck::filters)
+            .chain(if *authorize {
+                authorization_filters()
             } else {
                 Vec::new()
-            },
-            local_reply_config: jwt.as_ref().map(|_| JwtCheck::local_replies()),
+            })
+            .collect();
+        // Every request the listener judges is logged with the verdict
+        // and the caller (a refusal says which rule, or that none allowed).
+        let logged = authorize.then_some(AccessLogged::Inbound);
+        let mut hcm = http_connection_manager(name, route_table, filters, logged, jwt.is_some());
+        if mtls.is_some() {
             // The app learns who called from `x-forwarded-client-cert`
             // (the caller's SPIFFE ID, checked by this listener's mTLS);
             // whatever the caller sent in that header is replaced.
-            forward_client_cert_details: if mtls.is_some() {
-                ForwardClientCertDetails::SanitizeSet as i32
-            } else {
-                ForwardClientCertDetails::Sanitize as i32
-            },
-            set_current_client_cert_details: mtls.as_ref().map(|_| {
-                SetCurrentClientCertDetails {
-                    uri: true,
-                    ..Default::default()
-                }
-            }),
-            ..Default::default()
-        };
+            hcm.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+            hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            });
+        }
         let filters = vec![Filter {
             name: "envoy.filters.network.http_connection_manager".into(),
             config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),

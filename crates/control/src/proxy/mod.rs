@@ -8,6 +8,7 @@
 mod cluster;
 mod convert;
 mod endpoints;
+mod gateway;
 mod jwt;
 mod listener;
 mod rbac;
@@ -34,6 +35,64 @@ pub struct ProxyConfig {
     /// TLS passed through by SNI (an east-west gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passthrough: Vec<SniListener>,
+    /// Listeners for clients outside the mesh (a gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayListener>,
+}
+
+/// A gateway's listener on one port, for clients outside the mesh: one
+/// chain per TLS server (chosen by SNI), or one chain for all the port's
+/// plain-HTTP servers (chosen by Host in its route table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayListener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub chains: Vec<HttpChain>,
+}
+
+/// HTTP from outside: every request is authorized by its virtual host's
+/// rules (a server without rules allows anyone) and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpChain {
+    /// Names it in metrics: the server's name, or the port's.
+    pub name: String,
+    /// TLS terminated with a certificate from the gateway's own files;
+    /// none: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
+    pub route_table: String,
+    /// End-user token checks, each for the hostname of its server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<ScopedJwt>,
+}
+
+/// A server certificate (and for mutual TLS, the CA client certificates
+/// must chain to), by the names the gateway's agent serves them under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTls {
+    /// The SNI names this chain takes (exact or `*.domain`).
+    pub server_names: Vec<String>,
+    pub certificate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+/// A token check that applies to requests for `hostname` only (exact or
+/// `*.domain`); none: to every request of its chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopedJwt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Hostnames within `hostname` that other servers of the chain take
+    /// (exact names, and longer wildcards): not this check's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+    #[serde(flatten)]
+    pub check: JwtCheck,
 }
 
 /// A listener that sends each TLS connection, unopened, to the cluster its
@@ -254,16 +313,21 @@ pub struct Authorization {
     pub allow: Vec<AccessRule>,
 }
 
-/// Requests from any of `callers` that match any of `requests`.
+/// Requests from any of `callers` or `sources` that match any of
+/// `requests`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRule {
     /// Where the rule comes from (setting path and rule); a refusal names it.
     pub name: String,
-    /// Caller SPIFFE IDs; empty: any caller with a certificate of the
-    /// trust domain.
+    /// Caller SPIFFE IDs; with `sources` empty too: any caller (with a
+    /// certificate of the trust domain, where the listener asks for one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub callers: Vec<CallerId>,
+    /// The connection's peer address ranges (`10.0.0.0/8`, `1.2.3.4`);
+    /// never what the client claims in `x-forwarded-for`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     /// Empty: every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<RouteMatch>,
@@ -306,6 +370,61 @@ pub struct Route {
     pub matcher: RouteMatch,
     #[serde(flatten)]
     pub action: Action,
+    /// What the route changes on the way (a gateway's).
+    #[serde(flatten)]
+    pub changes: RouteChanges,
+}
+
+impl Route {
+    /// A route that only matches and acts.
+    pub fn new(matcher: RouteMatch, action: Action) -> Route {
+        Route {
+            matcher,
+            action,
+            changes: RouteChanges::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderEdits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderEdits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+}
+
+/// Headers replaced (or added), appended, and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Cross-origin requests the route answers for browsers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Exact origins, or `*` for any.
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +476,8 @@ pub enum HeaderTest {
     Exact(String),
     Prefix(String),
     Regex(String),
+    /// The header is absent or does not match this expression.
+    NotRegex(String),
     Present(bool),
 }
 
@@ -365,6 +486,23 @@ pub enum HeaderTest {
 pub enum Action {
     Forward(Forward),
     DirectResponse { status: u32, body: String },
+    Redirect(Redirect),
+}
+
+/// Answers with a redirect; what is none stays as requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,6 +517,12 @@ pub struct Forward {
     pub retries: Option<Retry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
+    /// Replaces the path prefix the route matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// The Host the upstream sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_rewrite: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,6 +583,14 @@ impl ProxyConfig {
         }
         for listener in &self.passthrough {
             layer.listener(&listener.to_xds(), None)?;
+        }
+        for listener in &self.gateways {
+            let version = listener
+                .chains
+                .iter()
+                .any(|c| !c.jwt.is_empty())
+                .then(|| model_version(listener));
+            layer.listener(&listener.to_xds(), version)?;
         }
         for table in &self.routes {
             let has_policies = table

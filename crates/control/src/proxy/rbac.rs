@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListMatcher, MetadataMatcher, OrMatcher, ValueMatcher,
 };
 
-use super::convert::{regex, string_matcher};
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+
+use super::convert::{regex, string_matcher, uint};
 use super::jwt::{JWT_FILTER, JWT_PAYLOAD};
 use super::{AccessRule, Authorization, CallerId};
 
@@ -69,26 +71,33 @@ pub(super) fn claim_permission(claim: &str, values: &[String]) -> Permission {
 
 impl AccessRule {
     pub(super) fn policy(&self) -> Policy {
-        let principals = if self.callers.is_empty() {
-            vec![Principal {
+        let callers = self.callers.iter().map(|caller| {
+            let pattern = match caller {
+                CallerId::Exact(id) => MatchPattern::Exact(id.clone()),
+                CallerId::Prefix(prefix) => MatchPattern::Prefix(prefix.clone()),
+            };
+            Principal {
+                identifier: Some(Identifier::Authenticated(Authenticated {
+                    principal_name: Some(string_matcher(pattern)),
+                })),
+            }
+        });
+        let sources = self.sources.iter().map(|range| {
+            let (address, length) = range.split_once('/').unwrap_or((range, ""));
+            let full = if address.contains(':') { 128 } else { 32 };
+            Principal {
+                identifier: Some(Identifier::DirectRemoteIp(CidrRange {
+                    address_prefix: address.to_string(),
+                    prefix_len: Some(uint(length.parse().unwrap_or(full))),
+                })),
+            }
+        });
+        let mut principals: Vec<Principal> = callers.chain(sources).collect();
+        if principals.is_empty() {
+            principals.push(Principal {
                 identifier: Some(Identifier::Any(true)),
-            }]
-        } else {
-            self.callers
-                .iter()
-                .map(|caller| {
-                    let pattern = match caller {
-                        CallerId::Exact(id) => MatchPattern::Exact(id.clone()),
-                        CallerId::Prefix(prefix) => MatchPattern::Prefix(prefix.clone()),
-                    };
-                    Principal {
-                        identifier: Some(Identifier::Authenticated(Authenticated {
-                            principal_name: Some(string_matcher(pattern)),
-                        })),
-                    }
-                })
-                .collect()
-        };
+            });
+        }
         let permissions = if self.requests.is_empty() {
             vec![Permission {
                 rule: Some(PermissionRule::Any(true)),

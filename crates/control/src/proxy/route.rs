@@ -1,5 +1,6 @@
 //! Route tables → Envoy `RouteConfiguration` (RDS): matches, weighted
-//! forwards, retries, hashing, direct responses.
+//! forwards, retries, hashing, rewrites, direct responses, redirects,
+//! header changes and CORS.
 
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, data_source::Specifier as DataSpecifier,
@@ -30,9 +31,18 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
 use super::convert::{duration, regex, string_matcher, uint};
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction as AppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::route::v3::RedirectAction;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::HostRewriteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as XdsCorsPolicy;
+
 use super::{
-    Action, Authorization, Forward, HashOn, HeaderCondition, HeaderTest, Route, RouteMatch,
-    RouteTable, ValueTest,
+    Action, Authorization, CorsPolicy, Forward, HashOn, HeaderCondition, HeaderEdits, HeaderTest,
+    Redirect, Route, RouteChanges, RouteMatch, RouteTable, ValueTest,
 };
 
 impl HeaderCondition {
@@ -48,6 +58,7 @@ impl HeaderCondition {
             HeaderTest::Exact(v) => (string(MatchPattern::Exact(v.clone())), false),
             HeaderTest::Prefix(v) => (string(MatchPattern::Prefix(v.clone())), false),
             HeaderTest::Regex(v) => (string(MatchPattern::SafeRegex(regex(v))), false),
+            HeaderTest::NotRegex(v) => (string(MatchPattern::SafeRegex(regex(v))), true),
             HeaderTest::Present(present) => (HeaderMatchSpecifier::PresentMatch(true), !present),
         };
         HeaderMatcher {
@@ -66,6 +77,8 @@ impl Forward {
             timeout_ms,
             retries,
             hash_on,
+            prefix_rewrite,
+            authority_rewrite,
         } = self;
         let cluster_specifier = if clusters.len() == 1 {
             let name = clusters.keys().next().cloned().unwrap_or_default();
@@ -134,6 +147,10 @@ impl Forward {
             timeout: timeout_ms.map(duration),
             retry_policy,
             hash_policy,
+            prefix_rewrite: prefix_rewrite.clone().unwrap_or_default(),
+            host_rewrite_specifier: authority_rewrite
+                .clone()
+                .map(HostRewriteSpecifier::HostRewriteLiteral),
             ..Default::default()
         }
     }
@@ -178,9 +195,95 @@ impl RouteMatch {
     }
 }
 
+impl Redirect {
+    fn to_xds(&self) -> RedirectAction {
+        let Redirect {
+            scheme,
+            host,
+            port,
+            path,
+            code,
+        } = self;
+        let response_code = match code {
+            302 => RedirectResponseCode::Found,
+            303 => RedirectResponseCode::SeeOther,
+            307 => RedirectResponseCode::TemporaryRedirect,
+            308 => RedirectResponseCode::PermanentRedirect,
+            _ => RedirectResponseCode::MovedPermanently,
+        };
+        RedirectAction {
+            host_redirect: host.clone().unwrap_or_default(),
+            port_redirect: port.map_or(0, u32::from),
+            response_code: response_code as i32,
+            scheme_rewrite_specifier: scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+            path_rewrite_specifier: path.clone().map(PathRewriteSpecifier::PathRedirect),
+            ..Default::default()
+        }
+    }
+}
+
+impl HeaderEdits {
+    fn to_add(&self) -> Vec<HeaderValueOption> {
+        let value = |(name, value): (&String, &String), action: AppendAction| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: name.clone(),
+                value: value.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        };
+        self.set
+            .iter()
+            .map(|h| value(h, AppendAction::OverwriteIfExistsOrAdd))
+            .chain(
+                self.add
+                    .iter()
+                    .map(|h| value(h, AppendAction::AppendIfExistsOrAdd)),
+            )
+            .collect()
+    }
+}
+
+/// The name of Envoy's CORS filter, whose policy each route gives.
+pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+impl CorsPolicy {
+    fn to_xds(&self) -> XdsCorsPolicy {
+        XdsCorsPolicy {
+            allow_origin_string_match: self
+                .allow_origins
+                .iter()
+                .map(|origin| {
+                    string_matcher(if origin == "*" {
+                        MatchPattern::Prefix(String::new())
+                    } else {
+                        MatchPattern::Exact(origin.clone())
+                    })
+                })
+                .collect(),
+            allow_methods: self.allow_methods.join(","),
+            allow_headers: self.allow_headers.join(","),
+            expose_headers: self.expose_headers.join(","),
+            max_age: self.max_age_s.map(|s| s.to_string()).unwrap_or_default(),
+            allow_credentials: self.allow_credentials.then_some(BoolValue { value: true }),
+            ..Default::default()
+        }
+    }
+}
+
 impl Route {
     pub(super) fn to_xds(&self) -> XdsRoute {
-        let Route { matcher, action } = self;
+        let Route {
+            matcher,
+            action,
+            changes,
+        } = self;
+        let RouteChanges {
+            request_headers,
+            response_headers,
+            cors,
+        } = changes;
         let action = match &action {
             Action::Forward(forward) => XdsAction::Route(forward.to_xds()),
             Action::DirectResponse { status, body } => {
@@ -193,10 +296,31 @@ impl Route {
                     ..Default::default()
                 })
             }
+            Action::Redirect(redirect) => XdsAction::Redirect(redirect.to_xds()),
         };
         XdsRoute {
             r#match: Some(matcher.to_xds()),
             action: Some(action),
+            request_headers_to_add: request_headers
+                .as_ref()
+                .map(HeaderEdits::to_add)
+                .unwrap_or_default(),
+            request_headers_to_remove: request_headers
+                .as_ref()
+                .map(|h| h.remove.clone())
+                .unwrap_or_default(),
+            response_headers_to_add: response_headers
+                .as_ref()
+                .map(HeaderEdits::to_add)
+                .unwrap_or_default(),
+            response_headers_to_remove: response_headers
+                .as_ref()
+                .map(|h| h.remove.clone())
+                .unwrap_or_default(),
+            typed_per_filter_config: cors
+                .iter()
+                .map(|c| (CORS_FILTER.to_string(), pack_any(c.to_xds())))
+                .collect(),
             ..Default::default()
         }
     }

@@ -9,10 +9,12 @@
 //!    subsets, routes and merged settings: the intermediate form,
 //!    [`ServicePlan`]) and then gives each proxy what its workspace may
 //!    call plus its own inbound side, and the east-west gateway a route
-//!    by SNI to each local service. One bad resource becomes a [`ConfigError`] naming it; the rest
+//!    by SNI to each local service, and each gateway the servers of the
+//!    Gateways that select it. One bad resource becomes a [`ConfigError`] naming it; the rest
 //!    still translates.
 
 mod eastwest;
+mod gateway;
 mod locality;
 mod parse;
 mod plan;
@@ -33,6 +35,7 @@ use crate::proxy::{
 use weft_agent::workload::{Role, Workload};
 
 use eastwest::eastwest_gateway;
+use gateway::{gateway_proxy, gateway_targets};
 use resilience::single_host_cluster;
 use routing::unknown_host;
 use security::InboundPlan;
@@ -118,6 +121,7 @@ impl Translation {
         config.listeners.extend(own.listeners);
         config.routes.extend(own.routes);
         config.passthrough.extend(own.passthrough);
+        config.gateways.extend(own.gateways);
         Some(config)
     }
 
@@ -176,6 +180,9 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         };
         instances.entry(key).or_default();
     }
+    for key in gateway_targets(config) {
+        instances.entry(key).or_default();
+    }
     let plans: Vec<ServicePlan> = instances
         .into_iter()
         .map(|(key, members)| ServicePlan::new(config, directory, key, members, &mut errors))
@@ -198,6 +205,17 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     for w in workloads {
         if w.role == Role::Eastwest {
             let own = eastwest_gateway(w, &plans);
+            translation.proxies.insert(
+                w.node.clone(),
+                ProxyPlan {
+                    own,
+                    outbound: None,
+                },
+            );
+            continue;
+        }
+        if w.role == Role::Gateway {
+            let own = gateway_proxy(config, w, &plans, &mut errors);
             translation.proxies.insert(
                 w.node.clone(),
                 ProxyPlan {
@@ -307,16 +325,18 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 virtual_hosts: vec![VirtualHost {
                     name: INBOUND.into(),
                     domains: vec!["*".into()],
-                    routes: vec![Route {
-                        matcher: RouteMatch::default(),
-                        // The caller's side owns the timeout.
-                        action: Action::Forward(Forward {
+                    // The caller's side owns the timeout.
+                    routes: vec![Route::new(
+                        RouteMatch::default(),
+                        Action::Forward(Forward {
                             clusters: BTreeMap::from([(LOCAL_APP.to_string(), 100)]),
                             timeout_ms: Some(0),
                             retries: None,
                             hash_on: None,
+                            prefix_rewrite: None,
+                            authority_rewrite: None,
                         }),
-                    }],
+                    )],
                     authorization: verdict.authorization.clone(),
                 }],
             });

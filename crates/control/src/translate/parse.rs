@@ -1,8 +1,9 @@
 //! The cluster's resources, validated once per configuration version
-//! into the typed form translation reads: workspaces, groups, settings
-//! and routes, each with its path; invalid ones become errors.
+//! into the typed form translation reads: workspaces, groups, settings,
+//! routes and gateways, each with its path; invalid ones become errors.
 
 use weft_api::edge::{ConfigError, Locality};
+use weft_api::gateway::GatewaySpec;
 use weft_api::security::SecuritySettingSpec;
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
 use weft_api::traffic::{ServiceRef, ServiceRouteSpec, TrafficSettingSpec};
@@ -34,6 +35,11 @@ pub(super) struct ServiceRoute {
     pub(super) spec: ServiceRouteSpec,
 }
 
+pub(super) struct Gateway {
+    pub(super) path: String,
+    pub(super) spec: GatewaySpec,
+}
+
 pub(super) struct SecuritySetting {
     pub(super) path: String,
     /// The workspace or security group it is attached to.
@@ -56,6 +62,7 @@ pub struct Config {
     pub(super) security_groups: Vec<Group>,
     pub(super) security_settings: Vec<SecuritySetting>,
     pub(super) routes: Vec<ServiceRoute>,
+    pub(super) gateways: Vec<Gateway>,
     /// Problems found while parsing; reported with every translation.
     pub(super) errors: Vec<ConfigError>,
 }
@@ -161,12 +168,16 @@ impl Config {
                         spec,
                     })
                 }),
-                // Kept at the server: never sent to edges (gateways
-                // until edges translate them).
+                KindId::Gateway => serde_json::from_value(spec).map(|spec| {
+                    config.gateways.push(Gateway {
+                        path: path.clone(),
+                        spec,
+                    })
+                }),
+                // Kept at the server: never sent to edges.
                 KindId::Organization
                 | KindId::Tenant
                 | KindId::GatewayGroup
-                | KindId::Gateway
                 | KindId::Cluster
                 | KindId::User
                 | KindId::Team
@@ -183,6 +194,7 @@ impl Config {
         config.routes.sort_by(|a, b| a.path.cmp(&b.path));
         config.security_groups.sort_by(|a, b| a.path.cmp(&b.path));
         config.security_settings.sort_by(|a, b| a.path.cmp(&b.path));
+        config.gateways.sort_by(|a, b| a.path.cmp(&b.path));
         config
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weft_api::traffic::{LoadBalancer, RetryOn, StickySession};
+use weft_api::traffic::{LoadBalancer, Retries, RetryOn, StickySession};
 
 use super::plan::ServicePlan;
 use crate::proxy::{Cluster, Forward, HashOn, LbPolicy, Limits, Outlier, Retry};
@@ -105,19 +105,7 @@ impl ServicePlan<'_> {
     }
 
     pub(super) fn forward(&self, clusters: BTreeMap<String, u32>) -> Forward {
-        let retries = self.policy.retries.as_ref().map(|r| {
-            let retry_on: Vec<&str> = if r.retry_on.is_empty() {
-                vec!["connect-failure", "refused-stream", "reset", "5xx"]
-            } else {
-                r.retry_on.iter().map(|c| retry_condition(*c)).collect()
-            };
-            Retry {
-                retry_on: retry_on.join(","),
-                attempts: r.attempts,
-                per_try_timeout_ms: parse_duration(&r.per_try_timeout).map(millis),
-                next_priority: !self.remote.is_empty(),
-            }
-        });
+        let retries = self.policy.retries.as_ref().map(|r| self.retry(r));
         let hash_on = self.sticky().and_then(|s| match (&s.header, &s.cookie) {
             (Some(header), _) => Some(HashOn::Header(header.clone())),
             (None, Some(cookie)) => Some(HashOn::Cookie {
@@ -131,11 +119,35 @@ impl ServicePlan<'_> {
             timeout_ms: self.policy.timeout.map(millis),
             retries,
             hash_on,
+            prefix_rewrite: None,
+            authority_rewrite: None,
         }
     }
 }
 
-pub(super) fn retry_condition(condition: RetryOn) -> &'static str {
+impl ServicePlan<'_> {
+    /// Retries as `retries` asks, each to the next-nearest cluster where
+    /// the service runs in others.
+    pub(super) fn retry(&self, retries: &Retries) -> Retry {
+        let retry_on: Vec<&str> = if retries.retry_on.is_empty() {
+            vec!["connect-failure", "refused-stream", "reset", "5xx"]
+        } else {
+            retries
+                .retry_on
+                .iter()
+                .map(|c| retry_condition(*c))
+                .collect()
+        };
+        Retry {
+            retry_on: retry_on.join(","),
+            attempts: retries.attempts,
+            per_try_timeout_ms: parse_duration(&retries.per_try_timeout).map(millis),
+            next_priority: !self.remote.is_empty(),
+        }
+    }
+}
+
+fn retry_condition(condition: RetryOn) -> &'static str {
     match condition {
         RetryOn::ServerError => "5xx",
         RetryOn::GatewayError => "gateway-error",

@@ -26,27 +26,21 @@ impl ServicePlan<'_> {
                     .collect();
                 let action = Action::Forward(self.forward(clusters));
                 if rule.matches.is_empty() {
-                    routes.push(Route {
-                        matcher: RouteMatch::default(),
-                        action,
-                    });
+                    routes.push(Route::new(RouteMatch::default(), action));
                     caught_all = true;
                     break;
                 }
                 for m in &rule.matches {
-                    routes.push(Route {
-                        matcher: request_match(m),
-                        action: action.clone(),
-                    });
+                    routes.push(Route::new(request_match(m), action.clone()));
                 }
             }
         }
         if !caught_all {
             let all = BTreeMap::from([(self.key.cluster_name(None), 100)]);
-            routes.push(Route {
-                matcher: RouteMatch::default(),
-                action: Action::Forward(self.forward(all)),
-            });
+            routes.push(Route::new(
+                RouteMatch::default(),
+                Action::Forward(self.forward(all)),
+            ));
         }
         routes
     }
@@ -125,13 +119,13 @@ pub(super) fn unknown_host(declared: bool) -> VirtualHost {
     VirtualHost {
         name: "unknown".into(),
         domains: vec!["*".into()],
-        routes: vec![Route {
-            matcher: RouteMatch::default(),
-            action: Action::DirectResponse {
+        routes: vec![Route::new(
+            RouteMatch::default(),
+            Action::DirectResponse {
                 status: 404,
                 body: body.into(),
             },
-        }],
+        )],
         authorization: None,
     }
 }

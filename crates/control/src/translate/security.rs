@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use weft_api::edge::ConfigError;
-use weft_api::security::{Caller, MtlsMode, SecuritySettingSpec};
+use weft_api::security::{Authentication, Caller, MtlsMode, SecuritySettingSpec};
 
 use super::{
     parse::{Config, SecuritySetting, Workspace, error},
@@ -94,58 +94,7 @@ impl Config {
             errors,
         )?;
         let authentication = setting.spec.authentication.as_ref()?;
-        let mut providers = Vec::new();
-        let mut clusters = Vec::new();
-        for (i, issuer) in authentication.jwt.iter().enumerate() {
-            let jwks = match (&issuer.jwks, &issuer.jwks_uri, issuer.jwks_location()) {
-                (Some(doc), _, _) => Jwks::Inline(doc.clone()),
-                (None, Some(uri), Some(Ok(location))) => {
-                    let cluster = format!("jwks|{}:{}", location.host, location.port);
-                    if !clusters.iter().any(|c: &Cluster| c.name == cluster) {
-                        clusters.push(Cluster {
-                            fixed: Some(FixedHost::External(ExternalHost {
-                                host: location.host,
-                                port: location.port,
-                                tls: location.tls,
-                            })),
-                            ..single_host_cluster(&cluster)
-                        });
-                    }
-                    Jwks::Remote {
-                        uri: uri.clone(),
-                        cluster,
-                        refresh_ms: millis(issuer.refresh()),
-                    }
-                }
-                // Refused when stored; an issuer without keys is skipped,
-                // which leaves its tokens refused.
-                _ => continue,
-            };
-            providers.push(JwtProvider {
-                name: format!("{}#jwt[{i}]", setting.path),
-                issuer: issuer.issuer.clone(),
-                audiences: issuer.audiences.clone(),
-                jwks,
-                clock_skew_s: issuer.skew().as_secs() as u32,
-                forward_claims: issuer
-                    .forward_claims
-                    .iter()
-                    .map(|f| (f.claim.clone(), f.header.clone()))
-                    .collect(),
-                forward_token: issuer.forward_token,
-            });
-        }
-        Some((
-            JwtCheck {
-                providers,
-                required_for: authentication
-                    .require_for
-                    .iter()
-                    .map(request_match)
-                    .collect(),
-            },
-            clusters,
-        ))
+        Some(token_check(authentication, &setting.path))
     }
 
     /// Who may call `key`: the most specific level of security settings
@@ -196,6 +145,7 @@ impl Config {
                     to.push(AccessRule {
                         name: format!("{}#{list}[{i}]", setting.path),
                         callers,
+                        sources: Vec::new(),
                         requests: rule.to.iter().map(request_match).collect(),
                         claims: rule.claims.clone(),
                     });
@@ -284,6 +234,64 @@ impl Config {
             .map(|ns| CallerId::Prefix(format!("spiffe://{trust_domain}/ns/{ns}/sa/")))
             .collect())
     }
+}
+
+/// The token check `authentication` (of the resource at `path`) asks
+/// for, and the clusters its issuers' keys are fetched through. Providers
+/// are named after the resource, so a refusal can be traced to it.
+pub(super) fn token_check(authentication: &Authentication, path: &str) -> (JwtCheck, Vec<Cluster>) {
+    let mut providers = Vec::new();
+    let mut clusters = Vec::new();
+    for (i, issuer) in authentication.jwt.iter().enumerate() {
+        let jwks = match (&issuer.jwks, &issuer.jwks_uri, issuer.jwks_location()) {
+            (Some(doc), _, _) => Jwks::Inline(doc.clone()),
+            (None, Some(uri), Some(Ok(location))) => {
+                let cluster = format!("jwks|{}:{}", location.host, location.port);
+                if !clusters.iter().any(|c: &Cluster| c.name == cluster) {
+                    clusters.push(Cluster {
+                        fixed: Some(FixedHost::External(ExternalHost {
+                            host: location.host,
+                            port: location.port,
+                            tls: location.tls,
+                        })),
+                        ..single_host_cluster(&cluster)
+                    });
+                }
+                Jwks::Remote {
+                    uri: uri.clone(),
+                    cluster,
+                    refresh_ms: millis(issuer.refresh()),
+                }
+            }
+            // Refused when stored; an issuer without keys is skipped,
+            // which leaves its tokens refused.
+            _ => continue,
+        };
+        providers.push(JwtProvider {
+            name: format!("{path}#jwt[{i}]"),
+            issuer: issuer.issuer.clone(),
+            audiences: issuer.audiences.clone(),
+            jwks,
+            clock_skew_s: issuer.skew().as_secs() as u32,
+            forward_claims: issuer
+                .forward_claims
+                .iter()
+                .map(|f| (f.claim.clone(), f.header.clone()))
+                .collect(),
+            forward_token: issuer.forward_token,
+        });
+    }
+    (
+        JwtCheck {
+            providers,
+            required_for: authentication
+                .require_for
+                .iter()
+                .map(request_match)
+                .collect(),
+        },
+        clusters,
+    )
 }
 
 /// What the sidecars of one service check on every request they take:

@@ -1,0 +1,654 @@
+//! End-to-end gateway tests: the real `weft server`, `weft edge`, `weft
+//! sidecar` and `weft gateway` with real Envoy; clients outside the mesh
+//! (reqwest with rustls, and curl) speak real TLS to the gateway.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::mesh::{Edge, credential, with_echo_app};
+use support::tokens::Issuer;
+use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
+
+const BASE: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east}
+spec: {region: us-east-1}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Tenant
+metadata: {name: retail}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: shop, tenant: retail}
+spec: {namespaceSelector: [east/shop]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: workspace-calls, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{sameWorkspace: true}]}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: edge, tenant: retail}
+spec: {namespaceSelector: [east/edge]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: GatewayGroup
+metadata: {name: front, tenant: retail, workspace: edge}
+spec: {namespaceSelector: [east/edge]}
+";
+
+/// What lets the gateway call the shop's services.
+const GATEWAY_ALLOWED: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: from-the-gateway, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{serviceAccount: {namespace: edge, name: ingress}}]}]
+";
+
+/// A certificate authority for the servers' (and clients') certificates.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa { params, key, pem }
+    }
+
+    /// A leaf for `names` (DNS names; a client certificate when `client`):
+    /// its PEM, key PEM and DER.
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// Writes a server certificate as the gateway reads it: `NAME.crt`
+    /// and `NAME.key`, each replaced whole (renamed into place).
+    fn install(&self, dir: &Path, name: &str, hostnames: &[&str]) -> Vec<u8> {
+        let (cert, key, der) = self.leaf(hostnames, false);
+        for (file, text) in [(format!("{name}.key"), key), (format!("{name}.crt"), cert)] {
+            use std::os::unix::fs::PermissionsExt;
+            let staged = dir.join(format!(".{file}.new"));
+            std::fs::write(&staged, text).unwrap();
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&staged, dir.join(file)).unwrap();
+        }
+        der
+    }
+}
+
+/// An HTTPS (and HTTP) client that reaches every hostname at the
+/// gateway, trusts `ca`, and with `identity` shows a client certificate.
+fn client(ca: &str, identity: Option<(&str, &str)>, fresh_connections: bool) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem::parse_many(ca).unwrap() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                cert.contents().to_vec(),
+            ))
+            .unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let tls = match identity {
+        Some((cert, key)) => {
+            let chain = pem::parse_many(cert)
+                .unwrap()
+                .into_iter()
+                .map(|c| rustls::pki_types::CertificateDer::from(c.contents().to_vec()))
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::try_from(
+                pem::parse(key).unwrap().contents().to_vec(),
+            )
+            .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut builder = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .tls_info(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
+    for host in [
+        "shop.example.com",
+        "a.apps.example.com",
+        "b.apps.example.com",
+        "partners.example.com",
+        "api.example.com",
+        "internal.example.com",
+    ] {
+        builder = builder.resolve(host, local);
+    }
+    if fresh_connections {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    builder.build().unwrap()
+}
+
+/// A status and, from the echo app, what it saw (or the body as text).
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Value, reqwest::header::HeaderMap), String> {
+    let mut request = http.get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.map_err(|e| format!("{e:?}"))?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body, headers))
+}
+
+/// The leaf certificate a response came over.
+fn served_certificate(response: &reqwest::Response) -> Option<Vec<u8>> {
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()?
+        .peer_certificate()
+        .map(<[u8]>::to_vec)
+}
+
+struct GatewayMesh {
+    dir: tempfile::TempDir,
+    server: Server,
+    admin: String,
+    edge: Edge,
+    http: reqwest::Client,
+    /// Where the gateway's certificate files are.
+    certificates: PathBuf,
+    ca: TestCa,
+    processes: Vec<Proc>,
+}
+
+impl Drop for GatewayMesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            show_log_tails(self.dir.path());
+        }
+    }
+}
+
+impl GatewayMesh {
+    async fn start() -> GatewayMesh {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("server"), None);
+        let admin = server.admin_token();
+        let base = write(dir.path(), "base.yaml", BASE);
+        let applied = server.weft(&admin, &["apply", "-f", &base]);
+        assert_eq!(applied.code, 0, "{applied:?}");
+        let edge_credential = credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut edge = Edge::new("east", dir.path(), &[]);
+        edge.start(&server.edge_url, &edge_credential, &http).await;
+        let certificates = dir.path().join("certificates");
+        std::fs::create_dir(&certificates).unwrap();
+        GatewayMesh {
+            dir,
+            server,
+            admin,
+            edge,
+            http,
+            certificates,
+            ca: TestCa::new("test servers"),
+            processes: Vec::new(),
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        let file = write(self.dir.path(), "apply.yaml", yaml);
+        let run = self.server.weft(&self.admin, &["apply", "-f", &file]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    /// An instance of `service` in `shop` with an echo app.
+    fn workload(&mut self, service: &str, node: &str, version: &str) {
+        let credential = credential(
+            Some(&self.server),
+            &self.admin,
+            self.dir.path(),
+            service,
+            "east",
+            &["--namespace", "shop", "--service-account", service],
+        );
+        let log = self.dir.path().join(format!("{node}.log"));
+        let mut command = support::mesh::sidecar(
+            node,
+            service,
+            service,
+            self.edge.xds_port,
+            &credential,
+            &log,
+        );
+        command
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--outbound-port", &free_port().to_string()]);
+        with_echo_app(&mut command, service, node, Some(version));
+        self.processes.push(Proc(command.spawn().unwrap()));
+    }
+
+    /// `weft gateway` named ingress in namespace edge; returns its Envoy
+    /// admin port.
+    fn gateway(&mut self) -> u16 {
+        let credential = credential(
+            Some(&self.server),
+            &self.admin,
+            self.dir.path(),
+            "ingress",
+            "east",
+            &["--namespace", "edge", "--gateway", "ingress"],
+        );
+        let admin = free_port();
+        let child = Command::new(WEFT)
+            .args(["gateway", "--name", "ingress", "--namespace", "edge"])
+            .args(["--label", "app=ingress", "--node-id", "ingress-1"])
+            .args(["--listen-address", "127.0.0.1"])
+            .arg("--certificates")
+            .arg(&self.certificates)
+            .args(["--edge", &format!("127.0.0.1:{}", self.edge.xds_port)])
+            .arg("--credential-file")
+            .arg(credential)
+            .arg("--envoy")
+            .arg(envoy())
+            .args(["--admin-port", &admin.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("ingress-1.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.processes.push(Proc(child));
+        admin
+    }
+
+    async fn until_in_sync(&self, proxies: usize) {
+        until(
+            "every proxy has accepted its configuration",
+            Duration::from_secs(40),
+            async || self.edge.in_sync(&self.http, proxies).await,
+        )
+        .await;
+    }
+}
+
+/// The Gateway of the tests, on ports `http` and `https`; `jwks` is the
+/// token issuer's key set.
+fn gateway_manifest(http: u16, https: u16, jwks: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
+  http:
+    - name: to-https
+      port: {http}
+      hostname: shop.example.com
+      routes:
+        - redirect: {{scheme: https, port: {https}}}
+    - name: shop
+      port: {https}
+      hostname: shop.example.com
+      tls: {{certificate: shop.example.com}}
+      routes:
+        - matches: [{{path: {{prefix: /reviews}}, headers: [{{name: x-canary, exact: 'yes'}}]}}]
+          to: [{{service: shop/reviews, labels: {{version: v2}}}}]
+          responseHeaders: {{set: {{x-served-by: canary}}}}
+        - matches: [{{path: {{prefix: /reviews}}}}]
+          to: [{{service: shop/reviews}}]
+        - matches: [{{path: {{prefix: /ratings/}}}}]
+          to: [{{service: shop/ratings}}]
+          rewrite: {{pathPrefix: /internal/, authority: ratings.internal}}
+          requestHeaders: {{set: {{x-entry: shop}}, remove: [x-debug]}}
+        - matches: [{{path: {{exact: /healthz}}}}]
+          directResponse: {{status: 200, body: ok}}
+    - name: apps
+      port: {https}
+      hostname: '*.apps.example.com'
+      tls: {{certificate: apps.example.com}}
+      routes:
+        - to: [{{service: shop/ratings}}]
+    - name: partners
+      port: {https}
+      hostname: partners.example.com
+      tls: {{mode: mutual, certificate: partners.example.com, clientCa: partners-ca}}
+      routes:
+        - to: [{{service: shop/ratings}}]
+    - name: api
+      port: {https}
+      hostname: api.example.com
+      tls: {{certificate: api.example.com}}
+      authentication:
+        jwt: [{{issuer: https://login.test, jwks: '{jwks}'}}]
+      authorization:
+        allow: [{{claims: {{scope: [reviews.read]}}}}]
+      routes:
+        - to: [{{service: shop/reviews}}]
+    - name: internal
+      port: {https}
+      hostname: internal.example.com
+      tls: {{certificate: internal.example.com}}
+      authorization:
+        allow: [{{sources: [10.0.0.0/8]}}]
+      routes:
+        - to: [{{service: shop/ratings}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
+    let mut mesh = GatewayMesh::start().await;
+    let dir = mesh.certificates.clone();
+    mesh.ca
+        .install(&dir, "shop.example.com", &["shop.example.com"]);
+    mesh.ca
+        .install(&dir, "apps.example.com", &["*.apps.example.com"]);
+    mesh.ca
+        .install(&dir, "partners.example.com", &["partners.example.com"]);
+    mesh.ca
+        .install(&dir, "api.example.com", &["api.example.com"]);
+    mesh.ca
+        .install(&dir, "internal.example.com", &["internal.example.com"]);
+    let partners = TestCa::new("partners");
+    std::fs::write(dir.join("partners-ca.crt"), &partners.pem).unwrap();
+
+    let issuer = Issuer::new("k1");
+    let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
+    let (http_port, https_port) = (free_port(), free_port());
+    mesh.apply(&gateway_manifest(http_port, https_port, &jwks));
+    mesh.workload("reviews", "reviews-v1", "v1");
+    mesh.workload("reviews", "reviews-v2", "v2");
+    mesh.workload("ratings", "ratings-1", "v1");
+    mesh.gateway();
+    mesh.until_in_sync(4).await;
+
+    let outside = client(&mesh.ca.pem, None, false);
+    let shop = format!("https://shop.example.com:{https_port}");
+
+    // Deny-all holds for the gateway too: the shop's services refuse it
+    // until a SecuritySetting allows its identity.
+    until(
+        "the gateway reaches reviews and is refused",
+        Duration::from_secs(30),
+        async || {
+            matches!(
+                get(&outside, &format!("{shop}/reviews"), &[]).await,
+                Ok((403, _, _))
+            )
+        },
+    )
+    .await;
+    mesh.apply(GATEWAY_ALLOWED);
+    until(
+        "the gateway is allowed",
+        Duration::from_secs(30),
+        async || {
+            matches!(
+                get(&outside, &format!("{shop}/reviews"), &[]).await,
+                Ok((200, _, _))
+            )
+        },
+    )
+    .await;
+
+    // Rules in order: the header picks v2; otherwise both versions answer.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        let (status, body, headers) =
+            get(&outside, &format!("{shop}/reviews"), &[("x-canary", "yes")])
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-served-by"], "canary");
+        *seen
+            .entry(body["instance"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["reviews-v2"], "{seen:?}");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..30 {
+        let (status, body, headers) = get(&outside, &format!("{shop}/reviews/1"), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(headers.get("x-served-by").is_none());
+        *seen
+            .entry(body["instance"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["reviews-v1", "reviews-v2"],
+        "{seen:?}"
+    );
+
+    // A rewrite the app sees, with the header changes.
+    let (status, body, _) = get(
+        &outside,
+        &format!("{shop}/ratings/5?x=1"),
+        &[("x-debug", "1"), ("x-entry", "spoofed")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["instance"], "ratings-1");
+    assert_eq!(body["path"], "/internal/5");
+    assert_eq!(body["headers"]["host"], "ratings.internal");
+    assert_eq!(body["headers"]["x-entry"], "shop");
+    assert!(body["headers"].get("x-debug").is_none(), "{body}");
+
+    // A direct response, through curl as any client would.
+    let curl = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(write(mesh.dir.path(), "ca.pem", &mesh.ca.pem))
+        .args([
+            "--resolve",
+            &format!("shop.example.com:{https_port}:127.0.0.1"),
+            &format!("{shop}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "ok", "{curl:?}");
+
+    // Plain HTTP on the other port redirects to HTTPS.
+    let (status, _, headers) = get(
+        &outside,
+        &format!("http://shop.example.com:{http_port}/reviews?page=2"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 301);
+    assert_eq!(
+        headers["location"],
+        format!("https://shop.example.com:{https_port}/reviews?page=2").as_str()
+    );
+
+    // SNI: each hostname gets its own certificate (the client checks the
+    // name), the wildcard one for any name under it.
+    for host in ["a.apps.example.com", "b.apps.example.com"] {
+        let (status, body, _) = get(&outside, &format!("https://{host}:{https_port}/"), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{host}: {body}");
+        assert_eq!(body["instance"], "ratings-1");
+    }
+
+    // Mutual TLS: no client certificate, no connection; one from the
+    // partners' CA gets through.
+    let partners_url = format!("https://partners.example.com:{https_port}/");
+    let refused = get(&outside, &partners_url, &[]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let (cert, key, _) = partners.leaf(&["partner-1"], true);
+    let partner = client(&mesh.ca.pem, Some((&cert, &key)), false);
+    let (status, body, _) = get(&partner, &partners_url, &[]).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (cert, key, _) = mesh.ca.leaf(&["stranger"], true);
+    let stranger = client(&mesh.ca.pem, Some((&cert, &key)), false);
+    assert!(get(&stranger, &partners_url, &[]).await.is_err());
+
+    // End-user tokens: none or invalid → 401; a valid one without the
+    // claim → 403; with it → 200.
+    let api = format!("https://api.example.com:{https_port}/");
+    let bearer = |token: &str| format!("Bearer {token}");
+    let other_key = Issuer::new("k1");
+    let cases =
+        [
+            ("no token", None, 401),
+            (
+                "another key",
+                Some(other_key.token(
+                    serde_json::json!({"iss": "https://login.test", "scope": "reviews.read"}),
+                )),
+                401,
+            ),
+            (
+                "no scope",
+                Some(issuer.token(serde_json::json!({"iss": "https://login.test"}))),
+                403,
+            ),
+            (
+                "the scope",
+                Some(issuer.token(
+                    serde_json::json!({"iss": "https://login.test", "scope": "reviews.read"}),
+                )),
+                200,
+            ),
+        ];
+    for (case, token, expected) in cases {
+        let header = token.as_deref().map(bearer);
+        let headers: Vec<(&str, &str)> = header
+            .as_deref()
+            .map(|h| vec![("authorization", h)])
+            .unwrap_or_default();
+        let (status, body, _) = get(&outside, &api, &headers).await.unwrap();
+        assert_eq!(status, expected, "{case}: {body}");
+    }
+
+    // Source ranges: only 10.0.0.0/8 may use internal.example.com.
+    let (status, body, _) = get(
+        &outside,
+        &format!("https://internal.example.com:{https_port}/"),
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status, 403,
+        "the client's own claim is not its address: {body}"
+    );
+
+    // A certificate replaced under load: the new one is served within
+    // seconds, and no request fails.
+    let fresh = client(&mesh.ca.pem, None, true);
+    let first = fresh.get(format!("{shop}/healthz")).send().await.unwrap();
+    let old = served_certificate(&first).expect("the TLS connection's certificate");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, fresh, shop) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            fresh.clone(),
+            shop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match fresh.get(format!("{shop}/reviews")).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed under rotation: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = mesh
+        .ca
+        .install(&dir, "shop.example.com", &["shop.example.com"]);
+    assert_ne!(old, new);
+    until(
+        "the replaced certificate is served",
+        Duration::from_secs(20),
+        async || {
+            let response = fresh.get(format!("{shop}/healthz")).send().await;
+            response
+                .ok()
+                .and_then(|r| served_certificate(&r))
+                .is_some_and(|served| served == new)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("certificate replaced under load: {ok} requests ok, {failed} failed");
+    assert!(ok > 20, "the load ran: {ok}");
+    assert_eq!(failed, 0);
+
+    // The gateway's requests are in its log, with their verdicts.
+    let log = std::fs::read_to_string(mesh.dir.path().join("ingress-1.log")).unwrap();
+    assert!(
+        log.contains("[weft] gateway api.example.com GET / 401"),
+        "{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}

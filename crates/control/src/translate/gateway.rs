@@ -1,0 +1,504 @@
+//! Gateways: what a gateway workload (`weft gateway`) serves, from the
+//! Gateways that select it. Each port becomes one listener: a filter
+//! chain per TLS server, chosen by SNI, or one chain for all the port's
+//! plain-HTTP servers, chosen by Host. Each server is a virtual host whose
+//! routes are the server's rules in order; they send to mesh services
+//! over mTLS under the gateway's own identity, through the same service
+//! clusters (and TrafficSettings) as sidecars use.
+//!
+//! Two Gateways that select one workload may not claim the same port
+//! for different uses, nor the same port and hostname: the later (by
+//! path) is reported and left out.
+
+use std::collections::BTreeMap;
+
+use weft_api::edge::ConfigError;
+use weft_api::gateway::{
+    Cors, GatewayRoute, GatewayRule, HeaderChanges, HttpServer, Scheme, ServiceTarget,
+    parse_service,
+};
+
+use super::parse::{Config, Gateway, error};
+use super::plan::{ServiceKey, ServicePlan};
+use super::resilience::{millis, parse_duration};
+use super::routing::request_match;
+use super::security::token_check;
+use crate::proxy::{
+    AccessRule, Action, Authorization, CorsPolicy, Endpoints, Forward, GatewayListener,
+    HeaderEdits, HttpChain, ProxyConfig, Redirect, Route, RouteChanges, RouteMatch, RouteTable,
+    ScopedJwt, ServerTls, SocketAddr, VirtualHost,
+};
+use weft_agent::workload::Workload;
+
+/// The answer where a route cannot be served as written (its problem is
+/// reported with the configuration; the client learns nothing of it).
+const UNAVAILABLE: &str = "weft gateway: the service behind this route is unavailable\n";
+
+/// One HTTP server of a Gateway that selects the workload.
+struct Server<'c> {
+    gateway: &'c Gateway,
+    /// `spec.http[i]`.
+    at: String,
+    spec: &'c weft_api::gateway::HttpServer,
+}
+
+impl Server<'_> {
+    fn vhost_name(&self) -> String {
+        format!("{}#{}", self.gateway.path, self.at)
+    }
+}
+
+/// Whether `gateway` runs on workload `w`: its namespace, and all the
+/// selector's labels.
+fn selects(gateway: &Gateway, w: &Workload) -> bool {
+    let selector = &gateway.spec.workload_selector;
+    selector.namespace == w.namespace
+        && selector
+            .labels
+            .iter()
+            .all(|(k, v)| w.labels.get(k) == Some(v))
+}
+
+/// The services gateway routes send to: their plans must exist even
+/// where no instance runs yet.
+pub(super) fn gateway_targets(config: &Config) -> Vec<ServiceKey> {
+    config
+        .gateways
+        .iter()
+        .flat_map(|g| &g.spec.http)
+        .flat_map(|s| &s.routes)
+        .flat_map(|r| &r.to)
+        .filter_map(|t| parse_service(&t.service).ok())
+        .map(|(namespace, name)| ServiceKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+        .collect()
+}
+
+/// Everything gateway workload `w` is sent.
+pub(super) fn gateway_proxy(
+    config: &Config,
+    w: &Workload,
+    plans: &[ServicePlan<'_>],
+    errors: &mut Vec<ConfigError>,
+) -> ProxyConfig {
+    // By port: whether it is TLS, and its servers.
+    let mut ports: BTreeMap<u16, (bool, Vec<Server<'_>>)> = BTreeMap::new();
+    let mut hosts: BTreeMap<(u16, &str), String> = BTreeMap::new();
+    for gateway in config.gateways.iter().filter(|g| selects(g, w)) {
+        for (i, spec) in gateway.spec.http.iter().enumerate() {
+            let server = Server {
+                gateway,
+                at: format!("spec.http[{i}]"),
+                spec,
+            };
+            let tls = spec.tls.is_some();
+            if let Some((port_tls, first)) = ports.get(&spec.port)
+                && *port_tls != tls
+            {
+                let first = first.first().map(Server::vhost_name).unwrap_or_default();
+                errors.push(error(
+                    &gateway.path,
+                    &format!("{}.port", server.at),
+                    format!(
+                        "gateway {}: port {} is {} for {first}; this server is left out",
+                        w.node,
+                        spec.port,
+                        if *port_tls { "TLS" } else { "plain HTTP" }
+                    ),
+                ));
+                continue;
+            }
+            if let Some(first) = hosts.get(&(spec.port, spec.hostname.as_str())) {
+                errors.push(error(
+                    &gateway.path,
+                    &format!("{}.hostname", server.at),
+                    format!(
+                        "gateway {}: {first} already serves {} on port {}; this server is left out",
+                        w.node, spec.hostname, spec.port
+                    ),
+                ));
+                continue;
+            }
+            hosts.insert((spec.port, &spec.hostname), server.vhost_name());
+            ports
+                .entry(spec.port)
+                .or_insert_with(|| (tls, Vec::new()))
+                .1
+                .push(server);
+        }
+        for (kind, count) in [
+            ("tlsPassthrough", gateway.spec.tls_passthrough.len()),
+            ("tcp", gateway.spec.tcp.len()),
+        ] {
+            if count > 0 {
+                errors.push(error(
+                    &gateway.path,
+                    &format!("spec.{kind}"),
+                    format!(
+                        "this edge does not serve {kind} servers yet; gateway {} leaves them out",
+                        w.node
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut proxy = ProxyConfig::default();
+    let mut services = Services::default();
+    for (port, (tls, servers)) in ports {
+        let address = SocketAddr {
+            address: w.address.clone(),
+            port,
+        };
+        let name = format!("gateway-{port}");
+        let mut chains = Vec::new();
+        if tls {
+            for server in &servers {
+                let table = format!("{name}-{}", server.spec.hostname);
+                let (vhost, jwt) = virtual_host(config, server, plans, &mut services, errors);
+                proxy.routes.push(RouteTable {
+                    name: table.clone(),
+                    virtual_hosts: vec![vhost],
+                });
+                let server_tls = server.spec.tls.as_ref();
+                chains.push(HttpChain {
+                    name: server.spec.name.clone(),
+                    tls: server_tls.map(|t| ServerTls {
+                        server_names: vec![server.spec.hostname.clone()],
+                        certificate: t.certificate.clone(),
+                        client_ca: t.client_ca.clone(),
+                    }),
+                    route_table: table,
+                    // SNI already chose the server.
+                    jwt: jwt
+                        .map(|check| ScopedJwt {
+                            hostname: None,
+                            except: Vec::new(),
+                            check,
+                        })
+                        .into_iter()
+                        .collect(),
+                });
+            }
+        } else {
+            let mut virtual_hosts = Vec::new();
+            let mut jwt = Vec::new();
+            for server in &servers {
+                let (vhost, check) = virtual_host(config, server, plans, &mut services, errors);
+                virtual_hosts.push(vhost);
+                // One chain serves every hostname of the port: each
+                // server's token check applies to its hostname only.
+                jwt.extend(check.map(|check| ScopedJwt {
+                    hostname: Some(server.spec.hostname.clone()),
+                    except: taken_within(&server.spec.hostname, &servers),
+                    check,
+                }));
+            }
+            proxy.routes.push(RouteTable {
+                name: name.clone(),
+                virtual_hosts,
+            });
+            let chain_name = match servers.as_slice() {
+                [only] => only.spec.name.clone(),
+                _ => name.clone(),
+            };
+            chains.push(HttpChain {
+                name: chain_name,
+                tls: None,
+                route_table: name.clone(),
+                jwt,
+            });
+        }
+        proxy.gateways.push(GatewayListener {
+            name,
+            address,
+            chains,
+        });
+    }
+    proxy.clusters = services.clusters.into_values().collect();
+    proxy.endpoints = services.endpoints.into_values().collect();
+    proxy
+}
+
+/// The hostnames of `servers` that Envoy gives to them rather than to
+/// `hostname` although it covers them: exact names under a wildcard, and
+/// longer wildcards under it.
+fn taken_within(hostname: &str, servers: &[Server<'_>]) -> Vec<String> {
+    let Some(domain) = hostname.strip_prefix("*.") else {
+        return Vec::new();
+    };
+    let suffix = format!(".{domain}");
+    servers
+        .iter()
+        .map(|s| s.spec.hostname.as_str())
+        .filter(|other| {
+            let name = other.strip_prefix("*.").unwrap_or(other);
+            *other != hostname && name.ends_with(&suffix)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The clusters and endpoint sets the gateway's routes use, by name.
+#[derive(Default)]
+struct Services {
+    clusters: BTreeMap<String, crate::proxy::Cluster>,
+    endpoints: BTreeMap<String, Endpoints>,
+}
+
+impl Services {
+    /// The cluster for `target` of `plan`: the whole service, or the
+    /// instances with the target's labels.
+    fn cluster_for(&mut self, plan: &ServicePlan<'_>, target: &ServiceTarget) -> String {
+        for (name, endpoints) in &plan.clusters {
+            self.clusters
+                .entry(name.clone())
+                .or_insert_with(|| plan.cluster(name));
+            self.endpoints
+                .entry(name.clone())
+                .or_insert_with(|| endpoints.clone());
+        }
+        if target.labels.is_empty() {
+            return plan.key.cluster_name(None);
+        }
+        let labels: Vec<String> = target
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let name = plan.key.cluster_name(Some(&labels.join(",")));
+        let mut members: Vec<SocketAddr> = plan
+            .instances
+            .iter()
+            .filter(|w| {
+                target
+                    .labels
+                    .iter()
+                    .all(|(k, v)| w.labels.get(k) == Some(v))
+            })
+            .map(|w| SocketAddr {
+                address: w.address.clone(),
+                port: w.port,
+            })
+            .collect();
+        members.sort();
+        self.clusters
+            .entry(name.clone())
+            .or_insert_with(|| plan.cluster(&name));
+        self.endpoints.insert(
+            name.clone(),
+            Endpoints {
+                cluster: name.clone(),
+                endpoints: members,
+                remote: Vec::new(),
+            },
+        );
+        name
+    }
+}
+
+/// A server as a virtual host, and its end-user token check.
+fn virtual_host(
+    config: &Config,
+    server: &Server<'_>,
+    plans: &[ServicePlan<'_>],
+    services: &mut Services,
+    errors: &mut Vec<ConfigError>,
+) -> (VirtualHost, Option<crate::proxy::JwtCheck>) {
+    let path = &server.gateway.path;
+    let spec: &HttpServer = server.spec;
+    let mut routes = Vec::new();
+    for (j, rule) in spec.routes.iter().enumerate() {
+        let at = format!("{}.routes[{j}]", server.at);
+        let action = route_action(config, path, &at, rule, plans, services, errors);
+        let changes = RouteChanges {
+            request_headers: rule.request_headers.as_ref().map(header_edits),
+            response_headers: rule.response_headers.as_ref().map(header_edits),
+            cors: rule.cors.as_ref().map(cors_policy),
+        };
+        let matchers: Vec<RouteMatch> = if rule.matches.is_empty() {
+            vec![RouteMatch::default()]
+        } else {
+            rule.matches.iter().map(request_match).collect()
+        };
+        for matcher in matchers {
+            routes.push(Route {
+                matcher,
+                action: action.clone(),
+                changes: changes.clone(),
+            });
+        }
+    }
+    let jwt = spec.authentication.as_ref().map(|authentication| {
+        let (check, clusters) = token_check(
+            authentication,
+            &format!("{path}#{}.authentication", server.at),
+        );
+        for cluster in clusters {
+            services
+                .clusters
+                .entry(cluster.name.clone())
+                .or_insert(cluster);
+        }
+        check
+    });
+    let vhost = VirtualHost {
+        name: server.vhost_name(),
+        domains: vec![spec.hostname.clone()],
+        routes,
+        authorization: Some(authorization(&server.vhost_name(), spec)),
+    };
+    (vhost, jwt)
+}
+
+/// A server's rules; without any, every client may come in (the services
+/// behind still decide whether the gateway may call them).
+fn authorization(name: &str, spec: &HttpServer) -> Authorization {
+    let Some(rules) = &spec.authorization else {
+        return Authorization {
+            deny: Vec::new(),
+            allow: vec![AccessRule {
+                name: format!("{name}: no authorization, anyone"),
+                callers: Vec::new(),
+                sources: Vec::new(),
+                requests: Vec::new(),
+                claims: BTreeMap::new(),
+            }],
+        };
+    };
+    let convert = |list: &str, rules: &[GatewayRule]| -> Vec<AccessRule> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| AccessRule {
+                name: format!("{name}.authorization.{list}[{i}]"),
+                callers: Vec::new(),
+                sources: rule.sources.clone(),
+                requests: rule.to.iter().map(request_match).collect(),
+                claims: rule.claims.clone(),
+            })
+            .collect()
+    };
+    Authorization {
+        deny: convert("deny", &rules.deny),
+        allow: convert("allow", &rules.allow),
+    }
+}
+
+/// What a rule does with the requests it matches.
+fn route_action(
+    config: &Config,
+    path: &str,
+    at: &str,
+    rule: &GatewayRoute,
+    plans: &[ServicePlan<'_>],
+    services: &mut Services,
+    errors: &mut Vec<ConfigError>,
+) -> Action {
+    let unavailable = Action::DirectResponse {
+        status: 503,
+        body: UNAVAILABLE.into(),
+    };
+    if let Some(redirect) = &rule.redirect {
+        return Action::Redirect(Redirect {
+            scheme: redirect.scheme.map(|s| {
+                match s {
+                    Scheme::Http => "http",
+                    Scheme::Https => "https",
+                }
+                .to_string()
+            }),
+            host: redirect.host.clone(),
+            port: redirect.port,
+            path: redirect.path.clone(),
+            code: redirect.code.unwrap_or(301),
+        });
+    }
+    if let Some(response) = &rule.direct_response {
+        return Action::DirectResponse {
+            status: u32::from(response.status),
+            body: response.body.clone().unwrap_or_default(),
+        };
+    }
+    if !rule.clusters.is_empty() || rule.any_cluster {
+        errors.push(error(
+            path,
+            at,
+            "this edge does not route to other clusters (clusters, anyCluster) yet; the route answers 503",
+        ));
+        return unavailable;
+    }
+    let mut clusters: BTreeMap<String, u32> = BTreeMap::new();
+    let mut first: Option<&ServicePlan<'_>> = None;
+    for (k, target) in rule.to.iter().enumerate() {
+        let Ok((namespace, name)) = parse_service(&target.service) else {
+            return unavailable;
+        };
+        let key = ServiceKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let plan = plans
+            .binary_search_by(|p| p.key.cmp(&key))
+            .ok()
+            .map(|i| &plans[i])
+            .filter(|p| p.workspace.is_some() || !p.instances.is_empty());
+        let Some(plan) = plan else {
+            errors.push(error(
+                path,
+                &format!("{at}.to[{k}].service"),
+                format!(
+                    "no service {namespace}/{name} is known in cluster {}: no workspace holds namespace {namespace} and no instance runs; the route answers 503",
+                    config.cluster
+                ),
+            ));
+            return unavailable;
+        };
+        *clusters
+            .entry(services.cluster_for(plan, target))
+            .or_default() += target.weight;
+        first.get_or_insert(plan);
+    }
+    let Some(plan) = first else {
+        return unavailable;
+    };
+    // The first service's settings (timeout, retries, stickiness) apply
+    // unless the route gives its own.
+    let mut forward: Forward = plan.forward(clusters);
+    if let Some(timeout) = parse_duration(&rule.timeout) {
+        forward.timeout_ms = Some(millis(timeout));
+    }
+    if let Some(retries) = &rule.retries {
+        forward.retries = Some(plan.retry(retries));
+    }
+    if let Some(rewrite) = &rule.rewrite {
+        forward.prefix_rewrite = rewrite.path_prefix.clone();
+        forward.authority_rewrite = rewrite.authority.clone();
+    }
+    Action::Forward(forward)
+}
+
+fn header_edits(changes: &HeaderChanges) -> HeaderEdits {
+    HeaderEdits {
+        set: changes.set.clone(),
+        add: changes.add.clone(),
+        remove: changes.remove.clone(),
+    }
+}
+
+fn cors_policy(cors: &Cors) -> CorsPolicy {
+    CorsPolicy {
+        allow_origins: cors.allow_origins.clone(),
+        allow_methods: cors
+            .allow_methods
+            .iter()
+            .map(|m| m.as_str().to_string())
+            .collect(),
+        allow_headers: cors.allow_headers.clone(),
+        expose_headers: cors.expose_headers.clone(),
+        max_age_s: parse_duration(&cors.max_age).map(|d| d.as_secs()),
+        allow_credentials: cors.allow_credentials,
+    }
+}
