@@ -9,6 +9,7 @@ mod backup;
 mod chaos;
 mod client;
 mod config;
+mod demo_tls;
 mod echo;
 mod edge;
 mod envoy;

@@ -1,6 +1,7 @@
 //! `weft up`: a whole mesh on this machine. Starts `weft server`, a `weft
-//! edge` for cluster `local`, and the demo app (reviews v1 and v2, and a
-//! client sidecar to send traffic through), each as its own process with
+//! edge` for cluster `local`, and the demo app (reviews v1 and v2, a
+//! client sidecar to send traffic through, and an ingress gateway with a
+//! certificate from a demo CA), each as its own process with
 //! its log in the data directory; prints how to use it; stops them all on
 //! Ctrl-C, or when one of them stops. With `--multi-cluster`: three
 //! clusters in two regions, each with its edge, east-west gateway and a
@@ -27,6 +28,8 @@ const MULTI_CLUSTER_MESH: &str = include_str!("../../../examples/up/multicluster
 /// The multi-cluster demo's clusters, each on loopback range 127.0.N.x.
 const CLUSTERS: [(&str, u8); 3] = [("east-1", 1), ("east-2", 2), ("west-1", 3)];
 const CLUSTER: &str = "local";
+/// The hostname the demo's ingress gateway serves.
+const DEMO_HOSTNAME: &str = "shop.weft.local";
 const NAMESPACE: &str = "shop";
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +44,10 @@ pub struct UpArgs {
     /// Port on 127.0.0.1 where you send requests into the mesh
     #[arg(long, default_value_t = 15001)]
     pub port: u16,
+    /// Port on 127.0.0.1 where the ingress gateway takes HTTPS from outside
+    /// the mesh (set in the demo's Gateway when its manifest is first written)
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
     /// The Envoy binary [default: from `weft envoy install`, a checkout's .tools/venv, or PATH]
     #[arg(long, env = "WEFT_ENVOY")]
     pub envoy: Option<PathBuf>,
@@ -167,12 +174,22 @@ fn words(words: &[&str]) -> Vec<OsString> {
 
 /// The credential kept in `dir`, or a new one from the server: for
 /// `cluster`'s edge, or for a workload of it (namespace, service account).
+/// Who a credential is for.
+#[derive(Clone, Copy)]
+enum Holder<'a> {
+    Edge,
+    /// A workload: namespace and service account.
+    Workload(&'a str, &'a str),
+    /// A gateway (`weft gateway`): namespace and name.
+    Gateway(&'a str, &'a str),
+}
+
 async fn credential(
     client: &Client,
     dir: &Path,
     cluster: &str,
     name: &str,
-    workload: Option<(&str, &str)>,
+    holder: Holder<'_>,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.token"));
     // Kept from an earlier start, unless it predates trust bundles in
@@ -181,12 +198,17 @@ async fn credential(
     if kept.contains("BEGIN CERTIFICATE") {
         return Ok(path);
     }
+    let (namespace, service_account, gateway) = match holder {
+        Holder::Edge => (None, None, None),
+        Holder::Workload(namespace, account) => (Some(namespace), Some(account), None),
+        Holder::Gateway(namespace, gateway) => (Some(namespace), None, Some(gateway)),
+    };
     let request = CreateToken {
         user: None,
         cluster: Some(cluster.into()),
-        namespace: workload.map(|(namespace, _)| namespace.to_string()),
-        service_account: workload.map(|(_, account)| account.to_string()),
-        gateway: None,
+        namespace: namespace.map(str::to_string),
+        service_account: service_account.map(str::to_string),
+        gateway: gateway.map(str::to_string),
         description: format!("weft up: {name}"),
         ttl_seconds: None,
     };
@@ -305,13 +327,16 @@ pub async fn run(args: UpArgs) -> Result<i32> {
         );
     }
 
-    // Found out now rather than as a refused listener in the client's Envoy.
-    std::net::TcpListener::bind(("127.0.0.1", args.port)).with_context(|| {
-        format!(
-            "port {} is taken: stop what uses it, or pass --port",
-            args.port
-        )
-    })?;
+    // Found out now rather than as a refused listener in an Envoy.
+    let ports: &[(u16, &str)] = if args.multi_cluster {
+        &[(args.port, "--port")]
+    } else {
+        &[(args.port, "--port"), (args.https_port, "--https-port")]
+    };
+    for (port, flag) in ports {
+        std::net::TcpListener::bind(("127.0.0.1", *port))
+            .with_context(|| format!("port {port} is taken: stop what uses it, or pass {flag}"))?;
+    }
 
     let runtime = RuntimeDir::claim(&data, "run")?;
     let mut mesh = Mesh::new(&exe, runtime, &logs);
@@ -412,15 +437,21 @@ async fn start(
         client,
         admin_token_file,
         manifest,
-    } = start_control_plane(mesh, data, args, MESH).await?;
+    } = start_control_plane(
+        mesh,
+        data,
+        args,
+        &MESH.replace("${HTTPS_PORT}", &args.https_port.to_string()),
+    )
+    .await?;
 
-    let edge_token = credential(&client, credentials, CLUSTER, "edge", None).await?;
+    let edge_token = credential(&client, credentials, CLUSTER, "edge", Holder::Edge).await?;
     let reviews_token = credential(
         &client,
         credentials,
         CLUSTER,
         "reviews",
-        Some((NAMESPACE, "reviews")),
+        Holder::Workload(NAMESPACE, "reviews"),
     )
     .await?;
     let client_token = credential(
@@ -428,9 +459,18 @@ async fn start(
         credentials,
         CLUSTER,
         "client",
-        Some((NAMESPACE, "client")),
+        Holder::Workload(NAMESPACE, "client"),
     )
     .await?;
+    let ingress_token = credential(
+        &client,
+        credentials,
+        CLUSTER,
+        "ingress",
+        Holder::Gateway(NAMESPACE, "ingress"),
+    )
+    .await?;
+    let tls = crate::demo_tls::DemoTls::ensure(&data.join("gateway"), DEMO_HOSTNAME)?;
 
     let [
         xds,
@@ -473,7 +513,15 @@ async fn start(
     };
     let command = caller.args(exe, envoy, &edge, mesh.runtime());
     mesh.start("client", "sidecar", command)?;
-    until_in_sync(mesh, edge_admin, 3).await?;
+    let mut ingress = words(&["gateway", "--name", "ingress", "--namespace", NAMESPACE]);
+    ingress.extend(words(&["--label", "app=ingress", "--node-id", "ingress"]));
+    ingress.extend(words(&["--listen-address", "127.0.0.1", "--edge", &edge]));
+    ingress.extend(["--certificates".into(), tls.certificates.clone().into()]);
+    ingress.extend(["--credential-file".into(), ingress_token.into()]);
+    ingress.extend(["--envoy".into(), envoy.into()]);
+    ingress.extend(["--runtime-dir".into(), mesh.runtime().into()]);
+    mesh.start("ingress", "gateway", ingress)?;
+    until_in_sync(mesh, edge_admin, 4).await?;
 
     let port = args.port;
     let logs = data.join("logs");
@@ -483,8 +531,11 @@ weft up: the mesh is ready.
   server   {url}   (admin token: {token})
   edge     cluster {CLUSTER}; status http://127.0.0.1:{edge_admin}/status
   services reviews v1 and v2 in namespace {NAMESPACE}, and a client sidecar
+  gateway  ingress: https://{DEMO_HOSTNAME}:{https} to reviews
   logs     {logs}
 
+Reach reviews from outside the mesh, through the ingress gateway:
+  curl --cacert {ca} --resolve {DEMO_HOSTNAME}:{https}:127.0.0.1 https://{DEMO_HOSTNAME}:{https}/
 Send requests into the mesh through the client's sidecar:
   curl -H 'Host: reviews' http://127.0.0.1:{port}/          # 90% v1, 10% v2
   curl -H 'Host: reviews' -H 'x-canary: yes' http://127.0.0.1:{port}/   # v2
@@ -498,6 +549,8 @@ Stop with Ctrl-C.",
         token = admin_token_file.display(),
         logs = logs.display(),
         manifest = manifest.display(),
+        https = args.https_port,
+        ca = tls.ca.display(),
     );
     Ok(())
 }
@@ -524,14 +577,15 @@ async fn start_multi_cluster(
     let mut reviews_pids = Vec::new();
     for (i, (cluster, net)) in CLUSTERS.into_iter().enumerate() {
         let name = |what: &str| format!("{cluster}-{what}");
-        let edge_token = credential(&client, credentials, cluster, &name("edge"), None).await?;
-        let gateway = Some((
+        let edge_token =
+            credential(&client, credentials, cluster, &name("edge"), Holder::Edge).await?;
+        let gateway = Holder::Workload(
             weft_identity::RESERVED_NAMESPACE,
             weft_identity::EASTWEST_ACCOUNT,
-        ));
+        );
         let gateway_token =
             credential(&client, credentials, cluster, &name("eastwest"), gateway).await?;
-        let reviews = Some((NAMESPACE, "reviews"));
+        let reviews = Holder::Workload(NAMESPACE, "reviews");
         let reviews_token =
             credential(&client, credentials, cluster, &name("reviews"), reviews).await?;
         let [xds, edge_admin, app, outbound] = free_ports(args.port)?;
@@ -565,7 +619,7 @@ async fn start_multi_cluster(
                 credentials,
                 cluster,
                 &name("client"),
-                Some((NAMESPACE, "client")),
+                Holder::Workload(NAMESPACE, "client"),
             )
             .await?;
             let caller = SidecarPlan {

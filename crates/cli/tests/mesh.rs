@@ -735,11 +735,25 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("up");
     let port = free_port();
-    let (mut up, printed) = weft_up(&data, port, &[]);
+    let https = free_port().to_string();
+    let up_flags = ["--https-port", https.as_str()];
+    let (mut up, printed) = weft_up(&data, port, &up_flags);
     assert!(
         printed.contains(&format!("curl -H 'Host: reviews' http://127.0.0.1:{port}/")),
         "{printed}"
     );
+    // The printed curl reaches reviews from outside, over HTTPS through the
+    // ingress gateway, trusting the demo CA.
+    let outside = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl --cacert"))
+        .unwrap_or_else(|| panic!("no HTTPS curl printed: {printed}"))
+        .trim()
+        .replacen("curl", "curl -s --max-time 10", 1);
+    let answered = Command::new("sh").args(["-c", &outside]).output().unwrap();
+    let body: Value = serde_json::from_slice(&answered.stdout)
+        .unwrap_or_else(|e| panic!("{outside}: {e}: {answered:?}"));
+    assert_eq!(body["service"], "reviews", "{body}");
     weft_identity::tls::install_provider();
     let http = reqwest::Client::new();
     let call = async |canary: bool| -> String {
@@ -772,7 +786,7 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
 
     // A second start picks up the same store and credentials.
     let credentials = std::fs::read_dir(data.join("credentials")).unwrap().count();
-    let (mut up, printed) = weft_up(&data, port, &[]);
+    let (mut up, printed) = weft_up(&data, port, &up_flags);
     assert!(printed.contains("clusters/local unchanged"), "{printed}");
     assert_eq!(
         std::fs::read_dir(data.join("credentials")).unwrap().count(),
@@ -843,8 +857,8 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
         .iter()
         .flat_map(|pid| weft_agent::procfs::children_of(*pid))
         .collect();
-    // Three Envoys, two apps.
-    assert_eq!(grandchildren.len(), 5, "{grandchildren:?}");
+    // Four Envoys (three sidecars, the ingress gateway), two apps.
+    assert_eq!(grandchildren.len(), 6, "{grandchildren:?}");
     support::kill9(up.0.id());
     let _ = up.0.wait();
     support::until_gone(
@@ -2080,6 +2094,7 @@ async fn an_installed_weft_runs_up_from_any_directory() {
     let mut up = std::process::Command::new(&weft);
     isolated(
         up.args(["up", "--listen", "127.0.0.1:0", "--port", &port.to_string()])
+            .args(["--https-port", &free_port().to_string()])
             .arg("--data")
             .arg(&data),
     );

@@ -334,6 +334,10 @@ pub fn weft_up(data: &Path, port: u16, extra: &[&str]) -> (Proc, String) {
         .arg("--envoy")
         .arg(envoy())
         .args(extra);
+    // Tests run side by side: the ingress gateway's port must be free too.
+    if !extra.contains(&"--https-port") {
+        command.args(["--https-port", &free_port().to_string()]);
+    }
     start_up(&mut command, data)
 }
 
