@@ -85,6 +85,8 @@ pub enum DirectoryItem {
     Site(Site),
     /// A service the cluster runs.
     Service(DirectoryService),
+    /// A hostname the cluster's ingress gateways serve.
+    Ingress(DirectoryIngress),
 }
 
 impl DirectoryItem {
@@ -93,6 +95,7 @@ impl DirectoryItem {
         match self {
             DirectoryItem::Site(_) => "site".to_string(),
             DirectoryItem::Service(s) => format!("service/{}/{}", s.namespace, s.name),
+            DirectoryItem::Ingress(i) => format!("ingress/{}", i.hostname),
         }
     }
 }
@@ -120,6 +123,29 @@ pub struct DirectoryService {
     pub service_accounts: Vec<String>,
 }
 
+/// A hostname that a cluster's ingress gateways serve (a Gateway's http
+/// server), for tier-1 gateways elsewhere: they reach those gateways over
+/// mutual TLS through the cluster's east-west gateways, by the server
+/// name [`DirectoryIngress::sni`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryIngress {
+    /// Exact, or `*.domain`.
+    pub hostname: String,
+    /// Gateways serving it whose proxies are connected to the edge.
+    pub healthy: u32,
+    /// Their identities, as `namespace/serviceAccount`.
+    pub identities: Vec<String>,
+}
+
+impl DirectoryIngress {
+    /// The server name a tier-1 gateway sends, by which the cluster's
+    /// east-west gateways pick the ingress gateways serving `hostname`.
+    pub fn sni(hostname: &str) -> String {
+        format!("{}.ingress.mesh", hostname.replace('*', "wildcard"))
+    }
+}
+
 /// `PUT /v1/edge/directory`: everything an edge publishes about its own
 /// cluster. The server keeps what changed and drops what is gone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +153,10 @@ pub struct DirectoryService {
 pub struct DirectoryEntry {
     pub site: Site,
     pub services: Vec<DirectoryService>,
+    /// Left out when empty, so that a server from before ingress entries
+    /// takes the entry of a cluster without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<DirectoryIngress>,
 }
 
 impl DirectoryEntry {
@@ -134,6 +164,7 @@ impl DirectoryEntry {
     pub fn items(&self) -> Vec<DirectoryItem> {
         std::iter::once(DirectoryItem::Site(self.site.clone()))
             .chain(self.services.iter().cloned().map(DirectoryItem::Service))
+            .chain(self.ingress.iter().cloned().map(DirectoryItem::Ingress))
             .collect()
     }
 }

@@ -40,6 +40,7 @@ fn entry(cluster: usize, bump: u32) -> DirectoryEntry {
                 service_accounts: vec![format!("service-{s:04}")],
             })
             .collect(),
+        ingress: Vec::new(),
     }
 }
 

@@ -69,6 +69,12 @@ pub struct GatewayArgs {
     /// The address its servers' ports listen on
     #[arg(long, default_value = "127.0.0.1")]
     pub listen_address: std::net::IpAddr,
+    /// A port on the listen address where other clusters' tier-1 gateways
+    /// reach this gateway (mutual TLS with its workload identity, through
+    /// this cluster's east-west gateway); without it, only clients that
+    /// connect to its servers' ports do
+    #[arg(long)]
+    pub mesh_port: Option<std::num::NonZeroU16>,
     /// The directory of server certificates: NAME.crt and NAME.key per
     /// certificate name its Gateways give, NAME.crt alone for a client CA
     #[arg(long, env = "WEFT_GATEWAY_CERTIFICATES")]
@@ -186,7 +192,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<i32> {
         service_account: args.name.clone(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: args.listen_address.to_string(),
-        port: 0,
+        port: args.mesh_port.map_or(0, std::num::NonZeroU16::get),
         app_port: None,
         outbound_port: None,
         role: Role::Gateway,
@@ -203,11 +209,14 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<i32> {
     }
     let announce = |w: &Workload, admin: u16| {
         println!(
-            "weft gateway: {} in {} node {}: listening on {} at the ports its Gateways give; certificates {}; edge {}; Envoy admin http://127.0.0.1:{admin}",
+            "weft gateway: {} in {} node {}: listening on {} at the ports its Gateways give{}; certificates {}; edge {}; Envoy admin http://127.0.0.1:{admin}",
             w.service,
             w.namespace,
             w.node,
             args.listen_address,
+            args.mesh_port
+                .map(|p| format!(", for other clusters' tier-1 gateways at port {p}"))
+                .unwrap_or_default(),
             args.certificates
                 .as_ref()
                 .map_or("(none)".to_string(), |d| d.display().to_string()),

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use weft_api::edge::{
-    DirectoryChange, DirectoryEntry, DirectoryItem, DirectoryService, DirectoryUpdate, Locality,
-    Site,
+    DirectoryChange, DirectoryEntry, DirectoryIngress, DirectoryItem, DirectoryService,
+    DirectoryUpdate, Locality, Site,
 };
 
 use weft_agent::workload::{Role, Workload};
@@ -37,6 +37,9 @@ pub struct RemoteCluster {
     /// By `NAMESPACE/NAME`.
     #[serde(default)]
     pub services: BTreeMap<String, DirectoryService>,
+    /// The hostnames its ingress gateways serve, by hostname.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ingress: BTreeMap<String, DirectoryIngress>,
 }
 
 impl Directory {
@@ -70,13 +73,24 @@ impl Directory {
                 let key = format!("{}/{}", service.namespace, service.name);
                 cluster.services.insert(key, service.clone()) != Some(service)
             }
+            Some(DirectoryItem::Ingress(ingress)) => {
+                cluster
+                    .ingress
+                    .insert(ingress.hostname.clone(), ingress.clone())
+                    != Some(ingress)
+            }
             None if change.key == "site" => cluster.site.take().is_some(),
-            None => change
-                .key
-                .strip_prefix("service/")
-                .is_some_and(|key| cluster.services.remove(key).is_some()),
+            None => {
+                if let Some(key) = change.key.strip_prefix("service/") {
+                    cluster.services.remove(key).is_some()
+                } else if let Some(hostname) = change.key.strip_prefix("ingress/") {
+                    cluster.ingress.remove(hostname).is_some()
+                } else {
+                    false
+                }
+            }
         };
-        if cluster.site.is_none() && cluster.services.is_empty() {
+        if cluster.site.is_none() && cluster.services.is_empty() && cluster.ingress.is_empty() {
             self.clusters.remove(&change.cluster);
         }
         changed
@@ -88,10 +102,15 @@ impl Directory {
     }
 }
 
-/// This cluster's entry: where it is, its gateways, and each service with
-/// registered instances, counted. Workloads are the registry's (a proxy
-/// in its grace period still counts: it may be back in a moment).
-pub fn own_entry(locality: &Locality, workloads: &[Workload]) -> DirectoryEntry {
+/// This cluster's entry: where it is, its gateways, each service with
+/// registered instances, counted, and the hostnames its ingress gateways
+/// serve (as translation found them). Workloads are the registry's (a
+/// proxy in its grace period still counts: it may be back in a moment).
+pub fn own_entry(
+    locality: &Locality,
+    workloads: &[Workload],
+    ingress: Vec<DirectoryIngress>,
+) -> DirectoryEntry {
     let mut gateways: Vec<String> = workloads
         .iter()
         .filter(|w| w.role == Role::Eastwest)
@@ -126,6 +145,7 @@ pub fn own_entry(locality: &Locality, workloads: &[Workload]) -> DirectoryEntry 
                 },
             )
             .collect(),
+        ingress,
     }
 }
 
@@ -163,7 +183,7 @@ mod tests {
             let workloads: Vec<Workload> = (0..20)
                 .flat_map(|s| (0..per_service).map(move |n| instance(&format!("svc{s}"), n)))
                 .collect();
-            let entry = own_entry(&locality, &workloads);
+            let entry = own_entry(&locality, &workloads, Vec::new());
             assert_eq!(entry.services.len(), 20);
             assert!(
                 entry

@@ -89,6 +89,31 @@ fn check_entry(entry: &DirectoryEntry) -> Vec<Detail> {
             );
         }
     }
+    let mut hostnames = BTreeSet::new();
+    for (i, ingress) in entry.ingress.iter().enumerate() {
+        let at = format!("ingress[{i}]");
+        let name = ingress
+            .hostname
+            .strip_prefix("*.")
+            .unwrap_or(&ingress.hostname);
+        if let Err(e) = weft_api::problems::check_dns_name(name) {
+            problem(format!("{at}.hostname"), e);
+        }
+        if !hostnames.insert(&ingress.hostname) {
+            problem(at.clone(), format!("{} is listed twice", ingress.hostname));
+        }
+        for (j, identity) in ingress.identities.iter().enumerate() {
+            let valid = identity
+                .split_once('/')
+                .is_some_and(|(ns, sa)| check_dns_label(ns).is_ok() && check_dns_label(sa).is_ok());
+            if !valid {
+                problem(
+                    format!("{at}.identities[{j}]"),
+                    format!("{identity:?} is not namespace/serviceAccount"),
+                );
+            }
+        }
+    }
     problems
 }
 
@@ -272,6 +297,18 @@ mod tests {
                 service("shop", "Reviews", "x_y"),
                 service("shop", "reviews", "reviews"),
             ],
+            ingress: vec![
+                weft_api::edge::DirectoryIngress {
+                    hostname: "*.shop.example.com".into(),
+                    healthy: 1,
+                    identities: vec!["edge/ingress".into(), "ingress".into()],
+                },
+                weft_api::edge::DirectoryIngress {
+                    hostname: "shop..example".into(),
+                    healthy: 1,
+                    identities: Vec::new(),
+                },
+            ],
         };
         let problems: Vec<(String, bool)> = check_entry(&entry)
             .into_iter()
@@ -284,6 +321,8 @@ mod tests {
                 ("services[1].name".to_string(), true),
                 ("services[1].serviceAccounts[0]".to_string(), true),
                 ("services[2]".to_string(), true),
+                ("ingress[0].identities[1]".to_string(), true),
+                ("ingress[1].hostname".to_string(), true),
             ]
         );
         let good = DirectoryEntry {

@@ -70,6 +70,13 @@ pub(super) async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch:
             let workloads = edge.registry.workloads();
             edge.metrics.workloads.set(workloads.len() as i64);
             let translation = translate(parsed_config, &workloads, &directory);
+            edge.ingress_tx.send_if_modified(|ingress| {
+                let changed = *ingress != translation.ingress;
+                if changed {
+                    ingress.clone_from(&translation.ingress);
+                }
+                changed
+            });
             let outcome = publisher.publish(&translation);
             let mut errors = translation.errors;
             // Proxies that left the registry: drop what was kept for them.

@@ -35,7 +35,8 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_api::edge::{
-    ConfigError, DirectoryReport, EdgeConfig, EdgeStatus, NackReport, ProxyReport, Trust,
+    ConfigError, DirectoryIngress, DirectoryReport, EdgeConfig, EdgeStatus, NackReport,
+    ProxyReport, Trust,
 };
 use weft_identity::Bundle;
 use weft_xds::{AdsServer, SnapshotCache};
@@ -227,6 +228,9 @@ struct Edge {
     config_tx: watch::Sender<Option<Arc<EdgeConfig>>>,
     /// Other clusters, and whether it is still the copy read from disk.
     directory_tx: watch::Sender<(Arc<Directory>, bool)>,
+    /// The hostnames this cluster's ingress gateways serve, as the last
+    /// build found them: published in the directory.
+    ingress_tx: watch::Sender<Vec<DirectoryIngress>>,
     metrics: EdgeMetrics,
     prometheus: MetricsRegistry,
 }
@@ -374,6 +378,7 @@ pub async fn run(
         current: Mutex::new(Current::default()),
         config_tx: watch::Sender::new(None),
         directory_tx: watch::Sender::new((Arc::new(Directory::default()), false)),
+        ingress_tx: watch::Sender::new(Vec::new()),
         metrics,
         prometheus,
     });
@@ -693,6 +698,7 @@ const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
 async fn publish_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
     let mut registry_rx = edge.registry.subscribe();
     let mut config_rx = edge.config_tx.subscribe();
+    let mut ingress_rx = edge.ingress_tx.subscribe();
     let mut published = None;
     let mut last_sent = Instant::now();
     let mut failing = false;
@@ -702,10 +708,11 @@ async fn publish_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiv
             .as_ref()
             .map(|c| c.locality.clone());
         registry_rx.borrow_and_update();
+        let ingress = ingress_rx.borrow_and_update().clone();
         // Until a configuration names the locality, there is nothing true
         // to publish.
         if let Some(locality) = locality.filter(|_| edge.ca.serving.is_set()) {
-            let entry = own_entry(&locality, &edge.registry.workloads());
+            let entry = own_entry(&locality, &edge.registry.workloads(), ingress);
             if published.as_ref() != Some(&entry) || last_sent.elapsed() >= REPUBLISH_EVERY {
                 match link.publish(&entry).await {
                     Ok(()) => {
@@ -735,6 +742,7 @@ async fn publish_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiv
         tokio::select! {
             r = registry_rx.changed() => if r.is_err() { return },
             r = config_rx.changed() => if r.is_err() { return },
+            r = ingress_rx.changed() => if r.is_err() { return },
             () = tokio::time::sleep(if published.is_some() { REPUBLISH_EVERY } else { Duration::from_secs(1) }) => {},
             _ = stop.changed() => return,
         }

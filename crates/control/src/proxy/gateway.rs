@@ -26,7 +26,7 @@ use super::jwt::scoped_jwt_filters;
 use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
-use super::{GatewayListener, HttpChain, ServerTls};
+use super::{GatewayListener, HttpChain, Mtls, ServerTls};
 
 impl ServerTls {
     fn downstream(&self) -> TransportSocket {
@@ -59,6 +59,7 @@ impl HttpChain {
         let HttpChain {
             name,
             tls,
+            mesh,
             route_table,
             jwt,
         } = self;
@@ -98,7 +99,10 @@ impl HttpChain {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(ConfigType::TypedConfig(pack_any(hcm))),
             }],
-            transport_socket: tls.as_ref().map(ServerTls::downstream),
+            transport_socket: tls
+                .as_ref()
+                .map(ServerTls::downstream)
+                .or_else(|| mesh.as_ref().map(Mtls::downstream)),
             ..Default::default()
         }
     }

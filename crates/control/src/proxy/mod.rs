@@ -59,9 +59,13 @@ pub struct HttpChain {
     /// Names it in metrics: the server's name, or the port's.
     pub name: String,
     /// TLS terminated with a certificate from the gateway's own files;
-    /// none: plain HTTP.
+    /// none: plain HTTP (or `mesh`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTls>,
+    /// Mutual TLS with the gateway's workload identity: the chain other
+    /// clusters' tier-1 gateways reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<Mtls>,
     pub route_table: String,
     /// End-user token checks, each for the hostname of its server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

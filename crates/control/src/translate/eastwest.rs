@@ -1,7 +1,11 @@
 //! The east-west gateway: a route by SNI to the instances of every
-//! service that runs in this cluster, TLS passed through unopened.
+//! service that runs in this cluster, and to the ingress gateways serving
+//! each hostname other clusters' tier-1 gateways ask for, TLS passed
+//! through unopened.
 
 use std::collections::BTreeMap;
+
+use weft_api::edge::DirectoryIngress;
 
 use super::EASTWEST;
 use super::{plan::ServicePlan, resilience::single_host_cluster};
@@ -10,9 +14,34 @@ use weft_agent::workload::Workload;
 
 /// An east-west gateway's config: a route by SNI to the instances of
 /// every service that runs here.
-pub(super) fn eastwest_gateway(gateway: &Workload, plans: &[ServicePlan<'_>]) -> ProxyConfig {
+pub(super) fn eastwest_gateway(
+    gateway: &Workload,
+    plans: &[ServicePlan<'_>],
+    exposed: &BTreeMap<String, Vec<&Workload>>,
+) -> ProxyConfig {
     let mut proxy = ProxyConfig::default();
     let mut routes = BTreeMap::new();
+    for (hostname, gateways) in exposed {
+        let name = format!("ew|ingress|{hostname}");
+        let mut endpoints: Vec<SocketAddr> = gateways
+            .iter()
+            .map(|w| SocketAddr {
+                address: w.address.clone(),
+                port: w.port,
+            })
+            .collect();
+        endpoints.sort();
+        proxy.clusters.push(Cluster {
+            passthrough: true,
+            ..single_host_cluster(&name)
+        });
+        proxy.endpoints.push(Endpoints {
+            cluster: name.clone(),
+            endpoints,
+            remote: Vec::new(),
+        });
+        routes.insert(DirectoryIngress::sni(hostname), name);
+    }
     for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
         let name = format!("ew|{}.{}", plan.key.name, plan.key.namespace);
         let mut endpoints: Vec<SocketAddr> = plan

@@ -10,9 +10,9 @@
 //! for different uses, nor the same port and hostname: the later (by
 //! path) is reported and left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use weft_api::edge::ConfigError;
+use weft_api::edge::{ConfigError, DirectoryIngress};
 use weft_api::gateway::{
     Cors, GatewayRoute, GatewayRule, HeaderChanges, HttpServer, Scheme, ServiceTarget,
     parse_service,
@@ -23,12 +23,17 @@ use super::plan::{ServiceKey, ServicePlan};
 use super::resilience::{millis, parse_duration};
 use super::routing::request_match;
 use super::security::token_check;
+use super::tier1::tier1_route;
+use crate::directory::Directory;
 use crate::proxy::{
     AccessRule, Action, Authorization, CorsPolicy, Endpoints, Forward, GatewayListener,
-    HeaderEdits, HttpChain, ProxyConfig, Redirect, Route, RouteChanges, RouteMatch, RouteTable,
-    ScopedJwt, ServerTls, SocketAddr, VirtualHost,
+    HeaderEdits, HttpChain, Mtls, ProxyConfig, Redirect, Route, RouteChanges, RouteMatch,
+    RouteTable, ScopedJwt, ServerTls, SocketAddr, VirtualHost,
 };
-use weft_agent::workload::Workload;
+use weft_agent::workload::{Role, Workload};
+
+/// The listener (and route table) other clusters' tier-1 gateways reach.
+const MESH_LISTENER: &str = "gateway-mesh";
 
 /// The answer where a route cannot be served as written (its problem is
 /// reported with the configuration; the client learns nothing of it).
@@ -76,13 +81,60 @@ pub(super) fn gateway_targets(config: &Config) -> Vec<ServiceKey> {
         .collect()
 }
 
+/// The hostnames this cluster's gateways serve to other clusters' tier-1
+/// gateways (those with a mesh port), with the gateways serving each.
+pub(super) fn exposure<'w>(
+    config: &Config,
+    workloads: &'w [Workload],
+) -> BTreeMap<String, Vec<&'w Workload>> {
+    let mut exposed: BTreeMap<String, Vec<&Workload>> = BTreeMap::new();
+    let gateways = workloads
+        .iter()
+        .filter(|w| w.role == Role::Gateway && w.port != 0);
+    for w in gateways {
+        for gateway in config.gateways.iter().filter(|g| selects(g, w)) {
+            for server in &gateway.spec.http {
+                let serving = exposed.entry(server.hostname.clone()).or_default();
+                if !serving.iter().any(|s| s.node == w.node) {
+                    serving.push(w);
+                }
+            }
+        }
+    }
+    exposed
+}
+
+/// [`exposure`] as this cluster's directory items.
+pub(super) fn ingress_entries(exposed: &BTreeMap<String, Vec<&Workload>>) -> Vec<DirectoryIngress> {
+    exposed
+        .iter()
+        .map(|(hostname, gateways)| {
+            let identities: BTreeSet<String> = gateways
+                .iter()
+                .map(|w| format!("{}/{}", w.namespace, w.service_account))
+                .collect();
+            DirectoryIngress {
+                hostname: hostname.clone(),
+                healthy: gateways.len() as u32,
+                identities: identities.into_iter().collect(),
+            }
+        })
+        .collect()
+}
+
 /// Everything gateway workload `w` is sent.
 pub(super) fn gateway_proxy(
     config: &Config,
+    directory: &Directory,
     w: &Workload,
     plans: &[ServicePlan<'_>],
     errors: &mut Vec<ConfigError>,
 ) -> ProxyConfig {
+    let context = Context {
+        config,
+        directory,
+        plans,
+    };
     // By port: whether it is TLS, and its servers.
     let mut ports: BTreeMap<u16, (bool, Vec<Server<'_>>)> = BTreeMap::new();
     let mut hosts: BTreeMap<(u16, &str), String> = BTreeMap::new();
@@ -147,7 +199,9 @@ pub(super) fn gateway_proxy(
 
     let mut proxy = ProxyConfig::default();
     let mut services = Services::default();
-    for (port, (tls, servers)) in ports {
+    let servers_by_port = ports;
+    for (port, (tls, servers)) in &servers_by_port {
+        let (port, tls) = (*port, *tls);
         let address = SocketAddr {
             address: w.address.clone(),
             port,
@@ -155,9 +209,9 @@ pub(super) fn gateway_proxy(
         let name = format!("gateway-{port}");
         let mut chains = Vec::new();
         if tls {
-            for server in &servers {
+            for server in servers {
                 let table = format!("{name}-{}", server.spec.hostname);
-                let (vhost, jwt) = virtual_host(config, server, plans, &mut services, errors);
+                let (vhost, jwt) = virtual_host(&context, server, &mut services, errors);
                 proxy.routes.push(RouteTable {
                     name: table.clone(),
                     virtual_hosts: vec![vhost],
@@ -165,6 +219,7 @@ pub(super) fn gateway_proxy(
                 let server_tls = server.spec.tls.as_ref();
                 chains.push(HttpChain {
                     name: server.spec.name.clone(),
+                    mesh: None,
                     tls: server_tls.map(|t| ServerTls {
                         server_names: vec![server.spec.hostname.clone()],
                         certificate: t.certificate.clone(),
@@ -185,14 +240,17 @@ pub(super) fn gateway_proxy(
         } else {
             let mut virtual_hosts = Vec::new();
             let mut jwt = Vec::new();
-            for server in &servers {
-                let (vhost, check) = virtual_host(config, server, plans, &mut services, errors);
+            for server in servers {
+                let (vhost, check) = virtual_host(&context, server, &mut services, errors);
                 virtual_hosts.push(vhost);
                 // One chain serves every hostname of the port: each
                 // server's token check applies to its hostname only.
                 jwt.extend(check.map(|check| ScopedJwt {
                     hostname: Some(server.spec.hostname.clone()),
-                    except: taken_within(&server.spec.hostname, &servers),
+                    except: taken_within(
+                        &server.spec.hostname,
+                        servers.iter().map(|s| s.spec.hostname.as_str()),
+                    ),
                     check,
                 }));
             }
@@ -207,6 +265,7 @@ pub(super) fn gateway_proxy(
             chains.push(HttpChain {
                 name: chain_name,
                 tls: None,
+                mesh: None,
                 route_table: name.clone(),
                 jwt,
             });
@@ -217,6 +276,10 @@ pub(super) fn gateway_proxy(
             chains,
         });
     }
+    if let Some(listener) = mesh_listener(&context, w, &servers_by_port, &mut services, errors) {
+        proxy.gateways.push(listener);
+    }
+    proxy.routes.append(&mut services.routes);
     proxy.clusters = services.clusters.into_values().collect();
     proxy.endpoints = services.endpoints.into_values().collect();
     proxy
@@ -225,14 +288,12 @@ pub(super) fn gateway_proxy(
 /// The hostnames of `servers` that Envoy gives to them rather than to
 /// `hostname` although it covers them: exact names under a wildcard, and
 /// longer wildcards under it.
-fn taken_within(hostname: &str, servers: &[Server<'_>]) -> Vec<String> {
+fn taken_within<'h>(hostname: &str, others: impl Iterator<Item = &'h str>) -> Vec<String> {
     let Some(domain) = hostname.strip_prefix("*.") else {
         return Vec::new();
     };
     let suffix = format!(".{domain}");
-    servers
-        .iter()
-        .map(|s| s.spec.hostname.as_str())
+    others
         .filter(|other| {
             let name = other.strip_prefix("*.").unwrap_or(other);
             *other != hostname && name.ends_with(&suffix)
@@ -246,6 +307,8 @@ fn taken_within(hostname: &str, servers: &[Server<'_>]) -> Vec<String> {
 struct Services {
     clusters: BTreeMap<String, crate::proxy::Cluster>,
     endpoints: BTreeMap<String, Endpoints>,
+    /// Route tables besides the ports' (the mesh listener's).
+    routes: Vec<RouteTable>,
 }
 
 impl Services {
@@ -299,11 +362,85 @@ impl Services {
     }
 }
 
+/// What translating one gateway reads.
+struct Context<'a, 'c> {
+    config: &'a Config,
+    directory: &'a Directory,
+    plans: &'a [ServicePlan<'c>],
+}
+
+/// The listener other clusters' tier-1 gateways reach (through this
+/// cluster's east-west gateways): mutual TLS with the gateway's workload
+/// identity on its own port, every hostname it serves (the TLS server
+/// where a hostname is served twice), with the same routes and checks.
+fn mesh_listener(
+    context: &Context<'_, '_>,
+    w: &Workload,
+    ports: &BTreeMap<u16, (bool, Vec<Server<'_>>)>,
+    services: &mut Services,
+    errors: &mut Vec<ConfigError>,
+) -> Option<GatewayListener> {
+    let trust_domain = context.config.trust_domain.as_ref()?;
+    if w.port == 0 {
+        return None;
+    }
+    let mut chosen: BTreeMap<&str, &Server<'_>> = BTreeMap::new();
+    for (tls, servers) in ports.values() {
+        for server in servers {
+            let hostname = server.spec.hostname.as_str();
+            if *tls || !chosen.contains_key(hostname) {
+                chosen.insert(hostname, server);
+            }
+        }
+    }
+    if chosen.is_empty() {
+        return None;
+    }
+    let servers: Vec<&Server<'_>> = chosen.values().copied().collect();
+    let mut virtual_hosts = Vec::new();
+    let mut jwt = Vec::new();
+    for server in &servers {
+        let (vhost, check) = virtual_host(context, server, services, errors);
+        virtual_hosts.push(vhost);
+        jwt.extend(check.map(|check| ScopedJwt {
+            hostname: Some(server.spec.hostname.clone()),
+            except: taken_within(
+                &server.spec.hostname,
+                servers.iter().map(|s| s.spec.hostname.as_str()),
+            ),
+            check,
+        }));
+    }
+    let name = MESH_LISTENER.to_string();
+    services.routes.push(RouteTable {
+        name: name.clone(),
+        virtual_hosts,
+    });
+    Some(GatewayListener {
+        name: name.clone(),
+        address: SocketAddr {
+            address: w.address.clone(),
+            port: w.port,
+        },
+        chains: vec![HttpChain {
+            name: name.clone(),
+            tls: None,
+            mesh: Some(Mtls {
+                trust_domain: trust_domain.clone(),
+                peers: Vec::new(),
+                permissive: false,
+                sni: None,
+            }),
+            route_table: name,
+            jwt,
+        }],
+    })
+}
+
 /// A server as a virtual host, and its end-user token check.
 fn virtual_host(
-    config: &Config,
+    context: &Context<'_, '_>,
     server: &Server<'_>,
-    plans: &[ServicePlan<'_>],
     services: &mut Services,
     errors: &mut Vec<ConfigError>,
 ) -> (VirtualHost, Option<crate::proxy::JwtCheck>) {
@@ -312,7 +449,7 @@ fn virtual_host(
     let mut routes = Vec::new();
     for (j, rule) in spec.routes.iter().enumerate() {
         let at = format!("{}.routes[{j}]", server.at);
-        let action = route_action(config, path, &at, rule, plans, services, errors);
+        let action = route_action(context, server, (path, &at), rule, services, errors);
         let changes = RouteChanges {
             request_headers: rule.request_headers.as_ref().map(header_edits),
             response_headers: rule.response_headers.as_ref().map(header_edits),
@@ -389,14 +526,14 @@ fn authorization(name: &str, spec: &HttpServer) -> Authorization {
 
 /// What a rule does with the requests it matches.
 fn route_action(
-    config: &Config,
-    path: &str,
-    at: &str,
+    context: &Context<'_, '_>,
+    server: &Server<'_>,
+    (path, at): (&str, &str),
     rule: &GatewayRoute,
-    plans: &[ServicePlan<'_>],
     services: &mut Services,
     errors: &mut Vec<ConfigError>,
 ) -> Action {
+    let (config, plans) = (context.config, context.plans);
     let unavailable = Action::DirectResponse {
         status: 503,
         body: UNAVAILABLE.into(),
@@ -423,12 +560,17 @@ fn route_action(
         };
     }
     if !rule.clusters.is_empty() || rule.any_cluster {
-        errors.push(error(
-            path,
-            at,
-            "this edge does not route to other clusters (clusters, anyCluster) yet; the route answers 503",
-        ));
-        return unavailable;
+        let (cluster, endpoints, forward) = tier1_route(
+            config,
+            context.directory,
+            &server.spec.hostname,
+            rule,
+            (path, at),
+            errors,
+        );
+        services.endpoints.insert(cluster.name.clone(), endpoints);
+        services.clusters.insert(cluster.name.clone(), cluster);
+        return Action::Forward(forward);
     }
     let mut clusters: BTreeMap<String, u32> = BTreeMap::new();
     let mut first: Option<&ServicePlan<'_>> = None;

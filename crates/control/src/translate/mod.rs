@@ -21,11 +21,12 @@ mod plan;
 mod resilience;
 mod routing;
 mod security;
+mod tier1;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use weft_api::edge::ConfigError;
+use weft_api::edge::{ConfigError, DirectoryIngress};
 
 use crate::directory::Directory;
 use crate::proxy::{
@@ -35,7 +36,7 @@ use crate::proxy::{
 use weft_agent::workload::{Role, Workload};
 
 use eastwest::eastwest_gateway;
-use gateway::{gateway_proxy, gateway_targets};
+use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
 use resilience::single_host_cluster;
 use routing::unknown_host;
 use security::InboundPlan;
@@ -65,6 +66,9 @@ pub struct Translation {
     pub outbound: BTreeMap<String, Outbound>,
     /// By proxy (node id).
     pub proxies: BTreeMap<String, ProxyPlan>,
+    /// The hostnames this cluster's ingress gateways serve to other
+    /// clusters: the edge publishes them in the directory.
+    pub ingress: Vec<DirectoryIngress>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -197,14 +201,18 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         }
     }
 
-    let mut translation = Translation::default();
+    let exposed = exposure(config, workloads);
+    let mut translation = Translation {
+        ingress: ingress_entries(&exposed),
+        ..Translation::default()
+    };
     // Routes are the same for every caller of a service: build them once.
     let mut routes: BTreeMap<usize, Vec<Route>> = BTreeMap::new();
     // The inbound verdict is the same for every instance of a service.
     let mut inbound: BTreeMap<ServiceKey, InboundPlan> = BTreeMap::new();
     for w in workloads {
         if w.role == Role::Eastwest {
-            let own = eastwest_gateway(w, &plans);
+            let own = eastwest_gateway(w, &plans, &exposed);
             translation.proxies.insert(
                 w.node.clone(),
                 ProxyPlan {
@@ -215,7 +223,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             continue;
         }
         if w.role == Role::Gateway {
-            let own = gateway_proxy(config, w, &plans, &mut errors);
+            let own = gateway_proxy(config, directory, w, &plans, &mut errors);
             translation.proxies.insert(
                 w.node.clone(),
                 ProxyPlan {

@@ -129,21 +129,27 @@ impl ServicePlan<'_> {
     /// Retries as `retries` asks, each to the next-nearest cluster where
     /// the service runs in others.
     pub(super) fn retry(&self, retries: &Retries) -> Retry {
-        let retry_on: Vec<&str> = if retries.retry_on.is_empty() {
-            vec!["connect-failure", "refused-stream", "reset", "5xx"]
-        } else {
-            retries
-                .retry_on
-                .iter()
-                .map(|c| retry_condition(*c))
-                .collect()
-        };
-        Retry {
-            retry_on: retry_on.join(","),
-            attempts: retries.attempts,
-            per_try_timeout_ms: parse_duration(&retries.per_try_timeout).map(millis),
-            next_priority: !self.remote.is_empty(),
-        }
+        retry(retries, !self.remote.is_empty())
+    }
+}
+
+/// Retries as `retries` asks; with `next_priority`, each to the next
+/// priority (the next-nearest cluster).
+pub(super) fn retry(retries: &Retries, next_priority: bool) -> Retry {
+    let retry_on: Vec<&str> = if retries.retry_on.is_empty() {
+        vec!["connect-failure", "refused-stream", "reset", "5xx"]
+    } else {
+        retries
+            .retry_on
+            .iter()
+            .map(|c| retry_condition(*c))
+            .collect()
+    };
+    Retry {
+        retry_on: retry_on.join(","),
+        attempts: retries.attempts,
+        per_try_timeout_ms: parse_duration(&retries.per_try_timeout).map(millis),
+        next_priority,
     }
 }
 
