@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::problems::{Problems, check_dns_label, check_dns_name, field, index};
-use crate::security::{Authentication, Authorization, check_requests_and_claims};
+use crate::security::{Authentication, Authorization, Caller, check_requests_and_claims};
 use crate::specs::Spec;
 use crate::traffic::{
     Method, RequestMatch, Retries, check_header_name, check_match, duration, exactly_one,
@@ -38,6 +38,36 @@ pub struct GatewaySpec {
     /// Plain TCP to a mesh service: a whole port each.
     #[serde(default)]
     pub tcp: Vec<TcpServer>,
+    /// External hosts that callers in the mesh reach through this
+    /// gateway (it needs `weft gateway --mesh-port`): the sidecars of its
+    /// workspace send every name that is not a mesh service here, over
+    /// mutual TLS, and the gateway lets through only the callers each
+    /// host lists; everything else gets a 403 naming the rule.
+    #[serde(default)]
+    pub egress: Vec<EgressHost>,
+}
+
+/// One external host and who may reach it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressHost {
+    /// The name callers use (their requests' Host), a DNS name.
+    pub host: String,
+    /// Its port [default: 443 with `tls`, else 80].
+    pub port: Option<u16>,
+    /// The gateway speaks TLS to it (checking its certificate against
+    /// the system's roots); callers send plain HTTP inside the mesh.
+    #[serde(default)]
+    pub tls: bool,
+    /// Who may reach it, named as in SecuritySetting rules.
+    #[schemars(length(min = 1))]
+    pub from: Vec<Caller>,
+}
+
+impl EgressHost {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 443 } else { 80 })
+    }
 }
 
 /// Gateway workloads (`weft gateway`) in `namespace` carrying all of
@@ -380,8 +410,39 @@ impl Spec for GatewaySpec {
                 problems.add(field(&selector_at, "labels"), "a label key is empty");
             }
         }
-        if self.http.is_empty() && self.tls_passthrough.is_empty() && self.tcp.is_empty() {
-            problems.add(at, "has no server: give http, tlsPassthrough or tcp");
+        if self.http.is_empty()
+            && self.tls_passthrough.is_empty()
+            && self.tcp.is_empty()
+            && self.egress.is_empty()
+        {
+            problems.add(
+                at,
+                "has no server: give http, tlsPassthrough, tcp or egress",
+            );
+        }
+        let mut hosts = BTreeMap::new();
+        for (i, egress) in self.egress.iter().enumerate() {
+            let here = index(&field(at, "egress"), i);
+            if let Err(e) = check_dns_name(&egress.host) {
+                problems.add(field(&here, "host"), e);
+            } else if let Some(first) = hosts.insert(egress.host.as_str(), here.clone()) {
+                problems.add(
+                    field(&here, "host"),
+                    format!("{first} already lists {}", egress.host),
+                );
+            }
+            if let Some(port) = egress.port {
+                check_port(port, &field(&here, "port"), problems);
+            }
+            if egress.from.is_empty() {
+                problems.add(
+                    field(&here, "from"),
+                    "name who may reach it: service accounts, namespaces or workspaces",
+                );
+            }
+            for (j, caller) in egress.from.iter().enumerate() {
+                caller.check(&index(&field(&here, "from"), j), problems);
+            }
         }
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let mut ports = Ports::default();

@@ -336,6 +336,41 @@ pub struct Caller {
     pub same_workspace: Option<bool>,
 }
 
+impl Caller {
+    /// Exactly one way of naming callers, each well formed.
+    pub(crate) fn check(&self, caller_at: &str, problems: &mut Problems) {
+        exactly_one(
+            caller_at,
+            &[
+                ("serviceAccount", self.service_account.is_some()),
+                ("namespace", self.namespace.is_some()),
+                ("workspace", self.workspace.is_some()),
+                ("sameWorkspace", self.same_workspace.is_some()),
+            ],
+            problems,
+        );
+        if let Some(sa) = &self.service_account {
+            sa.check(&field(caller_at, "serviceAccount"), problems);
+        }
+        for (name, value) in [
+            ("namespace", &self.namespace),
+            ("workspace", &self.workspace),
+        ] {
+            if let Some(value) = value
+                && let Err(e) = check_dns_label(value)
+            {
+                problems.add(field(caller_at, name), e);
+            }
+        }
+        if self.same_workspace == Some(false) {
+            problems.add(
+                field(caller_at, "sameWorkspace"),
+                "only true means something here; leave it out otherwise",
+            );
+        }
+    }
+}
+
 impl Spec for SecuritySettingSpec {
     fn check(&self, at: &str, problems: &mut Problems) {
         if let Some(service) = &self.service {
@@ -358,36 +393,7 @@ impl Spec for SecuritySettingSpec {
             problems,
             |rule, rule_at, problems| {
                 for (j, caller) in rule.from.iter().enumerate() {
-                    let caller_at = index(&field(rule_at, "from"), j);
-                    exactly_one(
-                        &caller_at,
-                        &[
-                            ("serviceAccount", caller.service_account.is_some()),
-                            ("namespace", caller.namespace.is_some()),
-                            ("workspace", caller.workspace.is_some()),
-                            ("sameWorkspace", caller.same_workspace.is_some()),
-                        ],
-                        problems,
-                    );
-                    if let Some(sa) = &caller.service_account {
-                        sa.check(&field(&caller_at, "serviceAccount"), problems);
-                    }
-                    for (name, value) in [
-                        ("namespace", &caller.namespace),
-                        ("workspace", &caller.workspace),
-                    ] {
-                        if let Some(value) = value
-                            && let Err(e) = check_dns_label(value)
-                        {
-                            problems.add(field(&caller_at, name), e);
-                        }
-                    }
-                    if caller.same_workspace == Some(false) {
-                        problems.add(
-                            field(&caller_at, "sameWorkspace"),
-                            "only true means something here; leave it out otherwise",
-                        );
-                    }
+                    caller.check(&index(&field(rule_at, "from"), j), problems);
                 }
                 check_requests_and_claims(&rule.to, &rule.claims, rule_at, problems);
             },

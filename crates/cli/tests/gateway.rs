@@ -281,21 +281,50 @@ impl GatewayMesh {
         self.processes.push(Proc(command.spawn().unwrap()));
     }
 
-    /// `weft gateway` named ingress in namespace edge; returns its Envoy
-    /// admin port.
-    fn gateway(&mut self) -> u16 {
+    /// A sidecar of `service` in `shop` without an app; returns its
+    /// outbound port.
+    fn client(&mut self, service: &str) -> u16 {
         let credential = credential(
             Some(&self.server),
             &self.admin,
             self.dir.path(),
-            "ingress",
+            service,
             "east",
-            &["--namespace", "edge", "--gateway", "ingress"],
+            &["--namespace", "shop", "--service-account", service],
         );
-        let admin = free_port();
-        let child = Command::new(WEFT)
-            .args(["gateway", "--name", "ingress", "--namespace", "edge"])
-            .args(["--label", "app=ingress", "--node-id", "ingress-1"])
+        let log = self.dir.path().join(format!("{service}-1.log"));
+        let mut command = support::mesh::sidecar(
+            &format!("{service}-1"),
+            service,
+            service,
+            self.edge.xds_port,
+            &credential,
+            &log,
+        );
+        let outbound = free_port();
+        command
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--outbound-port", &outbound.to_string()]);
+        self.processes.push(Proc(command.spawn().unwrap()));
+        outbound
+    }
+
+    /// `weft gateway` NAME in `namespace`, labelled app=NAME (node
+    /// NAME-1); with `mesh_port`, reachable by the mesh's sidecars.
+    fn gateway(&mut self, name: &str, namespace: &str, mesh_port: Option<u16>) {
+        let credential = credential(
+            Some(&self.server),
+            &self.admin,
+            self.dir.path(),
+            name,
+            "east",
+            &["--namespace", namespace, "--gateway", name],
+        );
+        let node = format!("{name}-1");
+        let mut command = Command::new(WEFT);
+        command
+            .args(["gateway", "--name", name, "--namespace", namespace])
+            .args(["--label", &format!("app={name}"), "--node-id", &node])
             .args(["--listen-address", "127.0.0.1"])
             .arg("--certificates")
             .arg(&self.certificates)
@@ -304,14 +333,13 @@ impl GatewayMesh {
             .arg(credential)
             .arg("--envoy")
             .arg(envoy())
-            .args(["--admin-port", &admin.to_string()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("ingress-1.log")).unwrap())
-            .spawn()
-            .unwrap();
-        self.processes.push(Proc(child));
-        admin
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap());
+        if let Some(port) = mesh_port {
+            command.args(["--mesh-port", &port.to_string()]);
+        }
+        self.processes.push(Proc(command.spawn().unwrap()));
     }
 
     async fn until_in_sync(&self, proxies: usize) {
@@ -413,7 +441,7 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
     mesh.workload("reviews", "reviews-v1", "v1");
     mesh.workload("reviews", "reviews-v2", "v2");
     mesh.workload("ratings", "ratings-1", "v1");
-    mesh.gateway();
+    mesh.gateway("ingress", "edge", None);
     mesh.until_in_sync(4).await;
 
     let outside = client(&mesh.ca.pem, None, false);
@@ -650,5 +678,90 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
         log.contains("[weft] gateway api.example.com GET / 401"),
         "{}",
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Egress: the shop's sidecars send names that are no mesh service to the
+/// egress gateway over mutual TLS; it lets the client reach the listed
+/// host (a local server standing in for an external one), refuses other
+/// hosts, and refuses the same host to a caller the rule does not name.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_egress_gateway_lets_only_named_callers_out() {
+    let mut mesh = GatewayMesh::start().await;
+    let external = free_port();
+    let partner = Command::new(WEFT)
+        .args(["x", "echo", "--service", "partner", "--listen"])
+        .arg(format!("127.0.0.1:{external}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    mesh.processes.push(Proc(partner));
+    mesh.apply(&format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: GatewayGroup
+metadata: {{name: out, tenant: retail, workspace: shop}}
+spec: {{namespaceSelector: [east/shop]}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: egress, tenant: retail, workspace: shop, gatewayGroup: out}}
+spec:
+  workloadSelector: {{namespace: shop, labels: {{app: egress}}}}
+  egress:
+    - host: localhost
+      port: {external}
+      from: [{{serviceAccount: {{namespace: shop, name: client}}}}]
+"
+    ));
+    let client = mesh.client("client");
+    let intruder = mesh.client("intruder");
+    mesh.gateway("egress", "shop", Some(free_port()));
+    mesh.until_in_sync(3).await;
+
+    let call = async |port: u16, host: &str| -> (u16, Value) {
+        let url = format!("http://127.0.0.1:{port}/out?x=1");
+        let response = mesh
+            .http
+            .get(url)
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    let listed = format!("localhost:{external}");
+    until(
+        "the client reaches the listed host through the egress gateway",
+        Duration::from_secs(30),
+        async || call(client, &listed).await.0 == 200,
+    )
+    .await;
+    let (_, body) = call(client, &listed).await;
+    assert_eq!(body["service"], "partner", "{body}");
+    assert_eq!(body["path"], "/out");
+    assert!(
+        body["headers"].get("x-forwarded-client-cert").is_none(),
+        "the caller's identity stays in the mesh: {body}"
+    );
+
+    let (status, body) = call(client, "partner.example.org").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.as_str().unwrap_or_default().contains("no egress rule"),
+        "{body}"
+    );
+    let (status, body) = call(intruder, &listed).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.as_str()
+            .unwrap_or_default()
+            .contains("gateways/egress#spec.egress[0]"),
+        "the refusal names the rule: {body}"
     );
 }

@@ -4,6 +4,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as XdsRetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    DnsLookupFamily,
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -145,6 +146,13 @@ impl Cluster {
             transport_socket: match external {
                 Some(external) => external.tls.then(|| external.upstream_tls()),
                 None => mtls.as_ref().map(Mtls::upstream),
+            },
+            // A name with both kinds of address (`localhost`) reaches
+            // what listens on IPv4 first.
+            dns_lookup_family: if external.is_some() {
+                DnsLookupFamily::V4Preferred as i32
+            } else {
+                DnsLookupFamily::Auto as i32
             },
             ..Default::default()
         }

@@ -13,6 +13,9 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext,
@@ -89,6 +92,16 @@ impl HttpChain {
         // The client's address is the connection's: what it claims in
         // x-forwarded-for is kept for the services but never trusted.
         hcm.use_remote_address = Some(BoolValue { value: true });
+        if mesh.is_some() {
+            // The caller's SPIFFE ID, as this chain's mutual TLS verified
+            // it, replaces whatever the caller sent: egress routes match
+            // on it.
+            hcm.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+            hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            });
+        }
         FilterChain {
             filter_chain_match: tls.as_ref().map(|tls| FilterChainMatch {
                 server_names: tls.server_names.clone(),

@@ -18,6 +18,7 @@ use weft_api::gateway::{
     parse_service,
 };
 
+use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
 use super::resilience::{millis, parse_duration};
@@ -55,7 +56,7 @@ impl Server<'_> {
 
 /// Whether `gateway` runs on workload `w`: its namespace, and all the
 /// selector's labels.
-fn selects(gateway: &Gateway, w: &Workload) -> bool {
+pub(super) fn selects(gateway: &Gateway, w: &Workload) -> bool {
     let selector = &gateway.spec.workload_selector;
     selector.namespace == w.namespace
         && selector
@@ -138,7 +139,8 @@ pub(super) fn gateway_proxy(
     // By port: whether it is TLS, and its servers.
     let mut ports: BTreeMap<u16, (bool, Vec<Server<'_>>)> = BTreeMap::new();
     let mut hosts: BTreeMap<(u16, &str), String> = BTreeMap::new();
-    for gateway in config.gateways.iter().filter(|g| selects(g, w)) {
+    let selected: Vec<&Gateway> = config.gateways.iter().filter(|g| selects(g, w)).collect();
+    for &gateway in &selected {
         for (i, spec) in gateway.spec.http.iter().enumerate() {
             let server = Server {
                 gateway,
@@ -276,7 +278,13 @@ pub(super) fn gateway_proxy(
             chains,
         });
     }
-    if let Some(listener) = mesh_listener(&context, w, &servers_by_port, &mut services, errors) {
+    if let Some(listener) = mesh_listener(
+        &context,
+        w,
+        (&servers_by_port, &selected),
+        &mut services,
+        errors,
+    ) {
         proxy.gateways.push(listener);
     }
     proxy.routes.append(&mut services.routes);
@@ -376,12 +384,25 @@ struct Context<'a, 'c> {
 fn mesh_listener(
     context: &Context<'_, '_>,
     w: &Workload,
-    ports: &BTreeMap<u16, (bool, Vec<Server<'_>>)>,
+    (ports, gateways): (&BTreeMap<u16, (bool, Vec<Server<'_>>)>, &[&Gateway]),
     services: &mut Services,
     errors: &mut Vec<ConfigError>,
 ) -> Option<GatewayListener> {
     let trust_domain = context.config.trust_domain.as_ref()?;
+    let egress = gateways.iter().any(|g| !g.spec.egress.is_empty());
     if w.port == 0 {
+        if egress {
+            for gateway in gateways.iter().filter(|g| !g.spec.egress.is_empty()) {
+                errors.push(error(
+                    &gateway.path,
+                    "spec.egress",
+                    format!(
+                        "gateway {} has no mesh port, so no sidecar can reach it: start it with weft gateway --mesh-port",
+                        w.node
+                    ),
+                ));
+            }
+        }
         return None;
     }
     let mut chosen: BTreeMap<&str, &Server<'_>> = BTreeMap::new();
@@ -393,7 +414,7 @@ fn mesh_listener(
             }
         }
     }
-    if chosen.is_empty() {
+    if chosen.is_empty() && !egress {
         return None;
     }
     let servers: Vec<&Server<'_>> = chosen.values().copied().collect();
@@ -411,6 +432,16 @@ fn mesh_listener(
             check,
         }));
     }
+    let served: BTreeSet<&str> = chosen.keys().copied().collect();
+    let (egress_hosts, external) = egress_virtual_hosts(context.config, gateways, &served, errors);
+    for cluster in external {
+        services.clusters.insert(cluster.name.clone(), cluster);
+    }
+    virtual_hosts.extend(egress_hosts.into_iter().map(|mut vhost| {
+        // The routes decide who may pass.
+        vhost.authorization = Some(open_to_anyone(&vhost.name));
+        vhost
+    }));
     let name = MESH_LISTENER.to_string();
     services.routes.push(RouteTable {
         name: name.clone(),
@@ -494,16 +525,7 @@ fn virtual_host(
 /// behind still decide whether the gateway may call them).
 fn authorization(name: &str, spec: &HttpServer) -> Authorization {
     let Some(rules) = &spec.authorization else {
-        return Authorization {
-            deny: Vec::new(),
-            allow: vec![AccessRule {
-                name: format!("{name}: no authorization, anyone"),
-                callers: Vec::new(),
-                sources: Vec::new(),
-                requests: Vec::new(),
-                claims: BTreeMap::new(),
-            }],
-        };
+        return open_to_anyone(name);
     };
     let convert = |list: &str, rules: &[GatewayRule]| -> Vec<AccessRule> {
         rules
@@ -521,6 +543,20 @@ fn authorization(name: &str, spec: &HttpServer) -> Authorization {
     Authorization {
         deny: convert("deny", &rules.deny),
         allow: convert("allow", &rules.allow),
+    }
+}
+
+/// Rules that let every request of virtual host `name` through.
+fn open_to_anyone(name: &str) -> Authorization {
+    Authorization {
+        deny: Vec::new(),
+        allow: vec![AccessRule {
+            name: format!("{name}: no authorization, anyone"),
+            callers: Vec::new(),
+            sources: Vec::new(),
+            requests: Vec::new(),
+            claims: BTreeMap::new(),
+        }],
     }
 }
 

@@ -14,6 +14,7 @@
 //!    still translates.
 
 mod eastwest;
+mod egress;
 mod gateway;
 mod locality;
 mod parse;
@@ -36,6 +37,7 @@ use crate::proxy::{
 use weft_agent::workload::{Role, Workload};
 
 use eastwest::eastwest_gateway;
+use egress::{EgressPlan, egress_plans};
 use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
 use resilience::single_host_cluster;
 use routing::unknown_host;
@@ -202,6 +204,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     }
 
     let exposed = exposure(config, workloads);
+    let egress = egress_plans(config, workloads);
     let mut translation = Translation {
         ingress: ingress_entries(&exposed),
         ..Translation::default()
@@ -268,7 +271,22 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         authorization: None,
                     });
                 }
-                virtual_hosts.push(unknown_host(!w.calls.is_empty()));
+                // Names that are no mesh service go out through the
+                // workspace's egress gateways, if it has any.
+                match workspace.and_then(|ws| Some((ws, egress.get(&ws.path)?))) {
+                    Some((ws, plan)) => {
+                        let id = EgressPlan::id(&ws.path);
+                        translation.services.entry(id.clone()).or_insert_with(|| {
+                            ServiceResources {
+                                clusters: vec![plan.cluster.clone()],
+                                endpoints: vec![plan.endpoints.clone()],
+                            }
+                        });
+                        services.push(id);
+                        virtual_hosts.extend(plan.virtual_hosts());
+                    }
+                    None => virtual_hosts.push(unknown_host(!w.calls.is_empty())),
+                }
                 translation.outbound.insert(
                     group.clone(),
                     Outbound {

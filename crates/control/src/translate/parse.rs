@@ -37,6 +37,8 @@ pub(super) struct ServiceRoute {
 
 pub(super) struct Gateway {
     pub(super) path: String,
+    /// The workspace its gateway group is in.
+    pub(super) workspace: String,
     pub(super) spec: GatewaySpec,
 }
 
@@ -171,6 +173,9 @@ impl Config {
                 KindId::Gateway => serde_json::from_value(spec).map(|spec| {
                     config.gateways.push(Gateway {
                         path: path.clone(),
+                        workspace: parent
+                            .rsplit_once("/gatewaygroups/")
+                            .map_or(parent.clone(), |(workspace, _)| workspace.to_string()),
                         spec,
                     })
                 }),
