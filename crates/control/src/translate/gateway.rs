@@ -54,6 +54,9 @@ impl Server<'_> {
     }
 }
 
+/// By port: whether it is TLS, and its servers.
+type Ports<'c> = BTreeMap<u16, (bool, Vec<Server<'c>>)>;
+
 /// Whether `gateway` runs on workload `w`: its namespace, and all the
 /// selector's labels.
 pub(super) fn selects(gateway: &Gateway, w: &Workload) -> bool {
@@ -136,8 +139,7 @@ pub(super) fn gateway_proxy(
         directory,
         plans,
     };
-    // By port: whether it is TLS, and its servers.
-    let mut ports: BTreeMap<u16, (bool, Vec<Server<'_>>)> = BTreeMap::new();
+    let mut ports: Ports<'_> = BTreeMap::new();
     let mut hosts: BTreeMap<(u16, &str), String> = BTreeMap::new();
     let selected: Vec<&Gateway> = config.gateways.iter().filter(|g| selects(g, w)).collect();
     for &gateway in &selected {
@@ -384,7 +386,7 @@ struct Context<'a, 'c> {
 fn mesh_listener(
     context: &Context<'_, '_>,
     w: &Workload,
-    (ports, gateways): (&BTreeMap<u16, (bool, Vec<Server<'_>>)>, &[&Gateway]),
+    (ports, gateways): (&Ports<'_>, &[&Gateway]),
     services: &mut Services,
     errors: &mut Vec<ConfigError>,
 ) -> Option<GatewayListener> {
