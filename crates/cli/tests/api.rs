@@ -1069,3 +1069,68 @@ async fn nobody_can_remove_the_last_admin() {
     let (_, team) = api(&server, "GET", "/v1/teams/ops", Some(&alice), None).await;
     assert_eq!(team["spec"]["members"], json!(["alice"]));
 }
+
+/// A Gateway with many problems is refused whole, each problem with its
+/// field path, and nothing of the request is stored.
+#[tokio::test]
+async fn a_bad_gateway_is_refused_with_every_problem_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let admin = server.admin_token();
+    let mut gateway_group = group("GatewayGroup", "retail", "shop", "front");
+    gateway_group["spec"] = json!({"namespaceSelector": ["*/app"]});
+    let gateway = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": "ingress", "tenant": "retail", "workspace": "shop", "gatewayGroup": "front"},
+        "spec": {
+            "workloadSelector": {"namespace": "app"},
+            "http": [
+                {"name": "web", "port": 443, "hostname": "shop.example.com",
+                 "tls": {"certificate": "not a name!"},
+                 "routes": [{"to": [{"service": "billing/invoices"}]}]},
+                {"name": "web2", "port": 443, "hostname": "shop.example.com",
+                 "tls": {"certificate": "shop.example.com"},
+                 "routes": [{"to": [{"service": "app/reviews"}], "redirect": {"scheme": "https"}}]},
+                {"name": "plain", "port": 443, "hostname": "other.example.com",
+                 "routes": [{"directResponse": {"status": 200}}]}
+            ],
+            "egress": [{"host": "api.partner.example", "from": [{}]}]
+        }
+    });
+    let refused_fields = async |resources: Vec<Value>| -> Vec<String> {
+        let (status, body) = apply(&server, &admin, resources).await;
+        assert_eq!(status, 422, "{body}");
+        let mut fields: Vec<String> = body["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["field"].as_str().unwrap_or("").to_string())
+            .collect();
+        fields.sort();
+        fields
+    };
+    let base = vec![tenant("retail"), workspace("retail", "shop"), gateway_group];
+    let fields = refused_fields([base.clone(), vec![gateway.clone()]].concat()).await;
+    assert_eq!(
+        fields,
+        [
+            "spec.egress[0].from[0]",
+            "spec.http[0].tls.certificate",
+            "spec.http[1].hostname",
+            "spec.http[1].routes[0]",
+            "spec.http[2].port",
+        ]
+    );
+    // Once well formed, a route to a namespace no workspace selects.
+    let mut gateway = gateway;
+    gateway["spec"]["http"] = json!([{"name": "web", "port": 443, "hostname": "shop.example.com",
+        "tls": {"certificate": "shop.example.com"},
+        "routes": [{"to": [{"service": "app/reviews", "weight": 50}, {"service": "billing/invoices", "weight": 50}]}]}]);
+    gateway["spec"]["egress"] = json!([]);
+    let fields = refused_fields([base, vec![gateway]].concat()).await;
+    assert_eq!(fields, ["spec.http[0].routes[0].to[1].service"]);
+    for path in ["tenants/retail", "tenants/retail/workspaces/shop"] {
+        let (status, _) = api(&server, "GET", &format!("/v1/{path}"), Some(&admin), None).await;
+        assert_eq!(status, 404, "{path} was not stored");
+    }
+}

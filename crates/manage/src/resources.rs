@@ -303,6 +303,7 @@ async fn write(
     }
     if mode != Mode::Delete {
         problems.extend(check_against_parents(state, &valid).await?);
+        problems.extend(check_gateway_targets(state, &valid).await?);
     }
     if !problems.is_empty() {
         let documents = problems
@@ -470,6 +471,72 @@ async fn store_apply(
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// A Gateway route to a service in a namespace that no workspace selects
+/// (stored, or in the same request) can never reach anything: refused.
+/// A service not deployed yet in a selected namespace is fine: manifests
+/// may come before workloads.
+async fn check_gateway_targets(
+    state: &AppState,
+    valid: &[(usize, Validated)],
+) -> Result<Vec<Detail>, ApiError> {
+    let gateways: Vec<&(usize, Validated)> = valid
+        .iter()
+        .filter(|(_, v)| v.kind.id == weft_api::KindId::Gateway)
+        .collect();
+    if gateways.is_empty() {
+        return Ok(Vec::new());
+    }
+    let selector = |spec: &Value| -> Vec<String> {
+        spec.get("namespaceSelector")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let mut selectors: Vec<String> = valid
+        .iter()
+        .filter(|(_, v)| v.kind.id == weft_api::KindId::Workspace)
+        .flat_map(|(_, v)| selector(&v.resource.spec))
+        .collect();
+    for stored in state.store.list("Workspace").await? {
+        selectors.extend(selector(&stored.resource.spec));
+    }
+    let selected = |namespace: &str| {
+        selectors.iter().any(|entry| {
+            entry
+                .split_once('/')
+                .is_some_and(|(_, ns)| ns == namespace || ns == "*")
+        })
+    };
+    let mut problems = Vec::new();
+    for (i, v) in gateways {
+        let Ok(spec) =
+            serde_json::from_value::<weft_api::gateway::GatewaySpec>(v.resource.spec.clone())
+        else {
+            continue;
+        };
+        let mut p = Problems::default();
+        for (s, server) in spec.http.iter().enumerate() {
+            for (r, route) in server.routes.iter().enumerate() {
+                for (t, target) in route.to.iter().enumerate() {
+                    let Ok((namespace, name)) = weft_api::gateway::parse_service(&target.service)
+                    else {
+                        continue;
+                    };
+                    if !selected(namespace) {
+                        p.add(
+                            format!("spec.http[{s}].routes[{r}].to[{t}].service"),
+                            format!(
+                                "no service {namespace}/{name} can exist: no workspace selects namespace {namespace}; apply its Workspace first (or in the same request)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        problems.extend(details(*i, &v.path, p));
+    }
+    Ok(problems)
 }
 
 /// Runs each kind's check against its parent (a group's namespaces must lie
