@@ -408,6 +408,9 @@ pub struct ProxyReport {
     pub namespace: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `sidecar`, `eastwest` or `gateway`; left out for a sidecar.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
     pub address: String,
     pub connected: bool,
     /// Accepted version per resource type (cds, eds, lds, rds).

@@ -413,6 +413,8 @@ spec:
         allow: [{{sources: [10.0.0.0/8]}}]
       routes:
         - to: [{{service: shop/ratings}}]
+  tcp:
+    - {{name: db, port: 5432, service: shop/ratings}}
 "
     )
 }
@@ -671,6 +673,36 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
     eprintln!("certificate replaced under load: {ok} requests ok, {failed} failed");
     assert!(ok > 20, "the load ran: {ok}");
     assert_eq!(failed, 0);
+
+    // `weft get gateways` shows the servers, the instance running them,
+    // and what the edge could not translate, by field.
+    let gateway_status = async || -> Value {
+        let run = mesh
+            .server
+            .weft(&mesh.admin, &["get", "gateways", "-o", "json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let list: Value = serde_json::from_str(&run.stdout).unwrap();
+        let items = list.as_array().cloned().unwrap_or_default();
+        items
+            .into_iter()
+            .find(|g| g["metadata"]["name"] == "ingress")
+            .map(|g| g["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    until(
+        "weft get gateways shows the running instance",
+        Duration::from_secs(20),
+        async || gateway_status().await["instances"]["east"][0]["inSync"] == true,
+    )
+    .await;
+    let status = gateway_status().await;
+    assert_eq!(
+        status["instances"]["east"][0]["node"], "ingress-1",
+        "{status}"
+    );
+    assert_eq!(status["servers"].as_array().unwrap().len(), 6, "{status}");
+    assert_eq!(status["errors"][0]["field"], "spec.tcp", "{status}");
+    assert_eq!(status["errors"][0]["cluster"], "east", "{status}");
 
     // The gateway's requests are in its log, with their verdicts.
     let log = std::fs::read_to_string(mesh.dir.path().join("ingress-1.log")).unwrap();

@@ -245,3 +245,70 @@ pub fn cluster_status(report: Option<&EdgeReport>) -> serde_json::Value {
         "directory": status.directory,
     })
 }
+
+/// The `status` shown on a Gateway: its servers, the gateway proxies
+/// each cluster's edge reports running it (connected, in sync, or what
+/// they refused), and the problems edges found translating it, with
+/// their field paths.
+pub fn gateway_status(
+    reports: &[EdgeReport],
+    path: &str,
+    gateway: &weft_api::Resource,
+) -> serde_json::Value {
+    let spec: Option<weft_api::gateway::GatewaySpec> =
+        serde_json::from_value(gateway.spec.clone()).ok();
+    let Some(spec) = spec else {
+        return serde_json::json!({});
+    };
+    let selector = &spec.workload_selector;
+    let mut servers = Vec::new();
+    for server in &spec.http {
+        let tls = match &server.tls {
+            None => "none",
+            Some(tls) if tls.client_ca.is_some() => "mutual",
+            Some(_) => "simple",
+        };
+        servers.push(serde_json::json!({
+            "name": server.name, "port": server.port, "hostname": server.hostname, "tls": tls,
+        }));
+    }
+    for egress in &spec.egress {
+        servers.push(serde_json::json!({"egress": egress.host, "port": egress.port()}));
+    }
+    let mut instances = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for report in reports {
+        let status: EdgeStatus = serde_json::from_str(&report.status).unwrap_or_default();
+        let running: Vec<serde_json::Value> = status
+            .proxies
+            .iter()
+            .filter(|p| {
+                p.role == "gateway"
+                    && p.namespace == selector.namespace
+                    && selector
+                        .labels
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .map(|p| {
+                serde_json::json!({
+                    "node": p.node, "address": p.address, "connected": p.connected,
+                    "inSync": p.in_sync, "nack": p.nack,
+                })
+            })
+            .collect();
+        if !running.is_empty() {
+            instances.insert(report.cluster.clone(), running.into());
+        }
+        for e in status.errors.iter().filter(|e| e.path == path) {
+            errors.push(serde_json::json!({
+                "cluster": report.cluster, "field": e.field, "message": e.message,
+            }));
+        }
+    }
+    serde_json::json!({
+        "servers": servers,
+        "instances": instances,
+        "errors": errors,
+    })
+}

@@ -83,7 +83,7 @@ pub async fn read(
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("{path} does not exist")))?;
             let mut items = vec![stored.resource];
-            with_edge_status(&state, kind.name, &mut items).await?;
+            with_edge_status(&state, kind.name, &mut items, &[path]).await?;
             Ok(Json(
                 serde_json::to_value(&items[0]).expect("a resource serializes"),
             ))
@@ -92,16 +92,16 @@ pub async fn read(
             // Read before listing: a watch from here may repeat a change
             // the list already shows, but never misses one.
             let revision = state.store.revision().await?;
-            let mut items: Vec<weft_api::Resource> = state
+            let (paths, mut items): (Vec<String>, Vec<weft_api::Resource>) = state
                 .store
                 .list(kind.name)
                 .await?
                 .into_iter()
                 .filter(|s| parent.as_ref().is_none_or(|p| &s.parent == p))
                 .filter(|s| caller.can(Verb::Read, kind.name, &s.path))
-                .map(|s| s.resource)
-                .collect();
-            with_edge_status(&state, kind.name, &mut items).await?;
+                .map(|s| (s.path, s.resource))
+                .unzip();
+            with_edge_status(&state, kind.name, &mut items, &paths).await?;
             Ok(Json(
                 serde_json::to_value(List { items, revision }).expect("a list serializes"),
             ))
@@ -109,19 +109,25 @@ pub async fn read(
     }
 }
 
-/// Clusters carry their edge's last report as `status`.
+/// Clusters carry their edge's last report as `status`; Gateways, what
+/// the edges report of the gateways running them.
 async fn with_edge_status(
     state: &AppState,
     kind: &str,
     items: &mut [weft_api::Resource],
+    paths: &[String],
 ) -> Result<(), ApiError> {
-    if kind != "Cluster" {
+    if kind != "Cluster" && kind != "Gateway" {
         return Ok(());
     }
     let reports = state.store.edge_reports().await?;
-    for item in items {
-        let report = reports.iter().find(|r| r.cluster == item.metadata.name);
-        item.status = Some(crate::edges::cluster_status(report));
+    for (item, path) in items.iter_mut().zip(paths) {
+        item.status = Some(if kind == "Cluster" {
+            let report = reports.iter().find(|r| r.cluster == item.metadata.name);
+            crate::edges::cluster_status(report)
+        } else {
+            crate::edges::gateway_status(&reports, path, item)
+        });
     }
     Ok(())
 }

@@ -293,6 +293,10 @@ impl Edge {
                     service: w.service.clone(),
                     namespace: w.namespace.clone(),
                     labels: w.labels.clone(),
+                    role: match w.role {
+                        weft_agent::workload::Role::Sidecar => String::new(),
+                        role => role.as_str().to_string(),
+                    },
                     address: format!("{}:{}", w.address, w.port),
                     connected,
                     acked: status
