@@ -1,0 +1,320 @@
+//! Requests per second and latency through the ingress gateway, against
+//! the same call through a client's sidecar.
+//!
+//! A real `weft server`, `weft edge`, one `reviews` instance (its sidecar
+//! and a `weft x echo` app), a client sidecar and a `weft gateway` with a
+//! plain-HTTP and an HTTPS server to reviews, all on loopback. Each path
+//! gets the same fixed load (open loop: requests start on schedule
+//! whether or not earlier ones finished), in interleaved rounds so that
+//! the machine's noise falls on all of them alike; the achieved rate and
+//! p50/p99 latency of each are printed.
+//!
+//! `cargo bench -p weft --bench gateway` (WEFT_BENCH_RATE, WEFT_BENCH_SECONDS
+//! change the load).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::mesh::{Edge, credential, sidecar, with_echo_app};
+use support::{Proc, Server, WEFT, envoy, free_port, until, write};
+
+const MANIFEST: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east}
+spec: {region: us-east-1}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Tenant
+metadata: {name: retail}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: shop, tenant: retail}
+spec: {namespaceSelector: [east/shop]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: workspace-calls, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{sameWorkspace: true}]}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: GatewayGroup
+metadata: {name: front, tenant: retail, workspace: shop}
+spec: {namespaceSelector: [east/shop]}
+";
+
+fn gateway(http: u16, https: u16) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: ingress, tenant: retail, workspace: shop, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: shop, labels: {{app: ingress}}}}
+  http:
+    - name: plain
+      port: {http}
+      hostname: shop.example.com
+      routes: [{{to: [{{service: shop/reviews}}]}}]
+    - name: secure
+      port: {https}
+      hostname: shop.example.com
+      tls: {{certificate: shop.example.com}}
+      routes: [{{to: [{{service: shop/reviews}}]}}]
+"
+    )
+}
+
+/// One path under test: how to build its requests.
+struct Path {
+    name: &'static str,
+    client: reqwest::Client,
+    url: String,
+    host: &'static str,
+}
+
+/// Latencies of the requests that succeeded, and how many failed.
+struct Round {
+    latencies: Vec<Duration>,
+    failed: usize,
+    elapsed: Duration,
+}
+
+/// `rate` requests per second for `seconds`, started on schedule.
+async fn load(path: &Path, rate: u32, seconds: u64) -> Round {
+    let total = rate as u64 * seconds;
+    let every = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + every * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let request = path.client.get(&path.url).header("host", path.host);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            match request.send().await {
+                Ok(r) if r.status() == 200 => r.bytes().await.ok().map(|_| sent.elapsed()),
+                _ => None,
+            }
+        }));
+    }
+    let mut round = Round {
+        latencies: Vec::new(),
+        failed: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        match task.await.ok().flatten() {
+            Some(latency) => round.latencies.push(latency),
+            None => round.failed += 1,
+        }
+    }
+    round.elapsed = started.elapsed();
+    round
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rate: u32 = std::env::var("WEFT_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    weft_identity::tls::install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), None);
+    let admin = server.admin_token();
+    let (http_port, https_port) = (free_port(), free_port());
+    let manifest = write(
+        dir.path(),
+        "mesh.yaml",
+        &format!("{MANIFEST}---\n{}", gateway(http_port, https_port)),
+    );
+    assert_eq!(server.weft(&admin, &["apply", "-f", &manifest]).code, 0);
+    let http = reqwest::Client::new();
+    let edge_credential = credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);
+    let mut edge = Edge::new("east", dir.path(), &[]);
+    edge.start(&server.edge_url, &edge_credential, &http).await;
+
+    // A certificate for the HTTPS server, from a throwaway CA.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    let certificates = dir.path().join("certificates");
+    std::fs::create_dir(&certificates).unwrap();
+    write(&certificates, "shop.example.com.crt", &leaf.pem());
+    let key_file = write(&certificates, "shop.example.com.key", &key.serialize_pem());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    let mut processes = Vec::new();
+    let account = |name: &str| {
+        credential(
+            Some(&server),
+            &admin,
+            dir.path(),
+            name,
+            "east",
+            &["--namespace", "shop", "--service-account", name],
+        )
+    };
+    let reviews = account("reviews");
+    let mut command = sidecar(
+        "reviews-1",
+        "reviews",
+        "reviews",
+        edge.xds_port,
+        &reviews,
+        &dir.path().join("reviews.log"),
+    );
+    command
+        .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+        .args(["--outbound-port", &free_port().to_string()]);
+    with_echo_app(&mut command, "reviews", "reviews-1", Some("v1"));
+    processes.push(Proc(command.spawn().unwrap()));
+    let client = account("client");
+    let outbound = free_port();
+    let mut command = sidecar(
+        "client-1",
+        "client",
+        "client",
+        edge.xds_port,
+        &client,
+        &dir.path().join("client.log"),
+    );
+    command
+        .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+        .args(["--outbound-port", &outbound.to_string()]);
+    processes.push(Proc(command.spawn().unwrap()));
+    let ingress = credential(
+        Some(&server),
+        &admin,
+        dir.path(),
+        "ingress",
+        "east",
+        &["--namespace", "shop", "--gateway", "ingress"],
+    );
+    let gateway = std::process::Command::new(WEFT)
+        .args(["gateway", "--name", "ingress", "--namespace", "shop"])
+        .args(["--label", "app=ingress", "--node-id", "ingress-1"])
+        .arg("--certificates")
+        .arg(&certificates)
+        .args(["--edge", &format!("127.0.0.1:{}", edge.xds_port)])
+        .arg("--credential-file")
+        .arg(&ingress)
+        .arg("--envoy")
+        .arg(envoy())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("ingress.log")).unwrap())
+        .spawn()
+        .unwrap();
+    processes.push(Proc(gateway));
+
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = pem::parse(&ca_pem).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            ca_der.contents().to_vec(),
+        ))
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let paths = [
+        Path {
+            name: "client sidecar -> reviews sidecar",
+            client: reqwest::Client::new(),
+            url: format!("http://127.0.0.1:{outbound}/"),
+            host: "reviews",
+        },
+        Path {
+            name: "gateway (HTTP) -> reviews sidecar",
+            client: reqwest::Client::new(),
+            url: format!("http://127.0.0.1:{http_port}/"),
+            host: "shop.example.com",
+        },
+        Path {
+            name: "gateway (HTTPS) -> reviews sidecar",
+            client: reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .resolve("shop.example.com", local)
+                .build()
+                .unwrap(),
+            url: format!("https://shop.example.com:{https_port}/"),
+            host: "shop.example.com",
+        },
+    ];
+    for path in &paths {
+        until(path.name, Duration::from_secs(60), async || {
+            path.client
+                .get(&path.url)
+                .header("host", path.host)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    println!(
+        "fixed load: {rate} requests/s for {seconds} s per round, 2 rounds per path, interleaved"
+    );
+    let mut results: Vec<Vec<Round>> = paths.iter().map(|_| Vec::new()).collect();
+    for _ in 0..2 {
+        for (i, path) in paths.iter().enumerate() {
+            results[i].push(load(path, rate, seconds).await);
+        }
+    }
+    println!(
+        "{:<40} {:>10} {:>8} {:>10} {:>10}",
+        "path", "req/s", "failed", "p50", "p99"
+    );
+    for (path, rounds) in paths.iter().zip(results) {
+        let mut latencies: Vec<Duration> =
+            rounds.iter().flat_map(|r| r.latencies.clone()).collect();
+        latencies.sort();
+        let ok = latencies.len();
+        let failed: usize = rounds.iter().map(|r| r.failed).sum();
+        let elapsed: Duration = rounds.iter().map(|r| r.elapsed).sum();
+        println!(
+            "{:<40} {:>10.0} {:>8} {:>10.2?} {:>10.2?}",
+            path.name,
+            ok as f64 / elapsed.as_secs_f64(),
+            failed,
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+        );
+    }
+    drop(processes);
+    drop(edge);
+    server.stop();
+}
