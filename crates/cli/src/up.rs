@@ -575,6 +575,7 @@ async fn start_multi_cluster(
     } = start_control_plane(mesh, data, args, MULTI_CLUSTER_MESH).await?;
     let mut edges = Vec::new();
     let mut reviews_pids = Vec::new();
+    let mut ingress_pid = 0;
     for (i, (cluster, net)) in CLUSTERS.into_iter().enumerate() {
         let name = |what: &str| format!("{cluster}-{what}");
         let edge_token =
@@ -613,6 +614,36 @@ async fn start_multi_cluster(
         let pid = mesh.start(&instance, "sidecar", command)?.pid();
         reviews_pids.push((instance, pid.unwrap_or_default()));
         let mut proxies = 2;
+        // The front door: the tier-1 gateway in the first cluster, an
+        // ingress gateway in the others.
+        let (gateway, tier) = if i == 0 {
+            ("tier1", "tier1")
+        } else {
+            ("ingress", "ingress")
+        };
+        let gateway_token = credential(
+            &client,
+            credentials,
+            cluster,
+            &name(gateway),
+            Holder::Gateway(NAMESPACE, gateway),
+        )
+        .await?;
+        let mut command = words(&["gateway", "--name", gateway, "--namespace", NAMESPACE]);
+        command.extend(words(&["--label", &format!("tier={tier}")]));
+        command.extend(words(&["--node-id", &name(gateway), "--edge", &edge]));
+        command.extend(words(&["--listen-address", &format!("127.0.{net}.20")]));
+        if i > 0 {
+            command.extend(words(&["--mesh-port", "15008"]));
+        }
+        command.extend(["--credential-file".into(), gateway_token.into()]);
+        command.extend(["--envoy".into(), envoy.into()]);
+        command.extend(["--runtime-dir".into(), mesh.runtime().into()]);
+        let pid = mesh.start(&name(gateway), "gateway", command)?.pid();
+        if i == 1 {
+            ingress_pid = pid.unwrap_or_default();
+        }
+        proxies += 1;
         if i == 0 {
             let client_token = credential(
                 &client,
@@ -653,7 +684,8 @@ async fn start_multi_cluster(
 weft up: three clusters are ready: east-1 and east-2 in region east, west-1 in region west.
   server   {url}   (admin token: {token})
   edges    {statuses}
-  gateways 127.0.1.1:15443, 127.0.2.1:15443, 127.0.3.1:15443 (east-west, TLS passed through)
+  gateways 127.0.1.1:15443, 127.0.2.1:15443, 127.0.3.1:15443 (east-west, TLS passed through);
+           tier-1 127.0.1.20:8080; ingress 127.0.2.20:8080, 127.0.3.20:8080
   services reviews in every cluster; a client in east-1
   logs     {logs}
 
@@ -664,6 +696,10 @@ Stop east-1's reviews, and calls go to {same_region} in east-2 (same region), wi
   (kill -9 instead is a crash: weft up starts it again, and calls come back to east-1)
 Stop east-2's too, and they go to {other_region} in west-1:
   kill {same_region_pid}
+A tier-1 gateway in east-1 splits shop.weft.local 80/20 between the ingress gateways of east-2 and west-1:
+  curl -H 'Host: shop.weft.local' http://127.0.1.20:8080/
+Stop east-2's ingress gateway, and all of it goes to west-1, with no failed request:
+  kill {ingress_pid}
 See what each edge knows of the others: curl the status URLs above (\"directory\").
 Configuration: {manifest}; export WEFT_SERVER={url} WEFT_TOKEN=$(cat {token})
 Stop with Ctrl-C.",

@@ -781,12 +781,61 @@ async fn weft_up_runs_three_clusters_and_shows_failover() {
         .filter_map(|l| l.trim().strip_prefix("kill "))
         .map(str::to_string)
         .collect();
-    assert_eq!(pids.len(), 2, "{printed}");
+    assert_eq!(pids.len(), 3, "{printed}");
     weft_identity::tls::install_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+
+    // The tier-1 gateway, as printed: both clusters answer; with east-2's
+    // ingress gateway stopped, only west-1 does.
+    let tier1 = async || -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..40 {
+            let answered = http
+                .get("http://127.0.1.20:8080/")
+                .header("host", "shop.weft.local")
+                .send()
+                .await;
+            let who = match answered {
+                Ok(r) if r.status() == 200 => {
+                    let body: Value = r.json().await.unwrap_or_default();
+                    body["instance"].as_str().unwrap_or("?").to_string()
+                }
+                Ok(r) => format!("status {}", r.status()),
+                Err(_) => "no answer".to_string(),
+            };
+            *seen.entry(who).or_default() += 1;
+        }
+        seen
+    };
+    assert!(
+        printed.contains("curl -H 'Host: shop.weft.local' http://127.0.1.20:8080/"),
+        "{printed}"
+    );
+    until(
+        "the tier-1 gateway reaches east-2 and west-1",
+        Duration::from_secs(60),
+        async || {
+            let seen = tier1().await;
+            seen.contains_key("reviews-east-2") && seen.contains_key("reviews-west-1")
+        },
+    )
+    .await;
+    assert!(
+        Command::new("kill")
+            .arg(&pids[2])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until(
+        "all tier-1 traffic goes to west-1",
+        Duration::from_secs(60),
+        async || tier1().await.keys().collect::<Vec<_>>() == ["reviews-west-1"],
+    )
+    .await;
     let answers_from = async |instance: &str| -> bool {
         for _ in 0..5 {
             let answered = http
