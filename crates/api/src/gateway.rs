@@ -335,8 +335,10 @@ fn check_cidr(value: &str, at: &str, problems: &mut Problems) {
 enum PortUse {
     /// Plain HTTP, dispatched by Host.
     Http,
-    /// TLS, dispatched by SNI (terminated or passed through).
+    /// TLS terminated here, dispatched by SNI.
     Tls,
+    /// TLS passed through, dispatched by SNI.
+    Passthrough,
     /// The whole port to one service.
     Tcp,
 }
@@ -345,7 +347,8 @@ impl PortUse {
     fn describe(self) -> &'static str {
         match self {
             PortUse::Http => "plain HTTP",
-            PortUse::Tls => "TLS",
+            PortUse::Tls => "TLS terminated here",
+            PortUse::Passthrough => "TLS passed through",
             PortUse::Tcp => "TCP",
         }
     }
@@ -478,7 +481,7 @@ impl Spec for GatewaySpec {
             ports.claim(
                 server.port,
                 Some(&server.hostname),
-                PortUse::Tls,
+                PortUse::Passthrough,
                 &here,
                 problems,
             );

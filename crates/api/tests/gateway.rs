@@ -67,7 +67,7 @@ fn a_full_gateway_is_accepted_in_its_gateway_group() {
             },
             https("wildcard", "*.example.com")
         ],
-        "tlsPassthrough": [{"name": "db", "port": 443, "hostname": "db.example.com", "service": "data/postgres"}],
+        "tlsPassthrough": [{"name": "db", "port": 8443, "hostname": "db.example.com", "service": "data/postgres"}],
         "tcp": [{"name": "mqtt", "port": 1883, "service": "iot/broker"}]
     }));
     let validated = validate(&manifest).unwrap_or_else(|p| panic!("{p:#?}"));
@@ -103,23 +103,28 @@ fn bad_gateways_name_every_problem() {
             ],
         ),
         (
-            "plain HTTP, TLS and TCP cannot share a port",
+            "plain HTTP, TLS terminated, TLS passed through and TCP cannot share a port",
             gateway(json!({
                 "workloadSelector": selector(),
                 "http": [
                     https("secure", "shop.example.com"),
                     {"name": "plain", "port": 443, "hostname": "other.example.com", "routes": [{"to": [{"service": "shop/reviews"}]}]}
                 ],
+                "tlsPassthrough": [{"name": "vault", "port": 443, "hostname": "vault.example.com", "service": "shop/vault"}],
                 "tcp": [{"name": "raw", "port": 443, "service": "shop/db"}]
             })),
             vec![
                 (
                     "spec.http[1].port",
-                    "port 443 is taken by spec.http[0] (TLS)",
+                    "port 443 is taken by spec.http[0] (TLS terminated here)",
+                ),
+                (
+                    "spec.tlsPassthrough[0].port",
+                    "port 443 is taken by spec.http[0] (TLS terminated here); TLS passed through",
                 ),
                 (
                     "spec.tcp[0].port",
-                    "port 443 is taken by spec.http[0] (TLS); TCP",
+                    "port 443 is taken by spec.http[0] (TLS terminated here); TCP",
                 ),
             ],
         ),

@@ -164,6 +164,7 @@ fn client(ca: &str, identity: Option<(&str, &str)>, fresh_connections: bool) -> 
         "partners.example.com",
         "api.example.com",
         "internal.example.com",
+        "vault.example.com",
     ] {
         builder = builder.resolve(host, local);
     }
@@ -253,6 +254,34 @@ impl GatewayMesh {
         let file = write(self.dir.path(), "apply.yaml", yaml);
         let run = self.server.weft(&self.admin, &["apply", "-f", &file]);
         assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    /// An instance of `service` in `shop` whose app is `app` (listening
+    /// on `app_port`).
+    fn workload_running(&mut self, service: &str, node: &str, app_port: u16, app: &[&str]) {
+        let credential = credential(
+            Some(&self.server),
+            &self.admin,
+            self.dir.path(),
+            service,
+            "east",
+            &["--namespace", "shop", "--service-account", service],
+        );
+        let log = self.dir.path().join(format!("{node}.log"));
+        let mut command = support::mesh::sidecar(
+            node,
+            service,
+            service,
+            self.edge.xds_port,
+            &credential,
+            &log,
+        );
+        command
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--outbound-port", &free_port().to_string()])
+            .args(["--app-port", &app_port.to_string(), "--"])
+            .args(app);
+        self.processes.push(Proc(command.spawn().unwrap()));
     }
 
     /// An instance of `service` in `shop` with an echo app.
@@ -796,4 +825,97 @@ spec:
             .contains("gateways/egress#spec.egress[0]"),
         "the refusal names the rule: {body}"
     );
+}
+
+/// Relays: a `tcp` server carries bytes to a service (HTTP here, unread
+/// by the gateway), and a `tlsPassthrough` server hands the client's TLS
+/// to a service that terminates it itself. Both go inside the mesh's
+/// mutual TLS, and the services' rules on callers hold for them too.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_and_tls_passthrough_servers_relay_to_services() {
+    let mut mesh = GatewayMesh::start().await;
+    let (tcp_port, tls_port) = (free_port(), free_port());
+    mesh.apply(&format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: relay, tenant: retail, workspace: edge, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
+  tcp:
+    - {{name: db, port: {tcp_port}, service: shop/db}}
+  tlsPassthrough:
+    - {{name: vault, port: {tls_port}, hostname: vault.example.com, service: shop/vault}}
+"
+    ));
+    mesh.workload("db", "db-1", "v1");
+    // vault terminates TLS itself, with its own certificate.
+    let (cert, key, vault_der) = mesh.ca.leaf(&["vault.example.com"], false);
+    let cert_file = write(mesh.dir.path(), "vault.crt", &cert);
+    let key_file = write(mesh.dir.path(), "vault.key", &key);
+    let vault_app = free_port();
+    let accept = format!("127.0.0.1:{vault_app}");
+    mesh.workload_running(
+        "vault",
+        "vault-1",
+        vault_app,
+        &[
+            "openssl", "s_server", "-quiet", "-www", "-accept", &accept, "-cert", &cert_file,
+            "-key", &key_file,
+        ],
+    );
+    mesh.gateway("ingress", "edge", None);
+    mesh.until_in_sync(3).await;
+
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let db = async || {
+        plain
+            .get(format!("http://127.0.0.1:{tcp_port}/rows"))
+            .header("host", "db")
+            .send()
+            .await
+    };
+    // Every proxy runs its configuration: the services' sidecars refuse
+    // the gateway's connections until a SecuritySetting allows it.
+    for _ in 0..5 {
+        let refused = db().await;
+        assert!(
+            refused.as_ref().map_or(true, |r| r.status() != 200),
+            "{refused:?}"
+        );
+    }
+    mesh.apply(GATEWAY_ALLOWED);
+    until(
+        "the gateway relays TCP to db",
+        Duration::from_secs(30),
+        async || db().await.is_ok_and(|r| r.status() == 200),
+    )
+    .await;
+    let body: Value = db().await.unwrap().json().await.unwrap();
+    assert_eq!(body["instance"], "db-1", "{body}");
+    assert_eq!(body["path"], "/rows");
+    assert!(
+        body["headers"].get("x-forwarded-client-cert").is_none(),
+        "bytes are relayed, not rewritten: {body}"
+    );
+
+    // The client's TLS reaches vault unopened: vault's own certificate.
+    let outside = client(&mesh.ca.pem, None, false);
+    let vault = format!("https://vault.example.com:{tls_port}/");
+    let mut served = None;
+    until(
+        "vault answers through the passthrough server",
+        Duration::from_secs(30),
+        async || match outside.get(&vault).send().await {
+            Ok(response) if response.status() == 200 => {
+                served = served_certificate(&response);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    assert_eq!(served.as_deref(), Some(vault_der.as_slice()));
 }

@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::SystemRootCerts;
 
 use super::convert::{ads, duration, load_assignment, string_matcher, uint};
-use super::{Cluster, ExternalHost, FixedHost, LbPolicy, Mtls, SocketAddr};
+use super::{Cluster, ExternalHost, FixedHost, LbPolicy, SocketAddr};
 
 impl Cluster {
     pub(super) fn to_xds(&self) -> XdsCluster {
@@ -145,7 +145,9 @@ impl Cluster {
             },
             transport_socket: match external {
                 Some(external) => external.tls.then(|| external.upstream_tls()),
-                None => mtls.as_ref().map(Mtls::upstream),
+                // Bytes relayed with the mesh's mutual TLS: a gateway's
+                // TCP to a sidecar.
+                None => mtls.as_ref().map(|m| m.upstream(*passthrough)),
             },
             // A name with both kinds of address (`localhost`) reaches
             // what listens on IPv4 first.

@@ -30,9 +30,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
 
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+
 use super::convert::{ads, socket};
-use super::rbac::authorization_filters;
-use super::{JwtCheck, Listener, Mtls, SniListener};
+use super::rbac::{authorization_filters, rbac};
+use super::{JwtCheck, Listener, Mtls, SniListener, TCP_ALPN, TcpInbound};
 
 /// Which listener a request log line comes from.
 #[derive(Clone, Copy)]
@@ -114,6 +117,7 @@ impl Listener {
             mtls,
             authorize,
             jwt,
+            tcp,
         } = self;
         let filters = jwt
             .iter()
@@ -165,7 +169,66 @@ impl Listener {
             });
             listener.listener_filters = vec![tls_inspector()];
         }
+        if let (Some(tcp), Some(mtls)) = (tcp, mtls) {
+            // First: the ALPN a gateway offers for raw TCP picks it.
+            listener.filter_chains.insert(
+                0,
+                FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        transport_protocol: "tls".into(),
+                        application_protocols: vec![TCP_ALPN.into()],
+                        ..Default::default()
+                    }),
+                    filters: tcp.filters(name),
+                    transport_socket: Some(mtls.downstream()),
+                    ..Default::default()
+                },
+            );
+            listener.listener_filters = vec![tls_inspector()];
+        }
         listener
+    }
+}
+
+impl TcpInbound {
+    /// Network RBAC (deny, then allow) on the caller's verified identity,
+    /// then the relay to the app.
+    fn filters(&self, listener: &str) -> Vec<Filter> {
+        let by_caller = |rules: &[super::AccessRule]| -> Vec<super::AccessRule> {
+            rules
+                .iter()
+                .filter(|r| r.requests.is_empty() && r.claims.is_empty())
+                .cloned()
+                .collect()
+        };
+        let rbac = |name: &str, action, rules: Vec<super::AccessRule>| Filter {
+            name: name.into(),
+            config_type: Some(ConfigType::TypedConfig(pack_any(NetworkRbac {
+                rules: Some(rbac(action, &rules)),
+                stat_prefix: format!("{listener}_tcp_"),
+                ..Default::default()
+            }))),
+        };
+        vec![
+            rbac(
+                "weft.tcp.deny",
+                RbacAction::Deny,
+                by_caller(&self.authorization.deny),
+            ),
+            rbac(
+                "weft.tcp.allow",
+                RbacAction::Allow,
+                by_caller(&self.authorization.allow),
+            ),
+            Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(ConfigType::TypedConfig(pack_any(TcpProxy {
+                    stat_prefix: format!("{listener}_tcp"),
+                    cluster_specifier: Some(TcpClusterSpecifier::Cluster(self.cluster.clone())),
+                    ..Default::default()
+                }))),
+            },
+        ]
     }
 }
 
@@ -188,10 +251,11 @@ impl SniListener {
             address,
             routes,
         } = self;
+        let by_name = routes.keys().any(|sni| !sni.is_empty());
         let filter_chains = routes
             .iter()
             .map(|(sni, cluster)| FilterChain {
-                filter_chain_match: Some(FilterChainMatch {
+                filter_chain_match: (!sni.is_empty()).then(|| FilterChainMatch {
                     server_names: vec![sni.clone()],
                     transport_protocol: "tls".into(),
                     ..Default::default()
@@ -211,7 +275,11 @@ impl SniListener {
             name: name.clone(),
             address: Some(socket(address)),
             filter_chains,
-            listener_filters: vec![tls_inspector()],
+            listener_filters: if by_name {
+                vec![tls_inspector()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         }
     }

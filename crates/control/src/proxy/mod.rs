@@ -22,8 +22,11 @@ use std::sync::Arc;
 
 use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
 
-/// Where a proxy gets its certificate and trust bundle: the SDS server of
-/// its own `weft sidecar`, over a Unix socket, by these secret names.
+/// The ALPN protocol a gateway offers when it relays raw TCP to a
+/// sidecar: the sidecar's inbound listener sends such connections to the
+/// app as they are, not through HTTP routing.
+pub const TCP_ALPN: &str = "weft-tcp";
+
 /// Everything one proxy is sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,12 +105,14 @@ pub struct ScopedJwt {
 /// A listener that sends each TLS connection, unopened, to the cluster its
 /// SNI names: the workload's own mTLS goes end to end, so the callee sees
 /// the caller's identity. A name it does not know gets no connection.
+/// A gateway's `tcp` server is the one route with an empty name: every
+/// connection, TLS or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SniListener {
     pub name: String,
     pub address: SocketAddr,
-    /// SNI → cluster.
+    /// SNI (exact or `*.domain`) → cluster.
     pub routes: BTreeMap<String, String>,
 }
 
@@ -265,6 +270,20 @@ pub struct Listener {
     /// End-user tokens checked before authorization.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtCheck>,
+    /// Raw TCP from gateways (their `tcp` and `tlsPassthrough` servers),
+    /// told apart by [`TCP_ALPN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpInbound>,
+}
+
+/// Raw TCP relayed to `cluster` (the app) from the callers
+/// `authorization` lets in: its rules on callers alone (rules on requests
+/// or claims cannot judge bytes, and match no connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpInbound {
+    pub cluster: String,
+    pub authorization: Authorization,
 }
 
 /// End-user JWT checks: a token present is checked on every request

@@ -57,12 +57,18 @@ impl Mtls {
         }
     }
 
-    pub(super) fn upstream(&self) -> TransportSocket {
+    /// To a sidecar; with `raw_tcp`, offering [`super::TCP_ALPN`] so that
+    /// it relays the bytes to its app.
+    pub(super) fn upstream(&self, raw_tcp: bool) -> TransportSocket {
+        let mut common = self.common();
+        if raw_tcp {
+            common.alpn_protocols = vec![super::TCP_ALPN.into()];
+        }
         TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(TransportSocketConfig::TypedConfig(pack_any(
                 UpstreamTlsContext {
-                    common_tls_context: Some(self.common()),
+                    common_tls_context: Some(common),
                     sni: self.sni.clone().unwrap_or_default(),
                     ..Default::default()
                 },

@@ -21,6 +21,7 @@ use weft_api::gateway::{
 use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
+use super::relay::{relays, tcp_targets};
 use super::resilience::{millis, parse_duration};
 use super::routing::request_match;
 use super::security::token_check;
@@ -82,6 +83,7 @@ pub(super) fn gateway_targets(config: &Config) -> Vec<ServiceKey> {
             namespace: namespace.to_string(),
             name: name.to_string(),
         })
+        .chain(tcp_targets(config.gateways.iter()))
         .collect()
 }
 
@@ -184,21 +186,6 @@ pub(super) fn gateway_proxy(
                 .1
                 .push(server);
         }
-        for (kind, count) in [
-            ("tlsPassthrough", gateway.spec.tls_passthrough.len()),
-            ("tcp", gateway.spec.tcp.len()),
-        ] {
-            if count > 0 {
-                errors.push(error(
-                    &gateway.path,
-                    &format!("spec.{kind}"),
-                    format!(
-                        "this edge does not serve {kind} servers yet; gateway {} leaves them out",
-                        w.node
-                    ),
-                ));
-            }
-        }
     }
 
     let mut proxy = ProxyConfig::default();
@@ -289,6 +276,11 @@ pub(super) fn gateway_proxy(
     ) {
         proxy.gateways.push(listener);
     }
+    let http_ports: BTreeSet<u16> = servers_by_port.keys().copied().collect();
+    let relays = relays(w, &selected, &http_ports, plans, errors);
+    proxy.passthrough = relays.listeners;
+    services.clusters.extend(relays.clusters);
+    services.endpoints.extend(relays.endpoints);
     proxy.routes.append(&mut services.routes);
     proxy.clusters = services.clusters.into_values().collect();
     proxy.endpoints = services.endpoints.into_values().collect();

@@ -19,6 +19,7 @@ mod gateway;
 mod locality;
 mod parse;
 mod plan;
+mod relay;
 mod resilience;
 mod routing;
 mod security;
@@ -32,13 +33,14 @@ use weft_api::edge::{ConfigError, DirectoryIngress};
 use crate::directory::Directory;
 use crate::proxy::{
     Action, Cluster, Endpoints, FixedHost, Forward, Listener, Mtls, ProxyConfig, Route, RouteMatch,
-    RouteTable, SocketAddr, VirtualHost,
+    RouteTable, SocketAddr, TcpInbound, VirtualHost,
 };
 use weft_agent::workload::{Role, Workload};
 
 use eastwest::eastwest_gateway;
 use egress::{EgressPlan, egress_plans};
 use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
+use relay::tcp_targets;
 use resilience::single_host_cluster;
 use routing::unknown_host;
 use security::InboundPlan;
@@ -204,6 +206,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     }
 
     let exposed = exposure(config, workloads);
+    let tcp_targets = tcp_targets(config.gateways.iter());
     let egress = egress_plans(config, workloads);
     let mut translation = Translation {
         ingress: ingress_entries(&exposed),
@@ -309,6 +312,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 mtls: None,
                 authorize: false,
                 jwt: None,
+                tcp: None,
             });
         }
         if let Some(app_port) = w.app_port {
@@ -345,6 +349,14 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 }),
                 authorize: config.trust_domain.is_some(),
                 jwt: verdict.jwt.clone(),
+                tcp: tcp_targets
+                    .contains(&key)
+                    .then(|| verdict.authorization.clone())
+                    .flatten()
+                    .map(|authorization| TcpInbound {
+                        cluster: LOCAL_APP.into(),
+                        authorization,
+                    }),
             });
             own.routes.push(RouteTable {
                 name: INBOUND.into(),
