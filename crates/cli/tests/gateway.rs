@@ -355,6 +355,9 @@ impl GatewayMesh {
             .args(["gateway", "--name", name, "--namespace", namespace])
             .args(["--label", &format!("app={name}"), "--node-id", &node])
             .args(["--listen-address", "127.0.0.1"])
+            // Other tests run gateways of the same name on this address.
+            .arg("--runtime-dir")
+            .arg(self.dir.path().join("run"))
             .arg("--certificates")
             .arg(&self.certificates)
             .args(["--edge", &format!("127.0.0.1:{}", self.edge.xds_port)])
@@ -442,8 +445,11 @@ spec:
         allow: [{{sources: [10.0.0.0/8]}}]
       routes:
         - to: [{{service: shop/ratings}}]
-  tcp:
-    - {{name: db, port: 5432, service: shop/ratings}}
+    - name: far
+      port: {http}
+      hostname: far.example.com
+      routes:
+        - clusters: [{{name: west}}]
 "
     )
 }
@@ -535,7 +541,21 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
         "{seen:?}"
     );
 
-    // A rewrite the app sees, with the header changes.
+    // A rewrite the app sees, with the header changes (once ratings'
+    // sidecar takes connections: its edge counts it in sync when its
+    // Envoy accepts the configuration, a moment before its certificate
+    // lets the listener serve).
+    until(
+        "ratings answers through the gateway",
+        Duration::from_secs(20),
+        async || {
+            matches!(
+                get(&outside, &format!("{shop}/ratings/0"), &[]).await,
+                Ok((200, _, _))
+            )
+        },
+    )
+    .await;
     let (status, body, _) = get(
         &outside,
         &format!("{shop}/ratings/5?x=1"),
@@ -729,8 +749,11 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
         status["instances"]["east"][0]["node"], "ingress-1",
         "{status}"
     );
-    assert_eq!(status["servers"].as_array().unwrap().len(), 6, "{status}");
-    assert_eq!(status["errors"][0]["field"], "spec.tcp", "{status}");
+    assert_eq!(status["servers"].as_array().unwrap().len(), 7, "{status}");
+    assert_eq!(
+        status["errors"][0]["field"], "spec.http[6].routes[0]",
+        "no cluster west serves far.example.com: {status}"
+    );
     assert_eq!(status["errors"][0]["cluster"], "east", "{status}");
 
     // The gateway's requests are in its log, with their verdicts.

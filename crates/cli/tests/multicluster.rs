@@ -261,6 +261,8 @@ impl World {
             .args(["gateway", "--name", name, "--namespace", "shop"])
             .args(["--label", label, "--node-id", &node])
             .args(["--listen-address", address])
+            .arg("--runtime-dir")
+            .arg(self.dir.path().join("run"))
             .args(["--edge", &format!("127.0.0.1:{}", cluster.edge.xds_port)])
             .arg("--credential-file")
             .arg(&credential)

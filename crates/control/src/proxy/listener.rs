@@ -170,6 +170,14 @@ impl Listener {
             listener.listener_filters = vec![tls_inspector()];
         }
         if let (Some(tcp), Some(mtls)) = (tcp, mtls) {
+            // Envoy picks the most specific chain level by level, and
+            // never falls back to a less specific one: the TLS chain must
+            // name its transport protocol too, or every TLS connection
+            // would end at the raw-TCP chain's ALPN test.
+            listener.filter_chains[0].filter_chain_match = Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            });
             // First: the ALPN a gateway offers for raw TCP picks it.
             listener.filter_chains.insert(
                 0,
