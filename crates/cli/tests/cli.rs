@@ -500,6 +500,13 @@ fn traffic_kinds_follow_their_concern_and_their_parents() {
     let clusters = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/multicluster");
     let spanned = server.weft(&admin, &["apply", "-f", clusters]);
     assert_eq!(spanned.code, 0, "{spanned:?}");
+    // The README's gateway example.
+    let gateway = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gateway");
+    let fronted = server.weft(&admin, &["apply", "-f", gateway]);
+    assert!(
+        fronted.code == 0 && fronted.stdout.contains("gateways/ingress created"),
+        "{fronted:?}"
+    );
     let security = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/security");
     let secured = server.weft(&sam, &["apply", "-f", security]);
     assert!(
