@@ -15,10 +15,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::mesh::{Edge, credential, sidecar, with_echo_app};
+use support::tls::{self, TestCa};
 use support::{Proc, Server, WEFT, envoy, free_port, until, write};
 
 const MANIFEST: &str = "\
@@ -154,23 +154,10 @@ async fn main() {
     edge.start(&server.edge_url, &edge_credential, &http).await;
 
     // A certificate for the HTTPS server, from a throwaway CA.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
-        .unwrap()
-        .signed_by(&key, &rcgen::Issuer::from_params(&ca, &ca_key))
-        .unwrap();
+    let ca = TestCa::new("bench");
     let certificates = dir.path().join("certificates");
     std::fs::create_dir(&certificates).unwrap();
-    write(&certificates, "shop.example.com.crt", &leaf.pem());
-    let key_file = write(&certificates, "shop.example.com.key", &key.serialize_pem());
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    ca.install(&certificates, "shop.example.com", &["shop.example.com"]);
 
     let mut processes = Vec::new();
     let account = |name: &str| {
@@ -235,21 +222,6 @@ async fn main() {
         .unwrap();
     processes.push(Proc(gateway));
 
-    let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_der = pem::parse(&ca_pem).unwrap();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(
-            ca_der.contents().to_vec(),
-        ))
-        .unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let paths = [
         Path {
             name: "client sidecar -> reviews sidecar",
@@ -265,11 +237,7 @@ async fn main() {
         },
         Path {
             name: "gateway (HTTPS) -> reviews sidecar",
-            client: reqwest::Client::builder()
-                .use_preconfigured_tls(tls)
-                .resolve("shop.example.com", local)
-                .build()
-                .unwrap(),
+            client: tls::client(&ca.pem, None, &["shop.example.com"], false),
             url: format!("https://shop.example.com:{https_port}/"),
             host: "shop.example.com",
         },

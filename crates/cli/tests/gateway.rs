@@ -5,8 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::mesh::{Edge, credential, with_echo_app};
+use support::tls::{self, TestCa, served_certificate};
 use support::tokens::Issuer;
 use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
 
@@ -61,117 +61,20 @@ spec:
     allow: [{from: [{serviceAccount: {namespace: edge, name: ingress}}]}]
 ";
 
-/// A certificate authority for the servers' (and clients') certificates.
-struct TestCa {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    pem: String,
-}
+/// The hostnames the tests reach at the gateway.
+const HOSTS: [&str; 7] = [
+    "shop.example.com",
+    "a.apps.example.com",
+    "b.apps.example.com",
+    "partners.example.com",
+    "api.example.com",
+    "internal.example.com",
+    "vault.example.com",
+];
 
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let pem = params.self_signed(&key).unwrap().pem();
-        TestCa { params, key, pem }
-    }
-
-    /// A leaf for `names` (DNS names; a client certificate when `client`):
-    /// its PEM, key PEM and DER.
-    fn leaf(&self, names: &[&str], client: bool) -> (String, String, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-
-    /// Writes a server certificate as the gateway reads it: `NAME.crt`
-    /// and `NAME.key`, each replaced whole (renamed into place).
-    fn install(&self, dir: &Path, name: &str, hostnames: &[&str]) -> Vec<u8> {
-        let (cert, key, der) = self.leaf(hostnames, false);
-        for (file, text) in [(format!("{name}.key"), key), (format!("{name}.crt"), cert)] {
-            use std::os::unix::fs::PermissionsExt;
-            let staged = dir.join(format!(".{file}.new"));
-            std::fs::write(&staged, text).unwrap();
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
-            std::fs::rename(&staged, dir.join(file)).unwrap();
-        }
-        der
-    }
-}
-
-/// An HTTPS (and HTTP) client that reaches every hostname at the
-/// gateway, trusts `ca`, and with `identity` shows a client certificate.
+/// A client outside the mesh that trusts `ca` (see [`tls::client`]).
 fn client(ca: &str, identity: Option<(&str, &str)>, fresh_connections: bool) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in pem::parse_many(ca).unwrap() {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                cert.contents().to_vec(),
-            ))
-            .unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let tls = match identity {
-        Some((cert, key)) => {
-            let chain = pem::parse_many(cert)
-                .unwrap()
-                .into_iter()
-                .map(|c| rustls::pki_types::CertificateDer::from(c.contents().to_vec()))
-                .collect();
-            let key = rustls::pki_types::PrivateKeyDer::try_from(
-                pem::parse(key).unwrap().contents().to_vec(),
-            )
-            .unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut builder = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .tls_info(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10));
-    for host in [
-        "shop.example.com",
-        "a.apps.example.com",
-        "b.apps.example.com",
-        "partners.example.com",
-        "api.example.com",
-        "internal.example.com",
-        "vault.example.com",
-    ] {
-        builder = builder.resolve(host, local);
-    }
-    if fresh_connections {
-        builder = builder.pool_max_idle_per_host(0);
-    }
-    builder.build().unwrap()
+    tls::client(ca, identity, &HOSTS, fresh_connections)
 }
 
 /// A status and, from the echo app, what it saw (or the body as text).
@@ -190,15 +93,6 @@ async fn get(
     let text = response.text().await.map_err(|e| format!("{e:?}"))?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Ok((status, body, headers))
-}
-
-/// The leaf certificate a response came over.
-fn served_certificate(response: &reqwest::Response) -> Option<Vec<u8>> {
-    response
-        .extensions()
-        .get::<reqwest::tls::TlsInfo>()?
-        .peer_certificate()
-        .map(<[u8]>::to_vec)
 }
 
 struct GatewayMesh {
@@ -256,9 +150,10 @@ impl GatewayMesh {
         assert_eq!(run.code, 0, "{run:?}");
     }
 
-    /// An instance of `service` in `shop` whose app is `app` (listening
-    /// on `app_port`).
-    fn workload_running(&mut self, service: &str, node: &str, app_port: u16, app: &[&str]) {
+    /// A `weft sidecar` of `service` in `shop` as `node`, with its own
+    /// credential, inbound address and log; returns it and its outbound
+    /// port.
+    fn sidecar(&mut self, service: &str, node: &str) -> (Command, u16) {
         let credential = credential(
             Some(&self.server),
             &self.admin,
@@ -270,60 +165,6 @@ impl GatewayMesh {
         let log = self.dir.path().join(format!("{node}.log"));
         let mut command = support::mesh::sidecar(
             node,
-            service,
-            service,
-            self.edge.xds_port,
-            &credential,
-            &log,
-        );
-        command
-            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
-            .args(["--outbound-port", &free_port().to_string()])
-            .args(["--app-port", &app_port.to_string(), "--"])
-            .args(app);
-        self.processes.push(Proc(command.spawn().unwrap()));
-    }
-
-    /// An instance of `service` in `shop` with an echo app.
-    fn workload(&mut self, service: &str, node: &str, version: &str) {
-        let credential = credential(
-            Some(&self.server),
-            &self.admin,
-            self.dir.path(),
-            service,
-            "east",
-            &["--namespace", "shop", "--service-account", service],
-        );
-        let log = self.dir.path().join(format!("{node}.log"));
-        let mut command = support::mesh::sidecar(
-            node,
-            service,
-            service,
-            self.edge.xds_port,
-            &credential,
-            &log,
-        );
-        command
-            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
-            .args(["--outbound-port", &free_port().to_string()]);
-        with_echo_app(&mut command, service, node, Some(version));
-        self.processes.push(Proc(command.spawn().unwrap()));
-    }
-
-    /// A sidecar of `service` in `shop` without an app; returns its
-    /// outbound port.
-    fn client(&mut self, service: &str) -> u16 {
-        let credential = credential(
-            Some(&self.server),
-            &self.admin,
-            self.dir.path(),
-            service,
-            "east",
-            &["--namespace", "shop", "--service-account", service],
-        );
-        let log = self.dir.path().join(format!("{service}-1.log"));
-        let mut command = support::mesh::sidecar(
-            &format!("{service}-1"),
             service,
             service,
             self.edge.xds_port,
@@ -334,6 +175,29 @@ impl GatewayMesh {
         command
             .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
             .args(["--outbound-port", &outbound.to_string()]);
+        (command, outbound)
+    }
+
+    /// An instance of `service` whose app is `app` (listening on
+    /// `app_port`).
+    fn workload_running(&mut self, service: &str, node: &str, app_port: u16, app: &[&str]) {
+        let (mut command, _) = self.sidecar(service, node);
+        command
+            .args(["--app-port", &app_port.to_string(), "--"])
+            .args(app);
+        self.processes.push(Proc(command.spawn().unwrap()));
+    }
+
+    /// An instance of `service` with an echo app.
+    fn workload(&mut self, service: &str, node: &str, version: &str) {
+        let (mut command, _) = self.sidecar(service, node);
+        with_echo_app(&mut command, service, node, Some(version));
+        self.processes.push(Proc(command.spawn().unwrap()));
+    }
+
+    /// A sidecar of `service` without an app; returns its outbound port.
+    fn client(&mut self, service: &str) -> u16 {
+        let (mut command, outbound) = self.sidecar(service, &format!("{service}-1"));
         self.processes.push(Proc(command.spawn().unwrap()));
         outbound
     }

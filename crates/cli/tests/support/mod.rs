@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod tls;
 pub mod tokens;
 
 use std::io::{BufRead, BufReader};

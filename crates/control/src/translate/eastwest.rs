@@ -21,9 +21,9 @@ pub(super) fn eastwest_gateway(
 ) -> ProxyConfig {
     let mut proxy = ProxyConfig::default();
     let mut routes = BTreeMap::new();
-    for (hostname, gateways) in exposed {
-        let name = format!("ew|ingress|{hostname}");
-        let mut endpoints: Vec<SocketAddr> = gateways
+    // SNI → the workloads behind it, as a passthrough cluster.
+    let mut route = |sni: String, name: String, workloads: &[&Workload]| {
+        let mut endpoints: Vec<SocketAddr> = workloads
             .iter()
             .map(|w| SocketAddr {
                 address: w.address.clone(),
@@ -40,29 +40,21 @@ pub(super) fn eastwest_gateway(
             endpoints,
             remote: Vec::new(),
         });
-        routes.insert(DirectoryIngress::sni(hostname), name);
+        routes.insert(sni, name);
+    };
+    for (hostname, gateways) in exposed {
+        route(
+            DirectoryIngress::sni(hostname),
+            format!("ew|ingress|{hostname}"),
+            gateways,
+        );
     }
     for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
-        let name = format!("ew|{}.{}", plan.key.name, plan.key.namespace);
-        let mut endpoints: Vec<SocketAddr> = plan
-            .instances
-            .iter()
-            .map(|w| SocketAddr {
-                address: w.address.clone(),
-                port: w.port,
-            })
-            .collect();
-        endpoints.sort();
-        proxy.clusters.push(Cluster {
-            passthrough: true,
-            ..single_host_cluster(&name)
-        });
-        proxy.endpoints.push(Endpoints {
-            cluster: name.clone(),
-            endpoints,
-            remote: Vec::new(),
-        });
-        routes.insert(plan.key.sni(), name);
+        route(
+            plan.key.sni(),
+            format!("ew|{}.{}", plan.key.name, plan.key.namespace),
+            &plan.instances,
+        );
     }
     // Envoy takes no listener without a filter chain.
     if !routes.is_empty() {
