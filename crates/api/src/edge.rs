@@ -125,8 +125,8 @@ pub struct DirectoryService {
 
 /// A hostname that a cluster's ingress gateways serve (a Gateway's http
 /// server), for tier-1 gateways elsewhere: they reach those gateways over
-/// mutual TLS through the cluster's east-west gateways, by the server
-/// name [`DirectoryIngress::sni`].
+/// mutual TLS through the cluster's east-west gateways, sending the
+/// request's host as the server name (which a wildcard here covers).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectoryIngress {
@@ -139,10 +139,17 @@ pub struct DirectoryIngress {
 }
 
 impl DirectoryIngress {
-    /// The server name a tier-1 gateway sends, by which the cluster's
-    /// east-west gateways pick the ingress gateways serving `hostname`.
-    pub fn sni(hostname: &str) -> String {
-        format!("{}.ingress.mesh", hostname.replace('*', "wildcard"))
+    /// Whether this entry serves requests for `host` (exact), as Envoy
+    /// matches names: the same name, or a wildcard over one or more
+    /// labels in front of its domain.
+    pub fn serves(&self, host: &str) -> bool {
+        match self.hostname.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|labels| !labels.is_empty()),
+            None => self.hostname.eq_ignore_ascii_case(host),
+        }
     }
 }
 

@@ -920,7 +920,8 @@ async fn no_request_fails_while_random_processes_are_killed() {
 }
 
 /// A tier-1 gateway in east-a in front of east-b's and west's ingress
-/// gateways: 80/20 between them; one ingress gateway killed under load
+/// gateways (which serve `*.example.com`, covering the tier-1's
+/// `shop.example.com`): 80/20 between them; one ingress gateway killed under load
 /// leaves all traffic to the other without a failed request, and its
 /// traffic returns once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -953,7 +954,7 @@ spec:
   http:
     - name: shop
       port: {ingress_port}
-      hostname: shop.example.com
+      hostname: '*.example.com'
       routes: [{{to: [{{service: shop/reviews}}]}}]
 ---
 apiVersion: weft.dev/v1alpha1

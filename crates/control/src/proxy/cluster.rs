@@ -3,6 +3,7 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget as XdsRetryBudget;
+use envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     DnsLookupFamily,
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as XdsLbPolicy,
@@ -47,6 +48,7 @@ impl Cluster {
             max_requests_per_connection,
             mtls,
             passthrough,
+            sni_from_host,
         } = self;
         let external = match fixed {
             Some(FixedHost::External(external)) => Some(external),
@@ -67,6 +69,13 @@ impl Cluster {
                     ..Default::default()
                 },
             )),
+            // The peer's identity is checked by its SPIFFE ID, not by the
+            // name sent.
+            upstream_http_protocol_options: sni_from_host.then(|| UpstreamHttpProtocolOptions {
+                auto_sni: true,
+                auto_san_validation: false,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let (discovery, eds_cluster_config, load_assignment) = match fixed {

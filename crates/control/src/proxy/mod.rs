@@ -140,6 +140,10 @@ pub struct Cluster {
     /// Bytes are relayed as they come (TCP), not HTTP: a gateway's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub passthrough: bool,
+    /// The TLS server name is each request's host (a tier-1 gateway's:
+    /// other clusters' east-west gateways route by it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sni_from_host: bool,
 }
 
 /// The one host of a cluster whose endpoints do not come over EDS.

@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use weft_api::edge::DirectoryIngress;
-
 use super::EASTWEST;
 use super::{plan::ServicePlan, resilience::single_host_cluster};
 use crate::proxy::{Cluster, Endpoints, ProxyConfig, SniListener, SocketAddr};
@@ -43,11 +41,9 @@ pub(super) fn eastwest_gateway(
         routes.insert(sni, name);
     };
     for (hostname, gateways) in exposed {
-        route(
-            DirectoryIngress::sni(hostname),
-            format!("ew|ingress|{hostname}"),
-            gateways,
-        );
+        // Tier-1 gateways send the request's host: a wildcard name here
+        // takes it as Envoy matches names.
+        route(hostname.clone(), format!("ew|ingress|{hostname}"), gateways);
     }
     for plan in plans.iter().filter(|p| !p.instances.is_empty()) {
         route(

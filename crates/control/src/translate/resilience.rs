@@ -32,6 +32,7 @@ pub(super) fn single_host_cluster(name: &str) -> Cluster {
         max_requests_per_connection: None,
         mtls: None,
         passthrough: false,
+        sni_from_host: false,
     }
 }
 
@@ -101,6 +102,7 @@ impl ServicePlan<'_> {
             max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
             mtls: self.mtls.clone(),
             passthrough: false,
+            sni_from_host: false,
         }
     }
 

@@ -1,16 +1,17 @@
 //! Tier-1: a gateway route that sends to other clusters' ingress gateways
 //! rather than to a service. The directory says which clusters' ingress
-//! gateways serve the route's hostname and where their east-west gateways
-//! are; the tier-1 gateway reaches them with mutual TLS under its own
-//! identity, by the server name that makes those east-west gateways pick
-//! the ingress gateways ([`DirectoryIngress::sni`]).
+//! gateways serve the route's hostname (the same name, or a wildcard
+//! covering it) and where their east-west gateways are; the tier-1
+//! gateway reaches them with mutual TLS under its own identity, sending
+//! each request's host as the server name, by which those east-west
+//! gateways pick the ingress gateways.
 //!
 //! Weighted clusters share one upstream cluster, their gateways weighted
 //! by the shares, so a retry can land in another cluster and a cluster
 //! whose gateways fail is ejected and leaves its share to the others;
 //! `anyCluster` ranks the clusters by locality instead, nearest first.
 
-use weft_api::edge::{ConfigError, DirectoryIngress};
+use weft_api::edge::ConfigError;
 use weft_api::gateway::GatewayRoute;
 use weft_api::traffic::LocalityPolicy;
 
@@ -66,9 +67,14 @@ pub(super) fn tier1_route(
         let Some(remote_cluster) = directory.clusters.get(cluster) else {
             continue;
         };
-        let (Some(site), Some(ingress)) =
-            (&remote_cluster.site, remote_cluster.ingress.get(hostname))
-        else {
+        // The same name, or (for an exact one) a wildcard covering it.
+        let ingress = remote_cluster.ingress.get(hostname).or_else(|| {
+            remote_cluster
+                .ingress
+                .values()
+                .find(|i| !hostname.starts_with("*.") && i.serves(hostname))
+        });
+        let (Some(site), Some(ingress)) = (&remote_cluster.site, ingress) else {
             continue;
         };
         let gateways: Vec<SocketAddr> = site
@@ -153,8 +159,9 @@ pub(super) fn tier1_route(
                 .map(|(ns, sa)| format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"))
                 .collect(),
             permissive: false,
-            sni: Some(DirectoryIngress::sni(hostname)),
+            sni: None,
         }),
+        sni_from_host: true,
         ..single_host_cluster(&name)
     };
     let endpoints = Endpoints {
