@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::problems::{Problems, check_dns_label, check_dns_name, field, index};
+use crate::ratelimit::RateLimiting;
 use crate::security::{Authentication, Authorization, Caller, check_requests_and_claims};
 use crate::specs::Spec;
 use crate::traffic::{
@@ -99,6 +100,8 @@ pub struct HttpServer {
     /// Tried in order; the first that matches decides.
     #[schemars(length(min = 1))]
     pub routes: Vec<GatewayRoute>,
+    /// How many requests the server takes.
+    pub rate_limiting: Option<RateLimiting>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -526,6 +529,9 @@ impl HttpServer {
         }
         if let Some(authentication) = &self.authentication {
             authentication.check(&field(here, "authentication"), problems);
+        }
+        if let Some(rate_limiting) = &self.rate_limiting {
+            rate_limiting.check(&field(here, "rateLimiting"), problems);
         }
         if let Some(authorization) = &self.authorization {
             let at = field(here, "authorization");

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod iam;
 pub mod kinds;
 pub mod problems;
+pub mod ratelimit;
 pub mod resource;
 pub mod security;
 pub mod specs;

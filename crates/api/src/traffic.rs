@@ -381,6 +381,8 @@ pub struct TrafficSettingSpec {
     pub connection_pool: Option<ConnectionPool>,
     /// How calls use instances in other clusters.
     pub locality: Option<LocalityPolicy>,
+    /// How many requests each instance takes.
+    pub rate_limiting: Option<crate::ratelimit::RateLimiting>,
 }
 
 /// Local instances serve first; other clusters' east-west gateways back
@@ -507,9 +509,13 @@ impl Spec for TrafficSettingSpec {
             && self.outlier_detection.is_none()
             && self.load_balancer.is_none()
             && self.connection_pool.is_none()
-            && self.locality.is_none();
+            && self.locality.is_none()
+            && self.rate_limiting.is_none();
         if nothing_set {
-            problems.add(at, "sets nothing: give at least one of timeout, retries, circuitBreaker, outlierDetection, loadBalancer, connectionPool, locality");
+            problems.add(at, "sets nothing: give at least one of timeout, retries, circuitBreaker, outlierDetection, loadBalancer, connectionPool, locality, rateLimiting");
+        }
+        if let Some(rate_limiting) = &self.rate_limiting {
+            rate_limiting.check(&field(at, "rateLimiting"), problems);
         }
         if let Some(locality) = &self.locality {
             let here = field(at, "locality");

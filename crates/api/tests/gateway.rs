@@ -200,6 +200,7 @@ fn bad_gateways_name_every_problem() {
                     "name": "shop", "port": 443, "hostname": "shop.example.com",
                     "tls": {"mode": "mutual", "certificate": "shop.example.com"},
                     "authorization": {"allow": [{"sources": ["10.0.0.0/33", "nowhere"], "claims": {"sub": []}}]},
+                    "rateLimiting": {"local": {"requests": 0, "unit": "second", "burst": 0}},
                     "routes": [{
                         "to": [{"service": "shop/reviews"}],
                         "requestHeaders": {"set": {"Host": "x", "content-length": "0"}},
@@ -209,6 +210,8 @@ fn bad_gateways_name_every_problem() {
             })),
             vec![
                 ("spec.http[0].tls.clientCa", "mutual TLS needs the CA"),
+                ("spec.http[0].rateLimiting.local.requests", "at least 1"),
+                ("spec.http[0].rateLimiting.local.burst", "at least 1"),
                 (
                     "spec.http[0].authorization.allow[0].sources[0]",
                     "prefix length must be 0 to 32",

@@ -806,3 +806,99 @@ spec:
     .await;
     assert_eq!(served.as_deref(), Some(vault_der.as_slice()));
 }
+
+/// Local rate limits: a gateway server's bucket refuses what is over it
+/// with 429 and `x-ratelimit-*` headers; in shadow mode nothing is
+/// refused; a TrafficSetting's limit holds at each instance of a service.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_rate_limits_refuse_what_is_over_them() {
+    let mut mesh = GatewayMesh::start().await;
+    let port = free_port();
+    mesh.apply(&format!(
+        "{GATEWAY_ALLOWED}---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficSetting
+metadata: {{name: reviews-limit, tenant: retail, workspace: shop}}
+spec:
+  service: {{name: reviews, namespace: shop}}
+  rateLimiting: {{local: {{requests: 3, unit: minute}}}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
+  http:
+    - name: limited
+      port: {port}
+      hostname: limited.example.com
+      rateLimiting: {{local: {{requests: 5, unit: minute}}}}
+      routes: [{{to: [{{service: shop/ratings}}]}}]
+    - name: counted
+      port: {port}
+      hostname: counted.example.com
+      rateLimiting: {{local: {{requests: 2, unit: minute}}, shadowMode: true}}
+      routes: [{{to: [{{service: shop/ratings}}]}}]
+"
+    ));
+    mesh.workload("ratings", "ratings-1", "v1");
+    mesh.workload("reviews", "reviews-1", "v1");
+    let client = mesh.client("client");
+    mesh.gateway("ingress", "edge", None);
+    mesh.until_in_sync(4).await;
+    let call = async |port: u16, host: &str| -> Option<(u16, reqwest::header::HeaderMap)> {
+        let response = mesh
+            .http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", host)
+            .send()
+            .await
+            .ok()?;
+        Some((response.status().as_u16(), response.headers().clone()))
+    };
+    // The configuration is in place once ratings answers through it; that
+    // first answer spends a token.
+    until(
+        "ratings answers through the gateway",
+        Duration::from_secs(30),
+        async || {
+            call(port, "counted.example.com")
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        },
+    )
+    .await;
+    let mut statuses = Vec::new();
+    let mut limit_header = None;
+    for _ in 0..8 {
+        let (status, headers) = call(port, "limited.example.com").await.unwrap();
+        statuses.push(status);
+        if status == 429 {
+            limit_header = headers
+                .get("x-ratelimit-limit")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert_eq!(limit_header.as_deref(), Some("5"), "x-ratelimit-limit");
+    for _ in 0..4 {
+        assert_eq!(
+            call(port, "counted.example.com").await.unwrap().0,
+            200,
+            "shadow mode refuses nothing"
+        );
+    }
+
+    // Each instance of reviews takes 3 a minute, whoever calls.
+    until(
+        "the client reaches reviews",
+        Duration::from_secs(30),
+        async || call(client, "reviews").await.is_some_and(|(s, _)| s == 200),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(call(client, "reviews").await.unwrap().0);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}

@@ -27,6 +27,7 @@ use weft_agent::sds;
 use super::convert::socket;
 use super::jwt::scoped_jwt_filters;
 use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
+use super::ratelimit::local_rate_limit_filter;
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
 use super::{GatewayListener, HttpChain, Mtls, ServerTls};
@@ -81,6 +82,7 @@ impl HttpChain {
                     .flatten(),
             )
             .chain(authorization_filters())
+            .chain([local_rate_limit_filter()])
             .collect();
         let mut hcm = http_connection_manager(
             name,

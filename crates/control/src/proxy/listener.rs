@@ -118,6 +118,7 @@ impl Listener {
             authorize,
             jwt,
             tcp,
+            rate_limited,
         } = self;
         let filters = jwt
             .iter()
@@ -127,6 +128,8 @@ impl Listener {
             } else {
                 Vec::new()
             })
+            // After authorization: a caller refused does not spend a token.
+            .chain(rate_limited.then(super::ratelimit::local_rate_limit_filter))
             .collect();
         // Every request the listener judges is logged with the verdict
         // and the caller (a refusal says which rule, or that none allowed).

@@ -11,6 +11,7 @@ mod endpoints;
 mod gateway;
 mod jwt;
 mod listener;
+mod ratelimit;
 mod rbac;
 mod route;
 mod tls;
@@ -278,6 +279,10 @@ pub struct Listener {
     /// told apart by [`TCP_ALPN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpInbound>,
+    /// Whether requests are counted against their virtual host's
+    /// [`RateLimit`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_limited: bool,
 }
 
 /// Raw TCP relayed to `cluster` (the app) from the callers
@@ -387,6 +392,22 @@ pub struct VirtualHost {
     /// Who may call, on a listener that authorizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// How many requests it takes, on a listener that limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket each proxy keeps for one virtual host: `max_tokens`
+/// at most, `tokens_per_fill` added every `fill_interval_ms`; a request
+/// without a token gets 429 (in `shadow`, it is only counted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval_ms: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// First matching route wins.

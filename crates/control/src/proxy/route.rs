@@ -344,7 +344,15 @@ impl RouteTable {
                         .authorization
                         .as_ref()
                         .map(Authorization::per_filter_config)
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(vh.rate_limit.as_ref().map(|limit| {
+                            (
+                                super::ratelimit::LOCAL_RATE_LIMIT.to_string(),
+                                limit.per_filter_config(),
+                            )
+                        }))
+                        .collect(),
                     ..Default::default()
                 })
                 .collect(),

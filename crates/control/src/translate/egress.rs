@@ -56,6 +56,7 @@ impl EgressPlan {
             domains,
             routes: vec![Route::new(RouteMatch::default(), self.forward())],
             authorization: None,
+            rate_limit: None,
         };
         self.hosts
             .iter()
@@ -244,6 +245,7 @@ pub(super) fn egress_virtual_hosts(
                 domains: vec![egress.host.clone()],
                 routes,
                 authorization: None,
+                rate_limit: None,
             });
         }
     }
@@ -259,6 +261,7 @@ pub(super) fn egress_virtual_hosts(
                 },
             )],
             authorization: None,
+            rate_limit: None,
         });
     }
     (vhosts, clusters)

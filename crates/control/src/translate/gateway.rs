@@ -22,7 +22,7 @@ use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
 use super::relay::{relays, tcp_targets};
-use super::resilience::{millis, parse_duration};
+use super::resilience::{local_rate_limit, millis, parse_duration};
 use super::routing::request_match;
 use super::security::token_check;
 use super::tier1::tier1_route;
@@ -511,6 +511,7 @@ fn virtual_host(
         domains: vec![spec.hostname.clone()],
         routes,
         authorization: Some(authorization(&server.vhost_name(), spec)),
+        rate_limit: spec.rate_limiting.as_ref().and_then(local_rate_limit),
     };
     (vhost, jwt)
 }

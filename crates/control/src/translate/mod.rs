@@ -41,6 +41,7 @@ use eastwest::eastwest_gateway;
 use egress::{EgressPlan, egress_plans};
 use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
 use relay::tcp_targets;
+use resilience::local_rate_limit;
 use resilience::single_host_cluster;
 use routing::unknown_host;
 use security::InboundPlan;
@@ -272,6 +273,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         domains: plan.domains(&w.namespace),
                         routes: routes.entry(i).or_insert_with(|| plan.routes()).clone(),
                         authorization: None,
+                        rate_limit: None,
                     });
                 }
                 // Names that are no mesh service go out through the
@@ -313,6 +315,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 authorize: false,
                 jwt: None,
                 tcp: None,
+                rate_limited: false,
             });
         }
         if let Some(app_port) = w.app_port {
@@ -331,6 +334,12 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             let verdict = inbound
                 .entry(key.clone())
                 .or_insert_with(|| InboundPlan::new(config, &key, &mut errors));
+            // What each instance takes: the service's merged settings.
+            let rate_limit = plans
+                .binary_search_by(|p| p.key.cmp(&key))
+                .ok()
+                .and_then(|i| plans[i].policy.rate_limiting.as_ref())
+                .and_then(local_rate_limit);
             own.clusters.extend(verdict.jwks_clusters.iter().cloned());
             own.listeners.push(Listener {
                 name: INBOUND.into(),
@@ -357,6 +366,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         cluster: LOCAL_APP.into(),
                         authorization,
                     }),
+                rate_limited: rate_limit.is_some(),
             });
             own.routes.push(RouteTable {
                 name: INBOUND.into(),
@@ -376,6 +386,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         }),
                     )],
                     authorization: verdict.authorization.clone(),
+                    rate_limit,
                 }],
             });
         }

@@ -59,6 +59,7 @@ pub(super) struct Policy {
     pub(super) load_balancer: Option<LoadBalancer>,
     pub(super) connection_pool: Option<ConnectionPool>,
     pub(super) locality: Option<LocalityPolicy>,
+    pub(super) rate_limiting: Option<weft_api::ratelimit::RateLimiting>,
 }
 
 /// The intermediate form: everything decided about one service.
@@ -133,6 +134,9 @@ pub(super) fn merge_policy(
             }
             if claim("locality", spec.locality.is_some()) {
                 policy.locality = spec.locality.clone();
+            }
+            if claim("rateLimiting", spec.rate_limiting.is_some()) {
+                policy.rate_limiting = spec.rate_limiting.clone();
             }
         }
     }

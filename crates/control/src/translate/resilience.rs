@@ -8,7 +8,8 @@ use std::time::Duration;
 use weft_api::traffic::{LoadBalancer, Retries, RetryOn, StickySession};
 
 use super::plan::ServicePlan;
-use crate::proxy::{Cluster, Forward, HashOn, LbPolicy, Limits, Outlier, Retry};
+use crate::proxy::{Cluster, Forward, HashOn, LbPolicy, Limits, Outlier, RateLimit, Retry};
+use weft_api::ratelimit::RateLimiting;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -16,6 +17,17 @@ pub(super) fn parse_duration(value: &Option<String>) -> Option<Duration> {
     value
         .as_deref()
         .and_then(|v| humantime::parse_duration(v).ok())
+}
+
+/// Each proxy's token bucket for `limits`: refilled whole every unit.
+pub(super) fn local_rate_limit(limits: &RateLimiting) -> Option<RateLimit> {
+    let local = limits.local.as_ref()?;
+    Some(RateLimit {
+        max_tokens: local.burst.unwrap_or(local.requests).max(1),
+        tokens_per_fill: local.requests.max(1),
+        fill_interval_ms: local.unit.seconds() * 1_000,
+        shadow: limits.shadow_mode,
+    })
 }
 
 /// A cluster of one fixed host with default settings; the caller says

@@ -127,5 +127,6 @@ pub(super) fn unknown_host(declared: bool) -> VirtualHost {
             },
         )],
         authorization: None,
+        rate_limit: None,
     }
 }
