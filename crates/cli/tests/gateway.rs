@@ -619,6 +619,26 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
         "no cluster west serves far.example.com: {status}"
     );
     assert_eq!(status["errors"][0]["cluster"], "east", "{status}");
+    let table = mesh.server.weft(&mesh.admin, &["get", "gateways"]);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ingress "))
+        .unwrap_or_default()
+        .to_string();
+    for cell in ["shop.example.com", "*.apps.example.com"] {
+        assert!(row.contains(cell), "{}", table.stdout);
+    }
+    assert!(
+        table
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("RUNNING"),
+        "{}",
+        table.stdout
+    );
 
     // The gateway's requests are in its log, with their verdicts.
     let log = std::fs::read_to_string(mesh.dir.path().join("ingress-1.log")).unwrap();

@@ -306,7 +306,29 @@ pub fn gateway_status(
             }));
         }
     }
+    let hostnames: std::collections::BTreeSet<&str> = spec
+        .http
+        .iter()
+        .map(|s| s.hostname.as_str())
+        .chain(spec.tls_passthrough.iter().map(|s| s.hostname.as_str()))
+        .collect();
+    let running = instances
+        .values()
+        .filter_map(|list| list.as_array())
+        .flatten()
+        .filter(|i| i["connected"] == true)
+        .count();
+    let nacks = instances
+        .values()
+        .filter_map(|list| list.as_array())
+        .flatten()
+        .filter(|i| !i["nack"].is_null())
+        .count();
     serde_json::json!({
+        "hostnames": hostnames,
+        "running": running,
+        "nacks": nacks,
+        "errorCount": errors.len(),
         "servers": servers,
         "instances": instances,
         "errors": errors,
