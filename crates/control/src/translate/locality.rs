@@ -1,7 +1,7 @@
 //! Locality: which other clusters back a service up, and at which
 //! priority, ranked against this cluster's locality.
 
-use weft_api::edge::Locality;
+use weft_api::edge::{Locality, Site};
 use weft_api::traffic::LocalityPolicy;
 
 use super::{
@@ -25,6 +25,28 @@ pub(super) fn same_at(attribute: &str, a: &Locality, b: &Locality) -> bool {
         }
     };
     matches!((pick(a), pick(b)), (Some(x), Some(y)) if !x.is_empty() && x == y)
+}
+
+/// Where another cluster's east-west gateways are (`IP:PORT`s it
+/// published that parse).
+pub(super) fn gateway_addresses(site: &Site) -> Vec<SocketAddr> {
+    site.gateways
+        .iter()
+        .filter_map(|g| g.parse::<std::net::SocketAddr>().ok())
+        .map(|g| SocketAddr {
+            address: g.ip().to_string(),
+            port: g.port(),
+        })
+        .collect()
+}
+
+/// How many leading attributes of `order` another cluster at `there`
+/// shares with this one at `here`: the more, the nearer.
+pub(super) fn agreement(order: &[&str], here: &Locality, there: &Locality) -> usize {
+    order
+        .iter()
+        .take_while(|attribute| same_at(attribute, here, there))
+        .count()
 }
 
 /// The other clusters that run `key` for callers of `workspace`, with
@@ -55,15 +77,7 @@ pub(super) fn remote_endpoints(
         let (Some(site), Some(service)) = (&remote.site, remote.services.get(&item)) else {
             continue;
         };
-        let gateways: Vec<SocketAddr> = site
-            .gateways
-            .iter()
-            .filter_map(|g| g.parse::<std::net::SocketAddr>().ok())
-            .map(|g| SocketAddr {
-                address: g.ip().to_string(),
-                port: g.port(),
-            })
-            .collect();
+        let gateways = gateway_addresses(site);
         // Only the same service: in the same workspace there as here.
         let same_workspace = config
             .workspace_at(name, &key.namespace)
@@ -73,10 +87,7 @@ pub(super) fn remote_endpoints(
         {
             continue;
         }
-        let agreeing = order
-            .iter()
-            .take_while(|attribute| same_at(attribute, &config.locality, &site.locality))
-            .count();
+        let agreeing = agreement(&order, &config.locality, &site.locality);
         let weight = service.healthy.div_ceil(gateways.len() as u32);
         ranked.push((
             order.len() - agreeing,

@@ -15,13 +15,11 @@ use weft_api::edge::ConfigError;
 use weft_api::gateway::GatewayRoute;
 use weft_api::traffic::LocalityPolicy;
 
-use super::locality::same_at;
+use super::locality::{agreement, gateway_addresses};
 use super::parse::{Config, error};
 use super::resilience::{millis, parse_duration, retry, single_host_cluster};
 use crate::directory::Directory;
-use crate::proxy::{
-    Cluster, Endpoints, Forward, Limits, Mtls, Outlier, RemoteEndpoints, SocketAddr,
-};
+use crate::proxy::{Cluster, Endpoints, Forward, Limits, Mtls, Outlier, RemoteEndpoints};
 
 /// Each cluster's gateways share this much weight, split among them.
 const SHARE_SCALE: u32 = 1_000;
@@ -77,15 +75,7 @@ pub(super) fn tier1_route(
         let (Some(site), Some(ingress)) = (&remote_cluster.site, ingress) else {
             continue;
         };
-        let gateways: Vec<SocketAddr> = site
-            .gateways
-            .iter()
-            .filter_map(|g| g.parse::<std::net::SocketAddr>().ok())
-            .map(|g| SocketAddr {
-                address: g.ip().to_string(),
-                port: g.port(),
-            })
-            .collect();
+        let gateways = gateway_addresses(site);
         if gateways.is_empty() || ingress.healthy == 0 || (weighted && share == 0) {
             continue;
         }
@@ -93,10 +83,7 @@ pub(super) fn tier1_route(
         let (priority, weight) = if weighted {
             (0, (share * SHARE_SCALE / gateways.len() as u32).max(1))
         } else {
-            let agreeing = order
-                .iter()
-                .take_while(|attribute| same_at(attribute, &config.locality, &site.locality))
-                .count();
+            let agreeing = agreement(&order, &config.locality, &site.locality);
             (
                 (order.len() - agreeing) as u32,
                 ingress.healthy.div_ceil(gateways.len() as u32),
