@@ -17,33 +17,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::mesh::{Edge, credential, sidecar, with_echo_app};
+use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
 use support::tls::{self, TestCa};
 use support::{Proc, Server, WEFT, envoy, free_port, until, write};
 
-const MANIFEST: &str = "\
-apiVersion: weft.dev/v1alpha1
-kind: Cluster
-metadata: {name: east}
-spec: {region: us-east-1}
----
-apiVersion: weft.dev/v1alpha1
-kind: Tenant
-metadata: {name: retail}
-spec: {}
----
-apiVersion: weft.dev/v1alpha1
-kind: Workspace
-metadata: {name: shop, tenant: retail}
-spec: {namespaceSelector: [east/shop]}
----
-apiVersion: weft.dev/v1alpha1
-kind: SecuritySetting
-metadata: {name: workspace-calls, tenant: retail, workspace: shop}
-spec:
-  authorization:
-    allow: [{from: [{sameWorkspace: true}]}]
----
+/// Besides [`SHOP`]: a gateway group for namespace shop.
+const GATEWAY_GROUP: &str = "\
 apiVersion: weft.dev/v1alpha1
 kind: GatewayGroup
 metadata: {name: front, tenant: retail, workspace: shop}
@@ -145,7 +124,10 @@ async fn main() {
     let manifest = write(
         dir.path(),
         "mesh.yaml",
-        &format!("{MANIFEST}---\n{}", gateway(http_port, https_port)),
+        &format!(
+            "{SHOP}---\n{GATEWAY_GROUP}---\n{}",
+            gateway(http_port, https_port)
+        ),
     );
     assert_eq!(server.weft(&admin, &["apply", "-f", &manifest]).code, 0);
     let http = reqwest::Client::new();

@@ -12,34 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::mesh::{Edge, credential, with_echo_app};
+use support::mesh::{Edge, SHOP, credential, with_echo_app};
 use support::tls::{self, TestCa, served_certificate};
 use support::tokens::Issuer;
 use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
 
-const BASE: &str = "\
-apiVersion: weft.dev/v1alpha1
-kind: Cluster
-metadata: {name: east}
-spec: {region: us-east-1}
----
-apiVersion: weft.dev/v1alpha1
-kind: Tenant
-metadata: {name: retail}
-spec: {}
----
-apiVersion: weft.dev/v1alpha1
-kind: Workspace
-metadata: {name: shop, tenant: retail}
-spec: {namespaceSelector: [east/shop]}
----
-apiVersion: weft.dev/v1alpha1
-kind: SecuritySetting
-metadata: {name: workspace-calls, tenant: retail, workspace: shop}
-spec:
-  authorization:
-    allow: [{from: [{sameWorkspace: true}]}]
----
+/// Besides [`SHOP`]: workspace edge (namespace edge) with a gateway group.
+const EDGE: &str = "\
 apiVersion: weft.dev/v1alpha1
 kind: Workspace
 metadata: {name: edge, tenant: retail}
@@ -120,7 +99,7 @@ impl GatewayMesh {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&dir.path().join("server"), None);
         let admin = server.admin_token();
-        let base = write(dir.path(), "base.yaml", BASE);
+        let base = write(dir.path(), "base.yaml", &format!("{SHOP}---\n{EDGE}"));
         let applied = server.weft(&admin, &["apply", "-f", &base]);
         assert_eq!(applied.code, 0, "{applied:?}");
         let edge_credential = credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);

@@ -10,37 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
+use support::mesh::{Edge, SHOP, answers, call, credential, envoy_stat, sidecar, with_echo_app};
 use support::tokens::{Issuer, JwksServer};
 use support::{Proc, Server, WEFT, free_port, metric, show_log_tails, until, weft_up, write};
 
-const BASE: &str = "\
-apiVersion: weft.dev/v1alpha1
-kind: Cluster
-metadata: {name: east}
-spec: {region: us-east-1}
----
-apiVersion: weft.dev/v1alpha1
-kind: Tenant
-metadata: {name: retail}
-spec: {}
----
-apiVersion: weft.dev/v1alpha1
-kind: Workspace
-metadata: {name: shop, tenant: retail}
-spec: {namespaceSelector: [east/shop]}
----
+/// [`SHOP`] and a traffic group for the whole workspace.
+const TRAFFIC_GROUP: &str = "\
 apiVersion: weft.dev/v1alpha1
 kind: TrafficGroup
 metadata: {name: traffic, tenant: retail, workspace: shop}
 spec: {}
----
-apiVersion: weft.dev/v1alpha1
-kind: SecuritySetting
-metadata: {name: workspace-calls, tenant: retail, workspace: shop}
-spec:
-  authorization:
-    allow: [{from: [{sameWorkspace: true}]}]
 ";
 
 struct Mesh {
@@ -72,7 +51,11 @@ impl Mesh {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&dir.path().join("server"), None);
         let admin = server.admin_token();
-        let base = write(dir.path(), "base.yaml", BASE);
+        let base = write(
+            dir.path(),
+            "base.yaml",
+            &format!("{SHOP}---\n{TRAFFIC_GROUP}"),
+        );
         let applied = server.weft(&admin, &["apply", "-f", &base]);
         assert_eq!(applied.code, 0, "{applied:?}");
         credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);

@@ -277,9 +277,10 @@ pub fn gateway_status(
     }
     let mut instances = serde_json::Map::new();
     let mut errors = Vec::new();
+    let (mut running, mut nacks) = (0, 0);
     for report in reports {
         let status: EdgeStatus = serde_json::from_str(&report.status).unwrap_or_default();
-        let running: Vec<serde_json::Value> = status
+        let here: Vec<serde_json::Value> = status
             .proxies
             .iter()
             .filter(|p| {
@@ -291,14 +292,16 @@ pub fn gateway_status(
                         .all(|(k, v)| p.labels.get(k) == Some(v))
             })
             .map(|p| {
+                running += usize::from(p.connected);
+                nacks += usize::from(p.nack.is_some());
                 serde_json::json!({
                     "node": p.node, "address": p.address, "connected": p.connected,
                     "inSync": p.in_sync, "nack": p.nack,
                 })
             })
             .collect();
-        if !running.is_empty() {
-            instances.insert(report.cluster.clone(), running.into());
+        if !here.is_empty() {
+            instances.insert(report.cluster.clone(), here.into());
         }
         for e in status.errors.iter().filter(|e| e.path == path) {
             errors.push(serde_json::json!({
@@ -312,18 +315,6 @@ pub fn gateway_status(
         .map(|s| s.hostname.as_str())
         .chain(spec.tls_passthrough.iter().map(|s| s.hostname.as_str()))
         .collect();
-    let running = instances
-        .values()
-        .filter_map(|list| list.as_array())
-        .flatten()
-        .filter(|i| i["connected"] == true)
-        .count();
-    let nacks = instances
-        .values()
-        .filter_map(|list| list.as_array())
-        .flatten()
-        .filter(|i| !i["nack"].is_null())
-        .count();
     serde_json::json!({
         "hostnames": hostnames,
         "running": running,

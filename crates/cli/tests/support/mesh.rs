@@ -12,6 +12,32 @@ use serde_json::Value;
 
 use super::{Proc, Server, WEFT, envoy, metric, until};
 
+/// Cluster east, tenant retail, and workspace shop (namespace shop in
+/// east) whose workloads may call each other: where the mesh tests start.
+pub const SHOP: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Cluster
+metadata: {name: east}
+spec: {region: us-east-1}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Tenant
+metadata: {name: retail}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workspace
+metadata: {name: shop, tenant: retail}
+spec: {namespaceSelector: [east/shop]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: workspace-calls, tenant: retail, workspace: shop}
+spec:
+  authorization:
+    allow: [{from: [{sameWorkspace: true}]}]
+";
+
 /// A credential file for cluster `cluster` (`weft token create --cluster
 /// CLUSTER ARGS`), written once into `dir` as `FILE.token`; once written,
 /// it needs no server.

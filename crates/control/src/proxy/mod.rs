@@ -573,6 +573,20 @@ pub struct Forward {
     pub authority_rewrite: Option<String>,
 }
 
+impl Forward {
+    /// Everything to `cluster`, with Envoy's defaults for the rest.
+    pub fn to(cluster: impl Into<String>) -> Forward {
+        Forward {
+            clusters: BTreeMap::from([(cluster.into(), 100)]),
+            timeout_ms: None,
+            retries: None,
+            hash_on: None,
+            prefix_rewrite: None,
+            authority_rewrite: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {

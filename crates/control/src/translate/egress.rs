@@ -38,14 +38,7 @@ impl EgressPlan {
     }
 
     fn forward(&self) -> Action {
-        Action::Forward(Forward {
-            clusters: BTreeMap::from([(self.cluster.name.clone(), 100)]),
-            timeout_ms: None,
-            retries: None,
-            hash_on: None,
-            prefix_rewrite: None,
-            authority_rewrite: None,
-        })
+        Action::Forward(Forward::to(&self.cluster.name))
     }
 
     /// The sidecars' virtual hosts: each listed host, and (last) every
@@ -195,14 +188,7 @@ pub(super) fn egress_virtual_hosts(
                 })),
                 ..single_host_cluster(&cluster)
             });
-            let forward = Action::Forward(Forward {
-                clusters: BTreeMap::from([(cluster, 100)]),
-                timeout_ms: None,
-                retries: None,
-                hash_on: None,
-                prefix_rewrite: None,
-                authority_rewrite: None,
-            });
+            let forward = Action::Forward(Forward::to(cluster));
             // Who called is the mesh's business, not the outside world's.
             let changes = RouteChanges {
                 request_headers: Some(HeaderEdits {

@@ -190,8 +190,7 @@ pub(super) fn gateway_proxy(
 
     let mut proxy = ProxyConfig::default();
     let mut services = Services::default();
-    let servers_by_port = ports;
-    for (port, (tls, servers)) in &servers_by_port {
+    for (port, (tls, servers)) in &ports {
         let (port, tls) = (*port, *tls);
         let address = SocketAddr {
             address: w.address.clone(),
@@ -229,22 +228,8 @@ pub(super) fn gateway_proxy(
                 });
             }
         } else {
-            let mut virtual_hosts = Vec::new();
-            let mut jwt = Vec::new();
-            for server in servers {
-                let (vhost, check) = virtual_host(&context, server, &mut services, errors);
-                virtual_hosts.push(vhost);
-                // One chain serves every hostname of the port: each
-                // server's token check applies to its hostname only.
-                jwt.extend(check.map(|check| ScopedJwt {
-                    hostname: Some(server.spec.hostname.clone()),
-                    except: taken_within(
-                        &server.spec.hostname,
-                        servers.iter().map(|s| s.spec.hostname.as_str()),
-                    ),
-                    check,
-                }));
-            }
+            let servers: Vec<&Server<'_>> = servers.iter().collect();
+            let (virtual_hosts, jwt) = by_host(&context, &servers, &mut services, errors);
             proxy.routes.push(RouteTable {
                 name: name.clone(),
                 virtual_hosts,
@@ -267,16 +252,10 @@ pub(super) fn gateway_proxy(
             chains,
         });
     }
-    if let Some(listener) = mesh_listener(
-        &context,
-        w,
-        (&servers_by_port, &selected),
-        &mut services,
-        errors,
-    ) {
+    if let Some(listener) = mesh_listener(&context, w, (&ports, &selected), &mut services, errors) {
         proxy.gateways.push(listener);
     }
-    let http_ports: BTreeSet<u16> = servers_by_port.keys().copied().collect();
+    let http_ports: BTreeSet<u16> = ports.keys().copied().collect();
     let relays = relays(w, &selected, &http_ports, plans, errors);
     proxy.passthrough = relays.listeners;
     services.clusters.extend(relays.clusters);
@@ -285,6 +264,31 @@ pub(super) fn gateway_proxy(
     proxy.clusters = services.clusters.into_values().collect();
     proxy.endpoints = services.endpoints.into_values().collect();
     proxy
+}
+
+/// `servers` on one chain, told apart by Host: their virtual hosts, and
+/// each one's token check for its hostname only.
+fn by_host(
+    context: &Context<'_, '_>,
+    servers: &[&Server<'_>],
+    services: &mut Services,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<VirtualHost>, Vec<ScopedJwt>) {
+    let mut virtual_hosts = Vec::new();
+    let mut jwt = Vec::new();
+    for server in servers {
+        let (vhost, check) = virtual_host(context, server, services, errors);
+        virtual_hosts.push(vhost);
+        jwt.extend(check.map(|check| ScopedJwt {
+            hostname: Some(server.spec.hostname.clone()),
+            except: taken_within(
+                &server.spec.hostname,
+                servers.iter().map(|s| s.spec.hostname.as_str()),
+            ),
+            check,
+        }));
+    }
+    (virtual_hosts, jwt)
 }
 
 /// The hostnames of `servers` that Envoy gives to them rather than to
@@ -333,33 +337,15 @@ impl Services {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let name = plan.key.cluster_name(Some(&labels.join(",")));
-        let mut members: Vec<SocketAddr> = plan
-            .instances
-            .iter()
-            .filter(|w| {
-                target
-                    .labels
-                    .iter()
-                    .all(|(k, v)| w.labels.get(k) == Some(v))
-            })
-            .map(|w| SocketAddr {
-                address: w.address.clone(),
-                port: w.port,
-            })
-            .collect();
-        members.sort();
+        let (name, endpoints) = plan.local_set(
+            plan.key.cluster_name(Some(&labels.join(","))),
+            &target.labels,
+            Vec::new(),
+        );
         self.clusters
             .entry(name.clone())
             .or_insert_with(|| plan.cluster(&name));
-        self.endpoints.insert(
-            name.clone(),
-            Endpoints {
-                cluster: name.clone(),
-                endpoints: members,
-                remote: Vec::new(),
-            },
-        );
+        self.endpoints.insert(name.clone(), endpoints);
         name
     }
 }
@@ -385,17 +371,15 @@ fn mesh_listener(
     let trust_domain = context.config.trust_domain.as_ref()?;
     let egress = gateways.iter().any(|g| !g.spec.egress.is_empty());
     if w.port == 0 {
-        if egress {
-            for gateway in gateways.iter().filter(|g| !g.spec.egress.is_empty()) {
-                errors.push(error(
-                    &gateway.path,
-                    "spec.egress",
-                    format!(
-                        "gateway {} has no mesh port, so no sidecar can reach it: start it with weft gateway --mesh-port",
-                        w.node
-                    ),
-                ));
-            }
+        for gateway in gateways.iter().filter(|g| !g.spec.egress.is_empty()) {
+            errors.push(error(
+                &gateway.path,
+                "spec.egress",
+                format!(
+                    "gateway {} has no mesh port, so no sidecar can reach it: start it with weft gateway --mesh-port",
+                    w.node
+                ),
+            ));
         }
         return None;
     }
@@ -412,20 +396,7 @@ fn mesh_listener(
         return None;
     }
     let servers: Vec<&Server<'_>> = chosen.values().copied().collect();
-    let mut virtual_hosts = Vec::new();
-    let mut jwt = Vec::new();
-    for server in &servers {
-        let (vhost, check) = virtual_host(context, server, services, errors);
-        virtual_hosts.push(vhost);
-        jwt.extend(check.map(|check| ScopedJwt {
-            hostname: Some(server.spec.hostname.clone()),
-            except: taken_within(
-                &server.spec.hostname,
-                servers.iter().map(|s| s.spec.hostname.as_str()),
-            ),
-            check,
-        }));
-    }
+    let (mut virtual_hosts, jwt) = by_host(context, &servers, services, errors);
     let served: BTreeSet<&str> = chosen.keys().copied().collect();
     let (egress_hosts, external) = egress_virtual_hosts(context.config, gateways, &served, errors);
     for cluster in external {
@@ -613,12 +584,7 @@ fn route_action(
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        let plan = plans
-            .binary_search_by(|p| p.key.cmp(&key))
-            .ok()
-            .map(|i| &plans[i])
-            .filter(|p| p.workspace.is_some() || !p.instances.is_empty());
-        let Some(plan) = plan else {
+        let Some(plan) = ServicePlan::known(plans, &key) else {
             errors.push(error(
                 path,
                 &format!("{at}.to[{k}].service"),

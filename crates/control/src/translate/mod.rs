@@ -335,10 +335,8 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 .entry(key.clone())
                 .or_insert_with(|| InboundPlan::new(config, &key, &mut errors));
             // What each instance takes: the service's merged settings.
-            let rate_limit = plans
-                .binary_search_by(|p| p.key.cmp(&key))
-                .ok()
-                .and_then(|i| plans[i].policy.rate_limiting.as_ref())
+            let rate_limit = ServicePlan::known(&plans, &key)
+                .and_then(|plan| plan.policy.rate_limiting.as_ref())
                 .and_then(local_rate_limit);
             own.clusters.extend(verdict.jwks_clusters.iter().cloned());
             own.listeners.push(Listener {
@@ -377,12 +375,8 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                     routes: vec![Route::new(
                         RouteMatch::default(),
                         Action::Forward(Forward {
-                            clusters: BTreeMap::from([(LOCAL_APP.to_string(), 100)]),
                             timeout_ms: Some(0),
-                            retries: None,
-                            hash_on: None,
-                            prefix_rewrite: None,
-                            authority_rewrite: None,
+                            ..Forward::to(LOCAL_APP)
                         }),
                     )],
                     authorization: verdict.authorization.clone(),

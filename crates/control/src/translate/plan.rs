@@ -233,45 +233,62 @@ impl<'c> ServicePlan<'c> {
     /// (and other clusters' gateways behind them), and each subset's
     /// instances (here only: the directory knows no labels).
     pub(super) fn endpoint_sets(&self) -> BTreeMap<String, Endpoints> {
-        let address = |w: &&Workload| SocketAddr {
-            address: w.address.clone(),
-            port: w.port,
-        };
-        let set = |cluster: String, mut endpoints: Vec<SocketAddr>, remote| {
-            endpoints.sort();
-            let endpoints = Endpoints {
-                cluster: cluster.clone(),
-                endpoints,
-                remote,
-            };
-            (cluster, endpoints)
-        };
-        let mut sets = BTreeMap::from([set(
+        let all = BTreeMap::new();
+        let mut sets = BTreeMap::from([self.local_set(
             self.key.cluster_name(None),
-            self.instances.iter().map(address).collect(),
+            &all,
             self.remote.clone(),
         )]);
         if let Some(route) = self.route {
             for subset in &route.spec.subsets {
-                let members = self
-                    .instances
-                    .iter()
-                    .filter(|w| {
-                        subset
-                            .labels
-                            .iter()
-                            .all(|(k, v)| w.labels.get(k) == Some(v))
-                    })
-                    .map(address)
-                    .collect();
-                let (name, endpoints) = set(
+                let (name, endpoints) = self.local_set(
                     self.key.cluster_name(Some(&subset.name)),
-                    members,
+                    &subset.labels,
                     Vec::new(),
                 );
                 sets.insert(name, endpoints);
             }
         }
         sets
+    }
+
+    /// The endpoint set `cluster` of the local instances carrying all of
+    /// `labels`, with `remote` behind them.
+    pub(super) fn local_set(
+        &self,
+        cluster: String,
+        labels: &BTreeMap<String, String>,
+        remote: Vec<RemoteEndpoints>,
+    ) -> (String, Endpoints) {
+        let mut endpoints: Vec<SocketAddr> = self
+            .instances
+            .iter()
+            .filter(|w| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .map(|w| SocketAddr {
+                address: w.address.clone(),
+                port: w.port,
+            })
+            .collect();
+        endpoints.sort();
+        let endpoints = Endpoints {
+            cluster: cluster.clone(),
+            endpoints,
+            remote,
+        };
+        (cluster, endpoints)
+    }
+
+    /// The plan of `key` among `plans` (sorted by key, as translation
+    /// makes them), if the service is known here: a workspace holds it or
+    /// an instance runs.
+    pub(super) fn known<'p>(
+        plans: &'p [ServicePlan<'c>],
+        key: &ServiceKey,
+    ) -> Option<&'p ServicePlan<'c>> {
+        plans
+            .binary_search_by(|p| p.key.cmp(key))
+            .ok()
+            .map(|i| &plans[i])
+            .filter(|p| p.workspace.is_some() || !p.instances.is_empty())
     }
 }

@@ -105,12 +105,7 @@ pub(super) fn relays(
                 namespace: namespace.to_string(),
                 name: name.to_string(),
             };
-            let Some(plan) = plans
-                .binary_search_by(|p| p.key.cmp(&key))
-                .ok()
-                .map(|i| &plans[i])
-                .filter(|p| p.workspace.is_some() || !p.instances.is_empty())
-            else {
+            let Some(plan) = ServicePlan::known(plans, &key) else {
                 errors.push(error(
                     &path,
                     &format!("{at}.service"),
