@@ -189,6 +189,83 @@ pub fn watch(dir: PathBuf, sds: SdsServer, every: Duration) {
     });
 }
 
+/// The certificate files a secret name stands for, if it is one of the
+/// gateway's ([`sds::server_certificate`], [`sds::client_ca`]).
+fn files_of(secret: &str) -> Option<String> {
+    let certificate = sds::server_certificate("");
+    let ca = sds::client_ca("");
+    if let Some(name) = secret.strip_prefix(&certificate) {
+        Some(format!("{name}.crt and {name}.key"))
+    } else {
+        secret.strip_prefix(&ca).map(|name| format!("{name}.crt"))
+    }
+}
+
+/// The secret names in an Envoy config dump of warming secrets: what
+/// Envoy asked for and has not got.
+fn awaited(dump: &serde_json::Value) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![dump];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(fields) => {
+                if let Some(serde_json::Value::String(name)) = fields.get("name") {
+                    names.push(name.clone());
+                }
+                stack.extend(fields.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Reports, every `every`, the server certificates Envoy waits for that
+/// the gateway cannot serve (no files in `dir`, or no `--certificates`):
+/// the servers that use one do not listen until it is there, and nothing
+/// else would say why.
+pub fn report_awaited(admin_port: u16, dir: Option<PathBuf>, every: Duration) {
+    let url = format!("http://127.0.0.1:{admin_port}/config_dump?resource=dynamic_warming_secrets");
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut reported: Vec<String> = Vec::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(response) = http.get(&url).send().await else {
+                continue;
+            };
+            let Ok(dump) = response.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let missing: Vec<String> = awaited(&dump)
+                .into_iter()
+                .filter_map(|secret| files_of(&secret))
+                .collect();
+            if missing == reported {
+                continue;
+            }
+            for files in &missing {
+                match &dir {
+                    Some(dir) => tracing::error!(
+                        "a Gateway names a certificate whose files are missing: {files} in {}; the servers that use it do not listen until they are there",
+                        dir.display()
+                    ),
+                    None => tracing::error!(
+                        "a Gateway names a certificate ({files}), but weft gateway has no --certificates directory; the servers that use it do not listen"
+                    ),
+                }
+            }
+            if missing.is_empty() {
+                tracing::info!("every certificate the Gateways name is served");
+            }
+            reported = missing;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +349,30 @@ mod tests {
         assert_eq!(
             chain_of(&replaced.secrets["certificate/shop.example.com"]),
             other_crt
+        );
+    }
+
+    #[test]
+    fn the_certificates_envoy_waits_for_are_named_by_their_files() {
+        // As Envoy's admin answers /config_dump?resource=dynamic_warming_secrets.
+        let dump = serde_json::json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret",
+             "name": "certificate/shop.example.com", "version_info": "uninitialized"},
+            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret",
+             "name": "ca/partners"},
+            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret",
+             "name": "default"}
+        ]});
+        let missing: Vec<String> = awaited(&dump)
+            .into_iter()
+            .filter_map(|s| files_of(&s))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "partners.crt",
+                "shop.example.com.crt and shop.example.com.key"
+            ]
         );
     }
 }

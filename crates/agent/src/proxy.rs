@@ -184,6 +184,13 @@ pub async fn run(
             source,
         })?;
     announce(&workload, admin_port);
+    if workload.role == Role::Gateway {
+        crate::certificates::report_awaited(
+            admin_port,
+            options.certificates.clone(),
+            CERTIFICATES_EVERY,
+        );
+    }
     let runs_app = !app.is_empty();
     let mut app = match app.split_first() {
         Some((program, rest)) => Some(

@@ -901,3 +901,38 @@ spec:
     }
     assert_eq!(statuses, [200, 200, 429]);
 }
+
+/// A Gateway naming a certificate the gateway has no files for: Envoy
+/// waits for it without a word, so the gateway says which files are
+/// missing and where.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_certificate_file_is_reported() {
+    let mut mesh = GatewayMesh::start().await;
+    let port = free_port();
+    mesh.apply(&format!(
+        "apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
+  http:
+    - name: shop
+      port: {port}
+      hostname: shop.example.com
+      tls: {{certificate: shop.example.com}}
+      routes: [{{directResponse: {{status: 200}}}}]
+"
+    ));
+    mesh.gateway("ingress", "edge", None);
+    mesh.until_in_sync(1).await;
+    let log = mesh.dir.path().join("ingress-1.log");
+    until(
+        "the gateway names the missing files",
+        Duration::from_secs(20),
+        async || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("shop.example.com.crt and shop.example.com.key in"))
+        },
+    )
+    .await;
+}
