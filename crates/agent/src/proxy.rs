@@ -38,7 +38,7 @@ pub struct ProxyOptions {
     pub node_id: Option<String>,
     /// The Envoy binary.
     pub envoy: PathBuf,
-    /// Envoy's admin port on 127.0.0.1 (0 picks a free one).
+    /// Envoy's admin port on 127.0.0.1 (0: Envoy picks a free one).
     pub admin_port: u16,
     pub envoy_log_level: String,
     /// Delta xDS (else state of the world).
@@ -74,11 +74,28 @@ fn new_node_id(service: &str) -> String {
     format!("{service}-{}", hex::encode(bytes))
 }
 
-fn free_port() -> Result<u16, AgentError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| AgentError::RuntimeDir(format!("cannot pick a port for Envoy's admin: {e}")))
+/// The admin port Envoy bound (it was given port 0 and writes where it
+/// listens to `file`): a port picked here and released would be free to
+/// any other process until Envoy took it.
+async fn bound_admin_port(file: &std::path::Path) -> Result<u16, AgentError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let written = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(port) = written
+            .trim()
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+        {
+            return Ok(port);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(AgentError::RuntimeDir(format!(
+                "Envoy did not say where its admin listens ({} stayed empty for 30 s); see its log above",
+                file.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs the proxy of `workload` (its `node` is filled in here) and `app`
@@ -101,14 +118,13 @@ pub async fn run(
         Some(node) => node.clone(),
         None => runtime.node_id(|| new_node_id(&workload.service))?,
     };
-    let admin_port = match options.admin_port {
-        0 => free_port()?,
-        port => port,
-    };
     // The runtime directory is private (0700); the bootstrap carries the
     // credential, so it is 0600 too.
     let path = runtime.path().join("envoy.pb");
     let sds_socket = runtime.path().join("sds.sock");
+    let admin_address = runtime.path().join("admin.address");
+    // A crashed run's file must not be taken for this Envoy's.
+    let _ = std::fs::remove_file(&admin_address);
     if sds_socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(AgentError::RuntimeDir(format!(
             "the SDS socket path {} is longer than {MAX_SOCKET_PATH} bytes, the most a Unix \
@@ -137,7 +153,7 @@ pub async fn run(
         edge_id: &edge_id,
         credential: &credential,
         sds_socket: &sds_socket,
-        admin_port,
+        admin_port: options.admin_port,
         delta: options.delta,
     })
     .encode_to_vec();
@@ -170,8 +186,10 @@ pub async fn run(
                     "5",
                     "--log-level",
                     &options.envoy_log_level,
-                    "-c",
+                    "--admin-address-path",
                 ])
+                .arg(&admin_address)
+                .arg("-c")
                 .arg(&path)
                 .stdin(Stdio::null()),
         )
@@ -183,6 +201,10 @@ pub async fn run(
             ),
             source,
         })?;
+    let admin_port = match options.admin_port {
+        0 => bound_admin_port(&admin_address).await?,
+        port => port,
+    };
     announce(&workload, admin_port);
     if workload.role == Role::Gateway {
         crate::certificates::report_awaited(
