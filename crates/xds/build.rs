@@ -21,6 +21,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/http/cors/v3/cors.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
     "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
@@ -46,11 +47,20 @@ fn main() {
         "client_model",
     ]
     .map(|d| root.join(d));
-    let mut compiler = protox::Compiler::new(includes.iter().filter(|p| p.is_dir()))
-        .expect("the Envoy proto include paths");
+    // weft's own resource types beside Envoy's.
+    let own = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"))
+        .join("proto");
+    println!("cargo:rerun-if-changed={}", own.display());
+    let mut compiler = protox::Compiler::new(
+        includes
+            .iter()
+            .filter(|p| p.is_dir())
+            .chain(std::iter::once(&own)),
+    )
+    .expect("the Envoy proto include paths");
     compiler.include_imports(true);
     compiler
-        .open_files(FILES)
+        .open_files(FILES.iter().chain(&["weft/ratelimit/v1/rules.proto"]))
         .unwrap_or_else(|e| panic!("compiling Envoy's protos: {e:?}"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(

@@ -10,6 +10,7 @@
 //! [`workload`] in the node metadata ([`bootstrap`]), and runs Envoy (and
 //! the app) until one exits or it is told to stop ([`proxy`]).
 
+pub mod addon;
 pub mod bootstrap;
 pub mod certificates;
 pub mod children;

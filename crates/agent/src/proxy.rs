@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use prost::Message;
-use rand::RngCore;
 use weft_identity::SpiffeId;
 use weft_identity::tls::TrustStore;
 
@@ -59,19 +58,19 @@ const CERTIFICATES_EVERY: std::time::Duration = std::time::Duration::from_secs(2
 fn instance_name(workload: &Workload) -> String {
     match workload.role {
         Role::Eastwest => format!("eastwest-{}-{}", workload.address, workload.port),
-        Role::Sidecar => format!("sidecar-{}-{}", workload.address, workload.port),
+        Role::Sidecar | Role::Ratelimit => {
+            format!(
+                "{}-{}-{}",
+                workload.role.as_str(),
+                workload.address,
+                workload.port
+            )
+        }
         Role::Gateway => format!(
             "gateway-{}-{}-{}",
             workload.namespace, workload.service, workload.address
         ),
     }
-}
-
-/// A new node id for a proxy of `service`: SERVICE-<random>.
-fn new_node_id(service: &str) -> String {
-    let mut bytes = [0u8; 4];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{service}-{}", hex::encode(bytes))
 }
 
 /// The admin port Envoy bound (it was given port 0 and writes where it
@@ -116,7 +115,7 @@ pub async fn run(
     let runtime = RuntimeDir::claim(&options.runtime_base, &instance_name(&workload))?;
     workload.node = match &options.node_id {
         Some(node) => node.clone(),
-        None => runtime.node_id(|| new_node_id(&workload.service))?,
+        None => runtime.node_id(|| Workload::new_node_id(&workload.service))?,
     };
     // The runtime directory is private (0700); the bootstrap carries the
     // credential, so it is 0600 too.

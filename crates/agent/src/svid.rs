@@ -40,6 +40,12 @@ fn inline(text: &str) -> Option<DataSource> {
 }
 
 impl Issued {
+    /// The certificate chain (leaf first) and its key, as PEM: what a
+    /// weft service serves itself.
+    pub fn pem(&self) -> (&str, &str) {
+        (&self.svid.certificate_chain, &self.key_pem)
+    }
+
     /// What Envoy gets over SDS.
     fn secrets(&self) -> Vec<Secret> {
         vec![
@@ -192,11 +198,30 @@ pub async fn first(link: &EdgeLink) -> Result<Issued, AgentError> {
 /// until the process ends.
 pub fn keep_renewed(sds: SdsServer, issued: Issued, link: EdgeLink) -> Result<(), AgentError> {
     sds.set(SOURCE, issued.secrets())?;
-    tokio::spawn(renew(sds, issued, link));
+    tokio::spawn(renew(issued, link, move |next| {
+        sds.set(SOURCE, next.secrets())
+    }));
     Ok(())
 }
 
-async fn renew(sds: SdsServer, issued: Issued, link: EdgeLink) {
+/// Hands `issued` to `use_it` and keeps renewing it, each new certificate
+/// to `use_it` too, in a task that runs until the process ends: a weft
+/// service that serves its own TLS.
+pub fn keep_renewed_with(
+    issued: Issued,
+    link: EdgeLink,
+    use_it: impl Fn(&Issued) -> Result<(), AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    use_it(&issued)?;
+    tokio::spawn(renew(issued, link, use_it));
+    Ok(())
+}
+
+async fn renew(
+    issued: Issued,
+    link: EdgeLink,
+    use_it: impl Fn(&Issued) -> Result<(), AgentError> + Send + 'static,
+) {
     let mut current = issued;
     loop {
         let wait = current
@@ -206,7 +231,7 @@ async fn renew(sds: SdsServer, issued: Issued, link: EdgeLink) {
         tokio::time::sleep(wait).await;
         match request(&link).await {
             Ok(Ok(next)) => {
-                if let Err(error) = sds.set(SOURCE, next.secrets()) {
+                if let Err(error) = use_it(&next) {
                     tracing::error!(%error, "cannot serve the renewed workload certificate");
                 }
                 // The edge's certificate chains to the bundle it sends

@@ -27,6 +27,10 @@ pub enum Role {
     /// ports; `address` is where it listens. Only a gateway credential
     /// runs one.
     Gateway,
+    /// The cluster's rate limit service (`weft ratelimit`): no proxy; it
+    /// gets the cluster's rate limit rules, and gateways and sidecars
+    /// reach it at `address:port`.
+    Ratelimit,
 }
 
 /// One instance of a service, with its sidecar (or the cluster's
@@ -68,6 +72,7 @@ impl Role {
             Role::Sidecar => "sidecar",
             Role::Eastwest => "eastwest",
             Role::Gateway => "gateway",
+            Role::Ratelimit => "ratelimit",
         }
     }
 }
@@ -100,6 +105,14 @@ fn string_field<'a>(fields: &'a BTreeMap<String, Value>, key: &str) -> Option<&'
 }
 
 impl Workload {
+    /// A new node id for an instance of `service`: SERVICE-<random>.
+    pub fn new_node_id(service: &str) -> String {
+        use rand::RngCore;
+        let mut bytes = [0u8; 4];
+        rand::rng().fill_bytes(&mut bytes);
+        format!("{service}-{}", hex::encode(bytes))
+    }
+
     /// Whether this is an instance of its service: a sidecar with an app
     /// behind it (not a client that only calls out, nor a gateway).
     pub fn is_instance(&self) -> bool {
@@ -169,9 +182,10 @@ impl Workload {
             None | Some("sidecar") => Role::Sidecar,
             Some("eastwest") => Role::Eastwest,
             Some("gateway") => Role::Gateway,
+            Some("ratelimit") => Role::Ratelimit,
             Some(other) => {
                 problems.push(format!(
-                    "metadata.{}: {other:?} is not sidecar, eastwest or gateway",
+                    "metadata.{}: {other:?} is not sidecar, eastwest, gateway or ratelimit",
                     keys::ROLE
                 ));
                 Role::Sidecar
@@ -196,15 +210,29 @@ impl Workload {
         // The gateway role goes with the gateway's identity, both ways: a
         // workload cannot make itself its cluster's entry point, and the
         // gateway's credential serves nothing else.
-        let gateway_identity = namespace == weft_identity::RESERVED_NAMESPACE
-            && service_account == weft_identity::EASTWEST_ACCOUNT;
-        if gateway_identity != (role == Role::Eastwest) {
-            problems.push(format!(
-                "metadata.{}: only the east-west gateway ({}/{}) has the role eastwest, and it has no other",
-                keys::ROLE,
-                weft_identity::RESERVED_NAMESPACE,
-                weft_identity::EASTWEST_ACCOUNT
-            ));
+        // Likewise weft's own services: each identity has its role.
+        for (account, own_role, what) in [
+            (
+                weft_identity::EASTWEST_ACCOUNT,
+                Role::Eastwest,
+                "the east-west gateway",
+            ),
+            (
+                weft_identity::RATELIMIT_ACCOUNT,
+                Role::Ratelimit,
+                "the rate limit service",
+            ),
+        ] {
+            let identity =
+                namespace == weft_identity::RESERVED_NAMESPACE && service_account == account;
+            if identity != (role == own_role) {
+                problems.push(format!(
+                    "metadata.{}: only {what} ({}/{account}) has the role {}, and it has no other",
+                    keys::ROLE,
+                    weft_identity::RESERVED_NAMESPACE,
+                    own_role.as_str()
+                ));
+            }
         }
         let address = string_field(&fields, keys::ADDRESS).unwrap_or_default();
         if address.parse::<std::net::IpAddr>().is_err() {

@@ -11,13 +11,14 @@
 //! tried in order and the first match wins.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::problems::{Problems, check_dns_label, check_dns_name, field, index};
-use crate::ratelimit::RateLimiting;
+use crate::ratelimit::{DimensionOf, RateLimiting};
 use crate::security::{Authentication, Authorization, Caller, check_requests_and_claims};
 use crate::specs::Spec;
 use crate::traffic::{
@@ -473,6 +474,7 @@ impl Spec for GatewaySpec {
             };
             ports.claim(server.port, Some(&server.hostname), usage, &here, problems);
         }
+        check_shared_rate_limit_service(&self.http, at, problems);
         for (i, server) in self.tls_passthrough.iter().enumerate() {
             let here = index(&field(at, "tlsPassthrough"), i);
             check_name(&server.name, &here, problems);
@@ -531,7 +533,23 @@ impl HttpServer {
             authentication.check(&field(here, "authentication"), problems);
         }
         if let Some(rate_limiting) = &self.rate_limiting {
-            rate_limiting.check(&field(here, "rateLimiting"), problems);
+            let at = field(here, "rateLimiting");
+            rate_limiting.check(&at, problems);
+            if self.authentication.is_none() {
+                for (i, rule) in rate_limiting.rules.iter().enumerate() {
+                    for (j, dimension) in rule.dimensions.iter().enumerate() {
+                        if dimension.of == DimensionOf::Claim {
+                            problems.add(
+                                field(
+                                    &field(&at, &format!("rules[{i}]")),
+                                    &format!("dimensions[{j}]"),
+                                ),
+                                "claims come from end-user tokens: give the server authentication",
+                            );
+                        }
+                    }
+                }
+            }
         }
         if let Some(authorization) = &self.authorization {
             let at = field(here, "authorization");
@@ -804,5 +822,31 @@ pub fn check_selector_within_parent(spec: &Value, parent_spec: &Value, problems:
             "spec.workloadSelector.namespace",
             format!("{namespace:?} is not among the namespaces this gateway's group selects ({selector})"),
         );
+    }
+}
+
+/// Plain-HTTP servers on one port share one connection manager, so one
+/// rate limit filter: they must agree on how it waits and fails.
+fn check_shared_rate_limit_service(servers: &[HttpServer], at: &str, problems: &mut Problems) {
+    let mut first: BTreeMap<u16, (usize, Duration, bool)> = BTreeMap::new();
+    for (i, server) in servers.iter().enumerate() {
+        let Some(limits) = server.rate_limiting.as_ref().filter(|r| r.is_shared()) else {
+            continue;
+        };
+        if server.tls.is_some() {
+            continue;
+        }
+        let this = (i, limits.timeout(), limits.fail_closed);
+        let (j, timeout, fail_closed) = *first.entry(server.port).or_insert(this);
+        if (timeout, fail_closed) != (this.1, this.2) {
+            problems.add(
+                field(&index(&field(at, "http"), i), "rateLimiting"),
+                format!(
+                    "plain-HTTP servers on port {} share one rate limit filter: its timeout and failClosed must be those of {}",
+                    server.port,
+                    field(&index(&field(at, "http"), j), "rateLimiting"),
+                ),
+            );
+        }
     }
 }

@@ -15,6 +15,7 @@ mod edge;
 mod envoy;
 mod manifests;
 mod output;
+mod ratelimit;
 mod resources;
 mod server;
 mod settings;
@@ -123,6 +124,20 @@ NAME.key for each `tls.certificate: NAME` of its Gateways, NAME.crt alone for
 a `clientCa`. Replaced files are served within seconds, without a restart;
 keys never leave this host.")]
     Gateway(sidecar::GatewayArgs),
+
+    /// Run the cluster's rate limit service: Envoy's rate limit service
+    /// API for the shared rules of Gateways and TrafficSettings, counting
+    /// in Redis
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east --ratelimit > ratelimit.token
+  weft ratelimit --listen 10.0.0.5:18081 --redis redis://10.0.0.9:6379 \\
+      --edge 127.0.0.1:15010 --credential-file ratelimit.token
+Run as many replicas as you like on one Redis: they share the counters. The
+edge sends them the rules and tells gateways and sidecars where they are.
+Without a decision in time (Redis down or slow), a rule's proxies let
+requests through, or with failClosed refuse them with 503.")]
+    Ratelimit(ratelimit::RatelimitArgs),
 
     /// Tools for testing and inspecting: offline translation, a test workload
     #[command(subcommand)]
@@ -441,6 +456,9 @@ Examples:
         /// The credential of the cluster's east-west gateway (`weft eastwest`)
         #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account", "gateway"])]
         eastwest: bool,
+        /// The credential of the cluster's rate limit service (`weft ratelimit`)
+        #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account", "gateway", "eastwest"])]
+        ratelimit: bool,
         #[arg(long, default_value = "")]
         description: String,
         /// Lifetime, e.g. 12h or 90d (default: until revoked)
@@ -575,6 +593,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Command::Ratelimit(args) => {
+            init_logging(&cli.log_format);
+            ratelimit::run(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
+        }
         Command::Admin(command) => {
             init_logging(&cli.log_format);
             let done = match command {
@@ -680,13 +705,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             service_account,
             gateway,
             eastwest,
+            ratelimit,
             description,
             ttl,
         }) => {
-            let (namespace, service_account) = if eastwest {
+            let own = if eastwest {
+                Some(weft_identity::EASTWEST_ACCOUNT)
+            } else if ratelimit {
+                Some(weft_identity::RATELIMIT_ACCOUNT)
+            } else {
+                None
+            };
+            let (namespace, service_account) = if let Some(account) = own {
                 (
                     Some(weft_identity::RESERVED_NAMESPACE.to_string()),
-                    Some(weft_identity::EASTWEST_ACCOUNT.to_string()),
+                    Some(account.to_string()),
                 )
             } else {
                 (namespace, service_account)

@@ -5,40 +5,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::mesh::{Edge, SHOP, credential, with_echo_app};
+use support::gateway::{GATEWAY_ALLOWED, GatewayMesh};
 use support::tls::{self, TestCa, served_certificate};
 use support::tokens::Issuer;
-use support::{Proc, Server, WEFT, envoy, free_port, show_log_tails, until, write};
-
-/// Besides [`SHOP`]: workspace edge (namespace edge) with a gateway group.
-const EDGE: &str = "\
-apiVersion: weft.dev/v1alpha1
-kind: Workspace
-metadata: {name: edge, tenant: retail}
-spec: {namespaceSelector: [east/edge]}
----
-apiVersion: weft.dev/v1alpha1
-kind: GatewayGroup
-metadata: {name: front, tenant: retail, workspace: edge}
-spec: {namespaceSelector: [east/edge]}
-";
-
-/// What lets the gateway call the shop's services.
-const GATEWAY_ALLOWED: &str = "\
-apiVersion: weft.dev/v1alpha1
-kind: SecuritySetting
-metadata: {name: from-the-gateway, tenant: retail, workspace: shop}
-spec:
-  authorization:
-    allow: [{from: [{serviceAccount: {namespace: edge, name: ingress}}]}]
-";
+use support::{Proc, WEFT, free_port, until, write};
 
 /// The hostnames the tests reach at the gateway.
 const HOSTS: [&str; 7] = [
@@ -72,159 +48,6 @@ async fn get(
     let text = response.text().await.map_err(|e| format!("{e:?}"))?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Ok((status, body, headers))
-}
-
-struct GatewayMesh {
-    dir: tempfile::TempDir,
-    server: Server,
-    admin: String,
-    edge: Edge,
-    http: reqwest::Client,
-    /// Where the gateway's certificate files are.
-    certificates: PathBuf,
-    ca: TestCa,
-    processes: Vec<Proc>,
-}
-
-impl Drop for GatewayMesh {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            show_log_tails(self.dir.path());
-        }
-    }
-}
-
-impl GatewayMesh {
-    async fn start() -> GatewayMesh {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("server"), None);
-        let admin = server.admin_token();
-        let base = write(dir.path(), "base.yaml", &format!("{SHOP}---\n{EDGE}"));
-        let applied = server.weft(&admin, &["apply", "-f", &base]);
-        assert_eq!(applied.code, 0, "{applied:?}");
-        let edge_credential = credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let mut edge = Edge::new("east", dir.path(), &[]);
-        edge.start(&server.edge_url, &edge_credential, &http).await;
-        let certificates = dir.path().join("certificates");
-        std::fs::create_dir(&certificates).unwrap();
-        GatewayMesh {
-            dir,
-            server,
-            admin,
-            edge,
-            http,
-            certificates,
-            ca: TestCa::new("test servers"),
-            processes: Vec::new(),
-        }
-    }
-
-    fn apply(&self, yaml: &str) {
-        let file = write(self.dir.path(), "apply.yaml", yaml);
-        let run = self.server.weft(&self.admin, &["apply", "-f", &file]);
-        assert_eq!(run.code, 0, "{run:?}");
-    }
-
-    /// A `weft sidecar` of `service` in `shop` as `node`, with its own
-    /// credential, inbound address and log; returns it and its outbound
-    /// port.
-    fn sidecar(&mut self, service: &str, node: &str) -> (Command, u16) {
-        let credential = credential(
-            Some(&self.server),
-            &self.admin,
-            self.dir.path(),
-            service,
-            "east",
-            &["--namespace", "shop", "--service-account", service],
-        );
-        let log = self.dir.path().join(format!("{node}.log"));
-        let mut command = support::mesh::sidecar(
-            node,
-            service,
-            service,
-            self.edge.xds_port,
-            &credential,
-            &log,
-        );
-        let outbound = free_port();
-        command
-            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
-            .args(["--outbound-port", &outbound.to_string()]);
-        (command, outbound)
-    }
-
-    /// An instance of `service` whose app is `app` (listening on
-    /// `app_port`).
-    fn workload_running(&mut self, service: &str, node: &str, app_port: u16, app: &[&str]) {
-        let (mut command, _) = self.sidecar(service, node);
-        command
-            .args(["--app-port", &app_port.to_string(), "--"])
-            .args(app);
-        self.processes.push(Proc(command.spawn().unwrap()));
-    }
-
-    /// An instance of `service` with an echo app.
-    fn workload(&mut self, service: &str, node: &str, version: &str) {
-        let (mut command, _) = self.sidecar(service, node);
-        with_echo_app(&mut command, service, node, Some(version));
-        self.processes.push(Proc(command.spawn().unwrap()));
-    }
-
-    /// A sidecar of `service` without an app; returns its outbound port.
-    fn client(&mut self, service: &str) -> u16 {
-        let (mut command, outbound) = self.sidecar(service, &format!("{service}-1"));
-        self.processes.push(Proc(command.spawn().unwrap()));
-        outbound
-    }
-
-    /// `weft gateway` NAME in `namespace`, labelled app=NAME (node
-    /// NAME-1); with `mesh_port`, reachable by the mesh's sidecars.
-    fn gateway(&mut self, name: &str, namespace: &str, mesh_port: Option<u16>) {
-        let credential = credential(
-            Some(&self.server),
-            &self.admin,
-            self.dir.path(),
-            name,
-            "east",
-            &["--namespace", namespace, "--gateway", name],
-        );
-        let node = format!("{name}-1");
-        let mut command = Command::new(WEFT);
-        command
-            .args(["gateway", "--name", name, "--namespace", namespace])
-            .args(["--label", &format!("app={name}"), "--node-id", &node])
-            .args(["--listen-address", "127.0.0.1"])
-            // Other tests run gateways of the same name on this address.
-            .arg("--runtime-dir")
-            .arg(self.dir.path().join("run"))
-            .arg("--certificates")
-            .arg(&self.certificates)
-            .args(["--edge", &format!("127.0.0.1:{}", self.edge.xds_port)])
-            .arg("--credential-file")
-            .arg(credential)
-            .arg("--envoy")
-            .arg(envoy())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join(format!("{node}.log"))).unwrap());
-        if let Some(port) = mesh_port {
-            command.args(["--mesh-port", &port.to_string()]);
-        }
-        self.processes.push(Proc(command.spawn().unwrap()));
-    }
-
-    async fn until_in_sync(&self, proxies: usize) {
-        until(
-            "every proxy has accepted its configuration",
-            Duration::from_secs(40),
-            async || self.edge.in_sync(&self.http, proxies).await,
-        )
-        .await;
-    }
 }
 
 /// The Gateway of the tests, on ports `http` and `https`; `jwks` is the

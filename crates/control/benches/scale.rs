@@ -433,7 +433,7 @@ async fn clients(port: u16, nodes: &str) {
 }
 
 /// xDS responses the server sent, by type, from its metrics.
-fn responses(registry: &prometheus_client::registry::Registry) -> [u64; 5] {
+fn responses(registry: &prometheus_client::registry::Registry) -> [u64; ResourceType::ALL.len()] {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).expect("metrics encode");
     ResourceType::ALL.map(|t| {
@@ -694,7 +694,7 @@ async fn live(
                 acked: Duration,
                 edge_cpu: Duration,
                 updated: usize,
-                sent: [u64; 5]| {
+                sent: [u64; ResourceType::ALL.len()]| {
         let by_type: Vec<String> = ResourceType::ALL
             .into_iter()
             .zip(sent)
@@ -715,7 +715,7 @@ async fn live(
             },
         );
     };
-    let diff = |before: [u64; 5]| {
+    let diff = |before: [u64; ResourceType::ALL.len()]| {
         let now = responses(&metrics);
         std::array::from_fn(|i| now[i] - before[i])
     };

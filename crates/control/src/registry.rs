@@ -150,6 +150,10 @@ impl Registry {
                 "issue one with `weft token create --cluster {} --namespace {} --gateway {}` and pass it to `weft gateway --credential-file`",
                 self.cluster, workload.namespace, workload.service_account
             ),
+            Role::Ratelimit => format!(
+                "issue one with `weft token create --cluster {} --ratelimit` and pass it to `weft ratelimit --credential-file`",
+                self.cluster
+            ),
             _ => format!(
                 "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
                 self.cluster, workload.namespace, workload.service_account

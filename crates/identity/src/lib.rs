@@ -15,7 +15,9 @@ pub mod tls;
 pub mod transport;
 
 pub use authority::{Authority, CertRequest, cluster_of_ca};
-pub use spiffe::{EASTWEST_ACCOUNT, RESERVED_NAMESPACE, SpiffeId, check_trust_domain};
+pub use spiffe::{
+    EASTWEST_ACCOUNT, RATELIMIT_ACCOUNT, RESERVED_NAMESPACE, SpiffeId, check_trust_domain,
+};
 pub use verify::{Bundle, verify_svid};
 
 pub use rustls_pki_types::CertificateDer;

@@ -24,6 +24,8 @@ fn invalid(value: &str, reason: impl Into<String>) -> IdentityError {
 pub const RESERVED_NAMESPACE: &str = "weft-system";
 /// The service account of east-west gateways, in [`RESERVED_NAMESPACE`].
 pub const EASTWEST_ACCOUNT: &str = "weft-eastwest";
+/// The service account of the cluster's rate limit service (`weft ratelimit`).
+pub const RATELIMIT_ACCOUNT: &str = "weft-ratelimit";
 
 /// Checks a trust domain: lowercase letters, digits, `.`, `-` and `_`, as
 /// the SPIFFE ID specification allows.

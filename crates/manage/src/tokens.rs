@@ -140,10 +140,15 @@ async fn principal(
             // The reserved namespace holds weft's own identities; the one
             // credential made there is the east-west gateway's.
             if namespace == weft_identity::RESERVED_NAMESPACE
-                && (account != weft_identity::EASTWEST_ACCOUNT || role == CredentialRole::Gateway)
+                && (![
+                    weft_identity::EASTWEST_ACCOUNT,
+                    weft_identity::RATELIMIT_ACCOUNT,
+                ]
+                .contains(&account.as_str())
+                    || role == CredentialRole::Gateway)
             {
                 return Err(ApiError::bad_request(format!(
-                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credential is the east-west gateway's (weft token create --cluster C --eastwest)"
+                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credentials are the east-west gateway's (weft token create --cluster C --eastwest) and the rate limit service's (--ratelimit)"
                 )));
             }
             let account_field = match role {

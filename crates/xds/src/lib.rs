@@ -11,6 +11,7 @@
 pub mod ads;
 pub mod cache;
 pub mod json;
+pub mod ratelimit;
 pub mod snapshot;
 
 pub use ads::{Admission, AdsServer};

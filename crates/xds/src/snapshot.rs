@@ -31,6 +31,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
+
+use crate::ratelimit::RateLimitRules;
 use sha2::{Digest, Sha256};
 
 /// The resource types a snapshot holds, in the order additions are sent:
@@ -43,15 +45,19 @@ pub enum ResourceType {
     Endpoint,
     Listener,
     Route,
+    /// `weft ratelimit`'s rules ([`crate::ratelimit`]): nothing depends
+    /// on them, and they depend on nothing.
+    RateLimit,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Secret,
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::RateLimit,
     ];
 
     pub fn type_url(self) -> String {
@@ -61,6 +67,7 @@ impl ResourceType {
             ResourceType::Endpoint => ClusterLoadAssignment::type_url(),
             ResourceType::Listener => Listener::type_url(),
             ResourceType::Route => RouteConfiguration::type_url(),
+            ResourceType::RateLimit => RateLimitRules::type_url(),
         }
     }
 
@@ -76,7 +83,10 @@ impl ResourceType {
     /// Whether a subscription without names means "all of them" (CDS and
     /// LDS); EDS and RDS are always asked for by name.
     pub fn wildcard_by_default(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+        matches!(
+            self,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::RateLimit
+        )
     }
 
     /// Short name for logs and metrics.
@@ -87,6 +97,7 @@ impl ResourceType {
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::RateLimit => "rls",
         }
     }
 }
@@ -209,12 +220,12 @@ impl Resources {
 pub struct Layer {
     id: u64,
     /// By [`ResourceType::index`].
-    resources: [Resources; 5],
+    resources: [Resources; ResourceType::ALL.len()],
     /// EDS cluster name → the endpoint name it asks for, sorted.
     eds_service_of: Vec<(String, String)>,
     needs: Vec<Need>,
     /// By [`ResourceType::index`].
-    versions: [String; 5],
+    versions: [String; ResourceType::ALL.len()],
     changes: Option<Changes>,
 }
 
@@ -280,6 +291,7 @@ fn kind_of(t: ResourceType) -> &'static str {
         ResourceType::Endpoint => "endpoint",
         ResourceType::Listener => "listener",
         ResourceType::Route => "route",
+        ResourceType::RateLimit => "rate limit rules",
     }
 }
 
@@ -374,6 +386,14 @@ impl LayerBuilder {
         self.insert(ResourceType::Route, &route.name, Arc::new(e))
     }
 
+    pub fn rate_limit_rules(&mut self, rules: &RateLimitRules) -> Result<(), Inconsistent> {
+        self.insert(
+            ResourceType::RateLimit,
+            crate::ratelimit::RESOURCE,
+            Arc::new(entry(crate::ratelimit::RESOURCE, rules, None)),
+        )
+    }
+
     pub fn secret(&mut self, secret: &Secret) -> Result<(), Inconsistent> {
         self.insert(
             ResourceType::Secret,
@@ -420,7 +440,7 @@ impl LayerBuilder {
         needs.dedup();
         needs.shrink_to_fit();
         let mut by_type = resources;
-        let resources: [Resources; 5] = ResourceType::ALL.map(|t| {
+        let resources: [Resources; ResourceType::ALL.len()] = ResourceType::ALL.map(|t| {
             Resources(
                 by_type
                     .remove(&t)
@@ -454,8 +474,8 @@ fn digest(resources: &Resources) -> String {
 
 fn changes_between(
     previous: &Layer,
-    resources: &[Resources; 5],
-    versions: &[String; 5],
+    resources: &[Resources; ResourceType::ALL.len()],
+    versions: &[String; ResourceType::ALL.len()],
 ) -> Changes {
     let mut changes = Changes {
         from: previous.id,

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod mesh;
+pub mod redis;
 pub mod tls;
 pub mod tokens;
 
@@ -275,6 +277,9 @@ impl Proc {
     /// Sends SIGTERM; returns false if the process had to be killed after
     /// 10 s.
     pub fn stop(&mut self) -> bool {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return true;
+        }
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -16,8 +16,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::v3::Percent;
@@ -49,6 +50,7 @@ impl Cluster {
             mtls,
             passthrough,
             sni_from_host,
+            grpc,
         } = self;
         let external = match fixed {
             Some(FixedHost::External(external)) => Some(external),
@@ -62,13 +64,19 @@ impl Cluster {
                 max_requests_per_connection: max_requests_per_connection.map(uint),
                 ..Default::default()
             }),
-            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                UseDownstreamHttpConfig {
+            upstream_protocol_options: Some(if *grpc {
+                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                })
+            } else {
+                UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
                     http_protocol_options: Some(Http1ProtocolOptions::default()),
                     http2_protocol_options: Some(Http2ProtocolOptions::default()),
                     ..Default::default()
-                },
-            )),
+                })
+            }),
             // The peer's identity is checked by its SPIFFE ID, not by the
             // name sent.
             upstream_http_protocol_options: sni_from_host.then(|| UpstreamHttpProtocolOptions {

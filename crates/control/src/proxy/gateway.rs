@@ -30,7 +30,7 @@ use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
 use super::ratelimit::local_rate_limit_filter;
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
-use super::{GatewayListener, HttpChain, Mtls, ServerTls};
+use super::{GatewayListener, HttpChain, Mtls, RateLimitService, ServerTls};
 
 impl ServerTls {
     fn downstream(&self) -> TransportSocket {
@@ -66,6 +66,7 @@ impl HttpChain {
             mesh,
             route_table,
             jwt,
+            rate_limit_service,
         } = self;
         // A browser's preflight is answered before tokens and rules are
         // asked for: it carries neither.
@@ -83,6 +84,7 @@ impl HttpChain {
             )
             .chain(authorization_filters())
             .chain([local_rate_limit_filter()])
+            .chain(rate_limit_service.as_ref().map(RateLimitService::filter))
             .collect();
         let mut hcm = http_connection_manager(
             name,

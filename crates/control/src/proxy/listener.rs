@@ -35,7 +35,7 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 
 use super::convert::{ads, socket};
 use super::rbac::{authorization_filters, rbac};
-use super::{JwtCheck, Listener, Mtls, SniListener, TCP_ALPN, TcpInbound};
+use super::{JwtCheck, Listener, Mtls, RateLimitService, SniListener, TCP_ALPN, TcpInbound};
 
 /// Which listener a request log line comes from.
 #[derive(Clone, Copy)]
@@ -119,6 +119,7 @@ impl Listener {
             jwt,
             tcp,
             rate_limited,
+            rate_limit_service,
         } = self;
         let filters = jwt
             .iter()
@@ -130,6 +131,7 @@ impl Listener {
             })
             // After authorization: a caller refused does not spend a token.
             .chain(rate_limited.then(super::ratelimit::local_rate_limit_filter))
+            .chain(rate_limit_service.as_ref().map(RateLimitService::filter))
             .collect();
         // Every request the listener judges is logged with the verdict
         // and the caller (a refusal says which rule, or that none allowed).

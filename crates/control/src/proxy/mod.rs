@@ -42,6 +42,10 @@ pub struct ProxyConfig {
     /// Listeners for clients outside the mesh (a gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<GatewayListener>,
+    /// Every shared rate limit rule of the cluster (the rate limit
+    /// service's one resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rules: Option<Vec<ServiceRule>>,
 }
 
 /// A gateway's listener on one port, for clients outside the mesh: one
@@ -74,6 +78,9 @@ pub struct HttpChain {
     /// End-user token checks, each for the hostname of its server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt: Vec<ScopedJwt>,
+    /// Where its virtual hosts' shared limits are decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<RateLimitService>,
 }
 
 /// A server certificate (and for mutual TLS, the CA client certificates
@@ -145,6 +152,9 @@ pub struct Cluster {
     /// other clusters' east-west gateways route by it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sni_from_host: bool,
+    /// Always HTTP/2: Envoy's own gRPC calls (the rate limit service).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
 }
 
 /// The one host of a cluster whose endpoints do not come over EDS.
@@ -283,6 +293,9 @@ pub struct Listener {
     /// [`RateLimit`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rate_limited: bool,
+    /// Where its virtual hosts' shared limits are decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<RateLimitService>,
 }
 
 /// Raw TCP relayed to `cluster` (the app) from the callers
@@ -395,6 +408,73 @@ pub struct VirtualHost {
     /// How many requests it takes, on a listener that limits them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The shared rules its requests are counted by, on a listener with
+    /// a [`RateLimitService`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_limits: Vec<SharedLimit>,
+}
+
+/// One shared rule as a proxy applies it: the descriptor each request
+/// sends to the rate limit service, `(RULE_KEY, rule)` and then one entry
+/// per dimension. A request lacking a dimension sends none for the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedLimit {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimensions: Vec<DescriptorEntry>,
+}
+
+/// Where a descriptor entry's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DescriptorEntry {
+    /// The connection's peer address.
+    ClientAddress,
+    Header(String),
+    /// A claim of the verified token (a string claim).
+    Claim(String),
+    /// The path with its query (the service drops the query).
+    Path,
+    Method,
+}
+
+/// The rate limit service a listener asks, and how it waits and fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitService {
+    pub cluster: String,
+    pub timeout_ms: u64,
+    /// Refuse (503) when no decision comes; else let the request through.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_closed: bool,
+}
+
+/// A shared rule as the rate limit service counts it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRule {
+    pub id: String,
+    pub name: String,
+    pub requests: u32,
+    pub unit_seconds: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// What each descriptor entry after the rule's must be, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dimensions: Vec<ServiceDimension>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDimension {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_query: bool,
 }
 
 /// A token bucket each proxy keeps for one virtual host: `max_tokens`
@@ -653,6 +733,9 @@ impl ProxyConfig {
                 .any(|c| !c.jwt.is_empty())
                 .then(|| model_version(listener));
             layer.listener(&listener.to_xds(), version)?;
+        }
+        if let Some(rules) = &self.rate_limit_rules {
+            layer.rate_limit_rules(&ratelimit::rules_to_xds(rules))?;
         }
         for table in &self.routes {
             let has_policies = table

@@ -42,7 +42,7 @@ use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as X
 
 use super::{
     Action, Authorization, CorsPolicy, Forward, HashOn, HeaderCondition, HeaderEdits, HeaderTest,
-    Redirect, Route, RouteChanges, RouteMatch, RouteTable, ValueTest,
+    Redirect, Route, RouteChanges, RouteMatch, RouteTable, SharedLimit, ValueTest,
 };
 
 impl HeaderCondition {
@@ -353,6 +353,7 @@ impl RouteTable {
                             )
                         }))
                         .collect(),
+                    rate_limits: vh.shared_limits.iter().map(SharedLimit::to_xds).collect(),
                     ..Default::default()
                 })
                 .collect(),

@@ -50,6 +50,7 @@ impl EgressPlan {
             routes: vec![Route::new(RouteMatch::default(), self.forward())],
             authorization: None,
             rate_limit: None,
+            shared_limits: Vec::new(),
         };
         self.hosts
             .iter()
@@ -232,6 +233,7 @@ pub(super) fn egress_virtual_hosts(
                 routes,
                 authorization: None,
                 rate_limit: None,
+                shared_limits: Vec::new(),
             });
         }
     }
@@ -248,6 +250,7 @@ pub(super) fn egress_virtual_hosts(
             )],
             authorization: None,
             rate_limit: None,
+            shared_limits: Vec::new(),
         });
     }
     (vhosts, clusters)

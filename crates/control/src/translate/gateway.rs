@@ -21,6 +21,7 @@ use weft_api::gateway::{
 use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
+use super::ratelimit::{gateway_source, no_service, rate_limit_service, shared_limits};
 use super::relay::{relays, tcp_targets};
 use super::resilience::{local_rate_limit, millis, parse_duration};
 use super::routing::request_match;
@@ -134,6 +135,7 @@ pub(super) fn gateway_proxy(
     directory: &Directory,
     w: &Workload,
     plans: &[ServicePlan<'_>],
+    rate_limiter: &(crate::proxy::Cluster, Endpoints),
     errors: &mut Vec<ConfigError>,
 ) -> ProxyConfig {
     let context = Context {
@@ -216,6 +218,7 @@ pub(super) fn gateway_proxy(
                         client_ca: t.client_ca.clone(),
                     }),
                     route_table: table,
+                    rate_limit_service: rate_limit_service(server.spec.rate_limiting.as_ref()),
                     // SNI already chose the server.
                     jwt: jwt
                         .map(|check| ScopedJwt {
@@ -244,6 +247,10 @@ pub(super) fn gateway_proxy(
                 mesh: None,
                 route_table: name.clone(),
                 jwt,
+                // Apply-time checks make the port's servers agree on it.
+                rate_limit_service: servers
+                    .iter()
+                    .find_map(|s| rate_limit_service(s.spec.rate_limiting.as_ref())),
             });
         }
         proxy.gateways.push(GatewayListener {
@@ -254,6 +261,36 @@ pub(super) fn gateway_proxy(
     }
     if let Some(listener) = mesh_listener(&context, w, (&ports, &selected), &mut services, errors) {
         proxy.gateways.push(listener);
+    }
+    let asks_limiter = proxy
+        .gateways
+        .iter()
+        .flat_map(|l| &l.chains)
+        .any(|c| c.rate_limit_service.is_some());
+    if asks_limiter {
+        let (cluster, endpoints) = rate_limiter;
+        if endpoints.endpoints.is_empty() {
+            for server in ports.values().flat_map(|(_, servers)| servers) {
+                if server
+                    .spec
+                    .rate_limiting
+                    .as_ref()
+                    .is_some_and(|r| r.is_shared())
+                {
+                    errors.push(no_service(
+                        &server.gateway.path,
+                        &format!("{}.rateLimiting.rules", server.at),
+                        &context.config.cluster,
+                    ));
+                }
+            }
+        }
+        services
+            .clusters
+            .insert(cluster.name.clone(), cluster.clone());
+        services
+            .endpoints
+            .insert(endpoints.cluster.clone(), endpoints.clone());
     }
     let http_ports: BTreeSet<u16> = ports.keys().copied().collect();
     let relays = relays(w, &selected, &http_ports, plans, errors);
@@ -429,6 +466,12 @@ fn mesh_listener(
             }),
             route_table: name,
             jwt,
+            // Tier-1 requests count as they would at the server's own
+            // port.
+            rate_limit_service: ports
+                .values()
+                .flat_map(|(_, servers)| servers)
+                .find_map(|s| rate_limit_service(s.spec.rate_limiting.as_ref())),
         }],
     })
 }
@@ -483,6 +526,10 @@ fn virtual_host(
         routes,
         authorization: Some(authorization(&server.vhost_name(), spec)),
         rate_limit: spec.rate_limiting.as_ref().and_then(local_rate_limit),
+        shared_limits: shared_limits(
+            &gateway_source(path, &spec.name),
+            spec.rate_limiting.as_ref(),
+        ),
     };
     (vhost, jwt)
 }

@@ -19,6 +19,7 @@ mod gateway;
 mod locality;
 mod parse;
 mod plan;
+mod ratelimit;
 mod relay;
 mod resilience;
 mod routing;
@@ -40,6 +41,10 @@ use weft_agent::workload::{Role, Workload};
 use eastwest::eastwest_gateway;
 use egress::{EgressPlan, egress_plans};
 use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
+use ratelimit::{
+    cluster_rules, no_service, rate_limit_cluster, rate_limit_service, service_source,
+    shared_limits,
+};
 use relay::tcp_targets;
 use resilience::local_rate_limit;
 use resilience::single_host_cluster;
@@ -131,6 +136,7 @@ impl Translation {
         config.routes.extend(own.routes);
         config.passthrough.extend(own.passthrough);
         config.gateways.extend(own.gateways);
+        config.rate_limit_rules = own.rate_limit_rules;
         Some(config)
     }
 
@@ -206,6 +212,10 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
         }
     }
 
+    // Every shared rate limit rule (for the rate limit service), and
+    // where proxies reach that service.
+    let rate_limit_rules = cluster_rules(config, &plans);
+    let rate_limiter = rate_limit_cluster(config, workloads);
     let exposed = exposure(config, workloads);
     let tcp_targets = tcp_targets(config.gateways.iter());
     let egress = egress_plans(config, workloads);
@@ -229,8 +239,22 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             );
             continue;
         }
+        if w.role == Role::Ratelimit {
+            let own = ProxyConfig {
+                rate_limit_rules: Some(rate_limit_rules.clone()),
+                ..ProxyConfig::default()
+            };
+            translation.proxies.insert(
+                w.node.clone(),
+                ProxyPlan {
+                    own,
+                    outbound: None,
+                },
+            );
+            continue;
+        }
         if w.role == Role::Gateway {
-            let own = gateway_proxy(config, directory, w, &plans, &mut errors);
+            let own = gateway_proxy(config, directory, w, &plans, &rate_limiter, &mut errors);
             translation.proxies.insert(
                 w.node.clone(),
                 ProxyPlan {
@@ -274,6 +298,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         routes: routes.entry(i).or_insert_with(|| plan.routes()).clone(),
                         authorization: None,
                         rate_limit: None,
+                        shared_limits: Vec::new(),
                     });
                 }
                 // Names that are no mesh service go out through the
@@ -316,6 +341,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 jwt: None,
                 tcp: None,
                 rate_limited: false,
+                rate_limit_service: None,
             });
         }
         if let Some(app_port) = w.app_port {
@@ -335,9 +361,24 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 .entry(key.clone())
                 .or_insert_with(|| InboundPlan::new(config, &key, &mut errors));
             // What each instance takes: the service's merged settings.
-            let rate_limit = ServicePlan::known(&plans, &key)
-                .and_then(|plan| plan.policy.rate_limiting.as_ref())
-                .and_then(local_rate_limit);
+            let plan = ServicePlan::known(&plans, &key);
+            let limits = plan.and_then(|plan| plan.policy.rate_limiting.as_ref());
+            let rate_limit = limits.and_then(local_rate_limit);
+            let limiter = rate_limit_service(limits);
+            let shared = plan
+                .map(|plan| shared_limits(&service_source(plan), limits))
+                .unwrap_or_default();
+            if limiter.is_some() {
+                let (cluster, endpoints) = &rate_limiter;
+                if let Some(from) = plan
+                    .and_then(|p| p.policy.rate_limiting_from.as_deref())
+                    .filter(|_| endpoints.endpoints.is_empty())
+                {
+                    errors.push(no_service(from, "spec.rateLimiting.rules", &config.cluster));
+                }
+                own.clusters.push(cluster.clone());
+                own.endpoints.push(endpoints.clone());
+            }
             own.clusters.extend(verdict.jwks_clusters.iter().cloned());
             own.listeners.push(Listener {
                 name: INBOUND.into(),
@@ -365,6 +406,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         authorization,
                     }),
                 rate_limited: rate_limit.is_some(),
+                rate_limit_service: limiter,
             });
             own.routes.push(RouteTable {
                 name: INBOUND.into(),
@@ -381,6 +423,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                     )],
                     authorization: verdict.authorization.clone(),
                     rate_limit,
+                    shared_limits: shared,
                 }],
             });
         }

@@ -45,6 +45,7 @@ pub(super) fn single_host_cluster(name: &str) -> Cluster {
         mtls: None,
         passthrough: false,
         sni_from_host: false,
+        grpc: false,
     }
 }
 
@@ -115,6 +116,7 @@ impl ServicePlan<'_> {
             mtls: self.mtls.clone(),
             passthrough: false,
             sni_from_host: false,
+            grpc: false,
         }
     }
 

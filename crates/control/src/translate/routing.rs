@@ -128,5 +128,6 @@ pub(super) fn unknown_host(declared: bool) -> VirtualHost {
         )],
         authorization: None,
         rate_limit: None,
+        shared_limits: Vec::new(),
     }
 }

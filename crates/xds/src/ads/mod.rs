@@ -388,6 +388,7 @@ impl<P: Protocol> Session<P> {
         let p = &self.protocol;
         match (step.t, step.removals) {
             (Secret, _)
+            | (RateLimit, _)
             | (Cluster, false)
             | (Endpoint, false)
             | (Route, true)
