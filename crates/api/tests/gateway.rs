@@ -193,6 +193,86 @@ fn bad_gateways_name_every_problem() {
             ],
         ),
         (
+            "shared rate limit rules: dimensions, limits, names, and one way to fail per plain-HTTP port",
+            gateway(json!({
+                "workloadSelector": selector(),
+                "http": [{
+                    "name": "shop", "port": 80, "hostname": "shop.example.com",
+                    "rateLimiting": {
+                        "timeout": "0s",
+                        "rules": [
+                            {"name": "per-user", "dimensions": [{"of": "claim"}], "limit": {"requests": 0, "unit": "minute"}},
+                            {"name": "per-user", "dimensions": [
+                                {"of": "path", "prefix": "api", "value": "/x"},
+                                {"of": "method", "value": "post"},
+                                {"of": "clientAddress", "name": "x", "value": "nowhere"},
+                                {"of": "header", "name": "X-Tenant"},
+                                {"of": "method", "prefix": "P"}
+                            ], "limit": {"requests": 5, "unit": "second"}},
+                            {"name": "Bad_Name", "limit": {"requests": 5, "unit": "second"}}
+                        ]
+                    },
+                    "routes": [{"to": [{"service": "shop/reviews"}]}]
+                }, {
+                    "name": "other", "port": 80, "hostname": "other.example.com",
+                    "rateLimiting": {"failClosed": true, "rules": [{"name": "all", "limit": {"requests": 5, "unit": "second"}}]},
+                    "routes": [{"to": [{"service": "shop/reviews"}]}]
+                }, {
+                    "name": "local", "port": 81, "hostname": "local.example.com",
+                    "rateLimiting": {"failClosed": true, "timeout": "10ms", "local": {"requests": 5, "unit": "second"}},
+                    "routes": [{"to": [{"service": "shop/reviews"}]}]
+                }]
+            })),
+            vec![
+                ("spec.http[0].rateLimiting.timeout", "longer than zero"),
+                (
+                    "spec.http[0].rateLimiting.rules[0].limit.requests",
+                    "at least 1",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[0].dimensions[0].name",
+                    "required for a claim dimension",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[0].dimensions[0]",
+                    "give the server authentication",
+                ),
+                ("spec.http[0].rateLimiting.rules[1].name", "names two rules"),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[0]",
+                    "value or prefix, not both",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[0].value",
+                    "must start with /",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[1].value",
+                    "not a method",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[2].name",
+                    "not clientAddress",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[2].value",
+                    "not an IP address",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[3].name",
+                    "not a lowercase HTTP header name",
+                ),
+                (
+                    "spec.http[0].rateLimiting.rules[1].dimensions[4].prefix",
+                    "not method",
+                ),
+                ("spec.http[0].rateLimiting.rules[2].name", "not a DNS label"),
+                ("spec.http[1].rateLimiting", "share one rate limit filter"),
+                ("spec.http[2].rateLimiting.timeout", "none are given"),
+                ("spec.http[2].rateLimiting.failClosed", "none are given"),
+            ],
+        ),
+        (
             "mutual TLS needs a client CA; claims need authentication; sources are ranges",
             gateway(json!({
                 "workloadSelector": selector(),

@@ -120,14 +120,32 @@ async fn gateway_replicas_share_limits_counted_in_redis() {
     let issuer = Issuer::new("k1");
     let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
     mesh.apply(&gateway(port, &shared_servers(&jwks, true)));
+    // Inside the mesh too: each caller of ratings (as it names itself)
+    // gets 2 a minute, whichever instance it reaches.
+    mesh.apply(
+        "apiVersion: weft.dev/v1alpha1
+kind: TrafficSetting
+metadata: {name: ratings-per-caller, tenant: retail, workspace: shop}
+spec:
+  service: {name: ratings, namespace: shop}
+  rateLimiting:
+    timeout: 1s
+    rules:
+      - name: per-caller
+        dimensions: [{of: header, name: x-caller}]
+        limit: {requests: 2, unit: minute}
+",
+    );
     mesh.workload("ratings", "ratings-1", "v1");
+    mesh.workload("ratings", "ratings-2", "v1");
+    let client = mesh.client("client");
     mesh.gateway_replica("ingress", "edge", 1, None);
     mesh.gateway_replica("ingress", "edge", 2, None);
     let admins = [
         mesh.ratelimit(1, &redis.url(), &[]),
         mesh.ratelimit(2, &redis.url(), &[]),
     ];
-    mesh.until_in_sync(5).await;
+    mesh.until_in_sync(7).await;
     let replicas = [format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")];
     for replica in &replicas {
         until(
@@ -229,6 +247,40 @@ async fn gateway_replicas_share_limits_counted_in_redis() {
         .await;
     }
     assert_eq!(shadowed, 2.0, "the two requests over the limit, counted");
+
+    // Calls inside the mesh, limited by the callee's sidecars.
+    let outbound = format!("127.0.0.1:{client}");
+    until(
+        "the client reaches ratings",
+        Duration::from_secs(30),
+        async || {
+            call(&mesh.http, &outbound, "ratings", None)
+                .await
+                .is_some_and(|a| a.status == 200)
+        },
+    )
+    .await;
+    let from = async |caller: &str| {
+        mesh.http
+            .get(format!("http://{outbound}/"))
+            .header("host", "ratings")
+            .header("x-caller", caller)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(from("batch").await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "batch, across ratings' two instances"
+    );
+    assert_eq!(from("web").await, 200, "another caller has its own counter");
 
     // The rule enforced, with `weft apply` and nothing restarted: it
     // already counted 4 of 2.
