@@ -1,13 +1,18 @@
 //! Requests per second and latency through the ingress gateway, against
-//! the same call through a client's sidecar.
+//! the same call through a client's sidecar, and what a shared rate limit
+//! decision adds.
 //!
 //! A real `weft server`, `weft edge`, one `reviews` instance (its sidecar
-//! and a `weft x echo` app), a client sidecar and a `weft gateway` with a
-//! plain-HTTP and an HTTPS server to reviews, all on loopback. Each path
-//! gets the same fixed load (open loop: requests start on schedule
-//! whether or not earlier ones finished), in interleaved rounds so that
-//! the machine's noise falls on all of them alike; the achieved rate and
-//! p50/p99 latency of each are printed.
+//! and a `weft x echo` app), a client sidecar, a `weft gateway` with a
+//! plain-HTTP and an HTTPS server to reviews, and beside them on the
+//! plain-HTTP port a server whose every request is counted by `weft
+//! ratelimit` in a real Redis (a limit never reached), all on loopback.
+//! Each path gets the same fixed load (open loop: requests start on
+//! schedule whether or not earlier ones finished), in interleaved rounds
+//! so that the machine's noise falls on all of them alike; the achieved
+//! rate and p50/p99 latency of each are printed. Then decisions per
+//! second: as many requests as 32 clients get through the counted server
+//! in 5 s, with the rate limit service's own count of its decisions.
 //!
 //! `cargo bench -p weft --bench gateway` (WEFT_BENCH_RATE, WEFT_BENCH_SECONDS
 //! change the load).
@@ -18,6 +23,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
+use support::redis::Redis;
 use support::tls::{self, TestCa};
 use support::{Proc, Server, WEFT, envoy, free_port, until, write};
 
@@ -40,6 +46,13 @@ spec:
     - name: plain
       port: {http}
       hostname: shop.example.com
+      routes: [{{to: [{{service: shop/reviews}}]}}]
+    - name: counted
+      port: {http}
+      hostname: counted.example.com
+      rateLimiting:
+        timeout: 1s
+        rules: [{{name: per-client, dimensions: [{{of: clientAddress}}], limit: {{requests: 1000000000, unit: second}}}}]
       routes: [{{to: [{{service: shop/reviews}}]}}]
     - name: secure
       port: {https}
@@ -203,6 +216,28 @@ async fn main() {
         .spawn()
         .unwrap();
     processes.push(Proc(gateway));
+    let redis = Redis::start(dir.path());
+    let ratelimit_credential = credential(
+        Some(&server),
+        &admin,
+        dir.path(),
+        "ratelimit",
+        "east",
+        &["--ratelimit"],
+    );
+    let ratelimit_admin = free_port();
+    let ratelimit = std::process::Command::new(WEFT)
+        .args(["ratelimit", "--redis", &redis.url()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin", &format!("127.0.0.1:{ratelimit_admin}")])
+        .args(["--edge", &format!("127.0.0.1:{}", edge.xds_port)])
+        .arg("--credential-file")
+        .arg(&ratelimit_credential)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("ratelimit.log")).unwrap())
+        .spawn()
+        .unwrap();
+    processes.push(Proc(ratelimit));
 
     let paths = [
         Path {
@@ -216,6 +251,12 @@ async fn main() {
             client: reqwest::Client::new(),
             url: format!("http://127.0.0.1:{http_port}/"),
             host: "shop.example.com",
+        },
+        Path {
+            name: "gateway (HTTP, counted) -> reviews",
+            client: reqwest::Client::new(),
+            url: format!("http://127.0.0.1:{http_port}/"),
+            host: "counted.example.com",
         },
         Path {
             name: "gateway (HTTPS) -> reviews sidecar",
@@ -264,7 +305,57 @@ async fn main() {
             percentile(&latencies, 0.99),
         );
     }
+    decisions(&http, &paths[2], ratelimit_admin).await;
     drop(processes);
     drop(edge);
     server.stop();
+}
+
+/// Closed loop: 32 clients as fast as the counted server answers them,
+/// for 5 s; the gateway's rate, and the rate limit service's decisions
+/// (from its metrics) in the same time.
+async fn decisions(http: &reqwest::Client, counted: &Path, admin: u16) {
+    let decided = async || -> f64 {
+        let text = http
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("weft_ratelimit_decisions_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = decided().await;
+    let started = Instant::now();
+    let end = started + Duration::from_secs(5);
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, url, host) = (counted.client.clone(), counted.url.clone(), counted.host);
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                while Instant::now() < end {
+                    let response = client.get(&url).header("host", host).send().await;
+                    if response.is_ok_and(|r| r.status() == 200) {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for client in clients {
+        ok += client.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let decisions = decided().await - before;
+    println!(
+        "closed loop, 32 clients, 5 s: {:.0} requests/s through the counted server; weft ratelimit decided {:.0}/s (Redis on loopback)",
+        ok as f64 / elapsed,
+        decisions / elapsed
+    );
 }
