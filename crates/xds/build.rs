@@ -22,6 +22,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/http/cors/v3/cors.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto",
+    "envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
     "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
@@ -60,7 +61,10 @@ fn main() {
     .expect("the Envoy proto include paths");
     compiler.include_imports(true);
     compiler
-        .open_files(FILES.iter().chain(&["weft/ratelimit/v1/rules.proto"]))
+        .open_files(FILES.iter().chain(&[
+            "weft/ratelimit/v1/rules.proto",
+            "weft/authservice/v1/servers.proto",
+        ]))
         .unwrap_or_else(|e| panic!("compiling Envoy's protos: {e:?}"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(

@@ -58,7 +58,7 @@ const CERTIFICATES_EVERY: std::time::Duration = std::time::Duration::from_secs(2
 fn instance_name(workload: &Workload) -> String {
     match workload.role {
         Role::Eastwest => format!("eastwest-{}-{}", workload.address, workload.port),
-        Role::Sidecar | Role::Ratelimit => {
+        Role::Sidecar | Role::Ratelimit | Role::Authservice => {
             format!(
                 "{}-{}-{}",
                 workload.role.as_str(),

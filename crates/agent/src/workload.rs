@@ -31,6 +31,10 @@ pub enum Role {
     /// gets the cluster's rate limit rules, and gateways and sidecars
     /// reach it at `address:port`.
     Ratelimit,
+    /// The cluster's sign-in service (`weft authservice`): no proxy; it
+    /// gets the gateways' servers with sign-in, and gateways reach it at
+    /// `address:port`.
+    Authservice,
 }
 
 /// One instance of a service, with its sidecar (or the cluster's
@@ -73,6 +77,7 @@ impl Role {
             Role::Eastwest => "eastwest",
             Role::Gateway => "gateway",
             Role::Ratelimit => "ratelimit",
+            Role::Authservice => "authservice",
         }
     }
 }
@@ -183,9 +188,10 @@ impl Workload {
             Some("eastwest") => Role::Eastwest,
             Some("gateway") => Role::Gateway,
             Some("ratelimit") => Role::Ratelimit,
+            Some("authservice") => Role::Authservice,
             Some(other) => {
                 problems.push(format!(
-                    "metadata.{}: {other:?} is not sidecar, eastwest, gateway or ratelimit",
+                    "metadata.{}: {other:?} is not sidecar, eastwest, gateway, ratelimit or authservice",
                     keys::ROLE
                 ));
                 Role::Sidecar
@@ -221,6 +227,11 @@ impl Workload {
                 weft_identity::RATELIMIT_ACCOUNT,
                 Role::Ratelimit,
                 "the rate limit service",
+            ),
+            (
+                weft_identity::AUTHSERVICE_ACCOUNT,
+                Role::Authservice,
+                "the sign-in service",
             ),
         ] {
             let identity =

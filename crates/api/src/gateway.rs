@@ -504,6 +504,18 @@ impl Spec for GatewaySpec {
 }
 
 impl HttpServer {
+    /// Whether requests carry verified tokens (JWT): claims come from them.
+    pub fn has_tokens(&self) -> bool {
+        self.authentication
+            .as_ref()
+            .is_some_and(|a| !a.jwt.is_empty())
+    }
+
+    /// Its browser sign-in, if it has one.
+    pub fn oidc(&self) -> Option<&crate::oidc::Oidc> {
+        self.authentication.as_ref()?.oidc.as_ref()
+    }
+
     fn check(&self, here: &str, problems: &mut Problems) {
         check_port(self.port, &field(here, "port"), problems);
         check_hostname(&self.hostname, &field(here, "hostname"), problems);
@@ -531,11 +543,17 @@ impl HttpServer {
         }
         if let Some(authentication) = &self.authentication {
             authentication.check(&field(here, "authentication"), problems);
+            if authentication.oidc.is_some() && self.tls.is_none() {
+                problems.add(
+                    field(&field(here, "authentication"), "oidc"),
+                    "browser sign-in needs HTTPS (its session cookie is Secure): give the server tls",
+                );
+            }
         }
         if let Some(rate_limiting) = &self.rate_limiting {
             let at = field(here, "rateLimiting");
             rate_limiting.check(&at, problems);
-            if self.authentication.is_none() {
+            if !self.has_tokens() {
                 for (i, rule) in rate_limiting.rules.iter().enumerate() {
                     for (j, dimension) in rule.dimensions.iter().enumerate() {
                         if dimension.of == DimensionOf::Claim {
@@ -544,7 +562,7 @@ impl HttpServer {
                                     &field(&at, &format!("rules[{i}]")),
                                     &format!("dimensions[{j}]"),
                                 ),
-                                "claims come from end-user tokens: give the server authentication",
+                                "claims come from end-user tokens: give the server authentication.jwt",
                             );
                         }
                     }
@@ -558,10 +576,10 @@ impl HttpServer {
                     check_cidr(source, &index(&field(rule_at, "sources"), j), problems);
                 }
                 check_requests_and_claims(&rule.to, &rule.claims, rule_at, problems);
-                if !rule.claims.is_empty() && self.authentication.is_none() {
+                if !rule.claims.is_empty() && !self.has_tokens() {
                     problems.add(
                         field(rule_at, "claims"),
-                        "claims come from end-user tokens: give the server authentication",
+                        "claims come from end-user tokens: give the server authentication.jwt",
                     );
                 }
             });

@@ -16,6 +16,7 @@ pub mod edge;
 pub mod gateway;
 pub mod iam;
 pub mod kinds;
+pub mod oidc;
 pub mod problems;
 pub mod ratelimit;
 pub mod resource;

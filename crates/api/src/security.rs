@@ -33,13 +33,16 @@ pub struct SecuritySettingSpec {
 
 /// End-user authentication by JSON Web Token (`Authorization: Bearer`).
 /// A token that is present is always checked: an invalid one is refused
-/// with 401, on every request.
+/// with 401, on every request. On a Gateway's server, `oidc` instead: a
+/// browser signs in at an OpenID provider.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authentication {
     /// Trusted issuers; a token from any of them will do.
-    #[schemars(length(min = 1))]
+    #[serde(default)]
     pub jwt: Vec<JwtIssuer>,
+    /// Browser sign-in (a Gateway's servers only).
+    pub oidc: Option<crate::oidc::Oidc>,
     /// Requests that must carry a valid token (401 without one); none:
     /// every request.
     #[serde(default)]
@@ -207,8 +210,19 @@ impl JwtIssuer {
 
 impl Authentication {
     pub(crate) fn check(&self, here: &str, problems: &mut Problems) {
-        if self.jwt.is_empty() {
-            problems.add(field(here, "jwt"), "name at least one issuer");
+        match (&self.oidc, self.jwt.is_empty()) {
+            (None, true) => problems.add(field(here, "jwt"), "name at least one issuer"),
+            (Some(_), false) => problems.add(here, "give jwt or oidc, not both"),
+            (Some(oidc), true) => {
+                oidc.check(&field(here, "oidc"), problems);
+                if !self.require_for.is_empty() {
+                    problems.add(
+                        field(here, "requireFor"),
+                        "applies to jwt; with oidc every request needs a session",
+                    );
+                }
+            }
+            (None, false) => {}
         }
         let mut issuers = BTreeMap::new();
         for (i, issuer) in self.jwt.iter().enumerate() {
@@ -378,6 +392,12 @@ impl Spec for SecuritySettingSpec {
         }
         if let Some(authentication) = &self.authentication {
             authentication.check(&field(at, "authentication"), problems);
+            if authentication.oidc.is_some() {
+                problems.add(
+                    field(&field(at, "authentication"), "oidc"),
+                    "browser sign-in is a gateway's: set it on a Gateway's http server",
+                );
+            }
         }
         let Some(authorization) = &self.authorization else {
             if self.mtls.is_none() && self.authentication.is_none() {

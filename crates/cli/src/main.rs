@@ -459,6 +459,9 @@ Examples:
         /// The credential of the cluster's rate limit service (`weft ratelimit`)
         #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account", "gateway", "eastwest"])]
         ratelimit: bool,
+        /// The credential of the cluster's sign-in service (`weft authservice`)
+        #[arg(long, requires = "cluster", conflicts_with_all = ["namespace", "service_account", "gateway", "eastwest", "ratelimit"])]
+        authservice: bool,
         #[arg(long, default_value = "")]
         description: String,
         /// Lifetime, e.g. 12h or 90d (default: until revoked)
@@ -706,6 +709,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             gateway,
             eastwest,
             ratelimit,
+            authservice,
             description,
             ttl,
         }) => {
@@ -713,6 +717,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Some(weft_identity::EASTWEST_ACCOUNT)
             } else if ratelimit {
                 Some(weft_identity::RATELIMIT_ACCOUNT)
+            } else if authservice {
+                Some(weft_identity::AUTHSERVICE_ACCOUNT)
             } else {
                 None
             };

@@ -154,6 +154,10 @@ impl Registry {
                 "issue one with `weft token create --cluster {} --ratelimit` and pass it to `weft ratelimit --credential-file`",
                 self.cluster
             ),
+            Role::Authservice => format!(
+                "issue one with `weft token create --cluster {} --authservice` and pass it to `weft authservice --credential-file`",
+                self.cluster
+            ),
             _ => format!(
                 "issue one with `weft token create --cluster {} --namespace {} --service-account {}` and pass it to `weft sidecar --credential-file`",
                 self.cluster, workload.namespace, workload.service_account

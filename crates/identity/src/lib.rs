@@ -16,7 +16,8 @@ pub mod transport;
 
 pub use authority::{Authority, CertRequest, cluster_of_ca};
 pub use spiffe::{
-    EASTWEST_ACCOUNT, RATELIMIT_ACCOUNT, RESERVED_NAMESPACE, SpiffeId, check_trust_domain,
+    AUTHSERVICE_ACCOUNT, EASTWEST_ACCOUNT, RATELIMIT_ACCOUNT, RESERVED_NAMESPACE, SpiffeId,
+    check_trust_domain,
 };
 pub use verify::{Bundle, verify_svid};
 

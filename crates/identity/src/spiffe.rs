@@ -26,6 +26,8 @@ pub const RESERVED_NAMESPACE: &str = "weft-system";
 pub const EASTWEST_ACCOUNT: &str = "weft-eastwest";
 /// The service account of the cluster's rate limit service (`weft ratelimit`).
 pub const RATELIMIT_ACCOUNT: &str = "weft-ratelimit";
+/// The service account of the cluster's sign-in service (`weft authservice`).
+pub const AUTHSERVICE_ACCOUNT: &str = "weft-authservice";
 
 /// Checks a trust domain: lowercase letters, digits, `.`, `-` and `_`, as
 /// the SPIFFE ID specification allows.

@@ -137,18 +137,19 @@ async fn principal(
     match (&request.namespace, account) {
         (None, None) => Ok(edge_principal(cluster)),
         (Some(namespace), Some(account)) => {
-            // The reserved namespace holds weft's own identities; the one
-            // credential made there is the east-west gateway's.
+            // The reserved namespace holds weft's own identities; the
+            // credentials made there are its services'.
             if namespace == weft_identity::RESERVED_NAMESPACE
                 && (![
                     weft_identity::EASTWEST_ACCOUNT,
                     weft_identity::RATELIMIT_ACCOUNT,
+                    weft_identity::AUTHSERVICE_ACCOUNT,
                 ]
                 .contains(&account.as_str())
                     || role == CredentialRole::Gateway)
             {
                 return Err(ApiError::bad_request(format!(
-                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credentials are the east-west gateway's (weft token create --cluster C --eastwest) and the rate limit service's (--ratelimit)"
+                    "namespace: {namespace:?} is reserved for weft's own components (the edge's identity is in it); its only workload credentials are the east-west gateway's (weft token create --cluster C --eastwest) the rate limit service's (--ratelimit) and the sign-in service's (--authservice)"
                 )));
             }
             let account_field = match role {

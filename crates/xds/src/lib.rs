@@ -9,6 +9,7 @@
 //! flow back into the cache's per-proxy status.
 
 pub mod ads;
+pub mod authservice;
 pub mod cache;
 pub mod json;
 pub mod ratelimit;

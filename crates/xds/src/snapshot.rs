@@ -32,6 +32,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
+use crate::authservice::LoginServers;
 use crate::ratelimit::RateLimitRules;
 use sha2::{Digest, Sha256};
 
@@ -48,16 +49,19 @@ pub enum ResourceType {
     /// `weft ratelimit`'s rules ([`crate::ratelimit`]): nothing depends
     /// on them, and they depend on nothing.
     RateLimit,
+    /// `weft authservice`'s servers ([`crate::authservice`]); likewise.
+    Login,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 6] = [
+    pub const ALL: [ResourceType; 7] = [
         ResourceType::Secret,
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::RateLimit,
+        ResourceType::Login,
     ];
 
     pub fn type_url(self) -> String {
@@ -68,6 +72,7 @@ impl ResourceType {
             ResourceType::Listener => Listener::type_url(),
             ResourceType::Route => RouteConfiguration::type_url(),
             ResourceType::RateLimit => RateLimitRules::type_url(),
+            ResourceType::Login => LoginServers::type_url(),
         }
     }
 
@@ -85,7 +90,10 @@ impl ResourceType {
     pub fn wildcard_by_default(self) -> bool {
         matches!(
             self,
-            ResourceType::Cluster | ResourceType::Listener | ResourceType::RateLimit
+            ResourceType::Cluster
+                | ResourceType::Listener
+                | ResourceType::RateLimit
+                | ResourceType::Login
         )
     }
 
@@ -98,6 +106,7 @@ impl ResourceType {
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
             ResourceType::RateLimit => "rls",
+            ResourceType::Login => "login",
         }
     }
 }
@@ -292,6 +301,7 @@ fn kind_of(t: ResourceType) -> &'static str {
         ResourceType::Listener => "listener",
         ResourceType::Route => "route",
         ResourceType::RateLimit => "rate limit rules",
+        ResourceType::Login => "login servers",
     }
 }
 
@@ -391,6 +401,14 @@ impl LayerBuilder {
             ResourceType::RateLimit,
             crate::ratelimit::RESOURCE,
             Arc::new(entry(crate::ratelimit::RESOURCE, rules, None)),
+        )
+    }
+
+    pub fn login_servers(&mut self, servers: &LoginServers) -> Result<(), Inconsistent> {
+        self.insert(
+            ResourceType::Login,
+            crate::authservice::RESOURCE,
+            Arc::new(entry(crate::authservice::RESOURCE, servers, None)),
         )
     }
 

@@ -30,7 +30,7 @@ use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
 use super::ratelimit::local_rate_limit_filter;
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
-use super::{GatewayListener, HttpChain, Mtls, RateLimitService, ServerTls};
+use super::{AuthService, GatewayListener, HttpChain, Mtls, RateLimitService, ServerTls};
 
 impl ServerTls {
     fn downstream(&self) -> TransportSocket {
@@ -67,6 +67,7 @@ impl HttpChain {
             route_table,
             jwt,
             rate_limit_service,
+            auth_service,
         } = self;
         // A browser's preflight is answered before tokens and rules are
         // asked for: it carries neither.
@@ -75,7 +76,10 @@ impl HttpChain {
             config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Cors::default()))),
             ..Default::default()
         };
+        // Sign-in first: a browser without a session is sent to its
+        // provider before tokens, rules or limits are asked for.
         let filters: Vec<HttpFilter> = std::iter::once(cors)
+            .chain(auth_service.as_ref().map(AuthService::filter))
             .chain(
                 (!jwt.is_empty())
                     .then(|| scoped_jwt_filters(jwt))

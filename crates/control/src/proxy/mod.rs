@@ -5,6 +5,7 @@
 //! module per resource: `cluster`, `endpoints`, `listener`, `route`, and
 //! the pieces they carry, `tls`, `jwt`, `rbac`.
 
+mod authservice;
 mod cluster;
 mod convert;
 mod endpoints;
@@ -46,6 +47,10 @@ pub struct ProxyConfig {
     /// service's one resource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_rules: Option<Vec<ServiceRule>>,
+    /// Every gateway server with browser sign-in of the cluster (the
+    /// sign-in service's one resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_servers: Option<Vec<LoginServer>>,
 }
 
 /// A gateway's listener on one port, for clients outside the mesh: one
@@ -81,6 +86,68 @@ pub struct HttpChain {
     /// Where its virtual hosts' shared limits are decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_service: Option<RateLimitService>,
+    /// Where browsers' sessions are checked, for its virtual hosts with
+    /// sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_service: Option<AuthService>,
+}
+
+/// The sign-in service a gateway chain asks (Envoy's external
+/// authorization), and how long it waits: a sign-in's callback waits for
+/// the provider's token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthService {
+    pub cluster: String,
+    pub timeout_ms: u64,
+}
+
+/// What a virtual host on a chain with an [`AuthService`] asks of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LoginCheck {
+    /// Nothing: its server has no sign-in.
+    Skip,
+    /// A session of this server (its id).
+    Server(String),
+}
+
+/// A gateway server with browser sign-in, as the sign-in service runs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginServer {
+    pub id: String,
+    pub issuer: String,
+    /// The provider's endpoints, when given rather than discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<ProviderEndpoints>,
+    pub client_id: String,
+    pub client_secret_name: String,
+    pub callback_path: String,
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_logout_redirect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_header: Option<String>,
+    pub idle_timeout_s: u32,
+    pub absolute_timeout_s: u32,
+    /// Sessions in Redis, else in the service's memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redis: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderEndpoints {
+    pub authorization: String,
+    pub token: String,
+    pub jwks: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session: Option<String>,
 }
 
 /// A server certificate (and for mutual TLS, the CA client certificates
@@ -412,6 +479,9 @@ pub struct VirtualHost {
     /// a [`RateLimitService`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_limits: Vec<SharedLimit>,
+    /// Its sign-in check, on a gateway chain with an [`AuthService`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginCheck>,
 }
 
 /// One shared rule as a proxy applies it: the descriptor each request
@@ -736,6 +806,9 @@ impl ProxyConfig {
         }
         if let Some(rules) = &self.rate_limit_rules {
             layer.rate_limit_rules(&ratelimit::rules_to_xds(rules))?;
+        }
+        if let Some(servers) = &self.login_servers {
+            layer.login_servers(&authservice::servers_to_xds(servers))?;
         }
         for table in &self.routes {
             let has_policies = table

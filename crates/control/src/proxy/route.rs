@@ -352,6 +352,12 @@ impl RouteTable {
                                 limit.per_filter_config(),
                             )
                         }))
+                        .chain(vh.login.as_ref().map(|login| {
+                            (
+                                super::authservice::EXT_AUTHZ.to_string(),
+                                login.per_filter_config(),
+                            )
+                        }))
                         .collect(),
                     rate_limits: vh.shared_limits.iter().map(SharedLimit::to_xds).collect(),
                     ..Default::default()

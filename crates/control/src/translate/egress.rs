@@ -51,6 +51,7 @@ impl EgressPlan {
             authorization: None,
             rate_limit: None,
             shared_limits: Vec::new(),
+            login: None,
         };
         self.hosts
             .iter()
@@ -234,6 +235,7 @@ pub(super) fn egress_virtual_hosts(
                 authorization: None,
                 rate_limit: None,
                 shared_limits: Vec::new(),
+                login: None,
             });
         }
     }
@@ -251,6 +253,7 @@ pub(super) fn egress_virtual_hosts(
             authorization: None,
             rate_limit: None,
             shared_limits: Vec::new(),
+                        login: None,
         });
     }
     (vhosts, clusters)

@@ -18,6 +18,8 @@ use weft_api::gateway::{
     parse_service,
 };
 
+use super::addon::AUTH_SERVICE;
+use super::authservice::{auth_service_for, login_check};
 use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
@@ -135,7 +137,7 @@ pub(super) fn gateway_proxy(
     directory: &Directory,
     w: &Workload,
     plans: &[ServicePlan<'_>],
-    rate_limiter: &(crate::proxy::Cluster, Endpoints),
+    addons: &super::Addons,
     errors: &mut Vec<ConfigError>,
 ) -> ProxyConfig {
     let context = Context {
@@ -219,6 +221,7 @@ pub(super) fn gateway_proxy(
                     }),
                     route_table: table,
                     rate_limit_service: rate_limit_service(server.spec.rate_limiting.as_ref()),
+                    auth_service: None,
                     // SNI already chose the server.
                     jwt: jwt
                         .map(|check| ScopedJwt {
@@ -251,6 +254,7 @@ pub(super) fn gateway_proxy(
                 rate_limit_service: servers
                     .iter()
                     .find_map(|s| rate_limit_service(s.spec.rate_limiting.as_ref())),
+                auth_service: None,
             });
         }
         proxy.gateways.push(GatewayListener {
@@ -268,7 +272,7 @@ pub(super) fn gateway_proxy(
         .flat_map(|l| &l.chains)
         .any(|c| c.rate_limit_service.is_some());
     if asks_limiter {
-        let (cluster, endpoints) = rate_limiter;
+        let (cluster, endpoints) = &addons.rate_limit;
         if endpoints.endpoints.is_empty() {
             for server in ports.values().flat_map(|(_, servers)| servers) {
                 if server
@@ -281,6 +285,38 @@ pub(super) fn gateway_proxy(
                         &server.gateway.path,
                         &format!("{}.rateLimiting.rules", server.at),
                         &context.config.cluster,
+                    ));
+                }
+            }
+        }
+        services
+            .clusters
+            .insert(cluster.name.clone(), cluster.clone());
+        services
+            .endpoints
+            .insert(endpoints.cluster.clone(), endpoints.clone());
+    }
+    // Sign-in: on each chain whose table has a server with it.
+    let mut asks_auth = false;
+    for chain in proxy.gateways.iter_mut().flat_map(|l| &mut l.chains) {
+        let table = proxy
+            .routes
+            .iter_mut()
+            .chain(services.routes.iter_mut())
+            .find(|t| t.name == chain.route_table);
+        chain.auth_service = table.and_then(auth_service_for);
+        asks_auth |= chain.auth_service.is_some();
+    }
+    if asks_auth {
+        let (cluster, endpoints) = &addons.auth;
+        if endpoints.endpoints.is_empty() {
+            for server in ports.values().flat_map(|(_, servers)| servers) {
+                if server.spec.oidc().is_some() {
+                    errors.push(AUTH_SERVICE.missing(
+                        &server.gateway.path,
+                        &format!("{}.authentication.oidc", server.at),
+                        &context.config.cluster,
+                        "its browsers get 503 instead of a sign-in",
                     ));
                 }
             }
@@ -472,6 +508,7 @@ fn mesh_listener(
                 .values()
                 .flat_map(|(_, servers)| servers)
                 .find_map(|s| rate_limit_service(s.spec.rate_limiting.as_ref())),
+            auth_service: None,
         }],
     })
 }
@@ -507,19 +544,23 @@ fn virtual_host(
             });
         }
     }
-    let jwt = spec.authentication.as_ref().map(|authentication| {
-        let (check, clusters) = token_check(
-            authentication,
-            &format!("{path}#{}.authentication", server.at),
-        );
-        for cluster in clusters {
-            services
-                .clusters
-                .entry(cluster.name.clone())
-                .or_insert(cluster);
-        }
-        check
-    });
+    let jwt = spec
+        .authentication
+        .as_ref()
+        .filter(|a| !a.jwt.is_empty())
+        .map(|authentication| {
+            let (check, clusters) = token_check(
+                authentication,
+                &format!("{path}#{}.authentication", server.at),
+            );
+            for cluster in clusters {
+                services
+                    .clusters
+                    .entry(cluster.name.clone())
+                    .or_insert(cluster);
+            }
+            check
+        });
     let vhost = VirtualHost {
         name: server.vhost_name(),
         domains: vec![spec.hostname.clone()],
@@ -530,6 +571,7 @@ fn virtual_host(
             &gateway_source(path, &spec.name),
             spec.rate_limiting.as_ref(),
         ),
+        login: login_check(path, spec),
     };
     (vhost, jwt)
 }

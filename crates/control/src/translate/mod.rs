@@ -13,6 +13,8 @@
 //!    Gateways that select it. One bad resource becomes a [`ConfigError`] naming it; the rest
 //!    still translates.
 
+mod addon;
+mod authservice;
 mod eastwest;
 mod egress;
 mod gateway;
@@ -38,13 +40,12 @@ use crate::proxy::{
 };
 use weft_agent::workload::{Role, Workload};
 
+use addon::{AUTH_SERVICE, RATE_LIMIT};
+use authservice::cluster_login_servers;
 use eastwest::eastwest_gateway;
 use egress::{EgressPlan, egress_plans};
 use gateway::{exposure, gateway_proxy, gateway_targets, ingress_entries};
-use ratelimit::{
-    cluster_rules, no_service, rate_limit_cluster, rate_limit_service, service_source,
-    shared_limits,
-};
+use ratelimit::{cluster_rules, no_service, rate_limit_service, service_source, shared_limits};
 use relay::tcp_targets;
 use resilience::local_rate_limit;
 use resilience::single_host_cluster;
@@ -137,6 +138,7 @@ impl Translation {
         config.passthrough.extend(own.passthrough);
         config.gateways.extend(own.gateways);
         config.rate_limit_rules = own.rate_limit_rules;
+        config.login_servers = own.login_servers;
         Some(config)
     }
 
@@ -215,7 +217,11 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     // Every shared rate limit rule (for the rate limit service), and
     // where proxies reach that service.
     let rate_limit_rules = cluster_rules(config, &plans);
-    let rate_limiter = rate_limit_cluster(config, workloads);
+    let addons = Addons {
+        rate_limit: RATE_LIMIT.cluster(config, workloads),
+        auth: AUTH_SERVICE.cluster(config, workloads),
+    };
+    let login_servers = cluster_login_servers(config);
     let exposed = exposure(config, workloads);
     let tcp_targets = tcp_targets(config.gateways.iter());
     let egress = egress_plans(config, workloads);
@@ -253,8 +259,22 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             );
             continue;
         }
+        if w.role == Role::Authservice {
+            let own = ProxyConfig {
+                login_servers: Some(login_servers.clone()),
+                ..ProxyConfig::default()
+            };
+            translation.proxies.insert(
+                w.node.clone(),
+                ProxyPlan {
+                    own,
+                    outbound: None,
+                },
+            );
+            continue;
+        }
         if w.role == Role::Gateway {
-            let own = gateway_proxy(config, directory, w, &plans, &rate_limiter, &mut errors);
+            let own = gateway_proxy(config, directory, w, &plans, &addons, &mut errors);
             translation.proxies.insert(
                 w.node.clone(),
                 ProxyPlan {
@@ -299,6 +319,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                         authorization: None,
                         rate_limit: None,
                         shared_limits: Vec::new(),
+                        login: None,
                     });
                 }
                 // Names that are no mesh service go out through the
@@ -369,7 +390,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 .map(|plan| shared_limits(&service_source(plan), limits))
                 .unwrap_or_default();
             if limiter.is_some() {
-                let (cluster, endpoints) = &rate_limiter;
+                let (cluster, endpoints) = &addons.rate_limit;
                 if let Some(from) = plan
                     .and_then(|p| p.policy.rate_limiting_from.as_deref())
                     .filter(|_| endpoints.endpoints.is_empty())
@@ -424,6 +445,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                     authorization: verdict.authorization.clone(),
                     rate_limit,
                     shared_limits: shared,
+                    login: None,
                 }],
             });
         }
@@ -433,6 +455,13 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     errors.dedup();
     translation.errors = errors;
     translation
+}
+
+/// The clusters (and endpoints) of the add-on services, for the proxies
+/// that call them.
+pub(super) struct Addons {
+    pub(super) rate_limit: (Cluster, Endpoints),
+    pub(super) auth: (Cluster, Endpoints),
 }
 
 /// Callers that see the same services by the same names share one

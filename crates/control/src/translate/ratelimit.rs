@@ -11,20 +11,12 @@
 
 use weft_api::edge::ConfigError;
 use weft_api::ratelimit::{DimensionOf, RateLimiting};
-use weft_identity::{RATELIMIT_ACCOUNT, RESERVED_NAMESPACE, SpiffeId};
 
-use super::parse::{Config, error};
+use super::addon::RATE_LIMIT;
+use super::parse::Config;
 use super::plan::ServicePlan;
-use super::resilience::{millis, single_host_cluster};
-use crate::proxy::{
-    Cluster, DescriptorEntry, Endpoints, Mtls, RateLimitService, ServiceDimension, ServiceRule,
-    SharedLimit, SocketAddr,
-};
-use weft_agent::workload::{Role, Workload};
-
-/// The cluster of the rate limit service's instances, in every proxy
-/// that asks it.
-pub(super) const RATE_LIMIT_CLUSTER: &str = "addon|ratelimit";
+use super::resilience::millis;
+use crate::proxy::{DescriptorEntry, RateLimitService, ServiceDimension, ServiceRule, SharedLimit};
 
 /// Where a server's rules come from: `GATEWAY#SERVER`.
 pub(super) fn gateway_source(gateway_path: &str, server: &str) -> String {
@@ -98,7 +90,7 @@ pub(super) fn service_rules(source: &str, limits: Option<&RateLimiting>) -> Vec<
 pub(super) fn rate_limit_service(limits: Option<&RateLimiting>) -> Option<RateLimitService> {
     let limits = limits.filter(|l| l.is_shared())?;
     Some(RateLimitService {
-        cluster: RATE_LIMIT_CLUSTER.into(),
+        cluster: RATE_LIMIT.cluster.into(),
         timeout_ms: millis(limits.timeout()),
         fail_closed: limits.fail_closed,
     })
@@ -126,50 +118,12 @@ pub(super) fn cluster_rules(config: &Config, plans: &[ServicePlan<'_>]) -> Vec<S
     rules
 }
 
-/// The cluster (and its endpoints) of the rate limit service's
-/// instances, reached with mutual TLS and only if they show the rate
-/// limit service's identity.
-pub(super) fn rate_limit_cluster(config: &Config, workloads: &[Workload]) -> (Cluster, Endpoints) {
-    let cluster = Cluster {
-        mtls: config.trust_domain.as_ref().map(|trust_domain| Mtls {
-            trust_domain: trust_domain.clone(),
-            peers: vec![
-                SpiffeId::workload(trust_domain, RESERVED_NAMESPACE, RATELIMIT_ACCOUNT)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-            ],
-            permissive: false,
-            sni: None,
-        }),
-        grpc: true,
-        ..single_host_cluster(RATE_LIMIT_CLUSTER)
-    };
-    let mut endpoints: Vec<SocketAddr> = workloads
-        .iter()
-        .filter(|w| w.role == Role::Ratelimit)
-        .map(|w| SocketAddr {
-            address: w.address.clone(),
-            port: w.port,
-        })
-        .collect();
-    endpoints.sort();
-    endpoints.dedup();
-    let endpoints = Endpoints {
-        cluster: RATE_LIMIT_CLUSTER.into(),
-        endpoints,
-        remote: Vec::new(),
-    };
-    (cluster, endpoints)
-}
-
-/// Reported where rules are written but no rate limit service runs: the
-/// proxies let every request through (or, with failClosed, none).
+/// Reported where rules are written but no rate limit service runs.
 pub(super) fn no_service(path: &str, field: &str, cluster: &str) -> ConfigError {
-    error(
+    RATE_LIMIT.missing(
         path,
         field,
-        format!(
-            "cluster {cluster} has no rate limit service connected to its edge, so these rules count nothing (requests pass, or with failClosed are refused): run `weft ratelimit` with a credential from `weft token create --cluster {cluster} --ratelimit`"
-        ),
+        cluster,
+        "these rules count nothing (requests pass, or with failClosed are refused)",
     )
 }

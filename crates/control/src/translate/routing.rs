@@ -129,5 +129,6 @@ pub(super) fn unknown_host(declared: bool) -> VirtualHost {
         authorization: None,
         rate_limit: None,
         shared_limits: Vec::new(),
+        login: None,
     }
 }

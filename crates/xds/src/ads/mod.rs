@@ -389,6 +389,7 @@ impl<P: Protocol> Session<P> {
         match (step.t, step.removals) {
             (Secret, _)
             | (RateLimit, _)
+            | (Login, _)
             | (Cluster, false)
             | (Endpoint, false)
             | (Route, true)
