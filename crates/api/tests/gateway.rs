@@ -273,6 +273,78 @@ fn bad_gateways_name_every_problem() {
             ],
         ),
         (
+            "browser sign-in: https, provider URLs, a secret's file name, paths, timeouts",
+            gateway(json!({
+                "workloadSelector": selector(),
+                "http": [{
+                    "name": "shop", "port": 80, "hostname": "shop.example.com",
+                    "authentication": {"oidc": {
+                        "issuer": "http://id.example.com",
+                        "endpoints": {"authorization": "https://id.example.com/a", "token": "ftp://x", "jwks": "not a url"},
+                        "clientId": " ",
+                        "clientSecret": "S3cret!",
+                        "callbackPath": "cb",
+                        "logoutPath": "/out?x=1",
+                        "scopes": ["openid", "two words"],
+                        "forward": {"idToken": "X-Id", "accessToken": "x-id"},
+                        "session": {"idleTimeout": "9h", "absoluteTimeout": "8h", "store": "redis"}
+                    }},
+                    "authorization": {"allow": [{"claims": {"sub": ["alice"]}}]},
+                    "routes": [{"to": [{"service": "shop/reviews"}]}]
+                }, {
+                    "name": "both", "port": 443, "hostname": "both.example.com",
+                    "tls": {"certificate": "both.example.com"},
+                    "authentication": {
+                        "jwt": [{"issuer": "https://id.example.com", "jwksUri": "https://id.example.com/keys"}],
+                        "oidc": {"issuer": "https://id.example.com", "clientId": "c", "clientSecret": "c", "postLogoutRedirect": "/"}
+                    },
+                    "routes": [{"to": [{"service": "shop/reviews"}]}]
+                }]
+            })),
+            vec![
+                ("spec.http[0].authentication.oidc.issuer", "must be https"),
+                (
+                    "spec.http[0].authentication.oidc.endpoints.token",
+                    "must be https",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.endpoints.jwks",
+                    "not a URL",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.clientId",
+                    "must not be empty",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.clientSecret",
+                    "names a file",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.callbackPath",
+                    "must be a path",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.logoutPath",
+                    "must be a path",
+                ),
+                ("spec.http[0].authentication.oidc.scopes[1]", "not a scope"),
+                (
+                    "spec.http[0].authentication.oidc.forward.idToken",
+                    "not a lowercase HTTP header name",
+                ),
+                (
+                    "spec.http[0].authentication.oidc.session.idleTimeout",
+                    "not be longer than absoluteTimeout",
+                ),
+                ("spec.http[0].authentication.oidc", "needs HTTPS"),
+                (
+                    "spec.http[0].authorization.allow[0].claims",
+                    "authentication.jwt",
+                ),
+                ("spec.http[1].authentication", "jwt or oidc, not both"),
+            ],
+        ),
+        (
             "mutual TLS needs a client CA; claims need authentication; sources are ranges",
             gateway(json!({
                 "workloadSelector": selector(),

@@ -4,6 +4,7 @@
 //! of its REST API (see `client.rs`), resolving the server and token from
 //! flags, then the environment, then the file `weft login` writes.
 
+mod addons;
 mod admin;
 mod backup;
 mod chaos;
@@ -15,7 +16,6 @@ mod edge;
 mod envoy;
 mod manifests;
 mod output;
-mod ratelimit;
 mod resources;
 mod server;
 mod settings;
@@ -137,7 +137,20 @@ Run as many replicas as you like on one Redis: they share the counters. The
 edge sends them the rules and tells gateways and sidecars where they are.
 Without a decision in time (Redis down or slow), a rule's proxies let
 requests through, or with failClosed refuse them with 503.")]
-    Ratelimit(ratelimit::RatelimitArgs),
+    Ratelimit(addons::RatelimitArgs),
+
+    /// Run the cluster's sign-in service: browser sign-in (OpenID Connect)
+    /// for Gateways' servers with `authentication.oidc`, as Envoy's
+    /// external authorization service
+    #[command(after_help = "\
+Examples:
+  weft token create --cluster east --authservice > authservice.token
+  weft authservice --listen 10.0.0.5:18083 --secrets /etc/weft/oidc \\
+      --redis redis://10.0.0.9:6379 --credential-file authservice.token
+Each Gateway server's `clientSecret: NAME` is the file NAME in --secrets.
+The browser holds only an opaque session id (a __Host- cookie); the tokens
+stay here, or in Redis for servers with `session.store: redis`.")]
+    Authservice(addons::AuthserviceArgs),
 
     /// Tools for testing and inspecting: offline translation, a test workload
     #[command(subcommand)]
@@ -596,9 +609,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Command::Authservice(args) => {
+            init_logging(&cli.log_format);
+            addons::run_authservice(args)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
+            ok
+        }
         Command::Ratelimit(args) => {
             init_logging(&cli.log_format);
-            ratelimit::run(args)
+            addons::run_ratelimit(args)
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             ok

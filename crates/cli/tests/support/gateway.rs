@@ -211,6 +211,52 @@ impl GatewayMesh {
         admin
     }
 
+    /// The command of `weft authservice` (node authservice-1) with client
+    /// secrets in `secrets` and sessions (where servers say so) in
+    /// `redis`, on `listen` with its admin on `admin`; each start appends
+    /// to its log.
+    pub fn authservice(
+        &mut self,
+        secrets: &std::path::Path,
+        redis: &str,
+        listen: u16,
+        admin: u16,
+    ) -> Command {
+        let credential = credential(
+            Some(&self.server),
+            &self.admin,
+            self.dir.path(),
+            "authservice",
+            "east",
+            &["--authservice"],
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("authservice-1.log"))
+            .unwrap();
+        let mut command = Command::new(WEFT);
+        command
+            .args([
+                "authservice",
+                "--node-id",
+                "authservice-1",
+                "--redis",
+                redis,
+            ])
+            .arg("--secrets")
+            .arg(secrets)
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--edge", &format!("127.0.0.1:{}", self.edge.xds_port)])
+            .arg("--credential-file")
+            .arg(credential)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
+    }
+
     pub async fn until_in_sync(&self, proxies: usize) {
         until(
             "every proxy has accepted its configuration",

@@ -100,6 +100,11 @@ impl HttpChain {
         // The client's address is the connection's: what it claims in
         // x-forwarded-for is kept for the services but never trusted.
         hcm.use_remote_address = Some(BoolValue { value: true });
+        if auth_service.is_some() {
+            // The Host loses its port on the way in (`strip_any_host_port`);
+            // sign-in builds the browser's callback address with it.
+            hcm.append_x_forwarded_port = true;
+        }
         if mesh.is_some() {
             // The caller's SPIFFE ID, as this chain's mutual TLS verified
             // it, replaces whatever the caller sent: egress routes match
