@@ -20,8 +20,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::load::{Path, closed_loop, compare, metric_sum};
 use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
 use support::redis::Redis;
 use support::tls::{self, TestCa};
@@ -61,62 +62,6 @@ spec:
       routes: [{{to: [{{service: shop/reviews}}]}}]
 "
     )
-}
-
-/// One path under test: how to build its requests.
-struct Path {
-    name: &'static str,
-    client: reqwest::Client,
-    url: String,
-    host: &'static str,
-}
-
-/// Latencies of the requests that succeeded, and how many failed.
-struct Round {
-    latencies: Vec<Duration>,
-    failed: usize,
-    elapsed: Duration,
-}
-
-/// `rate` requests per second for `seconds`, started on schedule.
-async fn load(path: &Path, rate: u32, seconds: u64) -> Round {
-    let total = rate as u64 * seconds;
-    let every = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = started + every * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let request = path.client.get(&path.url).header("host", path.host);
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            match request.send().await {
-                Ok(r) if r.status() == 200 => r.bytes().await.ok().map(|_| sent.elapsed()),
-                _ => None,
-            }
-        }));
-    }
-    let mut round = Round {
-        latencies: Vec::new(),
-        failed: 0,
-        elapsed: Duration::ZERO,
-    };
-    for task in tasks {
-        match task.await.ok().flatten() {
-            Some(latency) => round.latencies.push(latency),
-            None => round.failed += 1,
-        }
-    }
-    round.elapsed = started.elapsed();
-    round
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -245,66 +190,37 @@ async fn main() {
             client: reqwest::Client::new(),
             url: format!("http://127.0.0.1:{outbound}/"),
             host: "reviews",
+            cookie: None,
         },
         Path {
             name: "gateway (HTTP) -> reviews sidecar",
             client: reqwest::Client::new(),
             url: format!("http://127.0.0.1:{http_port}/"),
             host: "shop.example.com",
+            cookie: None,
         },
         Path {
             name: "gateway (HTTP, counted) -> reviews",
             client: reqwest::Client::new(),
             url: format!("http://127.0.0.1:{http_port}/"),
             host: "counted.example.com",
+            cookie: None,
         },
         Path {
             name: "gateway (HTTPS) -> reviews sidecar",
             client: tls::client(&ca.pem, None, &["shop.example.com"], false),
             url: format!("https://shop.example.com:{https_port}/"),
             host: "shop.example.com",
+            cookie: None,
         },
     ];
     for path in &paths {
         until(path.name, Duration::from_secs(60), async || {
-            path.client
-                .get(&path.url)
-                .header("host", path.host)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
+            path.answers().await
         })
         .await;
     }
-    println!(
-        "fixed load: {rate} requests/s for {seconds} s per round, 2 rounds per path, interleaved"
-    );
-    let mut results: Vec<Vec<Round>> = paths.iter().map(|_| Vec::new()).collect();
-    for _ in 0..2 {
-        for (i, path) in paths.iter().enumerate() {
-            results[i].push(load(path, rate, seconds).await);
-        }
-    }
-    println!(
-        "{:<40} {:>10} {:>8} {:>10} {:>10}",
-        "path", "req/s", "failed", "p50", "p99"
-    );
-    for (path, rounds) in paths.iter().zip(results) {
-        let mut latencies: Vec<Duration> =
-            rounds.iter().flat_map(|r| r.latencies.clone()).collect();
-        latencies.sort();
-        let ok = latencies.len();
-        let failed: usize = rounds.iter().map(|r| r.failed).sum();
-        let elapsed: Duration = rounds.iter().map(|r| r.elapsed).sum();
-        println!(
-            "{:<40} {:>10.0} {:>8} {:>10.2?} {:>10.2?}",
-            path.name,
-            ok as f64 / elapsed.as_secs_f64(),
-            failed,
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99),
-        );
-    }
+    compare(&paths, rate, seconds).await;
     decisions(&http, &paths[2], ratelimit_admin).await;
     drop(processes);
     drop(edge);
@@ -315,43 +231,11 @@ async fn main() {
 /// for 5 s; the gateway's rate, and the rate limit service's decisions
 /// (from its metrics) in the same time.
 async fn decisions(http: &reqwest::Client, counted: &Path, admin: u16) {
-    let decided = async || -> f64 {
-        let text = http
-            .get(format!("http://127.0.0.1:{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("weft_ratelimit_decisions_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let decided = async || metric_sum(http, &metrics, "weft_ratelimit_decisions_total").await;
     let before = decided().await;
-    let started = Instant::now();
-    let end = started + Duration::from_secs(5);
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let (client, url, host) = (counted.client.clone(), counted.url.clone(), counted.host);
-            tokio::spawn(async move {
-                let mut ok = 0u64;
-                while Instant::now() < end {
-                    let response = client.get(&url).header("host", host).send().await;
-                    if response.is_ok_and(|r| r.status() == 200) {
-                        ok += 1;
-                    }
-                }
-                ok
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for client in clients {
-        ok += client.await.unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let (ok, elapsed) = closed_loop(counted, 32, 5).await;
+    let elapsed = elapsed.as_secs_f64();
     let decisions = decided().await - before;
     println!(
         "closed loop, 32 clients, 5 s: {:.0} requests/s through the counted server; weft ratelimit decided {:.0}/s (Redis on loopback)",

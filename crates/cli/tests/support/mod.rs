@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod gateway;
+pub mod load;
 pub mod mesh;
 pub mod redis;
 pub mod tls;
