@@ -22,7 +22,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::load::{Path, closed_loop, compare, metric_sum};
+use support::load::{Path, closed_loop, compare, fixed_load, metric_sum};
 use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
 use support::redis::Redis;
 use support::tls::{self, TestCa};
@@ -66,14 +66,7 @@ spec:
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rate: u32 = std::env::var("WEFT_BENCH_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let (rate, seconds) = fixed_load();
     weft_identity::tls::install_provider();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"), None);

@@ -17,8 +17,8 @@ mod support;
 use std::time::Duration;
 
 use support::browser::{Browser, Provider};
-use support::gateway::{GATEWAY_ALLOWED, GatewayMesh};
-use support::load::{Path, closed_loop, compare, metric_sum};
+use support::gateway::{GatewayMesh, ingress_gateway};
+use support::load::{Path, closed_loop, compare, fixed_load, metric_sum};
 use support::redis::Redis;
 use support::{Proc, free_port, tls, until};
 
@@ -27,14 +27,7 @@ const OPEN: &str = "open.example.test";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rate: u32 = std::env::var("WEFT_BENCH_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let (rate, seconds) = fixed_load();
     weft_identity::tls::install_provider();
     let mut mesh = GatewayMesh::start().await;
     let redis = Redis::start(mesh.dir.path());
@@ -52,15 +45,8 @@ async fn main() {
     std::fs::create_dir(&secrets).unwrap();
     std::fs::write(secrets.join("shop-oidc"), "bench-secret").unwrap();
     mesh.ca.install(&mesh.certificates, HOST, &[HOST, OPEN]);
-    mesh.apply(&format!(
-        "{GATEWAY_ALLOWED}---
-apiVersion: weft.dev/v1alpha1
-kind: Gateway
-metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
-spec:
-  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
-  http:
-    - name: shop
+    mesh.apply(&ingress_gateway(&format!(
+        "    - name: shop
       port: {port}
       hostname: {HOST}
       tls: {{certificate: {HOST}}}
@@ -79,7 +65,7 @@ spec:
       routes: [{{to: [{{service: shop/ratings}}]}}]
 ",
         provider.issuer()
-    ));
+    )));
     mesh.workload("ratings", "ratings-1", "v1");
     mesh.gateway("ingress", "edge", None);
     let admin = free_port();

@@ -7,6 +7,21 @@ use anyhow::Result;
 
 use crate::server::shutdown_signal;
 
+/// How an add-on service reaches its edge, and who it is there.
+#[derive(Debug, clap::Args)]
+pub struct EdgeArgs {
+    /// The edge's xDS address
+    #[arg(long, env = "WEFT_EDGE", default_value = "127.0.0.1:15010")]
+    pub edge: std::net::SocketAddr,
+    /// A file holding the service's credential (`weft token create
+    /// --cluster C --ratelimit`, or `--authservice`)
+    #[arg(long, env = "WEFT_WORKLOAD_CREDENTIAL_FILE")]
+    pub credential_file: PathBuf,
+    /// Its node id [default: the service's name and a random suffix]
+    #[arg(long)]
+    pub node_id: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RatelimitArgs {
     /// Where gateways and sidecars call it (gRPC over mutual TLS); port 0
@@ -24,15 +39,8 @@ pub struct RatelimitArgs {
     /// answers before the proxies stop waiting
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15ms")]
     pub redis_timeout: std::time::Duration,
-    /// The edge's xDS address
-    #[arg(long, env = "WEFT_EDGE", default_value = "127.0.0.1:15010")]
-    pub edge: std::net::SocketAddr,
-    /// A file holding the credential (`weft token create --cluster C --ratelimit`)
-    #[arg(long, env = "WEFT_WORKLOAD_CREDENTIAL_FILE")]
-    pub credential_file: PathBuf,
-    /// Its node id [default: weft-ratelimit-<random>]
-    #[arg(long)]
-    pub node_id: Option<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 pub async fn run_ratelimit(args: RatelimitArgs) -> Result<()> {
@@ -41,17 +49,17 @@ pub async fn run_ratelimit(args: RatelimitArgs) -> Result<()> {
         admin: args.admin,
         redis: args.redis.clone(),
         redis_timeout: args.redis_timeout,
-        edge: args.edge,
-        credential_file: args.credential_file,
-        node_id: args.node_id,
+        edge: args.edge.edge,
+        credential_file: args.edge.credential_file,
+        node_id: args.edge.node_id,
     };
-    let redis = args.redis;
+    let (redis, edge) = (args.redis, args.edge.edge);
     weft_addons::ratelimit::run(
         options,
         |at| {
             println!(
                 "weft ratelimit: node {}: rate limit service {} (mutual TLS); admin http://{}; counters in {redis}; edge {}",
-                at.node, at.listen, at.admin, args.edge
+                at.node, at.listen, at.admin, edge
             );
         },
         shutdown_signal(),
@@ -77,15 +85,8 @@ pub struct AuthserviceArgs {
     /// redis`): sessions outlive a restart and replicas share them
     #[arg(long, env = "WEFT_REDIS")]
     pub redis: Option<String>,
-    /// The edge's xDS address
-    #[arg(long, env = "WEFT_EDGE", default_value = "127.0.0.1:15010")]
-    pub edge: std::net::SocketAddr,
-    /// A file holding the credential (`weft token create --cluster C --authservice`)
-    #[arg(long, env = "WEFT_WORKLOAD_CREDENTIAL_FILE")]
-    pub credential_file: PathBuf,
-    /// Its node id [default: weft-authservice-<random>]
-    #[arg(long)]
-    pub node_id: Option<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 pub async fn run_authservice(args: AuthserviceArgs) -> Result<()> {
@@ -94,10 +95,11 @@ pub async fn run_authservice(args: AuthserviceArgs) -> Result<()> {
         admin: args.admin,
         redis: args.redis.clone(),
         secrets: args.secrets.clone(),
-        edge: args.edge,
-        credential_file: args.credential_file,
-        node_id: args.node_id,
+        edge: args.edge.edge,
+        credential_file: args.edge.credential_file,
+        node_id: args.edge.node_id,
     };
+    let edge = args.edge.edge;
     let sessions = args
         .redis
         .map_or("memory; Redis not given".to_string(), |r| {
@@ -112,7 +114,7 @@ pub async fn run_authservice(args: AuthserviceArgs) -> Result<()> {
                 at.listen,
                 at.admin,
                 args.secrets.display(),
-                args.edge
+                edge
             );
         },
         shutdown_signal(),

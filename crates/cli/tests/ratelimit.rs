@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::gateway::{GATEWAY_ALLOWED, GatewayMesh};
+use support::gateway::{GatewayMesh, ingress_gateway};
 use support::redis::Redis;
 use support::tokens::Issuer;
 use support::{free_port, until};
@@ -66,17 +66,7 @@ async fn series(http: &reqwest::Client, admin: u16, parts: &[&str]) -> f64 {
 }
 
 fn gateway(port: u16, servers: &str) -> String {
-    format!(
-        "{GATEWAY_ALLOWED}---
-apiVersion: weft.dev/v1alpha1
-kind: Gateway
-metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
-spec:
-  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
-  http:
-{}",
-        servers.replace("PORT", &port.to_string())
-    )
+    ingress_gateway(&servers.replace("PORT", &port.to_string()))
 }
 
 fn shared_servers(jwks: &str, shadow: bool) -> String {

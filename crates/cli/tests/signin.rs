@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::browser::{Browser, Provider};
-use support::gateway::{GATEWAY_ALLOWED, GatewayMesh};
+use support::gateway::{GatewayMesh, ingress_gateway};
 use support::redis::Redis;
 use support::{Proc, free_port, tls, until};
 
@@ -19,15 +19,8 @@ const HOST: &str = "shop.example.test";
 const TOKEN_TTL: u64 = 10;
 
 fn gateway(port: u16, issuer: &str) -> String {
-    format!(
-        "{GATEWAY_ALLOWED}---
-apiVersion: weft.dev/v1alpha1
-kind: Gateway
-metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
-spec:
-  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
-  http:
-    - name: shop
+    ingress_gateway(&format!(
+        "    - name: shop
       port: {port}
       hostname: {HOST}
       tls: {{certificate: {HOST}}}
@@ -43,7 +36,7 @@ spec:
           session: {{store: redis}}
       routes: [{{to: [{{service: shop/ratings}}]}}]
 "
-    )
+    ))
 }
 
 /// The ID token the app saw, from the echo app's page.

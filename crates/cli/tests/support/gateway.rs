@@ -33,6 +33,22 @@ spec:
     allow: [{from: [{serviceAccount: {namespace: edge, name: ingress}}]}]
 ";
 
+/// What lets the gateway call the shop's services, and Gateway `ingress`
+/// of workspace edge on the gateways labelled app=ingress with `servers`
+/// (the items of its `http` list, indented four spaces).
+pub fn ingress_gateway(servers: &str) -> String {
+    format!(
+        "{GATEWAY_ALLOWED}---
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: ingress, tenant: retail, workspace: edge, gatewayGroup: front}}
+spec:
+  workloadSelector: {{namespace: edge, labels: {{app: ingress}}}}
+  http:
+{servers}"
+    )
+}
+
 pub struct GatewayMesh {
     pub dir: tempfile::TempDir,
     pub server: Server,

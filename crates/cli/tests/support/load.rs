@@ -6,6 +6,16 @@
 
 use std::time::{Duration, Instant};
 
+/// The fixed load: WEFT_BENCH_RATE requests/s (300) for WEFT_BENCH_SECONDS
+/// (10) per round.
+pub fn fixed_load() -> (u32, u64) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    (
+        var("WEFT_BENCH_RATE").map_or(300, |v| v as u32),
+        var("WEFT_BENCH_SECONDS").unwrap_or(10),
+    )
+}
+
 /// One path under test: how to build its requests.
 pub struct Path {
     pub name: &'static str,

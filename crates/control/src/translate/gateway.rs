@@ -289,12 +289,7 @@ pub(super) fn gateway_proxy(
                 }
             }
         }
-        services
-            .clusters
-            .insert(cluster.name.clone(), cluster.clone());
-        services
-            .endpoints
-            .insert(endpoints.cluster.clone(), endpoints.clone());
+        services.add(cluster, endpoints);
     }
     // Sign-in: on each chain whose table has a server with it.
     let mut asks_auth = false;
@@ -321,12 +316,7 @@ pub(super) fn gateway_proxy(
                 }
             }
         }
-        services
-            .clusters
-            .insert(cluster.name.clone(), cluster.clone());
-        services
-            .endpoints
-            .insert(endpoints.cluster.clone(), endpoints.clone());
+        services.add(cluster, endpoints);
     }
     let http_ports: BTreeSet<u16> = ports.keys().copied().collect();
     let relays = relays(w, &selected, &http_ports, plans, errors);
@@ -391,6 +381,12 @@ struct Services {
 }
 
 impl Services {
+    fn add(&mut self, cluster: &crate::proxy::Cluster, endpoints: &Endpoints) {
+        self.clusters.insert(cluster.name.clone(), cluster.clone());
+        self.endpoints
+            .insert(endpoints.cluster.clone(), endpoints.clone());
+    }
+
     /// The cluster for `target` of `plan`: the whole service, or the
     /// instances with the target's labels.
     fn cluster_for(&mut self, plan: &ServicePlan<'_>, target: &ServiceTarget) -> String {

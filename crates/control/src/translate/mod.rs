@@ -234,54 +234,33 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
     // The inbound verdict is the same for every instance of a service.
     let mut inbound: BTreeMap<ServiceKey, InboundPlan> = BTreeMap::new();
     for w in workloads {
-        if w.role == Role::Eastwest {
-            let own = eastwest_gateway(w, &plans, &exposed);
-            translation.proxies.insert(
-                w.node.clone(),
-                ProxyPlan {
-                    own,
-                    outbound: None,
-                },
-            );
-            continue;
-        }
-        if w.role == Role::Ratelimit {
-            let own = ProxyConfig {
+        // Everything but a sidecar has only a part of its own.
+        let own = match w.role {
+            Role::Eastwest => Some(eastwest_gateway(w, &plans, &exposed)),
+            Role::Gateway => Some(gateway_proxy(
+                config,
+                directory,
+                w,
+                &plans,
+                &addons,
+                &mut errors,
+            )),
+            Role::Ratelimit => Some(ProxyConfig {
                 rate_limit_rules: Some(rate_limit_rules.clone()),
                 ..ProxyConfig::default()
-            };
-            translation.proxies.insert(
-                w.node.clone(),
-                ProxyPlan {
-                    own,
-                    outbound: None,
-                },
-            );
-            continue;
-        }
-        if w.role == Role::Authservice {
-            let own = ProxyConfig {
+            }),
+            Role::Authservice => Some(ProxyConfig {
                 login_servers: Some(login_servers.clone()),
                 ..ProxyConfig::default()
+            }),
+            Role::Sidecar => None,
+        };
+        if let Some(own) = own {
+            let plan = ProxyPlan {
+                own,
+                outbound: None,
             };
-            translation.proxies.insert(
-                w.node.clone(),
-                ProxyPlan {
-                    own,
-                    outbound: None,
-                },
-            );
-            continue;
-        }
-        if w.role == Role::Gateway {
-            let own = gateway_proxy(config, directory, w, &plans, &addons, &mut errors);
-            translation.proxies.insert(
-                w.node.clone(),
-                ProxyPlan {
-                    own,
-                    outbound: None,
-                },
-            );
+            translation.proxies.insert(w.node.clone(), plan);
             continue;
         }
         let mut proxy = ProxyPlan::default();
