@@ -119,6 +119,12 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Answers go out as they are written: with Nagle's algorithm
+            // a small HTTP/2 frame waits for the peer's delayed ACK, tens
+            // of milliseconds on the request path of a gateway.
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, port, "cannot turn off Nagle's algorithm");
+            }
             let (acceptor, tx, trust, failed) =
                 (acceptor.clone(), tx.clone(), trust.clone(), failed.clone());
             tokio::spawn(async move {

@@ -199,7 +199,10 @@ impl Service {
     ) -> Result<(Decision, Outcome), Failure> {
         if let Some(id) = cookie(request.cookie, SESSION_COOKIE) {
             let session_key = key(Kind::Session, id);
-            let found = store.get(&session_key).await?;
+            // Each use keeps the session another idle timeout (and it is
+            // never used past its end).
+            let idle = Duration::from_secs(u64::from(server.idle_timeout_seconds));
+            let found = store.touch(&session_key, idle).await?;
             let session = found.and_then(|bytes| serde_json::from_slice::<Session>(&bytes).ok());
             if let Some(mut session) =
                 session.filter(|s| s.server == server.id && s.ends_at > now())
@@ -207,7 +210,12 @@ impl Service {
                 let mut outcome = Outcome::Allowed;
                 if session.expires_at <= now() + REFRESH_AHEAD_S {
                     match self.refresh(server, &mut session).await {
-                        Ok(()) => outcome = Outcome::Refreshed,
+                        Ok(()) => {
+                            outcome = Outcome::Refreshed;
+                            let ttl = idle.min(Duration::from_secs(session.ends_at - now()));
+                            let bytes = serde_json::to_vec(&session).unwrap_or_default();
+                            store.put(session_key, bytes, ttl).await?;
+                        }
                         // The provider down (or Redis): the session stays,
                         // for when it is back; the browser gets a page.
                         Err(
@@ -222,13 +230,6 @@ impl Service {
                         }
                     }
                 }
-                // Each use keeps the session another idle timeout, never
-                // past its end.
-                let ttl = u64::from(server.idle_timeout_seconds).min(session.ends_at - now());
-                let bytes = serde_json::to_vec(&session).unwrap_or_default();
-                store
-                    .put(session_key, bytes, Duration::from_secs(ttl))
-                    .await?;
                 let mut headers = Vec::new();
                 if !server.id_token_header.is_empty() {
                     headers.push((server.id_token_header.clone(), session.id_token.clone()));

@@ -66,6 +66,17 @@ impl Memory {
         (*until > Instant::now()).then(|| value.clone())
     }
 
+    fn touch(&self, key: &str, ttl: Duration) -> Option<Vec<u8>> {
+        let mut entries = self.lock();
+        let (value, until) = entries.get_mut(key)?;
+        let now = Instant::now();
+        if *until <= now {
+            return None;
+        }
+        *until = now + ttl;
+        Some(value.clone())
+    }
+
     fn take(&self, key: &str) -> Option<Vec<u8>> {
         let (value, until) = self.lock().remove(key)?;
         (until > Instant::now()).then_some(value)
@@ -146,6 +157,20 @@ impl Store<'_> {
         }
     }
 
+    /// Gets and keeps `ttl` longer, in one round trip (a session's use
+    /// renews its idle timeout).
+    pub async fn touch(&self, key: &str, ttl: Duration) -> Result<Option<Vec<u8>>, StoreError> {
+        let ttl = ttl.max(Duration::from_secs(1));
+        match self {
+            Store::Memory(memory) => Ok(memory.touch(key, ttl)),
+            Store::Redis(_) => {
+                let mut command = redis::cmd("GETEX");
+                command.arg(key).arg("EX").arg(ttl.as_secs());
+                self.redis()?.run(command).await
+            }
+        }
+    }
+
     /// Gets and deletes at once: what is taken once cannot be taken again
     /// (a login state, against a replayed callback).
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -190,6 +215,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.get(&k).await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            store
+                .touch(&k, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
         assert_eq!(store.take(&k).await.unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(store.take(&k).await.unwrap(), None);
         memory.put("old".into(), b"v".to_vec(), Duration::ZERO);
