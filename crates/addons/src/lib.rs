@@ -14,4 +14,5 @@
 
 pub mod authservice;
 pub mod ratelimit;
+mod redis_client;
 pub mod serve;

@@ -47,6 +47,22 @@ pub struct Options {
     pub type_url: String,
 }
 
+/// The edge's resources as `M`, the one type the service follows; any
+/// other is refused (and NACKed with this text).
+pub fn decode<M: prost::Message + prost::Name + Default>(
+    resources: &[Any],
+) -> Result<Vec<M>, String> {
+    resources
+        .iter()
+        .map(|any| {
+            if any.type_url != M::type_url() {
+                return Err(format!("expected {}, got {}", M::type_url(), any.type_url));
+            }
+            M::decode(any.value.as_slice()).map_err(|e| format!("unreadable {}: {e}", M::NAME))
+        })
+        .collect()
+}
+
 /// Where the running service listens, once it does.
 pub struct Listening {
     pub node: String,

@@ -225,7 +225,7 @@ async fn main() {
 /// (from its metrics) in the same time.
 async fn decisions(http: &reqwest::Client, counted: &Path, admin: u16) {
     let metrics = format!("http://127.0.0.1:{admin}/metrics");
-    let decided = async || metric_sum(http, &metrics, "weft_ratelimit_decisions_total").await;
+    let decided = async || metric_sum(http, &metrics, &["weft_ratelimit_decisions_total"]).await;
     let before = decided().await;
     let (ok, elapsed) = closed_loop(counted, 32, 5).await;
     let elapsed = elapsed.as_secs_f64();

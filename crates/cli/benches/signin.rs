@@ -124,8 +124,9 @@ async fn main() {
 
     let metrics = format!("http://127.0.0.1:{admin}/metrics");
     let http = reqwest::Client::new();
-    let checked = async || metric_sum(&http, &metrics, "weft_authservice_checks_total").await;
-    let inside = async || metric_sum(&http, &metrics, "weft_authservice_check_seconds_sum").await;
+    let checked = async || metric_sum(&http, &metrics, &["weft_authservice_checks_total"]).await;
+    let inside =
+        async || metric_sum(&http, &metrics, &["weft_authservice_check_seconds_sum"]).await;
     let (before, before_inside) = (checked().await, inside().await);
     let (ok, elapsed) = closed_loop(&paths[1], 32, 5).await;
     let elapsed = elapsed.as_secs_f64();

@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::gateway::{GatewayMesh, ingress_gateway};
+use support::load::metric_sum;
 use support::redis::Redis;
 use support::tokens::Issuer;
 use support::{free_port, until};
@@ -51,18 +52,7 @@ async fn call(
 /// The sum of the series on a `weft ratelimit`'s metrics page whose line
 /// has every one of `parts`.
 async fn series(http: &reqwest::Client, admin: u16, parts: &[&str]) -> f64 {
-    let text = http
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(http, &format!("http://127.0.0.1:{admin}/metrics"), parts).await
 }
 
 fn gateway(port: u16, servers: &str) -> String {

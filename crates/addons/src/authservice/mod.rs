@@ -39,15 +39,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use prost::{Message, Name};
+use prost::Name;
 use weft_agent::addon::Addon;
 use weft_agent::workload::{Role, Workload};
 use weft_xds::authservice::{LoginServer, LoginServers, SERVER_KEY};
 
+use crate::redis_client::Redis;
 use crate::serve::{AddonError, serve};
 use check::{Decision, Request};
 use provider::Providers;
-use store::{Memory, Redis, Store};
+use store::{Memory, Store};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -155,21 +156,12 @@ impl Service {
     }
 
     fn apply(&self, resources: &[Any]) -> Result<usize, String> {
-        let mut servers = BTreeMap::new();
-        for any in resources {
-            if any.type_url != LoginServers::type_url() {
-                return Err(format!(
-                    "expected {}, got {}",
-                    LoginServers::type_url(),
-                    any.type_url
-                ));
-            }
-            let decoded = LoginServers::decode(any.value.as_slice())
-                .map_err(|e| format!("unreadable login servers: {e}"))?;
-            for server in decoded.servers {
-                servers.insert(server.id.clone(), server);
-            }
-        }
+        let servers: BTreeMap<String, LoginServer> =
+            crate::serve::decode::<LoginServers>(resources)?
+                .into_iter()
+                .flat_map(|decoded| decoded.servers)
+                .map(|server| (server.id.clone(), server))
+                .collect();
         let count = servers.len();
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
         self.metrics.servers.set(count as i64);
@@ -294,6 +286,9 @@ impl Authorization for Checks {
 
 pub use crate::serve::Listening;
 
+/// How long a check waits for Redis: a session's read, a sign-in's write.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Runs the service until `shutdown` completes; `announce` is told where
 /// it listens once it has its certificate.
 pub async fn run(
@@ -302,7 +297,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AddonError> {
     let redis = match &options.redis {
-        Some(url) => Some(Redis::new(url, Duration::from_millis(500)).map_err(|e| {
+        Some(url) => Some(Redis::new(url, REDIS_TIMEOUT).map_err(|e| {
             AddonError::Config(format!(
                 "the Redis address {url:?}: {e}; hint: give --redis redis://HOST:PORT"
             ))

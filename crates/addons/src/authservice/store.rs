@@ -7,15 +7,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
+
+use crate::redis_client::{Redis, RedisError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
     #[error(
         "this server keeps sessions in Redis, and weft authservice was started without --redis"
     )]
@@ -87,36 +86,6 @@ impl Memory {
     }
 }
 
-#[derive(Clone)]
-pub struct Redis {
-    connection: ConnectionManager,
-    timeout: Duration,
-}
-
-impl Redis {
-    /// A store on the Redis at `url`, connected on first use (and again
-    /// after a failure).
-    pub fn new(url: &str, timeout: Duration) -> Result<Redis, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(1));
-        Ok(Redis {
-            connection: ConnectionManager::new_lazy_with_config(client, config)?,
-            timeout,
-        })
-    }
-
-    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(self.timeout, command.query_async(&mut connection))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::from)
-    }
-}
-
 /// The store of one server: its choice, memory or Redis.
 pub enum Store<'s> {
     Memory(&'s Memory),
@@ -124,11 +93,14 @@ pub enum Store<'s> {
 }
 
 impl Store<'_> {
-    fn redis(&self) -> Result<&Redis, StoreError> {
-        match self {
-            Store::Redis(Some(redis)) => Ok(redis),
-            _ => Err(StoreError::NoRedis),
-        }
+    /// One command to this store's Redis.
+    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
+        let Store::Redis(Some(redis)) = self else {
+            return Err(StoreError::NoRedis);
+        };
+        Ok(redis
+            .run(async |mut connection| command.query_async(&mut connection).await)
+            .await?)
     }
 
     pub async fn put(&self, key: String, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
@@ -141,7 +113,7 @@ impl Store<'_> {
             Store::Redis(_) => {
                 let mut command = redis::cmd("SET");
                 command.arg(key).arg(value).arg("EX").arg(ttl.as_secs());
-                self.redis()?.run::<()>(command).await
+                self.run::<()>(command).await
             }
         }
     }
@@ -152,7 +124,7 @@ impl Store<'_> {
             Store::Redis(_) => {
                 let mut command = redis::cmd("GET");
                 command.arg(key);
-                self.redis()?.run(command).await
+                self.run(command).await
             }
         }
     }
@@ -166,7 +138,7 @@ impl Store<'_> {
             Store::Redis(_) => {
                 let mut command = redis::cmd("GETEX");
                 command.arg(key).arg("EX").arg(ttl.as_secs());
-                self.redis()?.run(command).await
+                self.run(command).await
             }
         }
     }
@@ -179,7 +151,7 @@ impl Store<'_> {
             Store::Redis(_) => {
                 let mut command = redis::cmd("GETDEL");
                 command.arg(key);
-                self.redis()?.run(command).await
+                self.run(command).await
             }
         }
     }
@@ -193,7 +165,7 @@ impl Store<'_> {
             Store::Redis(_) => {
                 let mut command = redis::cmd("DEL");
                 command.arg(key);
-                self.redis()?.run::<()>(command).await
+                self.run::<()>(command).await
             }
         }
     }

@@ -29,7 +29,7 @@ use weft_xds::ratelimit::RateLimitRules;
 
 use crate::serve::{AddonError, Listening, serve};
 
-pub use counter::{CountError, Counter};
+pub use counter::Counter;
 pub use rules::RuleTable;
 
 use metrics::Metrics;

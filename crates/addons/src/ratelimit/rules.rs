@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::google::protobuf::Any;
-use prost::{Message, Name};
+
 use sha2::{Digest, Sha256};
 use weft_xds::ratelimit::{RULE_KEY, RateLimitRule, RateLimitRules};
 
@@ -41,16 +41,7 @@ impl RuleTable {
     /// The table in the edge's resources: one `RateLimitRules`.
     pub fn from_resources(resources: &[Any]) -> Result<RuleTable, String> {
         let mut rules = BTreeMap::new();
-        for any in resources {
-            if any.type_url != RateLimitRules::type_url() {
-                return Err(format!(
-                    "expected {}, got {}",
-                    RateLimitRules::type_url(),
-                    any.type_url
-                ));
-            }
-            let decoded = RateLimitRules::decode(any.value.as_slice())
-                .map_err(|e| format!("unreadable rate limit rules: {e}"))?;
+        for decoded in crate::serve::decode::<RateLimitRules>(resources)? {
             for rule in decoded.rules {
                 if rule.requests == 0 || rule.unit_seconds == 0 {
                     return Err(format!(
@@ -108,6 +99,7 @@ impl RuleTable {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use prost::{Message, Name};
     use weft_xds::ratelimit::RuleDimension;
 
     fn table() -> RuleTable {

@@ -157,11 +157,12 @@ pub async fn closed_loop(path: &Path, clients: usize, seconds: u64) -> (u64, Dur
     (ok, started.elapsed())
 }
 
-/// The sum of a metric's series (every label set) on a `/metrics` page.
-pub async fn metric_sum(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+/// The sum of the series on a `/metrics` page whose line has every one of
+/// `parts` (a metric's name, and label values).
+pub async fn metric_sum(http: &reqwest::Client, url: &str, parts: &[&str]) -> f64 {
     let text = http.get(url).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -4,8 +4,8 @@
 
 use weft_api::gateway::HttpServer;
 
+use super::gateway::server_id;
 use super::parse::Config;
-use super::ratelimit::gateway_source;
 use super::resilience::millis;
 use crate::proxy::{AuthService, LoginCheck, LoginServer, ProviderEndpoints, RouteTable};
 
@@ -18,7 +18,7 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The check a server's virtual host asks for.
 pub(super) fn login_check(gateway_path: &str, spec: &HttpServer) -> Option<LoginCheck> {
     spec.oidc()
-        .map(|_| LoginCheck::Server(gateway_source(gateway_path, &spec.name)))
+        .map(|_| LoginCheck::Server(server_id(gateway_path, &spec.name)))
 }
 
 /// Turns the sign-in check on for a chain whose route table has a server
@@ -49,7 +49,7 @@ pub(super) fn cluster_login_servers(config: &Config) -> Vec<LoginServer> {
             g.spec.http.iter().filter_map(|server| {
                 let oidc = server.oidc()?;
                 Some(LoginServer {
-                    id: gateway_source(&g.path, &server.name),
+                    id: server_id(&g.path, &server.name),
                     issuer: oidc.issuer.clone(),
                     endpoints: oidc.endpoints.as_ref().map(|e| ProviderEndpoints {
                         authorization: e.authorization.clone(),

@@ -23,7 +23,7 @@ use super::authservice::{auth_service_for, login_check};
 use super::egress::egress_virtual_hosts;
 use super::parse::{Config, Gateway, error};
 use super::plan::{ServiceKey, ServicePlan};
-use super::ratelimit::{gateway_source, no_service, rate_limit_service, shared_limits};
+use super::ratelimit::{no_service, rate_limit_service, shared_limits};
 use super::relay::{relays, tcp_targets};
 use super::resilience::{local_rate_limit, millis, parse_duration};
 use super::routing::request_match;
@@ -56,6 +56,12 @@ impl Server<'_> {
     fn vhost_name(&self) -> String {
         format!("{}#{}", self.gateway.path, self.at)
     }
+}
+
+/// What names a Gateway's http server to the add-on services (its rules'
+/// ids, its sign-in): `GATEWAY#SERVER`.
+pub(super) fn server_id(gateway_path: &str, server: &str) -> String {
+    format!("{gateway_path}#{server}")
 }
 
 /// By port: whether it is TLS, and its servers.
@@ -563,10 +569,7 @@ fn virtual_host(
         routes,
         authorization: Some(authorization(&server.vhost_name(), spec)),
         rate_limit: spec.rate_limiting.as_ref().and_then(local_rate_limit),
-        shared_limits: shared_limits(
-            &gateway_source(path, &spec.name),
-            spec.rate_limiting.as_ref(),
-        ),
+        shared_limits: shared_limits(&server_id(path, &spec.name), spec.rate_limiting.as_ref()),
         login: login_check(path, spec),
     };
     (vhost, jwt)

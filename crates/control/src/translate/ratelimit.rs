@@ -13,15 +13,11 @@ use weft_api::edge::ConfigError;
 use weft_api::ratelimit::{DimensionOf, RateLimiting};
 
 use super::addon::RATE_LIMIT;
+use super::gateway::server_id;
 use super::parse::Config;
 use super::plan::ServicePlan;
 use super::resilience::millis;
 use crate::proxy::{DescriptorEntry, RateLimitService, ServiceDimension, ServiceRule, SharedLimit};
-
-/// Where a server's rules come from: `GATEWAY#SERVER`.
-pub(super) fn gateway_source(gateway_path: &str, server: &str) -> String {
-    format!("{gateway_path}#{server}")
-}
 
 /// Where a service's rules come from: `service/NAMESPACE/NAME`.
 pub(super) fn service_source(plan: &ServicePlan<'_>) -> String {
@@ -104,7 +100,7 @@ pub(super) fn cluster_rules(config: &Config, plans: &[ServicePlan<'_>]) -> Vec<S
         .flat_map(|g| {
             g.spec.http.iter().flat_map(|server| {
                 service_rules(
-                    &gateway_source(&g.path, &server.name),
+                    &server_id(&g.path, &server.name),
                     server.rate_limiting.as_ref(),
                 )
             })
