@@ -28,6 +28,8 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/stats/v3/stats.proto",
+    "envoy/extensions/filters/http/header_to_metadata/v3/header_to_metadata.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",

@@ -201,6 +201,7 @@ pub fn bootstrap(params: &Params) -> Bootstrap {
         ..Default::default()
     };
     let workload = params.workload;
+    let stats_sink = crate::stats::sink(edge_service.clone(), &workload.node);
     Bootstrap {
         node: Some(Node {
             id: workload.node.clone(),
@@ -232,6 +233,9 @@ pub fn bootstrap(params: &Params) -> Bootstrap {
             address: Some(socket_address("127.0.0.1".into(), params.admin_port)),
             ..Default::default()
         }),
+        stats_sinks: vec![stats_sink],
+        stats_config: Some(crate::stats::config()),
+        stats_flush_interval: Some(seconds(crate::stats::FLUSH_INTERVAL.as_secs() as i64, 0)),
         ..Default::default()
     }
 }

@@ -19,6 +19,7 @@ mod error;
 pub mod procfs;
 pub mod proxy;
 pub mod sds;
+pub mod stats;
 pub mod svid;
 pub mod workload;
 

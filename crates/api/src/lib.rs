@@ -23,6 +23,7 @@ pub mod resource;
 pub mod security;
 pub mod specs;
 pub mod traffic;
+pub mod traffic_stats;
 pub mod validate;
 
 pub use iam::{Rule, Verb};

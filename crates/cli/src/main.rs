@@ -20,6 +20,7 @@ mod resources;
 mod server;
 mod settings;
 mod sidecar;
+mod stat;
 mod supervise;
 mod translate;
 mod up;
@@ -295,6 +296,37 @@ Examples:
         /// A file holding the token (the server's admin.token, or one from `weft token create`)
         #[arg(long)]
         token_file: Option<PathBuf>,
+    },
+
+    /// Requests between services across clusters: rate, success, latency (what you may read)
+    #[command(after_help = "\
+Examples:
+  weft stat services                     # every service, its clusters summed, last 5 minutes
+  weft stat pairs --since 1h             # who calls whom
+  weft stat pairs --by-cluster           # calls that crossed clusters show as such
+  weft stat services --cluster east-1 -o json")]
+    Stat {
+        #[arg(value_enum)]
+        of: stat::StatOf,
+        #[command(flatten)]
+        args: stat::StatArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+
+    /// The busiest services (or pairs), redrawn every few seconds
+    #[command(after_help = "\
+Examples:
+  weft top
+  weft top pairs --since 1m --every 5s")]
+    Top {
+        #[arg(value_enum, default_value = "services")]
+        of: stat::StatOf,
+        #[command(flatten)]
+        args: stat::StatArgs,
+        /// How often to redraw
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
     },
 
     /// Show who the token belongs to, their teams and grants
@@ -772,6 +804,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             admin::token_revoke(&client()?, &id).await.and(ok)
         }
         Command::Whoami { format } => admin::whoami(&client()?, format).await.and(ok),
+        Command::Stat { of, args, format } => {
+            stat::stat(&client()?, of, &args, format).await.and(ok)
+        }
+        Command::Top { of, args, every } => stat::top(&client()?, of, &args, every).await.and(ok),
         Command::Ca(CaCommand::List { format }) => admin::ca_list(&client()?, format).await.and(ok),
         Command::Ca(CaCommand::Add { cert, key }) => {
             admin::ca_add(&client()?, cert.zip(key)).await.and(ok)

@@ -9,6 +9,7 @@
 pub mod ca;
 pub mod directory;
 pub mod edge;
+pub mod mesh_metrics;
 pub mod proxy;
 pub mod publish;
 pub mod registry;

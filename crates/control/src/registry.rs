@@ -84,6 +84,11 @@ impl Registry {
             .collect()
     }
 
+    /// The registered workload of proxy `node`.
+    pub fn workload(&self, node: &str) -> Option<Workload> {
+        self.lock().entries.get(node).map(|e| e.workload.clone())
+    }
+
     /// Registered workloads and whether each has a stream open now.
     pub fn connections(&self) -> Vec<(Workload, bool)> {
         self.lock()

@@ -13,6 +13,7 @@ use weft_api::edge::{
     DirectoryEntry, DirectoryUpdate, EdgeConfig, EdgeStatus, IntermediateCertificate,
     IntermediateRequest,
 };
+use weft_api::traffic_stats::TrafficRollup;
 use weft_identity::SpiffeId;
 
 use crate::ca::EdgeCa;
@@ -154,6 +155,15 @@ impl ServerLink {
         let request = self
             .request(reqwest::Method::PUT, "/v1/edge/status")
             .json(status);
+        self.send(request).await.map(drop)
+    }
+
+    /// Sends the traffic this cluster's proxies counted since the last
+    /// rollup.
+    pub async fn send_traffic(&self, rollup: &TrafficRollup) -> Result<(), LinkError> {
+        let request = self
+            .request(reqwest::Method::PUT, "/v1/edge/traffic")
+            .json(rollup);
         self.send(request).await.map(drop)
     }
 

@@ -127,6 +127,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), CaError
     let router = Router::new()
         .route("/v1/edge/config", get(edges::config))
         .route("/v1/edge/status", put(edges::status))
+        .route("/v1/edge/traffic", put(crate::traffic::receive))
         .route(
             "/v1/edge/directory",
             get(directory::follow).put(directory::publish),

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod request;
 pub mod resources;
 pub mod tokens;
+pub mod traffic;
 pub mod watch;
 
 use std::future::Future;
@@ -45,6 +46,8 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// The recent requests between services the edges sent.
+    pub traffic: Arc<traffic::TrafficWindow>,
     /// Turns true when the server begins to stop. Long polls and watches
     /// end then: a graceful shutdown waits for open requests, and those
     /// would otherwise keep it waiting for as long as their clients stay.
@@ -56,6 +59,7 @@ impl AppState {
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
+            traffic: Arc::new(traffic::TrafficWindow::default()),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
@@ -103,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/traffic/services", get(traffic::services))
+        .route("/v1/traffic/pairs", get(traffic::pairs))
         .route("/v1/ca/roots", get(ca::list_roots).post(ca::add_root))
         .route("/v1/ca/roots/{id}/activate", post(ca::activate_root))
         .route("/v1/ca/roots/{id}/retire", post(ca::retire_root))

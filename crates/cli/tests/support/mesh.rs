@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Proc, Server, WEFT, envoy, metric, until};
+use super::{Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, write};
 
 /// Cluster east, tenant retail, and workspace shop (namespace shop in
 /// east) whose workloads may call each other: where the mesh tests start.
@@ -255,4 +255,245 @@ pub async fn envoy_stat(http: &reqwest::Client, admin_port: u16, filter: &str, p
         .find_map(|l| l.split(": ").nth(1))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// [`SHOP`] and a traffic group for the whole workspace.
+pub const TRAFFIC_GROUP: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: TrafficGroup
+metadata: {name: traffic, tenant: retail, workspace: shop}
+spec: {}
+";
+
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Server>,
+    pub admin: String,
+    /// Cluster `east`'s edge.
+    pub edge: Edge,
+    pub credentials: BTreeMap<String, PathBuf>,
+    /// Each sidecar's Envoy admin port, by node.
+    pub envoy_admin: BTreeMap<String, u16>,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            show_log_tails(self.dir.path());
+        }
+    }
+}
+
+impl Mesh {
+    pub async fn start() -> Mesh {
+        Mesh::start_with(&[]).await
+    }
+
+    pub async fn start_with(edge_flags: &[&str]) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("server"), None);
+        let admin = server.admin_token();
+        let base = write(
+            dir.path(),
+            "base.yaml",
+            &format!("{SHOP}---\n{TRAFFIC_GROUP}"),
+        );
+        let applied = server.weft(&admin, &["apply", "-f", &base]);
+        assert_eq!(applied.code, 0, "{applied:?}");
+        credential(Some(&server), &admin, dir.path(), "edge", "east", &[]);
+        let edge = Edge::new("east", dir.path(), edge_flags);
+        let mut mesh = Mesh {
+            dir,
+            server: Some(server),
+            admin,
+            edge,
+            credentials: BTreeMap::new(),
+            envoy_admin: BTreeMap::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        mesh.start_edge().await;
+        mesh
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    /// Starts (or restarts) the edge; without a server, against an
+    /// address where nothing answers.
+    pub async fn start_edge(&mut self) {
+        let server_url = self
+            .server
+            .as_ref()
+            .map_or("https://127.0.0.1:9".to_string(), |s| s.edge_url.clone());
+        let credential = self.dir.path().join("edge.token");
+        self.edge.start(&server_url, &credential, &self.http).await;
+    }
+
+    pub fn edge_log(&self) -> String {
+        std::fs::read_to_string(&self.edge.log).unwrap_or_default()
+    }
+
+    pub async fn edge_status(&self) -> Value {
+        self.edge.status(&self.http).await
+    }
+
+    /// Applies `yaml` and waits until the edge has the new configuration
+    /// and all `proxies` accepted it; returns the time that took.
+    pub async fn apply(&self, yaml: &str, proxies: usize) -> Duration {
+        let before = self.edge_status().await["configVersion"].clone();
+        let file = write(self.dir.path(), "apply.yaml", yaml);
+        let started = Instant::now();
+        let run = self.server().weft(&self.admin, &["apply", "-f", &file]);
+        assert_eq!(run.code, 0, "{run:?}");
+        until(
+            "the edge has the new configuration",
+            Duration::from_secs(30),
+            async || self.edge_status().await["configVersion"] != before,
+        )
+        .await;
+        self.until_in_sync(proxies).await;
+        started.elapsed()
+    }
+
+    pub fn credential(&mut self, service_account: &str) -> PathBuf {
+        if let Some(path) = self.credentials.get(service_account) {
+            return path.clone();
+        }
+        let path = credential(
+            self.server.as_ref(),
+            &self.admin,
+            self.dir.path(),
+            service_account,
+            "east",
+            &["--namespace", "shop", "--service-account", service_account],
+        );
+        self.credentials
+            .insert(service_account.to_string(), path.clone());
+        path
+    }
+
+    /// Starts a sidecar; with `version`, an echo app behind it.
+    pub fn sidecar(
+        &mut self,
+        service: &str,
+        node: &str,
+        version: Option<&str>,
+        credential: &Path,
+        outbound: u16,
+    ) -> Proc {
+        self.sidecar_with(service, node, version, credential, outbound, &[])
+    }
+
+    /// [`Mesh::sidecar`] with more `weft sidecar` flags.
+    pub fn sidecar_with(
+        &mut self,
+        service: &str,
+        node: &str,
+        version: Option<&str>,
+        credential: &Path,
+        outbound: u16,
+        flags: &[&str],
+    ) -> Proc {
+        let admin = free_port();
+        self.envoy_admin.insert(node.to_string(), admin);
+        let log = self.dir.path().join(format!("{node}.log"));
+        let mut command = sidecar(node, service, service, self.edge.xds_port, credential, &log);
+        command
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--outbound-port", &outbound.to_string()])
+            .args(flags);
+        if let Some(version) = version {
+            with_echo_app(&mut command, service, node, Some(version));
+        }
+        Proc(command.spawn().unwrap())
+    }
+
+    pub fn workload(&mut self, service: &str, node: &str, version: &str) -> Proc {
+        let credential = self.credential(service);
+        self.sidecar(service, node, Some(version), &credential, free_port())
+    }
+
+    /// A sidecar without an app; returns it and its outbound port.
+    pub fn client(&mut self) -> (Proc, u16) {
+        let credential = self.credential("client");
+        let port = free_port();
+        (
+            self.sidecar("client", "client-1", None, &credential, port),
+            port,
+        )
+    }
+
+    /// reviews v1 and a client, both in sync and reviews answering the
+    /// client over mTLS; returns them and the client's outbound port.
+    pub async fn reviews_and_client(&mut self) -> (Proc, Proc, u16) {
+        let v1 = self.workload("reviews", "reviews-v1", "v1");
+        let (client, port) = self.client();
+        self.until_in_sync(2).await;
+        until(
+            "traffic flows over mTLS",
+            Duration::from_secs(20),
+            async || {
+                self.instances(port, 1, "/")
+                    .await
+                    .contains_key("reviews-v1")
+            },
+        )
+        .await;
+        (v1, client, port)
+    }
+
+    /// A metric of the edge.
+    pub async fn edge_metric(&self, name: &str) -> Option<i64> {
+        self.edge.metric(&self.http, name).await
+    }
+
+    /// A counter of a sidecar's Envoy (0 when it has none yet).
+    pub async fn envoy_stat(&self, node: &str, name: &str) -> u64 {
+        envoy_stat(
+            &self.http,
+            self.envoy_admin[node],
+            &format!("^{name}$"),
+            name,
+        )
+        .await
+    }
+
+    pub fn sidecar_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{node}.log"))).unwrap_or_default()
+    }
+
+    /// Sends one request through the client's sidecar.
+    pub async fn call(
+        &self,
+        port: u16,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<Value>) {
+        call(&self.http, port, host, path, headers).await
+    }
+
+    /// Instances answering `n` plain requests to reviews.
+    pub async fn instances(&self, port: u16, n: usize, path: &str) -> BTreeMap<String, usize> {
+        answers(&self.http, port, "reviews", path, n).await
+    }
+
+    /// Waits until every proxy accepted what the edge has for it; returns
+    /// how long that took.
+    pub async fn until_in_sync(&self, proxies: usize) -> Duration {
+        let started = Instant::now();
+        until(
+            "every proxy has accepted its configuration",
+            Duration::from_secs(30),
+            async || self.edge.in_sync(&self.http, proxies).await,
+        )
+        .await;
+        started.elapsed()
+    }
 }

@@ -46,9 +46,11 @@ mod kept;
 
 use crate::ca::EdgeCa;
 use crate::directory::{Directory, own_entry};
+use crate::mesh_metrics::MeshMetrics;
 use crate::registry::Registry;
 use crate::server_link::{LinkError, ServerLink};
 use build::build_loop;
+use weft_api::traffic_stats::{ROLLUP_INTERVAL_SECONDS, TrafficRollup};
 
 /// How long one long poll of the server may wait for a change.
 const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -233,6 +235,8 @@ struct Edge {
     ingress_tx: watch::Sender<Vec<DirectoryIngress>>,
     metrics: EdgeMetrics,
     prometheus: MetricsRegistry,
+    /// Requests between services, from the proxies' counts.
+    mesh: Arc<MeshMetrics>,
 }
 
 impl Edge {
@@ -369,8 +373,10 @@ pub async fn run(
         options.svid_lifetime,
         registry.clone(),
     ));
+    let mesh = Arc::new(MeshMetrics::new());
     let mut prometheus = MetricsRegistry::with_prefix("weft");
     metrics.register(&mut prometheus);
+    mesh.register(&mut prometheus);
     ca.metrics.register(&mut prometheus);
     cache.metrics().register(&mut prometheus);
     let edge = Arc::new(Edge {
@@ -385,6 +391,7 @@ pub async fn run(
         ingress_tx: watch::Sender::new(Vec::new()),
         metrics,
         prometheus,
+        mesh: mesh.clone(),
     });
 
     // The last good configuration, until the server answers.
@@ -445,6 +452,7 @@ pub async fn run(
     tokio::spawn(follow_loop(edge.clone(), link.clone(), stop_rx.clone()));
     tokio::spawn(publish_loop(edge.clone(), link.clone(), stop_rx.clone()));
     tokio::spawn(report_loop(edge.clone(), link.clone(), stop_rx.clone()));
+    tokio::spawn(rollup_loop(edge.clone(), link.clone(), stop_rx.clone()));
     tokio::spawn(sync_loop(edge.clone(), link.clone(), stop_rx.clone()));
     {
         let registry = registry.clone();
@@ -480,12 +488,18 @@ pub async fn run(
     // Proxies and sidecars talk to one port: ADS for Envoy, and
     // `POST /v1/svid` for workload certificates.
     let ads = AdsServer::new(cache)
-        .with_admission(Arc::new(registry))
+        .with_admission(Arc::new(registry.clone()))
         .with_stopping(stop_rx.clone());
     let certificates = Router::new()
         .route("/v1/svid", axum::routing::post(crate::ca::issue_svid))
         .with_state(ca.clone());
-    let routes = tonic::service::Routes::from(certificates).add_service(ads.into_service());
+    let routes = tonic::service::Routes::from(certificates)
+        .add_service(ads.into_service())
+        .add_service(crate::mesh_metrics::receiver::service(
+            mesh,
+            registry.clone(),
+            &options.cluster,
+        ));
     let mut xds_stop = stop_rx.clone();
     let tls = weft_identity::tls::server_config(ca.serving.clone(), ca.trust_store.clone())
         .map_err(|e| EdgeError::Serve {
@@ -541,6 +555,12 @@ async fn render_metrics(State(edge): State<Arc<Edge>>) -> impl IntoResponse {
     if let Err(error) = encode(&mut text, &edge.prometheus) {
         tracing::error!(%error, "cannot encode metrics");
     }
+    // The request series are rendered by hand (they arrive bucketed);
+    // they go before the exposition's end marker.
+    let end = text.rfind("# EOF").unwrap_or(text.len());
+    let mut mesh = String::new();
+    edge.mesh.render(&mut mesh);
+    text.insert_str(end, &mesh);
     (
         [(
             CONTENT_TYPE,
@@ -752,6 +772,31 @@ async fn publish_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiv
         }
         // Let a burst of registrations settle into one publication.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends the server each service pair's traffic every
+/// [`ROLLUP_INTERVAL_SECONDS`]; what it does not take goes with the next.
+async fn rollup_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(u64::from(ROLLUP_INTERVAL_SECONDS));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            _ = stop.changed() => return,
+        }
+        let pairs = edge.mesh.take_rollup();
+        if pairs.is_empty() || !edge.ca.serving.is_set() {
+            edge.mesh.restore(pairs);
+            continue;
+        }
+        let rollup = TrafficRollup {
+            seconds: ROLLUP_INTERVAL_SECONDS,
+            pairs,
+        };
+        if let Err(error) = link.send_traffic(&rollup).await {
+            tracing::debug!(%error, "traffic rollup not taken; it goes with the next");
+            edge.mesh.restore(rollup.pairs);
+        }
     }
 }
 

@@ -30,7 +30,9 @@ use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
 use super::ratelimit::local_rate_limit_filter;
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
-use super::{AuthService, GatewayListener, HttpChain, Mtls, RateLimitService, ServerTls};
+use super::{
+    AuthService, GatewayListener, HttpChain, Mtls, RateLimitService, ServerTls, Telemetry,
+};
 
 impl ServerTls {
     fn downstream(&self) -> TransportSocket {
@@ -59,7 +61,7 @@ impl ServerTls {
 }
 
 impl HttpChain {
-    fn to_xds(&self) -> FilterChain {
+    fn to_xds(&self, telemetry: Option<&Telemetry>) -> FilterChain {
         let HttpChain {
             name,
             tls,
@@ -96,6 +98,7 @@ impl HttpChain {
             filters,
             Some(AccessLogged::Gateway),
             !jwt.is_empty(),
+            telemetry,
         );
         // The client's address is the connection's: what it claims in
         // x-forwarded-for is kept for the services but never trusted.
@@ -140,7 +143,11 @@ impl GatewayListener {
         XdsListener {
             name: self.name.clone(),
             address: Some(socket(&self.address)),
-            filter_chains: self.chains.iter().map(HttpChain::to_xds).collect(),
+            filter_chains: self
+                .chains
+                .iter()
+                .map(|chain| chain.to_xds(self.telemetry.as_ref()))
+                .collect(),
             // SNI picks the chain.
             listener_filters: if tls {
                 vec![tls_inspector()]

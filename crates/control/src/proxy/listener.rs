@@ -35,7 +35,9 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 
 use super::convert::{ads, socket};
 use super::rbac::{authorization_filters, rbac};
-use super::{JwtCheck, Listener, Mtls, RateLimitService, SniListener, TCP_ALPN, TcpInbound};
+use super::{
+    JwtCheck, Listener, Mtls, RateLimitService, SniListener, TCP_ALPN, TcpInbound, Telemetry,
+};
 
 /// Which listener a request log line comes from.
 #[derive(Clone, Copy)]
@@ -72,14 +74,16 @@ fn access_log(kind: AccessLogged) -> AccessLog {
 }
 
 /// An HTTP connection manager over route table `route_table` (RDS) with
-/// `filters` before the router. Whatever a client sends in
-/// `x-forwarded-client-cert` is dropped.
+/// `filters` before the router (after the telemetry's, which must see
+/// every request). Whatever a client sends in `x-forwarded-client-cert`
+/// is dropped.
 pub(super) fn http_connection_manager(
     stat_prefix: &str,
     route_table: &str,
     filters: Vec<HttpFilter>,
     logged: Option<AccessLogged>,
     checks_tokens: bool,
+    telemetry: Option<&Telemetry>,
 ) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
@@ -93,15 +97,22 @@ pub(super) fn http_connection_manager(
             config_source: Some(ads()),
             route_config_name: route_table.to_string(),
         })),
-        http_filters: filters
+        http_filters: telemetry
+            .map(Telemetry::filters)
+            .unwrap_or_default()
             .into_iter()
+            .chain(filters)
             .chain([HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
                 ..Default::default()
             }])
             .collect(),
-        access_log: logged.map(access_log).into_iter().collect(),
+        access_log: logged
+            .map(access_log)
+            .into_iter()
+            .chain(telemetry.map(Telemetry::access_log))
+            .collect(),
         local_reply_config: checks_tokens.then(JwtCheck::local_replies),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
         ..Default::default()
@@ -120,6 +131,7 @@ impl Listener {
             tcp,
             rate_limited,
             rate_limit_service,
+            telemetry,
         } = self;
         let filters = jwt
             .iter()
@@ -136,7 +148,14 @@ impl Listener {
         // Every request the listener judges is logged with the verdict
         // and the caller (a refusal says which rule, or that none allowed).
         let logged = authorize.then_some(AccessLogged::Inbound);
-        let mut hcm = http_connection_manager(name, route_table, filters, logged, jwt.is_some());
+        let mut hcm = http_connection_manager(
+            name,
+            route_table,
+            filters,
+            logged,
+            jwt.is_some(),
+            telemetry.as_ref(),
+        );
         if mtls.is_some() {
             // The app learns who called from `x-forwarded-client-cert`
             // (the caller's SPIFFE ID, checked by this listener's mTLS);

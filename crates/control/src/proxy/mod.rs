@@ -15,6 +15,7 @@ mod listener;
 mod ratelimit;
 mod rbac;
 mod route;
+pub mod telemetry;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
+
+pub use telemetry::{SOURCE_HEADER, Side};
 
 /// The ALPN protocol a gateway offers when it relays raw TCP to a
 /// sidecar: the sidecar's inbound listener sends such connections to the
@@ -62,6 +65,9 @@ pub struct GatewayListener {
     pub name: String,
     pub address: SocketAddr,
     pub chains: Vec<HttpChain>,
+    /// What its requests report (the gateway as a caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
 }
 
 /// HTTP from outside: every request is authorized by its virtual host's
@@ -363,6 +369,21 @@ pub struct Listener {
     /// Where its virtual hosts' shared limits are decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_service: Option<RateLimitService>,
+    /// What its requests report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
+}
+
+/// What a listener reports about its requests: counts and durations to
+/// the edge, and for a caller the stamp the callee counts it by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    pub side: Side,
+    /// The caller this proxy stamps on its calls
+    /// (`CLUSTER/NAMESPACE/SERVICE/VERSION`, see [`SOURCE_HEADER`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Raw TCP relayed to `cluster` (the app) from the callers

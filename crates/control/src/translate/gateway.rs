@@ -267,6 +267,7 @@ pub(super) fn gateway_proxy(
             name,
             address,
             chains,
+            telemetry: Some(super::telemetry::caller(context.config, w)),
         });
     }
     if let Some(listener) = mesh_listener(&context, w, (&ports, &selected), &mut services, errors) {
@@ -488,6 +489,7 @@ fn mesh_listener(
         virtual_hosts,
     });
     Some(GatewayListener {
+        telemetry: Some(super::telemetry::caller(context.config, w)),
         name: name.clone(),
         address: SocketAddr {
             address: w.address.clone(),

@@ -26,6 +26,7 @@ mod relay;
 mod resilience;
 mod routing;
 mod security;
+mod telemetry;
 mod tier1;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ use security::InboundPlan;
 pub use parse::Config;
 pub use plan::ServiceKey;
 use plan::ServicePlan;
+pub use telemetry::source_stamp;
 
 /// Name of the listener and route table the app calls out through.
 pub const OUTBOUND: &str = "outbound";
@@ -342,6 +344,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 tcp: None,
                 rate_limited: false,
                 rate_limit_service: None,
+                telemetry: Some(telemetry::caller(config, w)),
             });
         }
         if let Some(app_port) = w.app_port {
@@ -407,6 +410,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                     }),
                 rate_limited: rate_limit.is_some(),
                 rate_limit_service: limiter,
+                telemetry: Some(telemetry::callee()),
             });
             own.routes.push(RouteTable {
                 name: INBOUND.into(),

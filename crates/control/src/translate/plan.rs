@@ -41,11 +41,32 @@ impl ServiceKey {
 
     pub(super) fn cluster_name(&self, subset: Option<&str>) -> String {
         match subset {
-            Some(subset) => format!("out|{}.{}|{subset}", self.name, self.namespace),
-            None => format!("out|{}.{}", self.name, self.namespace),
+            Some(subset) => format!("{SERVICE_CLUSTER}{}.{}|{subset}", self.name, self.namespace),
+            None => format!("{SERVICE_CLUSTER}{}.{}", self.name, self.namespace),
         }
     }
+
+    /// The service (and subset) a [`ServiceKey::cluster_name`] names;
+    /// none for a cluster of anything else.
+    pub fn from_cluster_name(cluster: &str) -> Option<(ServiceKey, Option<&str>)> {
+        let rest = cluster.strip_prefix(SERVICE_CLUSTER)?;
+        let (service, subset) = match rest.split_once('|') {
+            Some((service, subset)) => (service, Some(subset)),
+            None => (rest, None),
+        };
+        let (name, namespace) = service.split_once('.')?;
+        Some((
+            ServiceKey {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            },
+            subset,
+        ))
+    }
 }
+
+/// How the clusters of services' instances begin.
+const SERVICE_CLUSTER: &str = "out|";
 
 /// The settings that apply to one service after merging: for each part,
 /// the most specific setting that gives it (service over group over
