@@ -10,6 +10,7 @@ use crate::specs::{
     AccessBindingSpec, ClusterSpec, DescribedSpec, GroupSpec, OrganizationSpec, RoleSpec, Spec,
     TeamSpec, UserSpec, WorkspaceSpec, check_group_within_workspace, check_role_name,
 };
+use crate::telemetry::TelemetrySettingSpec;
 use crate::traffic::{ServiceRouteSpec, TrafficSettingSpec, check_service_within_parent};
 use crate::validate::Reference;
 
@@ -57,6 +58,7 @@ pub enum KindId {
     ServiceRoute,
     SecuritySetting,
     TrafficSetting,
+    TelemetrySetting,
     Gateway,
     Cluster,
     User,
@@ -240,6 +242,26 @@ pub static KINDS: &[Kind] = &[
         ],
         check_spec: check_spec::<TrafficSettingSpec>,
         spec_schema: spec_schema::<TrafficSettingSpec>,
+        parent_check: Some(check_service_within_parent),
+        name_check: None,
+    },
+    Kind {
+        id: KindId::TelemetrySetting,
+        name: "TelemetrySetting",
+        plural: "telemetrysettings",
+        aliases: &["tel"],
+        parents: &["Workspace", "TrafficGroup"],
+        parent_field: None,
+        concern: Concern::Traffic,
+        singleton: false,
+        sync: Sync::ToEdges,
+        columns: &[
+            ("SERVICE", "service"),
+            ("TRACING", "tracing.collector"),
+            ("LOGS", "accessLog.to"),
+        ],
+        check_spec: check_spec::<TelemetrySettingSpec>,
+        spec_schema: spec_schema::<TelemetrySettingSpec>,
         parent_check: Some(check_service_within_parent),
         name_check: None,
     },

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod resource;
 pub mod security;
 pub mod specs;
+pub mod telemetry;
 pub mod traffic;
 pub mod traffic_stats;
 pub mod validate;

@@ -2,7 +2,10 @@
 //! service, version and instance, and the request it saw; query parameters
 //! let tests inject behavior:
 //! `?status=503` answers with that status, `?delay=300ms` waits first,
-//! `?fail=NAME` answers 503 only on the instance called NAME.
+//! `?fail=NAME` answers 503 only on the instance called NAME, and
+//! `?call=HOST` (with `--outbound`) first calls HOST through the sidecar,
+//! passing on the W3C trace context as an app in a traced mesh must, and
+//! answers with that call's status.
 //!
 //! It also serves gRPC on the same port (h2c): the standard health service
 //! (`grpc.health.v1.Health`), SERVING for "" and for its service name, so
@@ -33,12 +36,43 @@ pub struct EchoArgs {
     /// This instance's name [default: SERVICE-VERSION]
     #[arg(long)]
     pub instance: Option<String>,
+    /// The sidecar's outbound address, for `?call=HOST`
+    #[arg(long)]
+    pub outbound: Option<String>,
 }
 
 struct Identity {
     service: String,
     version: String,
     instance: String,
+    outbound: Option<String>,
+    http: reqwest::Client,
+}
+
+/// The headers of the W3C trace context.
+const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Calls `host` through the sidecar with the incoming trace context;
+/// its status, or 502 if it could not be asked.
+async fn call_on(me: &Identity, host: &str, headers: &HeaderMap) -> StatusCode {
+    let Some(outbound) = &me.outbound else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let mut request = me
+        .http
+        .get(format!("http://{outbound}/"))
+        .header("host", host);
+    for name in TRACE_CONTEXT {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value.as_bytes());
+        }
+    }
+    match request.send().await {
+        Ok(response) => {
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+        Err(_) => StatusCode::BAD_GATEWAY,
+    }
 }
 
 #[derive(Serialize)]
@@ -73,6 +107,9 @@ async fn answer(
     if query.get("fail") == Some(&me.instance) {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
+    if let Some(host) = query.get("call") {
+        status = call_on(&me, host, &headers).await;
+    }
     let body = Echo {
         service: &me.service,
         version: &me.version,
@@ -100,6 +137,11 @@ pub async fn run(args: EchoArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{}-{}", args.service, args.version)),
         service: args.service,
         version: args.version,
+        outbound: args.outbound,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("an HTTP client")?,
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::gateway::{GATEWAY_ALLOWED, GatewayMesh};
+use support::mesh::logged;
 use support::tls::{self, TestCa, served_certificate};
 use support::tokens::Issuer;
 use support::{Proc, WEFT, free_port, until, write};
@@ -445,7 +446,16 @@ async fn an_ingress_gateway_serves_clients_outside_the_mesh() {
     // The gateway's requests are in its log, with their verdicts.
     let log = std::fs::read_to_string(mesh.dir.path().join("ingress-1.log")).unwrap();
     assert!(
-        log.contains("[weft] gateway api.example.com GET / 401"),
+        logged(
+            &log,
+            &[
+                ("authority", "api.example.com"),
+                ("method", "GET"),
+                ("path", "/"),
+                ("response_code", "401"),
+                ("client", "127.0.0.1"),
+            ]
+        ),
         "{}",
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::mesh::{Mesh, sidecar, with_echo_app};
+use support::mesh::{Mesh, logged, sidecar, with_echo_app};
 use support::tokens::{Issuer, JwksServer};
 use support::{Proc, WEFT, free_port, metric, until, weft_up, write};
 
@@ -1034,9 +1034,18 @@ async fn authorization_is_deny_all_until_allowed_and_deny_wins() {
         "the refusal is logged",
         Duration::from_secs(10),
         async || {
-            mesh.sidecar_log("reviews-v1").contains(
-            "403 rbac_access_denied_matched_policy[none] caller=spiffe://weft/ns/shop/sa/client",
-        )
+            logged(
+                &mesh.sidecar_log("reviews-v1"),
+                &[
+                    ("side", "inbound"),
+                    ("response_code", "403"),
+                    (
+                        "response_code_details",
+                        "rbac_access_denied_matched_policy[none]",
+                    ),
+                    ("caller", "spiffe://weft/ns/shop/sa/client"),
+                ],
+            )
         },
     )
     .await;
@@ -1063,8 +1072,14 @@ spec:
     assert_eq!(status_of(&mesh, port, Method::GET, "/admin/x").await, 403);
     assert_eq!(status_of(&mesh, other_port, Method::GET, "/").await, 403);
     until("the refusal names the deny rule", Duration::from_secs(10), async || {
-        mesh.sidecar_log("reviews-v1").contains(
-            "GET /admin/x 403 rbac_access_denied_matched_policy[tenants/retail/workspaces/shop/securitysettings/reviews-callers#deny[0]]",
+        logged(
+            &mesh.sidecar_log("reviews-v1"),
+            &[
+                ("method", "GET"),
+                ("path", "/admin/x"),
+                ("response_code", "403"),
+                ("response_code_details", "rbac_access_denied_matched_policy[tenants/retail/workspaces/shop/securitysettings/reviews-callers#deny[0]]"),
+            ],
         )
     })
     .await;
@@ -1244,8 +1259,16 @@ spec:
         "the plaintext call is logged",
         Duration::from_secs(10),
         async || {
-            mesh.sidecar_log("reviews-v1")
-                .contains("GET / 200 via_upstream caller=-")
+            logged(
+                &mesh.sidecar_log("reviews-v1"),
+                &[
+                    ("side", "inbound"),
+                    ("path", "/"),
+                    ("response_code", "200"),
+                    ("response_code_details", "via_upstream"),
+                    ("caller", "null"),
+                ],
+            )
         },
     )
     .await;
@@ -1419,9 +1442,33 @@ spec:
         Duration::from_secs(10),
         async || {
             let log = mesh.sidecar_log("reviews-v1");
-            log.contains("GET /api/books 401 jwt_authn_access_denied{Jwt_is_missing}")
-                && log.contains("GET /api/books 401 jwt_authn_access_denied{Jwt_is_expired}")
-                && log.contains("DELETE /api/books/1 403 rbac_access_denied_matched_policy[none]")
+            let line = |method: &str, path: &str, code: &str, details: &str| {
+                logged(
+                    &log,
+                    &[
+                        ("method", method),
+                        ("path", path),
+                        ("response_code", code),
+                        ("response_code_details", details),
+                    ],
+                )
+            };
+            line(
+                "GET",
+                "/api/books",
+                "401",
+                "jwt_authn_access_denied{Jwt_is_missing}",
+            ) && line(
+                "GET",
+                "/api/books",
+                "401",
+                "jwt_authn_access_denied{Jwt_is_expired}",
+            ) && line(
+                "DELETE",
+                "/api/books/1",
+                "403",
+                "rbac_access_denied_matched_policy[none]",
+            )
         },
     )
     .await;

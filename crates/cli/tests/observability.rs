@@ -4,12 +4,14 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
 use support::load::metric_sum;
-use support::mesh::Mesh;
-use support::{until, write};
+use support::mesh::{Mesh, logged, sidecar, with_echo_app};
+use support::otlp::{Collector, ReceivedSpan, attribute};
+use support::{Proc, free_port, until, write};
 
 /// A known mix through the client's sidecar: `n` calls to `host`, the
 /// first `failing` of them answered 503 by the app.
@@ -270,4 +272,172 @@ spec:
     assert_eq!(seen["rows"], serde_json::json!([]), "{seen}");
     let services = server.weft(&olga, &["stat", "services", "-o", "json"]);
     assert!(!services.stdout.contains("reviews"), "{services:?}");
+}
+
+/// TelemetrySettings for workspace shop: every request traced to
+/// `collector`; ratings' request logs as OTLP log records there too.
+fn telemetry_settings(collector: u16) -> String {
+    format!(
+        "\
+apiVersion: weft.dev/v1alpha1
+kind: TelemetrySetting
+metadata: {{name: traces, tenant: retail, workspace: shop}}
+spec:
+  tracing: {{collector: '127.0.0.1:{collector}', samplingPercent: 100, tags: {{env: test}}}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TelemetrySetting
+metadata: {{name: ratings-logs, tenant: retail, workspace: shop}}
+spec:
+  service: {{name: ratings, namespace: shop}}
+  accessLog: {{to: otlp, collector: '127.0.0.1:{collector}'}}
+"
+    )
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_call_across_services_and_the_logs_name_it() {
+    let collector = Collector::start().await;
+    let mut mesh = Mesh::start().await;
+    mesh.apply(&telemetry_settings(collector.port), 0).await;
+    let _ratings = mesh.workload("ratings", "ratings-v1", "v1");
+    // reviews calls ratings through its own sidecar, passing on the
+    // trace context.
+    let reviews_out = free_port();
+    let credential = mesh.credential("reviews");
+    let mut reviews = sidecar(
+        "reviews-v1",
+        "reviews",
+        "reviews",
+        mesh.edge.xds_port,
+        &credential,
+        &mesh.dir.path().join("reviews-v1.log"),
+    );
+    reviews
+        .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-port", &free_port().to_string()])
+        .args(["--outbound-port", &reviews_out.to_string()]);
+    with_echo_app(&mut reviews, "reviews", "reviews-v1", Some("v1"));
+    reviews.args(["--outbound", &format!("127.0.0.1:{reviews_out}")]);
+    let _reviews = Proc(reviews.spawn().unwrap());
+    let (_client, port) = mesh.client();
+    mesh.until_in_sync(3).await;
+    until(
+        "client → reviews → ratings answers",
+        Duration::from_secs(30),
+        async || mesh.call(port, "reviews", "/?call=ratings", &[]).await.0 == 200,
+    )
+    .await;
+
+    // One trace with the spans of all three proxies, each linked to the
+    // span that caused it.
+    let mut whole = None;
+    until(
+        "the collector has a trace across client, reviews and ratings",
+        Duration::from_secs(30),
+        async || {
+            let spans = collector.spans();
+            let mut by_trace: BTreeMap<Vec<u8>, Vec<ReceivedSpan>> = BTreeMap::new();
+            for span in spans {
+                by_trace
+                    .entry(span.span.trace_id.clone())
+                    .or_default()
+                    .push(span);
+            }
+            whole = by_trace.into_values().find(|spans| {
+                let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+                services == BTreeSet::from(["client", "reviews", "ratings"]) && spans.len() >= 4
+            });
+            whole.is_some()
+        },
+    )
+    .await;
+    let trace = whole.unwrap();
+    for span in &trace {
+        println!(
+            "{:8} {:?} span {} parent {}",
+            span.service,
+            span.span.kind(),
+            hex(&span.span.span_id),
+            hex(&span.span.parent_span_id)
+        );
+    }
+    let ids: BTreeSet<&[u8]> = trace.iter().map(|s| s.span.span_id.as_slice()).collect();
+    let roots: Vec<&ReceivedSpan> = trace
+        .iter()
+        .filter(|s| s.span.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 1, "one root: {trace:#?}");
+    assert_eq!(
+        roots[0].service, "client",
+        "the client's proxy starts the trace"
+    );
+    for span in &trace {
+        assert!(
+            span.span.parent_span_id.is_empty()
+                || ids.contains(span.span.parent_span_id.as_slice()),
+            "every other span's parent is in the trace: {span:#?}"
+        );
+        assert_eq!(
+            attribute(&span.span.attributes, "env").as_deref(),
+            Some("test"),
+            "{span:#?}"
+        );
+    }
+    // ratings' span descends from reviews' (through reviews' app).
+    let parent_of = |span: &ReceivedSpan| {
+        trace
+            .iter()
+            .find(|s| s.span.span_id == span.span.parent_span_id)
+    };
+    let ratings_span = trace.iter().find(|s| s.service == "ratings").unwrap();
+    let mut ancestors = Vec::new();
+    let mut at = ratings_span;
+    while let Some(parent) = parent_of(at) {
+        ancestors.push(parent.service.clone());
+        at = parent;
+    }
+    assert!(
+        ancestors.contains(&"reviews".to_string())
+            && ancestors.last().map(String::as_str) == Some("client"),
+        "ratings ← reviews ← client: {ancestors:?}"
+    );
+
+    // Request logs: JSON lines with the verified caller and the trace id.
+    let trace_id = hex(&trace[0].span.trace_id);
+    let log = std::fs::read_to_string(mesh.dir.path().join("reviews-v1.log")).unwrap();
+    assert!(
+        logged(
+            &log,
+            &[
+                ("side", "inbound"),
+                ("caller", "spiffe://weft/ns/shop/sa/client"),
+                ("trace_id", &trace_id),
+                ("response_code", "200"),
+            ]
+        ),
+        "{log}"
+    );
+    // ratings' logs went to the collector instead.
+    until(
+        "ratings' request logs reach the collector",
+        Duration::from_secs(20),
+        async || {
+            collector.logs().iter().any(|record| {
+                attribute(&record.attributes, "trace_id").as_deref() == Some(trace_id.as_str())
+                    && attribute(&record.attributes, "caller").as_deref()
+                        == Some("spiffe://weft/ns/shop/sa/reviews")
+            })
+        },
+    )
+    .await;
+    let ratings_log = std::fs::read_to_string(mesh.dir.path().join("ratings-v1.log")).unwrap();
+    assert!(
+        !logged(&ratings_log, &[("side", "inbound")]),
+        "ratings logs to the collector only"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -497,3 +497,20 @@ impl Mesh {
         started.elapsed()
     }
 }
+
+/// Whether a proxy's `log` has a request line (one JSON object) whose
+/// fields have the values `fields` give (numbers compared as text).
+pub fn logged(log: &str, fields: &[(&str, &str)]) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|line| {
+            fields
+                .iter()
+                .all(|(name, value)| line.get(*name).map(text).as_deref() == Some(*value))
+        })
+}

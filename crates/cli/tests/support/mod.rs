@@ -7,6 +7,7 @@ pub mod browser;
 pub mod gateway;
 pub mod load;
 pub mod mesh;
+pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod tokens;

@@ -149,9 +149,10 @@ impl Cluster {
             lb_policy: lb_policy as i32,
             circuit_breakers,
             outlier_detection,
-            // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches;
-            // a passthrough cluster relays bytes.
-            typed_extension_protocol_options: if external.is_some() || *passthrough {
+            // Outside hosts speak plain HTTP/1.1 to Envoy's own fetches
+            // (but a collector speaks gRPC); a passthrough cluster relays
+            // bytes.
+            typed_extension_protocol_options: if (external.is_some() && !*grpc) || *passthrough {
                 Default::default()
             } else {
                 [(

@@ -26,7 +26,7 @@ use weft_agent::sds;
 
 use super::convert::socket;
 use super::jwt::scoped_jwt_filters;
-use super::listener::{AccessLogged, http_connection_manager, tls_inspector};
+use super::listener::{http_connection_manager, tls_inspector};
 use super::ratelimit::local_rate_limit_filter;
 use super::rbac::authorization_filters;
 use super::route::CORS_FILTER;
@@ -92,14 +92,8 @@ impl HttpChain {
             .chain([local_rate_limit_filter()])
             .chain(rate_limit_service.as_ref().map(RateLimitService::filter))
             .collect();
-        let mut hcm = http_connection_manager(
-            name,
-            route_table,
-            filters,
-            Some(AccessLogged::Gateway),
-            !jwt.is_empty(),
-            telemetry,
-        );
+        let mut hcm =
+            http_connection_manager(name, route_table, filters, !jwt.is_empty(), telemetry);
         // The client's address is the connection's: what it claims in
         // x-forwarded-for is kept for the services but never trusted.
         hcm.use_remote_address = Some(BoolValue { value: true });

@@ -8,7 +8,6 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener as XdsListener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier as DataSpecifier};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, RouteSpecifier,
@@ -18,12 +17,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::util::pack_any;
-use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
-use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
-use envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString;
-use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format as SubstitutionFormat;
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StderrAccessLog;
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat as StderrFormat;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     ForwardClientCertDetails, SetCurrentClientCertDetails,
 };
@@ -39,40 +32,6 @@ use super::{
     JwtCheck, Listener, Mtls, RateLimitService, SniListener, TCP_ALPN, TcpInbound, Telemetry,
 };
 
-/// Which listener a request log line comes from.
-#[derive(Clone, Copy)]
-pub(super) enum AccessLogged {
-    /// A sidecar's inbound side.
-    Inbound,
-    /// A gateway: the client's address instead of a SPIFFE ID.
-    Gateway,
-}
-
-/// One line per request on Envoy's stderr (the agent's log).
-fn access_log(kind: AccessLogged) -> AccessLog {
-    let format = match kind {
-        AccessLogged::Inbound => {
-            "[weft] inbound %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% caller=%DOWNSTREAM_PEER_URI_SAN%\n"
-        }
-        AccessLogged::Gateway => {
-            "[weft] gateway %REQ(:AUTHORITY)% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% client=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% upstream=%UPSTREAM_CLUSTER%\n"
-        }
-    };
-    AccessLog {
-        name: "envoy.access_loggers.stderr".into(),
-        config_type: Some(AccessLogConfig::TypedConfig(pack_any(StderrAccessLog {
-            access_log_format: Some(StderrFormat::LogFormat(SubstitutionFormatString {
-                format: Some(SubstitutionFormat::TextFormatSource(DataSource {
-                    specifier: Some(DataSpecifier::InlineString(format.into())),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            })),
-        }))),
-        ..Default::default()
-    }
-}
-
 /// An HTTP connection manager over route table `route_table` (RDS) with
 /// `filters` before the router (after the telemetry's, which must see
 /// every request). Whatever a client sends in `x-forwarded-client-cert`
@@ -81,7 +40,6 @@ pub(super) fn http_connection_manager(
     stat_prefix: &str,
     route_table: &str,
     filters: Vec<HttpFilter>,
-    logged: Option<AccessLogged>,
     checks_tokens: bool,
     telemetry: Option<&Telemetry>,
 ) -> HttpConnectionManager {
@@ -108,11 +66,8 @@ pub(super) fn http_connection_manager(
                 ..Default::default()
             }])
             .collect(),
-        access_log: logged
-            .map(access_log)
-            .into_iter()
-            .chain(telemetry.map(Telemetry::access_log))
-            .collect(),
+        access_log: telemetry.map(Telemetry::access_logs).unwrap_or_default(),
+        tracing: telemetry.and_then(Telemetry::tracing),
         local_reply_config: checks_tokens.then(JwtCheck::local_replies),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
         ..Default::default()
@@ -145,14 +100,10 @@ impl Listener {
             .chain(rate_limited.then(super::ratelimit::local_rate_limit_filter))
             .chain(rate_limit_service.as_ref().map(RateLimitService::filter))
             .collect();
-        // Every request the listener judges is logged with the verdict
-        // and the caller (a refusal says which rule, or that none allowed).
-        let logged = authorize.then_some(AccessLogged::Inbound);
         let mut hcm = http_connection_manager(
             name,
             route_table,
             filters,
-            logged,
             jwt.is_some(),
             telemetry.as_ref(),
         );

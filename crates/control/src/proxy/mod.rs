@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use weft_xds::{Inconsistent, Layer, LayerBuilder, Snapshot};
 
-pub use telemetry::{SOURCE_HEADER, Side};
+pub use telemetry::{SOURCE_HEADER, Side, collector_cluster};
 
 /// The ALPN protocol a gateway offers when it relays raw TCP to a
 /// sidecar: the sidecar's inbound listener sends such connections to the
@@ -375,7 +375,8 @@ pub struct Listener {
 }
 
 /// What a listener reports about its requests: counts and durations to
-/// the edge, and for a caller the stamp the callee counts it by.
+/// the edge, and for a caller the stamp the callee counts it by; spans
+/// and request logs as its workload's TelemetrySettings say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Telemetry {
@@ -384,6 +385,46 @@ pub struct Telemetry {
     /// (`CLUSTER/NAMESPACE/SERVICE/VERSION`, see [`SOURCE_HEADER`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    /// Where each request's JSON log line goes.
+    #[serde(default, skip_serializing_if = "RequestLog::is_stderr")]
+    pub requests_log: RequestLog,
+}
+
+/// Spans of the requests a listener handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// The collector (OTLP over gRPC), `host:port`: its cluster is
+    /// [`collector_cluster`]'s.
+    pub collector: String,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// Their `service.namespace`.
+    pub service_namespace: String,
+    /// Requests that start a trace, in hundredths of a percent.
+    pub sampling_basis_points: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where request logs go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "to", content = "collector")]
+pub enum RequestLog {
+    /// The proxy's standard error, one JSON object per line.
+    #[default]
+    Stderr,
+    /// OpenTelemetry log records to this collector (`host:port`).
+    Otlp(String),
+    Off,
+}
+
+impl RequestLog {
+    fn is_stderr(&self) -> bool {
+        *self == RequestLog::Stderr
+    }
 }
 
 /// Raw TCP relayed to `cluster` (the app) from the callers
@@ -805,24 +846,24 @@ impl ProxyConfig {
         for endpoints in &self.endpoints {
             layer.endpoints(&endpoints.to_xds())?;
         }
-        // JWT providers (on a listener) and RBAC policies (on a route
-        // table) are protobuf maps, encoded in hash order: version the
-        // resources that hold them by their model, which encodes the same
-        // every time. Others keep the hash of their bytes (no JSON work
-        // for the large outbound route table).
+        // JWT providers and the request log's JSON fields (on a
+        // listener) and RBAC policies (on a route table) are protobuf
+        // maps, encoded in hash order: version the resources that hold
+        // them by their model, which encodes the same every time. Others
+        // keep the hash of their bytes (no JSON work for the large
+        // outbound route table).
         for listener in &self.listeners {
-            let version = listener.jwt.as_ref().map(|_| model_version(listener));
+            let has_maps = listener.jwt.is_some() || listener.telemetry.is_some();
+            let version = has_maps.then(|| model_version(listener));
             layer.listener(&listener.to_xds(), version)?;
         }
         for listener in &self.passthrough {
             layer.listener(&listener.to_xds(), None)?;
         }
         for listener in &self.gateways {
-            let version = listener
-                .chains
-                .iter()
-                .any(|c| !c.jwt.is_empty())
-                .then(|| model_version(listener));
+            let has_maps =
+                listener.telemetry.is_some() || listener.chains.iter().any(|c| !c.jwt.is_empty());
+            let version = has_maps.then(|| model_version(listener));
             layer.listener(&listener.to_xds(), version)?;
         }
         if let Some(rules) = &self.rate_limit_rules {

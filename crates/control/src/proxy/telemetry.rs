@@ -1,6 +1,8 @@
 //! What a listener reports about its requests → Envoy: the caller's
-//! stamp on the way out, its reading on the way in, and the per-request
-//! counts (Envoy's stats access logger) its proxy sends the edge.
+//! stamp on the way out, its reading on the way in, the per-request
+//! counts (Envoy's stats access logger) its proxy sends the edge, spans
+//! (Envoy's OpenTelemetry tracer, W3C `traceparent`), and one JSON log
+//! object per request (to standard error, or OTLP log records).
 //!
 //! RED numbers come from stock Envoy: the stats access logger turns each
 //! finished request into a counter and a duration histogram tagged with
@@ -32,9 +34,30 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::v3::Scope;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format as SubstitutionFormat;
+use envoy_types::pb::envoy::config::core::v3::{
+    GrpcService, SubstitutionFormatString, TypedExtensionConfig,
+};
+use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+use envoy_types::pb::envoy::config::trace::v3::tracing::Http as TraceProvider;
+use envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType as TraceProviderConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StderrAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat as StderrFormat;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::StaticConfigResourceDetectorConfig;
+use envoy_types::pb::envoy::r#type::tracing::v3::CustomTag;
+use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::{Literal, Type as CustomTagType};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{Struct as ProtoStruct, Value as ProtoValue, value::Kind as ProtoKind};
+use envoy_types::pb::opentelemetry::proto::common::v1::any_value::Value as OtelValue;
+use envoy_types::pb::opentelemetry::proto::common::v1::{
+    AnyValue as OtelAnyValue, KeyValue as OtelKeyValue, KeyValueList as OtelKeyValueList,
+};
 use serde::{Deserialize, Serialize};
 
-use super::Telemetry;
+use super::{RequestLog, Telemetry, Tracing};
 
 /// The header a caller's proxy stamps on each call: who calls
 /// (`CLUSTER/NAMESPACE/SERVICE/VERSION`), for the callee's counts. The
@@ -99,8 +122,24 @@ impl Telemetry {
         }
     }
 
+    /// What each finished request is written to: the counts, and the
+    /// log line unless it is off.
+    pub(super) fn access_logs(&self) -> Vec<AccessLog> {
+        let line = match &self.requests_log {
+            RequestLog::Stderr => Some(stderr_log(self.side)),
+            RequestLog::Otlp(collector) => Some(otlp_log(self.side, collector)),
+            RequestLog::Off => None,
+        };
+        std::iter::once(self.counts()).chain(line).collect()
+    }
+
+    /// The HTTP connection manager's tracing, if the listener traces.
+    pub(super) fn tracing(&self) -> Option<HcmTracing> {
+        self.tracing.as_ref().map(Tracing::to_xds)
+    }
+
     /// The stats access logger counting each finished request.
-    pub(super) fn access_log(&self) -> AccessLog {
+    fn counts(&self) -> AccessLog {
         let peer = match self.side {
             Side::Inbound => "%DOWNSTREAM_PEER_URI_SAN%",
             Side::Outbound => "%UPSTREAM_PEER_URI_SAN%",
@@ -206,6 +245,162 @@ fn read_stamp_filter() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.header_to_metadata".into(),
         config_type: Some(HttpFilterConfig::TypedConfig(pack_any(read))),
+        ..Default::default()
+    }
+}
+
+impl Tracing {
+    fn to_xds(&self) -> HcmTracing {
+        let Tracing {
+            collector,
+            service_name,
+            service_namespace,
+            sampling_basis_points,
+            tags,
+        } = self;
+        let resource = StaticConfigResourceDetectorConfig {
+            attributes: [("service.namespace".to_string(), service_namespace.clone())].into(),
+        };
+        let tracer = OpenTelemetryConfig {
+            grpc_service: Some(collector_service(collector)),
+            service_name: service_name.clone(),
+            resource_detectors: vec![TypedExtensionConfig {
+                name: "envoy.tracers.opentelemetry.resource_detectors.static_config".into(),
+                typed_config: Some(pack_any(resource)),
+            }],
+            ..Default::default()
+        };
+        HcmTracing {
+            provider: Some(TraceProvider {
+                name: "envoy.tracers.opentelemetry".into(),
+                config_type: Some(TraceProviderConfig::TypedConfig(pack_any(tracer))),
+            }),
+            random_sampling: Some(Percent {
+                value: f64::from(*sampling_basis_points) / 100.0,
+            }),
+            custom_tags: tags
+                .iter()
+                .map(|(tag, value)| CustomTag {
+                    tag: tag.clone(),
+                    r#type: Some(CustomTagType::Literal(Literal {
+                        value: value.clone(),
+                    })),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The fields of a request's log line: name → Envoy's substitution.
+fn log_fields(side: Side) -> Vec<(&'static str, &'static str)> {
+    let mut fields = vec![
+        ("start_time", "%START_TIME%"),
+        ("method", "%REQ(:METHOD)%"),
+        ("authority", "%REQ(:AUTHORITY)%"),
+        ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+        ("protocol", "%PROTOCOL%"),
+        ("response_code", "%RESPONSE_CODE%"),
+        ("response_flags", "%RESPONSE_FLAGS%"),
+        ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+        ("duration_ms", "%DURATION%"),
+        ("bytes_received", "%BYTES_RECEIVED%"),
+        ("bytes_sent", "%BYTES_SENT%"),
+        ("route", "%ROUTE_NAME%"),
+        ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+        ("upstream_host", "%UPSTREAM_HOST%"),
+        ("trace_id", "%TRACE_ID%"),
+        ("request_id", "%REQ(X-REQUEST-ID)%"),
+        ("user_agent", "%REQ(USER-AGENT)%"),
+    ];
+    match side {
+        Side::Inbound => fields.extend([
+            ("side", "inbound"),
+            // Verified by this listener's mutual TLS.
+            ("caller", "%DOWNSTREAM_PEER_URI_SAN%"),
+            ("source", "%DYNAMIC_METADATA(weft:source)%"),
+        ]),
+        Side::Outbound => fields.extend([
+            ("side", "outbound"),
+            // The connection's own address, never x-forwarded-for.
+            ("client", "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            ("caller", "%DOWNSTREAM_PEER_URI_SAN%"),
+            ("upstream_peer", "%UPSTREAM_PEER_URI_SAN%"),
+        ]),
+    }
+    fields
+}
+
+/// One JSON object per request on the proxy's standard error.
+fn stderr_log(side: Side) -> AccessLog {
+    let fields = log_fields(side)
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                ProtoValue {
+                    kind: Some(ProtoKind::StringValue(value.into())),
+                },
+            )
+        })
+        .collect();
+    let format = SubstitutionFormatString {
+        format: Some(SubstitutionFormat::JsonFormat(ProtoStruct { fields })),
+        ..Default::default()
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stderr".into(),
+        config_type: Some(AccessLogConfig::TypedConfig(pack_any(StderrAccessLog {
+            access_log_format: Some(StderrFormat::LogFormat(format)),
+        }))),
+        ..Default::default()
+    }
+}
+
+/// The cluster of an OTLP collector at `address` (`host:port`).
+pub fn collector_cluster(address: &str) -> String {
+    format!("telemetry|{address}")
+}
+
+/// Envoy's gRPC client for the collector at `address`; the authority is
+/// the address (the cluster's name, with its `|`, is no valid one).
+fn collector_service(address: &str) -> GrpcService {
+    GrpcService {
+        target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+            cluster_name: collector_cluster(address),
+            authority: address.to_string(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// One OpenTelemetry log record per request, to the collector at
+/// `collector`: the fields as attributes.
+fn otlp_log(side: Side, collector: &str) -> AccessLog {
+    let string = |value: &str| OtelAnyValue {
+        value: Some(OtelValue::StringValue(value.into())),
+    };
+    let attributes = log_fields(side)
+        .into_iter()
+        .map(|(name, value)| OtelKeyValue {
+            key: name.into(),
+            value: Some(string(value)),
+            ..Default::default()
+        })
+        .collect();
+    let config = OpenTelemetryAccessLogConfig {
+        log_name: "weft-requests".into(),
+        grpc_service: Some(collector_service(collector)),
+        body: Some(string(
+            "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%",
+        )),
+        attributes: Some(OtelKeyValueList { values: attributes }),
+        ..Default::default()
+    };
+    AccessLog {
+        name: "envoy.access_loggers.open_telemetry".into(),
+        config_type: Some(AccessLogConfig::TypedConfig(pack_any(config))),
         ..Default::default()
     }
 }

@@ -150,6 +150,7 @@ pub(super) fn gateway_proxy(
         config,
         directory,
         plans,
+        reports: super::telemetry::WorkloadTelemetry::new(config, w, errors),
     };
     let mut ports: Ports<'_> = BTreeMap::new();
     let mut hosts: BTreeMap<(u16, &str), String> = BTreeMap::new();
@@ -267,7 +268,7 @@ pub(super) fn gateway_proxy(
             name,
             address,
             chains,
-            telemetry: Some(super::telemetry::caller(context.config, w)),
+            telemetry: Some(context.reports.caller()),
         });
     }
     if let Some(listener) = mesh_listener(&context, w, (&ports, &selected), &mut services, errors) {
@@ -332,6 +333,9 @@ pub(super) fn gateway_proxy(
     services.endpoints.extend(relays.endpoints);
     proxy.routes.append(&mut services.routes);
     proxy.clusters = services.clusters.into_values().collect();
+    proxy
+        .clusters
+        .extend(context.reports.clusters.iter().cloned());
     proxy.endpoints = services.endpoints.into_values().collect();
     proxy
 }
@@ -431,6 +435,8 @@ struct Context<'a, 'c> {
     config: &'a Config,
     directory: &'a Directory,
     plans: &'a [ServicePlan<'c>],
+    /// What the gateway's listeners report.
+    reports: super::telemetry::WorkloadTelemetry,
 }
 
 /// The listener other clusters' tier-1 gateways reach (through this
@@ -489,7 +495,7 @@ fn mesh_listener(
         virtual_hosts,
     });
     Some(GatewayListener {
-        telemetry: Some(super::telemetry::caller(context.config, w)),
+        telemetry: Some(context.reports.caller()),
         name: name.clone(),
         address: SocketAddr {
             address: w.address.clone(),

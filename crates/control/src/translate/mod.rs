@@ -52,6 +52,7 @@ use resilience::local_rate_limit;
 use resilience::single_host_cluster;
 use routing::unknown_host;
 use security::InboundPlan;
+use telemetry::WorkloadTelemetry;
 
 pub use parse::Config;
 pub use plan::ServiceKey;
@@ -266,6 +267,8 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             continue;
         }
         let mut proxy = ProxyPlan::default();
+        let reports = WorkloadTelemetry::new(config, w, &mut errors);
+        proxy.own.clusters.extend(reports.clusters.iter().cloned());
         if let Some(outbound_port) = w.outbound_port {
             let workspace = config.workspace_of(&w.namespace);
             let group = group_id(workspace.map(|ws| ws.path.as_str()), w);
@@ -344,7 +347,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                 tcp: None,
                 rate_limited: false,
                 rate_limit_service: None,
-                telemetry: Some(telemetry::caller(config, w)),
+                telemetry: Some(reports.caller()),
             });
         }
         if let Some(app_port) = w.app_port {
@@ -410,7 +413,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
                     }),
                 rate_limited: rate_limit.is_some(),
                 rate_limit_service: limiter,
-                telemetry: Some(telemetry::callee()),
+                telemetry: Some(reports.callee()),
             });
             own.routes.push(RouteTable {
                 name: INBOUND.into(),

@@ -6,6 +6,7 @@ use weft_api::edge::{ConfigError, Locality};
 use weft_api::gateway::GatewaySpec;
 use weft_api::security::SecuritySettingSpec;
 use weft_api::specs::{GroupSpec, WorkspaceSpec, selector_covers};
+use weft_api::telemetry::TelemetrySettingSpec;
 use weft_api::traffic::{ServiceRef, ServiceRouteSpec, TrafficSettingSpec};
 use weft_api::{KindId, Resource, validate};
 
@@ -27,6 +28,13 @@ pub(super) struct Setting {
     /// The workspace or traffic group it is attached to.
     pub(super) parent: String,
     pub(super) spec: TrafficSettingSpec,
+}
+
+pub(super) struct TelemetrySetting {
+    pub(super) path: String,
+    /// The workspace or traffic group it is attached to.
+    pub(super) parent: String,
+    pub(super) spec: TelemetrySettingSpec,
 }
 
 pub(super) struct ServiceRoute {
@@ -61,6 +69,7 @@ pub struct Config {
     pub(super) workspaces: Vec<Workspace>,
     pub(super) groups: Vec<Group>,
     pub(super) settings: Vec<Setting>,
+    pub(super) telemetry_settings: Vec<TelemetrySetting>,
     pub(super) security_groups: Vec<Group>,
     pub(super) security_settings: Vec<SecuritySetting>,
     pub(super) routes: Vec<ServiceRoute>,
@@ -163,6 +172,13 @@ impl Config {
                         spec,
                     })
                 }),
+                KindId::TelemetrySetting => serde_json::from_value(spec).map(|spec| {
+                    config.telemetry_settings.push(TelemetrySetting {
+                        path: path.clone(),
+                        parent: parent.clone(),
+                        spec,
+                    })
+                }),
                 KindId::ServiceRoute => serde_json::from_value(spec).map(|spec| {
                     config.routes.push(ServiceRoute {
                         path: path.clone(),
@@ -196,6 +212,9 @@ impl Config {
         config.workspaces.sort_by(|a, b| a.path.cmp(&b.path));
         config.groups.sort_by(|a, b| a.path.cmp(&b.path));
         config.settings.sort_by(|a, b| a.path.cmp(&b.path));
+        config
+            .telemetry_settings
+            .sort_by(|a, b| a.path.cmp(&b.path));
         config.routes.sort_by(|a, b| a.path.cmp(&b.path));
         config.security_groups.sort_by(|a, b| a.path.cmp(&b.path));
         config.security_settings.sort_by(|a, b| a.path.cmp(&b.path));
@@ -286,6 +305,16 @@ pub(super) trait Attached {
 }
 
 impl Attached for Setting {
+    fn parent(&self) -> &str {
+        &self.parent
+    }
+
+    fn service(&self) -> Option<&ServiceRef> {
+        self.spec.service.as_ref()
+    }
+}
+
+impl Attached for TelemetrySetting {
     fn parent(&self) -> &str {
         &self.parent
     }
