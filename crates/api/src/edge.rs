@@ -376,6 +376,10 @@ pub struct EdgeStatus {
     /// The other clusters this edge knows of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectoryReport>,
+    /// Where the edge serves `/metrics` (its admin address,
+    /// `host:port`): what Prometheus scrapes for the cluster's series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// What an edge holds of the global directory.

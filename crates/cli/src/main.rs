@@ -381,6 +381,13 @@ Examples:
 Each kill waits until the mesh is whole again (every component running and in sync).
 Exit status 1 if a request failed or the mesh did not heal within 60 s of a kill.")]
     Chaos(chaos::ChaosArgs),
+    /// Print a Prometheus configuration that scrapes every edge, found through the server
+    #[command(after_help = "\
+Examples:
+  weft x prometheus-config --token-file /etc/prometheus/weft.token > prometheus.yml
+  prometheus --config.file prometheus.yml
+The token needs read access to the clusters (a viewer binding at the top level will do).")]
+    PrometheusConfig(stat::PrometheusConfigArgs),
     /// Run a program that gets SIGTERM when the process that started it
     /// dies (how agents start Envoy and apps)
     #[command(hide = true)]
@@ -692,6 +699,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             } else {
                 Ok(ExitCode::from(Exit::Invalid as u8))
             }
+        }
+        Command::X(XCommand::PrometheusConfig(args)) => {
+            print!("{}", stat::prometheus_config(&client()?, &args));
+            ok
         }
         Command::X(XCommand::Tie { parent, command }) => {
             let failed = weft_agent::children::exec_tied(parent, &command);

@@ -150,3 +150,43 @@ pub async fn top(
         }
     }
 }
+
+#[derive(Debug, Args)]
+pub struct PrometheusConfigArgs {
+    /// The token file Prometheus sends to the server (a token that may read the clusters)
+    #[arg(long)]
+    token_file: std::path::PathBuf,
+    /// How often Prometheus scrapes each edge
+    #[arg(long, default_value = "15s")]
+    scrape_interval: String,
+}
+
+/// A Prometheus configuration whose one job scrapes every edge, found
+/// through the server's HTTP service discovery (it follows edges as they
+/// come and go).
+pub fn prometheus_config(client: &Client, args: &PrometheusConfigArgs) -> String {
+    let token_file = std::path::absolute(&args.token_file).unwrap_or(args.token_file.clone());
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    format!(
+        "# Prometheus scrapes every weft edge's /metrics: the request series of
+# its cluster (weft_requests_total, weft_request_duration_seconds) and the
+# edge's own. Made by `weft x prometheus-config`.
+global:
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+  - job_name: weft-edges
+    http_sd_configs:
+      - url: {url}
+        refresh_interval: 30s
+        # Prometheus 2.42 (Debian 12) sends the file's content bare
+        # unless the type is given.
+        authorization:
+          type: Bearer
+          credentials_file: {token_file}
+",
+        interval = quote(&args.scrape_interval),
+        url = quote(&format!("{}/v1/prometheus/targets", client.server)),
+        token_file = quote(&token_file.display().to_string()),
+    )
+}

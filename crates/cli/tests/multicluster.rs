@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -587,6 +587,64 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
         "traffic back in east-a {:?} after its instance restarted",
         restarted.elapsed()
     );
+
+    // The global view shows the failover as such: client in east-a
+    // called reviews in east-b (east-b's edge counted it), and the pair
+    // summed over clusters is both clusters' calls (the ones reviews-a
+    // answered since it came back: a proxy killed loses the counts it
+    // had not sent yet, up to 5 s).
+    let server = world.server.as_ref().unwrap();
+    let pairs = |by_cluster: bool| -> Vec<Value> {
+        let mut args = vec!["stat", "pairs", "--since", "10m", "-o", "json"];
+        if by_cluster {
+            args.push("--by-cluster");
+        }
+        let run = server.weft(&world.admin, &args);
+        assert_eq!(run.code, 0, "{run:?}");
+        let report: Value = serde_json::from_str(&run.stdout).unwrap();
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["source"]["service"] == "client" && r["destination"]["service"] == "reviews"
+            })
+            .cloned()
+            .collect()
+    };
+    until(
+        "the server's rollup has client@east-a → reviews@east-b",
+        Duration::from_secs(40),
+        async || {
+            pairs(true).iter().any(|r| {
+                r["source"]["cluster"] == "east-a"
+                    && r["destination"]["cluster"] == "east-b"
+                    && r["requests"].as_u64().unwrap_or(0) > 0
+            })
+        },
+    )
+    .await;
+    until(
+        "weft stat pairs sums the pair over both clusters",
+        Duration::from_secs(30),
+        async || {
+            let by_cluster = pairs(true);
+            let summed = pairs(false);
+            let parts: u64 = by_cluster
+                .iter()
+                .map(|r| r["requests"].as_u64().unwrap())
+                .sum();
+            let clusters: BTreeSet<String> = by_cluster
+                .iter()
+                .map(|r| r["destination"]["cluster"].as_str().unwrap().to_string())
+                .collect();
+            eprintln!("client → reviews by cluster: {by_cluster:?}; summed: {summed:?}");
+            clusters == BTreeSet::from(["east-a".to_string(), "east-b".to_string()])
+                && summed.len() == 1
+                && summed[0]["requests"].as_u64() == Some(parts)
+        },
+    )
+    .await;
 
     // The local instance is up but answers 503: each error is retried at
     // the next priority, and outlier detection ejects it, so callers get

@@ -5,12 +5,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::load::metric_sum;
 use support::mesh::{Mesh, logged, sidecar, with_echo_app};
 use support::otlp::{Collector, ReceivedSpan, attribute};
+use support::prometheus::Prometheus;
 use support::{Proc, free_port, until, write};
 
 /// A known mix through the client's sidecar: `n` calls to `host`, the
@@ -197,8 +199,101 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
     assert_eq!(timed, counted, "{text}");
     assert!(text.contains("le=\"0.0005\""), "{text}");
 
-    // The global view: the server's rollup of the pair.
+    // A real Prometheus finds the edge through the server and scrapes
+    // it; every query of the shipped dashboards has data.
     let server = mesh.server();
+    let token_file = server.data.join("admin.token");
+    let config = server.weft(
+        &mesh.admin,
+        &[
+            "x",
+            "prometheus-config",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--scrape-interval",
+            "1s",
+        ],
+    );
+    assert_eq!(config.code, 0, "{config:?}");
+    let config = write(mesh.dir.path(), "prometheus.yml", &config.stdout);
+    let prometheus = Prometheus::start(Path::new(&config), mesh.dir.path(), &mesh.http).await;
+    until(
+        "Prometheus has scraped the edge's request series twice",
+        Duration::from_secs(60),
+        async || {
+            !prometheus
+                .query(
+                    &mesh.http,
+                    "count_over_time(weft_requests_total{weft_cluster=\"east\",reporter=\"destination\",destination_service=\"reviews\"}[1m]) > 1",
+                )
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    let failed_series = prometheus
+        .query(
+            &mesh.http,
+            "sum(weft_requests_total{reporter=\"destination\",destination_service=\"reviews\",response_class=\"5xx\"})",
+        )
+        .await;
+    assert_eq!(
+        failed_series[0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap(),
+        edge_sum(
+            &mesh,
+            &reviews("response_code=\"503\"", "reporter=\"destination\"")
+        )
+        .await,
+        "Prometheus holds what the edge serves"
+    );
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana");
+    let mut queries = 0;
+    for file in std::fs::read_dir(&dashboards).unwrap() {
+        let file = file.unwrap().path();
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let templating = dashboard["templating"]["list"].as_array().unwrap().clone();
+        let exprs = dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap().clone())
+            .map(|t| t["expr"].as_str().unwrap().to_string())
+            .chain(
+                templating
+                    .iter()
+                    .filter_map(|v| v["definition"].as_str().map(String::from)),
+            );
+        for expr in exprs {
+            // As Grafana sends it with every variable at "All".
+            let mut query = expr.replace("$__rate_interval", "1m");
+            for variable in &templating {
+                let name = variable["name"].as_str().unwrap();
+                query = query.replace(&format!("${name}"), ".*");
+            }
+            let query = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.rsplit_once(", "))
+                .map_or(query.clone(), |(metric, label)| {
+                    format!("count by ({}) ({metric})", label.trim_end_matches(')'))
+                });
+            let result = prometheus.query(&mesh.http, &query).await;
+            assert!(
+                !result.is_empty(),
+                "{}: no data for {query}",
+                file.display()
+            );
+            queries += 1;
+        }
+    }
+    println!("{queries} dashboard queries have data");
+    assert!(queries >= 30, "{queries}");
+
+    // The global view: the server's rollup of the pair.
     let pairs = |token: &str| -> Value {
         let run = server.weft(token, &["stat", "pairs", "--since", "10m", "-o", "json"]);
         assert_eq!(run.code, 0, "{run:?}");

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod request;
 pub mod resources;
+pub mod scrape_targets;
 pub mod tokens;
 pub mod traffic;
 pub mod watch;
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/prometheus/targets", get(scrape_targets::targets))
         .route("/v1/traffic/services", get(traffic::services))
         .route("/v1/traffic/pairs", get(traffic::pairs))
         .route("/v1/ca/roots", get(ca::list_roots).post(ca::add_root))

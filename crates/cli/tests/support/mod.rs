@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod load;
 pub mod mesh;
 pub mod otlp;
+pub mod prometheus;
 pub mod redis;
 pub mod tls;
 pub mod tokens;

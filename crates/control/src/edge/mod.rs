@@ -237,6 +237,8 @@ struct Edge {
     prometheus: MetricsRegistry,
     /// Requests between services, from the proxies' counts.
     mesh: Arc<MeshMetrics>,
+    /// Where `/metrics` is served, as reported to the server.
+    metrics_address: Option<String>,
 }
 
 impl Edge {
@@ -332,6 +334,7 @@ impl Edge {
                     from_disk: *from_disk,
                 })
             },
+            metrics_address: self.metrics_address.clone(),
         }
     }
 }
@@ -392,6 +395,7 @@ pub async fn run(
         metrics,
         prometheus,
         mesh: mesh.clone(),
+        metrics_address: options.admin.local_addr().ok().map(|a| a.to_string()),
     });
 
     // The last good configuration, until the server answers.
