@@ -156,6 +156,29 @@ fn build() -> Value {
             "post": {"summary": summary, "responses": {"200": {"description": "the root"}}}}),
         );
     }
+    let traffic_parameters = json!([
+        {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "how far back: 30s, 5m, 1h (default 5m, at most 1h)"},
+        {"name": "cluster", "in": "query", "schema": {"type": "string"}, "description": "only callees in this cluster"},
+        {"name": "byCluster", "in": "query", "schema": {"type": "boolean"}, "description": "keep clusters apart instead of summing them"}]);
+    for (what, summary) in [
+        (
+            "services",
+            "Requests per service over the window, from the edges' rollups: rate, success, mTLS share, p50/p95/p99 (services in workspaces the caller may read)",
+        ),
+        (
+            "pairs",
+            "Requests per caller and callee over the window, as for services",
+        ),
+    ] {
+        let mut responses = json!({"200": {"description": "the rows and the seconds they cover"}});
+        merge(&mut responses, error_responses());
+        paths.insert(
+            format!("/v1/traffic/{what}"),
+            json!({"get": {"summary": summary, "parameters": traffic_parameters, "responses": responses}}),
+        );
+    }
+    paths.insert("/v1/prometheus/targets".into(), json!({"get": {"summary": "Where Prometheus scrapes each edge (HTTP service discovery format), for the clusters the caller may read",
+        "responses": {"200": {"description": "target groups, each with a weft_cluster label"}}}}));
     paths.insert("/v1/whoami".into(), json!({"get": {"summary": "The caller, their teams and grants", "responses": {"200": {"description": "the caller"}}}}));
     json!({
         "openapi": "3.1.0",
