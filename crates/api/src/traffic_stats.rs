@@ -2,6 +2,8 @@
 //! (per service pair, per interval) and as the server answers `weft stat`
 //! and `weft top` from the recent window it keeps.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the request duration buckets, in seconds; the last
@@ -89,6 +91,37 @@ pub struct PairTraffic {
     pub destination: ServiceAt,
     #[serde(flatten)]
     pub totals: Totals,
+}
+
+/// Traffic summed per service pair.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PairSums(BTreeMap<(ServiceAt, ServiceAt), Totals>);
+
+impl PairSums {
+    /// The totals of `source` → `destination`, to add to.
+    pub fn of(&mut self, source: ServiceAt, destination: ServiceAt) -> &mut Totals {
+        self.0.entry((source, destination)).or_default()
+    }
+
+    pub fn add(&mut self, pair: PairTraffic) {
+        self.of(pair.source, pair.destination).add(&pair.totals);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The pairs, in order.
+    pub fn into_pairs(self) -> Vec<PairTraffic> {
+        self.0
+            .into_iter()
+            .map(|((source, destination), totals)| PairTraffic {
+                source,
+                destination,
+                totals,
+            })
+            .collect()
+    }
 }
 
 /// What an edge sends the server every [`ROLLUP_INTERVAL_SECONDS`]:

@@ -544,6 +544,9 @@ Change the routing: edit {manifest}, then
   export WEFT_SERVER={url} WEFT_TOKEN=$(cat {token})
   {weft} apply -f {manifest}
   {weft} get cluster {CLUSTER} -o yaml     # proxies, what they accepted, NACKs
+See the traffic (rate, success, latency; every 10 s from the edge):
+  {weft} stat pairs                        # or: {weft} top
+  curl -s http://127.0.0.1:{edge_admin}/metrics | grep weft_requests_total
 Stop with Ctrl-C.",
         weft = exe.display(),
         token = admin_token_file.display(),

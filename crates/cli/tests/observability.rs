@@ -13,7 +13,7 @@ use support::load::metric_sum;
 use support::mesh::{Mesh, logged, sidecar, with_echo_app};
 use support::otlp::{Collector, ReceivedSpan, attribute};
 use support::prometheus::Prometheus;
-use support::{Proc, free_port, until, write};
+use support::{Proc, WEFT, free_port, until, write};
 
 /// A known mix through the client's sidecar: `n` calls to `host`, the
 /// first `failing` of them answered 503 by the app.
@@ -79,64 +79,44 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
             code,
         ]
     };
-    let base_ok = edge_sum(
-        &mesh,
-        &reviews("response_code=\"200\"", "reporter=\"destination\""),
-    )
-    .await;
-    let base_failed = edge_sum(
-        &mesh,
-        &reviews("response_code=\"503\"", "reporter=\"destination\""),
-    )
-    .await;
-    let base_sent = edge_sum(&mesh, &reviews("response_class=", "reporter=\"source\"")).await;
-    let base_ratings = edge_sum(
-        &mesh,
-        &[
-            "weft_requests_total{",
-            "reporter=\"destination\"",
-            "destination_service=\"ratings\"",
-            "destination_version=\"v2\"",
-        ],
-    )
-    .await;
+    // reviews' successes and failures as it counted them, the calls to
+    // reviews as the client counted them, and ratings v2's.
+    let counts = async || {
+        let reviews_got = |code| reviews(code, "reporter=\"destination\"");
+        (
+            edge_sum(&mesh, &reviews_got("response_code=\"200\"")).await,
+            edge_sum(&mesh, &reviews_got("response_code=\"503\"")).await,
+            edge_sum(&mesh, &reviews("response_class=", "reporter=\"source\"")).await,
+            edge_sum(
+                &mesh,
+                &[
+                    "weft_requests_total{",
+                    "reporter=\"destination\"",
+                    "destination_service=\"ratings\"",
+                    "destination_version=\"v2\"",
+                ],
+            )
+            .await,
+        )
+    };
+    let base = counts().await;
+    let since_base = async || {
+        let now = counts().await;
+        (
+            now.0 - base.0,
+            now.1 - base.1,
+            now.2 - base.2,
+            now.3 - base.3,
+        )
+    };
 
     send(&mesh, port, "reviews", 300, 30).await;
     send(&mesh, port, "ratings", 100, 0).await;
 
-    let counts = async || {
-        let ok = edge_sum(
-            &mesh,
-            &reviews("response_code=\"200\"", "reporter=\"destination\""),
-        )
-        .await;
-        let failed = edge_sum(
-            &mesh,
-            &reviews("response_code=\"503\"", "reporter=\"destination\""),
-        )
-        .await;
-        let sent = edge_sum(&mesh, &reviews("response_class=", "reporter=\"source\"")).await;
-        let ratings = edge_sum(
-            &mesh,
-            &[
-                "weft_requests_total{",
-                "reporter=\"destination\"",
-                "destination_service=\"ratings\"",
-                "destination_version=\"v2\"",
-            ],
-        )
-        .await;
-        (
-            ok - base_ok,
-            failed - base_failed,
-            sent - base_sent,
-            ratings - base_ratings,
-        )
-    };
     let expected = (270.0, 30.0, 300.0, 100.0);
     // The proxies send their counts every 5 s.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while counts().await != expected {
+        while since_base().await != expected {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
@@ -151,7 +131,7 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
         .text()
         .await
         .unwrap();
-    let (ok, failed, sent, ratings) = counts().await;
+    let (ok, failed, sent, ratings) = since_base().await;
     println!("reviews: {ok} ok, {failed} failed, {sent} sent by the client; ratings: {ratings}");
     assert_eq!((ok, failed, sent, ratings), expected, "{text}");
 
@@ -334,6 +314,23 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
     assert_eq!(table.code, 0, "{table:?}");
     println!("{}", table.stdout);
     assert!(table.stdout.contains("reviews.shop"), "{}", table.stdout);
+    // weft top redraws that view until stopped.
+    let top = std::process::Command::new(WEFT)
+        .args(["top", "--every", "1s", "--since", "10m"])
+        .env("WEFT_SERVER", &server.url)
+        .env("WEFT_TOKEN", &mesh.admin)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &top.id().to_string()])
+        .status();
+    let top = top.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "{shown}");
+    assert!(shown.matches("weft top: services").count() >= 2, "{shown}");
+    assert!(shown.contains("reviews.shop"), "{shown}");
 
     // A viewer of another workspace sees none of shop's traffic.
     let other = write(

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use weft_api::iam::Verb;
 use weft_api::specs::selector_covers;
 use weft_api::traffic_stats::{
-    DURATION_BOUNDS_SECONDS, PairTraffic, ServiceAt, Totals, TrafficReport, TrafficRollup,
-    TrafficRow,
+    DURATION_BOUNDS_SECONDS, PairSums, PairTraffic, ServiceAt, Totals, TrafficReport,
+    TrafficRollup, TrafficRow,
 };
 use weft_identity::transport::Peer;
 
@@ -80,7 +80,7 @@ impl TrafficWindow {
     fn totals(&self, since: Duration) -> (Vec<PairTraffic>, f64) {
         let now = Instant::now();
         let rollups = self.lock();
-        let mut sums: BTreeMap<(ServiceAt, ServiceAt), Totals> = BTreeMap::new();
+        let mut sums = PairSums::default();
         let mut oldest = now;
         for rollup in rollups.iter().filter(|r| now.duration_since(r.at) <= since) {
             oldest = oldest.min(
@@ -90,21 +90,11 @@ impl TrafficWindow {
                     .unwrap_or(rollup.at),
             );
             for pair in &rollup.pairs {
-                sums.entry((pair.source.clone(), pair.destination.clone()))
-                    .or_default()
-                    .add(&pair.totals);
+                sums.add(pair.clone());
             }
         }
         let seconds = now.duration_since(oldest).min(since).as_secs_f64();
-        let pairs = sums
-            .into_iter()
-            .map(|((source, destination), totals)| PairTraffic {
-                source,
-                destination,
-                totals,
-            })
-            .collect();
-        (pairs, seconds)
+        (sums.into_pairs(), seconds)
     }
 }
 
@@ -227,25 +217,15 @@ async fn visible_pairs(
                 .iter()
                 .any(|selector| selector_covers(selector, &entry))
     });
-    let mut merged: BTreeMap<(ServiceAt, ServiceAt), Totals> = BTreeMap::new();
+    let mut merged = PairSums::default();
     for mut pair in visible {
         if !query.by_cluster {
             pair.source.cluster.clear();
             pair.destination.cluster.clear();
         }
-        merged
-            .entry((pair.source, pair.destination))
-            .or_default()
-            .add(&pair.totals);
+        merged.add(pair);
     }
-    let pairs = merged
-        .into_iter()
-        .map(|((source, destination), totals)| PairTraffic {
-            source,
-            destination,
-            totals,
-        })
-        .collect();
+    let pairs = merged.into_pairs();
     Ok((pairs, seconds))
 }
 

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as MetricsRegistry;
-use weft_api::traffic_stats::{DURATION_BOUNDS_SECONDS, PairTraffic, ServiceAt, Totals};
+use weft_api::traffic_stats::{DURATION_BOUNDS_SECONDS, PairSums, PairTraffic, ServiceAt};
 
 /// The most series an edge keeps; more are counted in
 /// `weft_mesh_series_dropped_total`, not kept (a proxy stamping odd
@@ -124,7 +124,7 @@ struct State {
     requests: HashMap<Series, u64>,
     durations: HashMap<Series, Histogram>,
     /// Per service pair since the last rollup.
-    pending: HashMap<(ServiceAt, ServiceAt), Totals>,
+    pending: PairSums,
 }
 
 /// The cluster's request series and the pending rollup.
@@ -188,7 +188,8 @@ impl MeshMetrics {
         let mut state = self.lock();
         let counts_in_pair = series.reporter == Reporter::Destination || series.never_arrived();
         if counts_in_pair {
-            let totals = state.pending.entry(series.pair()).or_default();
+            let (source, destination) = series.pair();
+            let totals = state.pending.of(source, destination);
             totals.requests += count;
             if series.is_error() {
                 totals.errors += count;
@@ -218,7 +219,8 @@ impl MeshMetrics {
         }
         let mut state = self.lock();
         if series.reporter == Reporter::Destination || never_arrived {
-            let totals = state.pending.entry(series.pair()).or_default();
+            let (source, destination) = series.pair();
+            let totals = state.pending.of(source, destination);
             add_buckets(&mut totals.durations, buckets);
             totals.duration_sum_seconds += sum_seconds;
         }
@@ -240,28 +242,14 @@ impl MeshMetrics {
 
     /// Each pair's traffic since the last call.
     pub fn take_rollup(&self) -> Vec<PairTraffic> {
-        let pending = std::mem::take(&mut self.lock().pending);
-        let mut pairs: Vec<PairTraffic> = pending
-            .into_iter()
-            .map(|((source, destination), totals)| PairTraffic {
-                source,
-                destination,
-                totals,
-            })
-            .collect();
-        pairs.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
-        pairs
+        std::mem::take(&mut self.lock().pending).into_pairs()
     }
 
     /// Puts back a rollup the server did not take, for the next one.
     pub fn restore(&self, pairs: Vec<PairTraffic>) {
         let mut state = self.lock();
         for pair in pairs {
-            state
-                .pending
-                .entry((pair.source, pair.destination))
-                .or_default()
-                .add(&pair.totals);
+            state.pending.add(pair);
         }
     }
 

@@ -2,6 +2,8 @@
 //! into the typed form translation reads: workspaces, groups, settings,
 //! routes and gateways, each with its path; invalid ones become errors.
 
+use std::collections::BTreeMap;
+
 use weft_api::edge::{ConfigError, Locality};
 use weft_api::gateway::GatewaySpec;
 use weft_api::security::SecuritySettingSpec;
@@ -292,6 +294,49 @@ impl Config {
             .workspace_of(namespace)
             .is_some_and(|w| w.path == group.workspace);
         in_workspace && (group.selector.is_empty() || selector_covers(&group.selector, &entry))
+    }
+}
+
+/// Which setting of one level set each part: a second setting of the
+/// same level setting a part is reported, and the first (by path)
+/// applies. Shared by every kind of setting.
+pub(super) struct LevelClaims<'k> {
+    key: &'k ServiceKey,
+    set_here: BTreeMap<&'static str, String>,
+}
+
+impl<'k> LevelClaims<'k> {
+    pub(super) fn new(key: &'k ServiceKey) -> Self {
+        LevelClaims {
+            key,
+            set_here: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the setting at `path` sets `part` for this level.
+    pub(super) fn claim(
+        &mut self,
+        path: &str,
+        part: &'static str,
+        present: bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> bool {
+        if !present {
+            return false;
+        }
+        if let Some(first) = self.set_here.get(part) {
+            errors.push(error(
+                path,
+                &format!("spec.{part}"),
+                format!(
+                    "conflicts with {first}, which also sets {part} for {}.{}; that one applies",
+                    self.key.name, self.key.namespace
+                ),
+            ));
+            return false;
+        }
+        self.set_here.insert(part, path.to_string());
+        true
     }
 }
 

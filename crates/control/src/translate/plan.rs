@@ -13,7 +13,7 @@ use weft_api::traffic::{
 
 use super::{
     locality::remote_endpoints,
-    parse::{Config, ServiceRoute, error},
+    parse::{Config, LevelClaims, ServiceRoute, error},
     resilience::parse_duration,
 };
 use crate::directory::Directory;
@@ -116,26 +116,11 @@ pub(super) fn merge_policy(
     // Least specific first; a later level overrides an earlier one.
     let levels = config.levels(&config.settings, &config.groups, workspace, key);
     for level in levels {
-        let mut set_here: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut claims = LevelClaims::new(key);
         for setting in level {
             let spec = &setting.spec;
-            let mut claim = |part: &'static str, present: bool| -> bool {
-                if !present {
-                    return false;
-                }
-                if let Some(first) = set_here.get(part) {
-                    errors.push(error(
-                        &setting.path,
-                        &format!("spec.{part}"),
-                        format!(
-                            "conflicts with {first}, which also sets {part} for {}.{}; that one applies",
-                            key.name, key.namespace
-                        ),
-                    ));
-                    return false;
-                }
-                set_here.insert(part, &setting.path);
-                true
+            let mut claim = |part: &'static str, present: bool| {
+                claims.claim(&setting.path, part, present, errors)
             };
             if claim("timeout", spec.timeout.is_some()) {
                 policy.timeout = parse_duration(&spec.timeout);

@@ -4,14 +4,12 @@
 //! service account), and, from the TelemetrySettings that apply to its
 //! workload's service, spans and where request logs go.
 
-use std::collections::BTreeMap;
-
 use weft_agent::workload::Workload;
 use weft_api::edge::ConfigError;
 use weft_api::telemetry::{AccessLogTo, TelemetrySettingSpec};
 
 use super::Config;
-use super::parse::error;
+use super::parse::LevelClaims;
 use super::plan::ServiceKey;
 use super::resilience::single_host_cluster;
 use crate::proxy::{
@@ -62,26 +60,11 @@ impl WorkloadTelemetry {
                 &key,
             );
             for level in levels {
-                let mut set_here: BTreeMap<&str, &str> = BTreeMap::new();
+                let mut claims = LevelClaims::new(&key);
                 for setting in level {
                     let spec: &TelemetrySettingSpec = &setting.spec;
-                    let mut claim = |part: &'static str, present: bool| -> bool {
-                        if !present {
-                            return false;
-                        }
-                        if let Some(first) = set_here.get(part) {
-                            errors.push(error(
-                                &setting.path,
-                                &format!("spec.{part}"),
-                                format!(
-                                    "conflicts with {first}, which also sets {part} for {}.{}; that one applies",
-                                    key.name, key.namespace
-                                ),
-                            ));
-                            return false;
-                        }
-                        set_here.insert(part, &setting.path);
-                        true
+                    let mut claim = |part: &'static str, present: bool| {
+                        claims.claim(&setting.path, part, present, errors)
                     };
                     if claim("tracing", spec.tracing.is_some()) {
                         tracing = spec.tracing.clone();
