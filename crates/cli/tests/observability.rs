@@ -14,6 +14,7 @@ use support::mesh::{Mesh, logged, sidecar, with_echo_app};
 use support::otlp::{Collector, ReceivedSpan, attribute};
 use support::prometheus::Prometheus;
 use support::{Proc, WEFT, free_port, until, write};
+use weft_agent::stats::FLUSH_INTERVAL;
 
 /// A known mix through the client's sidecar: `n` calls to `host`, the
 /// first `failing` of them answered 503 by the app.
@@ -48,28 +49,6 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
         },
     )
     .await;
-    // What the warm-up sent is counted too: wait until it arrived and
-    // count from there.
-    let received = [
-        "weft_requests_total{",
-        "reporter=\"destination\"",
-        "source_service=\"client\"",
-    ];
-    let mut before = -1.0;
-    until(
-        "the warm-up's counts arrived and stopped moving",
-        Duration::from_secs(30),
-        async || {
-            let now = edge_sum(&mesh, &received).await;
-            let settled = now > 0.0 && now == before;
-            before = now;
-            if !settled {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-            settled
-        },
-    )
-    .await;
     let reviews = |code: &'static str, reporter: &'static str| {
         [
             "weft_requests_total{",
@@ -99,7 +78,24 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
             .await,
         )
     };
-    let base = counts().await;
+    // What the warm-up sent is counted too: wait until it arrived (no
+    // change over more than one flush of the proxies) and count from
+    // there.
+    let mut base = (-1.0, -1.0, -1.0, -1.0);
+    until(
+        "the warm-up's counts arrived and stopped moving",
+        Duration::from_secs(40),
+        async || {
+            let now = counts().await;
+            let settled = now.0 > 0.0 && now.2 > 0.0 && now.3 > 0.0 && now == base;
+            base = now;
+            if !settled {
+                tokio::time::sleep(FLUSH_INTERVAL + Duration::from_secs(1)).await;
+            }
+            settled
+        },
+    )
+    .await;
     let since_base = async || {
         let now = counts().await;
         (
