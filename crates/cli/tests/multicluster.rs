@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::load::metric_sum;
 use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
 use support::{
     Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
@@ -624,6 +625,25 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
         },
     )
     .await;
+    // The client's own counts say the same: its calls were answered in
+    // east-b.
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics",
+        world.clusters[EAST_A].edge.admin_port
+    );
+    let answered_in_east_b = metric_sum(
+        &world.http,
+        &metrics,
+        &[
+            "weft_requests_total{",
+            "reporter=\"source\"",
+            "source_service=\"client\"",
+            "destination_service=\"reviews\"",
+            "destination_cluster=\"east-b\"",
+        ],
+    )
+    .await;
+    assert!(answered_in_east_b > 0.0, "{answered_in_east_b}");
     until(
         "weft stat pairs sums the pair over both clusters",
         Duration::from_secs(30),

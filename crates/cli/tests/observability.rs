@@ -153,6 +153,19 @@ async fn red_metrics_per_service_pair_match_the_traffic() {
     ] {
         assert!(line.contains(label), "{label} in {line}");
     }
+    // The caller's series say which cluster answered (the instances'
+    // EDS hostname).
+    let sent_here = edge_sum(
+        &mesh,
+        &[
+            "weft_requests_total{",
+            "reporter=\"source\"",
+            "destination_service=\"reviews\"",
+            "destination_cluster=\"east\"",
+        ],
+    )
+    .await;
+    assert!(sent_here >= 300.0, "{text}");
     // Durations: every counted request is timed, in seconds.
     let timed = edge_sum(
         &mesh,

@@ -143,11 +143,11 @@ pub async fn receive(
     let cluster = edge_cluster(&state, &headers).await?;
     require_edge_certificate(&peer, &cluster)?;
     check(&rollup)?;
-    // An edge speaks for its own cluster only.
-    rollup.pairs.retain(|p| {
-        p.destination.cluster == cluster
-            || (p.source.cluster == cluster && p.destination.cluster == "unknown")
-    });
+    // An edge speaks for its own cluster only: its callees' counts, and
+    // its callers' calls that reached no callee.
+    rollup
+        .pairs
+        .retain(|p| p.destination.cluster == cluster || p.source.cluster == cluster);
     state.traffic.add(rollup);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -23,7 +23,7 @@ use weft_identity::transport::Peer;
 use super::{MeshMetrics, Party, Reporter, Series, UNKNOWN};
 use crate::proxy::telemetry::{
     INBOUND_DURATION, INBOUND_REQUESTS, OUTBOUND_DURATION, OUTBOUND_REQUESTS, STATS_SCOPE,
-    TAG_CLUSTER, TAG_CODE, TAG_FLAGS, TAG_PRINCIPAL, TAG_SOURCE,
+    TAG_CLUSTER, TAG_CODE, TAG_FLAGS, TAG_PEER_CLUSTER, TAG_PRINCIPAL, TAG_SOURCE,
 };
 use crate::registry::Registry;
 use crate::translate::ServiceKey;
@@ -137,11 +137,21 @@ impl Receiver {
             }
         } else {
             let cluster = tag(attributes, TAG_CLUSTER);
+            // A cluster's name is a DNS label; an address is any other
+            // host (or none was chosen).
+            let answered_in = tag(attributes, TAG_PEER_CLUSTER);
+            let answered_in = if !answered_in.is_empty()
+                && answered_in
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                answered_in.to_string()
+            } else {
+                UNKNOWN.to_string()
+            };
             let destination = match ServiceKey::from_cluster_name(cluster) {
                 Some((key, subset)) => Party {
-                    // Which cluster's instance answered, the caller
-                    // does not see; the callee's count says.
-                    cluster: UNKNOWN.into(),
+                    cluster: answered_in,
                     namespace: key.namespace,
                     service: key.name,
                     version: subset.unwrap_or_default().to_string(),

@@ -15,9 +15,19 @@ impl Endpoints {
         let Endpoints {
             cluster,
             endpoints,
+            site,
             remote,
         } = self;
         let mut assignment = load_assignment(cluster, endpoints);
+        for lb_endpoint in assignment
+            .endpoints
+            .iter_mut()
+            .flat_map(|l| &mut l.lb_endpoints)
+        {
+            if let Some(HostIdentifier::Endpoint(endpoint)) = &mut lb_endpoint.host_identifier {
+                endpoint.hostname = site.clone();
+            }
+        }
         assignment.endpoints.extend(remote.iter().map(|remote| {
             LocalityLbEndpoints {
                 locality: Some(XdsLocality {
@@ -31,6 +41,7 @@ impl Endpoints {
                     .map(|addr| LbEndpoint {
                         host_identifier: Some(HostIdentifier::Endpoint(XdsEndpoint {
                             address: Some(socket(addr)),
+                            hostname: remote.cluster.clone(),
                             ..Default::default()
                         })),
                         load_balancing_weight: Some(uint(remote.weight.max(1))),

@@ -317,6 +317,11 @@ pub struct Endpoints {
     pub cluster: String,
     /// This cluster's instances, first in line (priority 0).
     pub endpoints: Vec<SocketAddr>,
+    /// The cluster they run in, given them as their EDS hostname (as the
+    /// other clusters' gateways get theirs): a caller's counts name the
+    /// cluster that answered by it. Empty: not a service's instances.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub site: String,
     /// Other clusters' gateways, each at its priority behind them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote: Vec<RemoteEndpoints>,

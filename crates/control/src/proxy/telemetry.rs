@@ -77,8 +77,8 @@ pub const STATS_SCOPE: &str = "weft";
 pub const INBOUND_REQUESTS: &str = "inbound_requests";
 /// Its duration in microseconds (the same tags but flags).
 pub const INBOUND_DURATION: &str = "inbound_duration";
-/// A request sent (tags: [`TAG_CLUSTER`], [`TAG_PRINCIPAL`],
-/// [`TAG_CODE`], [`TAG_FLAGS`]).
+/// A request sent (tags: [`TAG_CLUSTER`], [`TAG_PEER_CLUSTER`],
+/// [`TAG_PRINCIPAL`], [`TAG_CODE`], [`TAG_FLAGS`]).
 pub const OUTBOUND_REQUESTS: &str = "outbound_requests";
 /// Its duration in microseconds (the same tags but flags).
 pub const OUTBOUND_DURATION: &str = "outbound_duration";
@@ -93,6 +93,10 @@ pub const TAG_CODE: &str = "code";
 pub const TAG_FLAGS: &str = "flags";
 /// The upstream cluster a call went to.
 pub const TAG_CLUSTER: &str = "cluster";
+/// Which weft cluster answered: the EDS hostname of the host it went to
+/// (a service's instances carry their cluster's name, other clusters'
+/// gateways theirs); an address for any other host.
+pub const TAG_PEER_CLUSTER: &str = "peer_cluster";
 
 /// How many distinct series one listener may create in its proxy; more
 /// are not counted (Envoy's scope limit), so a flood of odd values
@@ -165,6 +169,9 @@ impl Telemetry {
             tag(TAG_PRINCIPAL, peer),
             tag(TAG_CODE, "%RESPONSE_CODE%"),
         ];
+        if self.side == Side::Outbound {
+            tags.push(tag(TAG_PEER_CLUSTER, "%UPSTREAM_HOST_NAME_WITHOUT_PORT%"));
+        }
         let histogram_tags = tags.clone();
         tags.push(tag(TAG_FLAGS, "%RESPONSE_FLAGS%"));
         let config = StatsLog {

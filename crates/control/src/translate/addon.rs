@@ -68,6 +68,7 @@ impl Addon {
         endpoints.sort();
         endpoints.dedup();
         let endpoints = Endpoints {
+            site: String::new(),
             cluster: self.cluster.into(),
             endpoints,
             remote: Vec::new(),

@@ -34,6 +34,7 @@ pub(super) fn eastwest_gateway(
             ..single_host_cluster(&name)
         });
         proxy.endpoints.push(Endpoints {
+            site: String::new(),
             cluster: name.clone(),
             endpoints,
             remote: Vec::new(),

@@ -89,6 +89,7 @@ pub(super) fn egress_plans(
             EgressPlan {
                 cluster,
                 endpoints: Endpoints {
+                    site: String::new(),
                     cluster: id.clone(),
                     endpoints: Vec::new(),
                     remote: Vec::new(),

@@ -92,6 +92,8 @@ pub(super) struct ServicePlan<'c> {
     pub(super) mtls: Option<Mtls>,
     pub(super) workspace: Option<String>,
     pub(super) instances: Vec<&'c Workload>,
+    /// The cluster the instances run in (this one).
+    pub(super) site: &'c str,
     /// Other clusters that run the service, nearest first: the backup of
     /// the local instances, or the only way to it.
     pub(super) remote: Vec<RemoteEndpoints>,
@@ -229,6 +231,7 @@ impl<'c> ServicePlan<'c> {
             mtls,
             workspace,
             instances,
+            site: &config.cluster,
             remote,
             route,
             policy,
@@ -282,6 +285,7 @@ impl<'c> ServicePlan<'c> {
         let endpoints = Endpoints {
             cluster: cluster.clone(),
             endpoints,
+            site: self.site.to_string(),
             remote,
         };
         (cluster, endpoints)

@@ -118,6 +118,7 @@ pub(super) fn relays(
                 relays.endpoints.insert(
                     cluster.clone(),
                     Endpoints {
+                        site: String::new(),
                         cluster: cluster.clone(),
                         ..all.clone()
                     },

@@ -152,6 +152,7 @@ pub(super) fn tier1_route(
         ..single_host_cluster(&name)
     };
     let endpoints = Endpoints {
+        site: String::new(),
         cluster: name.clone(),
         endpoints: Vec::new(),
         remote,
