@@ -59,15 +59,44 @@ pub struct UpArgs {
 
 /// `N` distinct free ports on 127.0.0.1, none of them `taken`: each
 /// listener stays open until all are chosen, so none is handed out twice.
+/// They come from 10,000–19,999, below the kernel's ephemeral range: a
+/// port from there can be taken as the source port of any outgoing
+/// connection on the machine before the proxy meant to listen on it
+/// binds. (weft's tests take theirs above, from 20,000.)
 fn free_ports<const N: usize>(taken: u16) -> Result<[u16; N]> {
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.min(20_000).saturating_sub(LOWEST).max(1);
+    // Each run starts elsewhere in the range.
+    let start = std::process::id() % span;
     let mut held = Vec::with_capacity(N);
     let mut ports = [0; N];
     let mut i = 0;
+    for step in 0..span {
+        if i == N {
+            break;
+        }
+        let Ok(port) = u16::try_from(LOWEST + (start + step) % span) else {
+            continue;
+        };
+        if port == taken {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+            ports[i] = port;
+            i += 1;
+        }
+    }
+    // Below the range all taken: any free port will do.
     while i < N {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         held.push(listener);
-        if port != taken {
+        if port != taken && !ports[..i].contains(&port) {
             ports[i] = port;
             i += 1;
         }
