@@ -70,16 +70,25 @@ fn free_ports<const N: usize>(taken: u16) -> Result<[u16; N]> {
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32_768);
     let span = ephemeral_start.min(20_000).saturating_sub(LOWEST).max(1);
-    // Each run starts elsewhere in the range.
-    let start = std::process::id() % span;
+    // Each run starts elsewhere in the range, and each call goes on where
+    // the last one stopped (its ports are free again once it returns).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    use std::sync::atomic::Ordering;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     let mut held = Vec::with_capacity(N);
     let mut ports = [0; N];
     let mut i = 0;
-    for step in 0..span {
+    for _ in 0..span {
         if i == N {
             break;
         }
-        let Ok(port) = u16::try_from(LOWEST + (start + step) % span) else {
+        let next = NEXT.fetch_add(1, Ordering::SeqCst);
+        let Ok(port) = u16::try_from(LOWEST + next % span) else {
             continue;
         };
         if port == taken {
