@@ -15,7 +15,7 @@ pub const DURATION_BOUNDS_SECONDS: [f64; 14] = [
 
 /// A service where it runs (or called from): `cluster` is where the
 /// instance that counted is; empty when not known.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAt {
     pub cluster: String,

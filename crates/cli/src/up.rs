@@ -567,6 +567,7 @@ async fn start(
         "\
 weft up: the mesh is ready.
   server   {url}   (admin token: {token})
+  web UI   {url}/ui/   (sign in with the admin token)
   edge     cluster {CLUSTER}; status http://127.0.0.1:{edge_admin}/status
   services reviews v1 and v2 in namespace {NAMESPACE}, and a client sidecar
   gateway  ingress: https://{DEMO_HOSTNAME}:{https} to reviews
@@ -724,6 +725,7 @@ async fn start_multi_cluster(
         "\
 weft up: three clusters are ready: east-1 and east-2 in region east, west-1 in region west.
   server   {url}   (admin token: {token})
+  web UI   {url}/ui/   (sign in with the admin token)
   edges    {statuses}
   gateways 127.0.1.1:15443, 127.0.2.1:15443, 127.0.3.1:15443 (east-west, TLS passed through);
            tier-1 127.0.1.20:8080; ingress 127.0.2.20:8080, 127.0.3.20:8080

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::browser::Browser;
 use support::load::metric_sum;
 use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
 use support::{
@@ -625,6 +626,45 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
         },
     )
     .await;
+    // The web UI draws it as a cross-cluster call, and shows the three
+    // clusters' edges connected.
+    let mut browser = Browser::start(&[], "/none", world.dir.path().join("browser.log"));
+    let base = &server.url;
+    browser.goto(&format!("{base}/")).await;
+    browser.fill("#token", &world.admin).await;
+    let (url, _) = browser.submit("button[type=submit]").await;
+    assert!(url.ends_with("/ui/"), "{url}");
+    let connected = browser.texts("#clusters td.edge").await;
+    assert_eq!(connected.len(), 3, "{connected:?}");
+    assert!(
+        connected.iter().all(|t| t.starts_with("connected")),
+        "{connected:?}"
+    );
+    browser.goto(&format!("{base}/ui/topology?since=15m")).await;
+    let crossing = browser
+        .attrs(
+            "g.edge.cross[data-source='east-a/shop/client'][data-destination='east-b/shop/reviews']",
+            "data-requests",
+        )
+        .await;
+    assert!(
+        crossing
+            .first()
+            .is_some_and(|n| n.parse::<u64>().unwrap_or(0) > 0),
+        "{crossing:?}"
+    );
+    let badges = browser
+        .texts("table.calls tr[data-source='east-a/shop/client'][data-destination='east-b/shop/reviews'] .badge")
+        .await;
+    assert_eq!(badges, ["cross-cluster"]);
+    if let Some(dir) = std::env::var_os("WEFT_SCREENSHOTS") {
+        browser
+            .screenshot(&PathBuf::from(dir).join("topology-multicluster.png"))
+            .await;
+    }
+    assert_eq!(browser.problems().await, Vec::<String>::new());
+    drop(browser);
+
     // The client's own counts say the same: its calls were answered in
     // east-b.
     let metrics = format!(

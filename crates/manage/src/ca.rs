@@ -186,18 +186,43 @@ fn trust_of(roots: &[RootAuthority]) -> Result<Trust, CaError> {
 
 /// Root CAs are the organization's: reading them takes read on it,
 /// changing them update.
-async fn may_manage_roots(state: &AppState, caller: &Caller, verb: Verb) -> Result<(), ApiError> {
-    let organization = state
+async fn organization_path(state: &AppState) -> Result<String, ApiError> {
+    Ok(state
         .store
         .list("Organization")
         .await?
         .into_iter()
         .next()
         .map(|o| o.path)
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+async fn may_manage_roots(state: &AppState, caller: &Caller, verb: Verb) -> Result<(), ApiError> {
+    let organization = organization_path(state).await?;
     caller
         .require(&state.store, verb, "Organization", &organization)
         .await
+}
+
+/// Every root CA, as `GET /v1/ca/roots` shows them.
+async fn roots(state: &AppState) -> Result<Vec<RootCa>, ApiError> {
+    let live = state.store.root_authorities().await?;
+    let signer = signing(&live).map(|r| r.id.as_str());
+    let all = state.store.all_root_authorities().await?;
+    Ok(all.iter().map(|r| describe(r, signer)).collect())
+}
+
+/// The root CAs if the caller may read them (the web UI asks without
+/// recording a refusal).
+pub(crate) async fn roots_if_readable(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<Vec<RootCa>>, ApiError> {
+    let organization = organization_path(state).await?;
+    if !caller.can(Verb::Read, "Organization", &organization) {
+        return Ok(None);
+    }
+    roots(state).await.map(Some)
 }
 
 fn describe(root: &RootAuthority, signer: Option<&str>) -> RootCa {
@@ -227,10 +252,7 @@ pub async fn list_roots(
     caller: Caller,
 ) -> Result<Json<Vec<RootCa>>, ApiError> {
     may_manage_roots(&state, &caller, Verb::Read).await?;
-    let live = state.store.root_authorities().await?;
-    let signer = signing(&live).map(|r| r.id.as_str());
-    let all = state.store.all_root_authorities().await?;
-    Ok(Json(all.iter().map(|r| describe(r, signer)).collect()))
+    Ok(Json(roots(&state).await?))
 }
 
 /// `POST /v1/ca/roots`: adds a root, trusted but not signing, for the

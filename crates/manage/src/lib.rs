@@ -22,6 +22,7 @@ pub mod resources;
 pub mod scrape_targets;
 pub mod tokens;
 pub mod traffic;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
                 .post(resources::create)
                 .delete(resources::remove),
         )
+        .merge(ui::router())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is under /v1 (see /v1/openapi.json)")
         })

@@ -56,7 +56,9 @@ impl TrafficWindow {
         self.rollups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, rollup: TrafficRollup) {
+    /// Keeps a rollup (what `PUT /v1/edge/traffic` does once it has
+    /// checked it; benchmarks seed the window with it).
+    pub fn add(&self, rollup: TrafficRollup) {
         let now = Instant::now();
         let mut rollups = self.lock();
         rollups.push_back(Received {
@@ -191,7 +193,27 @@ async fn visible_pairs(
     caller: &Caller,
     query: &TrafficQuery,
 ) -> Result<(Vec<PairTraffic>, f64), ApiError> {
-    let since = query.since()?;
+    visible_pairs_over(
+        state,
+        caller,
+        query.since()?,
+        query.cluster.as_deref(),
+        query.by_cluster,
+    )
+    .await
+}
+
+/// The pairs over the last `since` whose callee the caller may read (in
+/// `cluster`, if given): a row belongs to the workspace that selects its
+/// callee's cluster and namespace. Clusters are set to "" unless kept
+/// apart. Also the seconds the pairs cover.
+pub(crate) async fn visible_pairs_over(
+    state: &AppState,
+    caller: &Caller,
+    since: Duration,
+    cluster: Option<&str>,
+    by_cluster: bool,
+) -> Result<(Vec<PairTraffic>, f64), ApiError> {
     let mut readable: Vec<Vec<String>> = Vec::new();
     for ws in state.store.list("Workspace").await? {
         if caller.can(Verb::Read, "Workspace", &ws.path) {
@@ -206,20 +228,16 @@ async fn visible_pairs(
     }
     let (pairs, seconds) = state.traffic.totals(since);
     let visible = pairs.into_iter().filter(|p| {
-        let cluster = if p.destination.cluster == "unknown" {
-            &p.source.cluster
-        } else {
-            &p.destination.cluster
-        };
-        let entry = format!("{cluster}/{}", p.destination.namespace);
-        query.cluster.as_ref().is_none_or(|c| c == cluster)
+        let callee_cluster = callee_cluster(p);
+        let entry = format!("{callee_cluster}/{}", p.destination.namespace);
+        cluster.is_none_or(|c| c == callee_cluster)
             && readable
                 .iter()
                 .any(|selector| selector_covers(selector, &entry))
     });
     let mut merged = PairSums::default();
     for mut pair in visible {
-        if !query.by_cluster {
+        if !by_cluster {
             pair.source.cluster.clear();
             pair.destination.cluster.clear();
         }
@@ -227,6 +245,16 @@ async fn visible_pairs(
     }
     let pairs = merged.into_pairs();
     Ok((pairs, seconds))
+}
+
+/// The cluster a pair's callee is in: a call that reached no host
+/// (`unknown`) counts in its caller's.
+pub(crate) fn callee_cluster(pair: &PairTraffic) -> &str {
+    if pair.destination.cluster == "unknown" {
+        &pair.source.cluster
+    } else {
+        &pair.destination.cluster
+    }
 }
 
 /// `GET /v1/traffic/pairs`: requests per caller and callee.

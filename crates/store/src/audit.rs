@@ -219,6 +219,19 @@ impl Store {
         Ok(entries)
     }
 
+    /// One entry by its number.
+    pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit WHERE seq = $1"
+        ))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
     /// Recomputes the whole chain and compares it with the recorded head.
     pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
         const PAGE: i64 = 1000;

@@ -7,8 +7,22 @@
 //   {"op":"cookies"}                 -> {cookies}
 //   {"op":"callbacks"}               -> {urls}: every request to the
 //                                       sign-in callback path so far
+//   {"op":"fill","selector":S,"value":V}   types V into S
+//   {"op":"submit","selector":S}     clicks S and waits for the page it
+//                                       loads -> {url, status, text}
+//   {"op":"press","key":K}           presses a key (no navigation wait)
+//   {"op":"texts","selector":S}      -> {texts}: innerText of each match
+//   {"op":"attrs","selector":S,"name":N}   -> {values}: attribute N of each
+//   {"op":"screenshot","path":P}     saves a full-page PNG
+//   {"op":"axe"}                     -> {violations}: axe-core's serious and
+//                                       critical findings on this page
+//   {"op":"problems"}                -> {problems}: console errors, failed
+//                                       requests and 4xx/5xx answers for
+//                                       assets since the last ask
+//   {"op":"firstPaint"}              -> {ms}: first contentful paint
 // $HOST_RULES maps test hostnames to loopback (Chromium's
 // --host-resolver-rules); certificates are not checked (the test's CA).
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
@@ -31,9 +45,28 @@ const browser = await chromium.launch({
     `--host-resolver-rules=${process.env.HOST_RULES || ''}`,
   ],
 });
-const context = await browser.newContext({ ignoreHTTPSErrors: true });
+const context = await browser.newContext({
+  ignoreHTTPSErrors: true,
+  viewport: { width: 1280, height: 800 },
+});
 const page = await context.newPage();
 const callbacks = [];
+let problems = [];
+page.on('console', (message) => {
+  if (message.type() === 'error') problems.push(`console: ${message.text()}`);
+});
+page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+page.on('requestfailed', (request) => {
+  // A live page's refresh cut short by navigating away is not a failure.
+  const why = request.failure()?.errorText || '';
+  if (!why.includes('ERR_ABORTED')) problems.push(`request failed: ${request.url()} ${why}`);
+});
+page.on('response', (response) => {
+  const type = response.request().resourceType();
+  if (response.status() >= 400 && ['stylesheet', 'script', 'image', 'font'].includes(type)) {
+    problems.push(`asset ${response.url()} answered ${response.status()}`);
+  }
+});
 page.on('request', (request) => {
   if (request.url().includes(process.env.CALLBACK_PATH || '/oauth2/callback')) {
     callbacks.push(request.url());
@@ -67,6 +100,56 @@ async function run(command) {
       return { cookies: await context.cookies() };
     case 'callbacks':
       return { urls: callbacks };
+    case 'fill':
+      await page.fill(command.selector, command.value);
+      return {};
+    case 'submit': {
+      const [response] = await Promise.all([
+        page.waitForNavigation({ waitUntil: 'load' }),
+        page.click(command.selector),
+      ]);
+      return state(response);
+    }
+    case 'press':
+      await page.keyboard.press(command.key);
+      return {};
+    case 'texts':
+      return { texts: await page.locator(command.selector).allInnerTexts() };
+    case 'attrs':
+      return {
+        values: await page
+          .locator(command.selector)
+          .evaluateAll((nodes, name) => nodes.map((n) => n.getAttribute(name)), command.name),
+      };
+    case 'screenshot':
+      await page.screenshot({ path: command.path, fullPage: true });
+      return {};
+    case 'axe': {
+      // Evaluated over the DevTools protocol, which the page's content
+      // security policy does not govern (an injected <script> it would).
+      const source = await fs.readFile(path.join(modules, 'axe-core/axe.min.js'), 'utf8');
+      await page.evaluate(source);
+      const result = await page.evaluate(() =>
+        window.axe.run(document, { resultTypes: ['violations'] }),
+      );
+      return {
+        violations: result.violations
+          .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+          .map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) })),
+      };
+    }
+    case 'problems': {
+      const found = problems;
+      problems = [];
+      return { problems: found };
+    }
+    case 'firstPaint': {
+      const ms = await page.evaluate(() => {
+        const paint = performance.getEntriesByName('first-contentful-paint')[0];
+        return paint ? paint.startTime : null;
+      });
+      return { ms };
+    }
     default:
       throw new Error(`unknown op ${command.op}`);
   }

@@ -1,6 +1,7 @@
 //! A real OpenID provider (`oidc-provider` on Node) and a real browser
-//! (Debian's Chromium driven by `playwright-core`), both installed by
-//! `scripts/setup` into `.tools/node`, for the sign-in tests.
+//! (Debian's Chromium driven by `playwright-core`, with `axe-core` for
+//! accessibility checks), all installed by `scripts/setup` into
+//! `.tools/node`, for the sign-in and web UI tests.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -154,6 +155,62 @@ impl Browser {
         page(answer)
     }
 
+    /// Types `value` into the field `selector`.
+    pub async fn fill(&mut self, selector: &str, value: &str) {
+        self.send(serde_json::json!({"op": "fill", "selector": selector, "value": value}))
+            .await;
+    }
+
+    /// Clicks `selector` and waits for the page it loads; returns where
+    /// the browser is, and the page's text.
+    pub async fn submit(&mut self, selector: &str) -> (String, String) {
+        page(
+            self.send(serde_json::json!({"op": "submit", "selector": selector}))
+                .await,
+        )
+    }
+
+    /// The text of every element matching `selector`.
+    pub async fn texts(&mut self, selector: &str) -> Vec<String> {
+        let answer = self
+            .send(serde_json::json!({"op": "texts", "selector": selector}))
+            .await;
+        strings(&answer["texts"])
+    }
+
+    /// Attribute `name` of every element matching `selector`.
+    pub async fn attrs(&mut self, selector: &str, name: &str) -> Vec<String> {
+        let answer = self
+            .send(serde_json::json!({"op": "attrs", "selector": selector, "name": name}))
+            .await;
+        strings(&answer["values"])
+    }
+
+    /// Saves the whole page as a PNG.
+    pub async fn screenshot(&mut self, path: &std::path::Path) {
+        self.send(serde_json::json!({"op": "screenshot", "path": path}))
+            .await;
+    }
+
+    /// axe-core's serious and critical findings on the page.
+    pub async fn accessibility_violations(&mut self) -> Vec<Value> {
+        let answer = self.send(serde_json::json!({"op": "axe"})).await;
+        answer["violations"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Console errors, failed requests and failed assets since the last
+    /// ask.
+    pub async fn problems(&mut self) -> Vec<String> {
+        let answer = self.send(serde_json::json!({"op": "problems"})).await;
+        strings(&answer["problems"])
+    }
+
+    /// Milliseconds from navigation to the page's first contentful paint.
+    pub async fn first_paint_ms(&mut self) -> Option<f64> {
+        let answer = self.send(serde_json::json!({"op": "firstPaint"})).await;
+        answer["ms"].as_f64()
+    }
+
     pub async fn cookies(&mut self) -> Vec<Value> {
         let answer = self.send(serde_json::json!({"op": "cookies"})).await;
         answer["cookies"].as_array().cloned().unwrap_or_default()
@@ -175,6 +232,14 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn page(answer: Value) -> (String, String) {
