@@ -235,6 +235,35 @@ async fn the_web_ui_shows_the_live_mesh_to_whoever_may_read_it() {
     browser.goto(&format!("{base}/ui/search?q=reviews")).await;
     assert!(!browser.texts("#service-hits li").await.is_empty());
 
+    // A proxy whose outbound port is taken refuses its listener: the
+    // cluster page shows Envoy's message, the overview puts it first.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let credential = mesh.credential("client");
+    let _refusing = mesh.sidecar("client", "client-2", None, &credential, taken_port);
+    until(
+        "the cluster page shows client-2's NACK",
+        Duration::from_secs(40),
+        async || {
+            browser.goto(&format!("{base}/ui/clusters/east")).await;
+            browser
+                .texts("#proxies tr[data-node=client-2] .nack")
+                .await
+                .first()
+                .is_some_and(|m| m.contains("bind"))
+        },
+    )
+    .await;
+    let refusal = browser.texts("#proxies tr[data-node=client-2]").await;
+    assert!(refusal[0].contains("NACK lds"), "{refusal:?}");
+    browser.goto(&format!("{base}/ui/")).await;
+    let attention = browser.texts("ul.attention").await;
+    assert!(
+        attention[0].contains("client-2 in east: refused its lds"),
+        "{attention:?}"
+    );
+    check_page(&mut browser, &shots, "overview-attention").await;
+
     // A viewer of another tenant's workspace sees nothing of shop.
     let other = write(
         mesh.dir.path(),
