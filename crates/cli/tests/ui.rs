@@ -99,6 +99,21 @@ async fn the_web_ui_shows_the_live_mesh_to_whoever_may_read_it() {
     );
     let _ = browser.problems().await; // the 401 itself
 
+    // A sign-in form posted from another site is refused, with no session.
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/ui/sign-in"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", mesh.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
+
     // The admin token, pasted as its file holds it.
     browser.fill("#token", &format!("{}\n", mesh.admin)).await;
     let (url, text) = browser.submit("button[type=submit]").await;
@@ -339,6 +354,7 @@ spec:
 
     // Stopping the edge shows as disconnected within seconds.
     mesh.edge.process.as_mut().unwrap().stop();
+    let stopped = std::time::Instant::now();
     until(
         "the overview shows east's edge disconnected",
         Duration::from_secs(40),
@@ -352,6 +368,10 @@ spec:
         },
     )
     .await;
+    eprintln!(
+        "the overview showed the edge disconnected {:?} after it stopped",
+        stopped.elapsed()
+    );
     let attention = browser.texts("ul.attention").await;
     assert!(
         attention[0].contains("cluster east: edge disconnected"),

@@ -54,7 +54,7 @@ pub async fn one(
             dt { "Configuration version" } dd { code { (status.config_version) } @if status.from_disk { " " (badge("warn", "from disk")) } }
             dt { "CA" } dd {
                 @match &status.ca {
-                    Some(ca) => { "expires " (layout::until(&ca.expires_at)) " (" (ca.expires_at) "), root " code { (ca.root.get(..16).unwrap_or(&ca.root)) } @if ca.expiring { " " (badge("bad", "renewal failing")) } }
+                    Some(ca) => { "expires " (layout::expiry(&ca.expires_at)) ", root " code { (ca.root.get(..16).unwrap_or(&ca.root)) } @if ca.expiring { " " (badge("bad", "renewal failing")) } }
                     None => { "none yet" }
                 }
             }
@@ -99,7 +99,7 @@ pub async fn one(
                             td { @if let Some(c) = &p.certificate { code { (c.identity) } } @else { "–" } }
                             td {
                                 @if let Some(c) = &p.certificate {
-                                    time datetime=(c.expires_at) title=(c.expires_at) { (layout::until(&c.expires_at)) }
+                                    (layout::expiry(&c.expires_at))
                                     @if c.overdue { " " (badge("bad", "overdue")) }
                                 } @else { "–" }
                             }

@@ -218,6 +218,11 @@ pub fn time(at: &str) -> Markup {
     html! { time datetime=(at) title=(at) { (ago(at)) } }
 }
 
+/// When something expires, counted from now; the exact time on hover.
+pub fn expiry(at: &str) -> Markup {
+    html! { time datetime=(at) title=(at) { (until(at)) } }
+}
+
 /// A state word in a coloured badge; the word carries the meaning, the
 /// colour only repeats it.
 pub fn badge(class: &str, text: &str) -> Markup {

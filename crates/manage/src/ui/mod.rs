@@ -78,7 +78,8 @@ async fn not_found(caller: UiCaller, uri: Uri) -> UiError {
 }
 
 /// Headers every UI answer carries: nothing but the server's own
-/// scripts, styles and images run, no framing, no referrer leaks, no
+/// scripts, styles and images run, no framing, no referrer beyond the UI
+/// (not `no-referrer`: Chromium then sends `Origin: null` on forms), no
 /// caching of pages that show what one user may read.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
@@ -95,7 +96,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers

@@ -37,6 +37,11 @@ pub async fn page(State(state): State<AppState>, UiCaller(caller): UiCaller) -> 
     let roots = crate::ca::roots_if_readable(&state, &caller)
         .await
         .map_err(fail)?;
+    let directory_revision = state
+        .store
+        .directory_revision()
+        .await
+        .map_err(|e| fail(e.into()))?;
 
     let mut total = Totals::default();
     let mut by_service: std::collections::BTreeMap<ServiceAt, Totals> = Default::default();
@@ -193,7 +198,7 @@ pub async fn page(State(state): State<AppState>, UiCaller(caller): UiCaller) -> 
         }
         section aria-labelledby="clusters-h" {
             h2 #clusters-h { "Clusters" }
-            (clusters_table(&estate))
+            (clusters_table(&estate, directory_revision))
         }
         @if let Some(roots) = &roots {
             section aria-labelledby="roots" {
@@ -206,7 +211,7 @@ pub async fn page(State(state): State<AppState>, UiCaller(caller): UiCaller) -> 
                                 td { code { (root.id) } }
                                 td { (root.trust_domain) }
                                 td { (format!("{:?}", root.state).to_lowercase()) }
-                                td { time datetime=(root.expires_at) title=(root.expires_at) { (layout::until(&root.expires_at)) } }
+                                td { (layout::expiry(&root.expires_at)) }
                             }
                         }
                         @if roots.is_empty() { (layout::empty(4, "No root yet.")) }
@@ -224,7 +229,8 @@ pub async fn page(State(state): State<AppState>, UiCaller(caller): UiCaller) -> 
     ))
 }
 
-fn clusters_table(estate: &Estate) -> Markup {
+/// `directory_revision`: the server's, to tell an edge that lags.
+fn clusters_table(estate: &Estate, directory_revision: i64) -> Markup {
     html! {
         table #clusters {
             thead {
@@ -261,14 +267,15 @@ fn clusters_table(estate: &Estate) -> Markup {
                         td.num class=[(errors > 0).then_some("warn")] { (errors) }
                         td {
                             @match status.and_then(|s| s.ca.as_ref()) {
-                                Some(ca) => { time datetime=(ca.expires_at) title=(ca.expires_at) { (layout::until(&ca.expires_at)) } }
+                                Some(ca) => { (layout::expiry(&ca.expires_at)) }
                                 None => { "–" }
                             }
                         }
                         td {
                             @match status.and_then(|s| s.directory.as_ref()) {
                                 Some(d) => {
-                                    "rev " (d.revision) ", " (d.clusters) " other cluster(s), " (d.services) " service(s)"
+                                    @if d.revision >= directory_revision { (badge("ok", "current")) } @else { (badge("warn", &format!("behind: {} of {directory_revision}", d.revision))) }
+                                    " " (d.clusters) " other cluster(s), " (d.services) " service(s)"
                                     @if d.from_disk { " " (badge("warn", "from disk")) }
                                 }
                                 None => { "–" }

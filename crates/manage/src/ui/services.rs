@@ -402,7 +402,7 @@ pub async fn one(
                                 @else if i.proxy.in_sync { (badge("ok", "in sync")) }
                                 @else { (badge("warn", "syncing")) }
                             }
-                            td { @if let Some(c) = &i.proxy.certificate { (layout::until(&c.expires_at)) } @else { "–" } }
+                            td { @if let Some(c) = &i.proxy.certificate { (layout::expiry(&c.expires_at)) } @else { "–" } }
                         }
                     }
                     @if service.instances.is_empty() { (layout::empty(6, "No instance reported.")) }

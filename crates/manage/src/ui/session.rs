@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::http::header::{COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::html;
@@ -44,6 +44,20 @@ pub fn cookie(headers: &HeaderMap) -> Option<String> {
 fn safe_next(next: Option<&str>) -> &str {
     next.filter(|n| n.starts_with("/ui/") && !n.starts_with("/ui//") && !n.contains('\\'))
         .unwrap_or("/ui/")
+}
+
+/// Whether a form was sent from this server's own pages: browsers name
+/// the page's origin on every POST; one naming another host is refused,
+/// so another site can neither sign a browser in (to an account of its
+/// choosing) nor out. A client that sends no `Origin` is not a browser
+/// posting across sites.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    origin_host.is_some() && origin_host == host
 }
 
 /// Sends the browser to the sign-in page, to come back to `back`.
@@ -106,8 +120,20 @@ pub struct SignIn {
 }
 
 /// Checks the pasted token and starts a session for its user.
-pub async fn sign_in(State(state): State<AppState>, Form(form_data): Form<SignIn>) -> Response {
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form_data): Form<SignIn>,
+) -> Response {
     let next = safe_next(form_data.next.as_deref()).to_string();
+    if !same_origin(&headers) {
+        return form(
+            StatusCode::FORBIDDEN,
+            &next,
+            None,
+            Some("Sign-in refused: the form was sent from another site."),
+        );
+    }
     // A pasted credential file holds the secret on its first line.
     let secret = form_data
         .token
@@ -177,6 +203,13 @@ pub async fn sign_in(State(state): State<AppState>, Form(form_data): Form<SignIn
 
 /// Ends the session: its token is revoked, the cookie cleared.
 pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "sign-out refused: the form was sent from another site\n",
+        )
+            .into_response();
+    }
     if let Some(secret) = cookie(&headers)
         && let Ok(token) = iam::valid_token(&state, Some(&format!("Bearer {secret}"))).await
         && token.description == DESCRIPTION
@@ -219,6 +252,19 @@ mod tests {
             assert_eq!(safe_next(Some(elsewhere)), "/ui/", "{elsewhere}");
         }
         assert_eq!(safe_next(None), "/ui/");
+    }
+
+    #[test]
+    fn forms_from_other_sites_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, "127.0.0.1:7070".parse().unwrap());
+        assert!(same_origin(&headers), "no Origin: not a cross-site form");
+        headers.insert(ORIGIN, "http://127.0.0.1:7070".parse().unwrap());
+        assert!(same_origin(&headers));
+        for other in ["http://evil.example", "http://127.0.0.1:7071", "null"] {
+            headers.insert(ORIGIN, other.parse().unwrap());
+            assert!(!same_origin(&headers), "{other}");
+        }
     }
 
     #[test]
