@@ -4,7 +4,8 @@
 //! port, SQLite) seeded with 1,000 services: three clusters whose edges
 //! report one sidecar per service, ten workspaces, and 2,000 service
 //! pairs of traffic in the window. Then, in interleaved rounds, each page
-//! is fetched over HTTP (server time and size) and opened in a real
+//! is fetched over HTTP (server time, size, and size gzipped as browsers
+//! get it) and opened in a real
 //! Chromium (first contentful paint, from the browser's own timing).
 //! Last, the bytes of the assets embedded in the binary.
 //!
@@ -198,6 +199,7 @@ async fn main() {
     let mut server_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut paint_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut bytes: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut gzip_bytes: BTreeMap<&str, usize> = BTreeMap::new();
     for round in 0..rounds {
         for page in PAGES {
             let started = Instant::now();
@@ -215,6 +217,17 @@ async fn main() {
                 .or_default()
                 .push(started.elapsed().as_secs_f64() * 1000.0);
             bytes.insert(page, body.len());
+            let gzipped = http
+                .get(format!("{base}{page}"))
+                .header("cookie", &cookie)
+                .header("accept-encoding", "gzip")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            gzip_bytes.insert(page, gzipped.len());
             browser.goto(&format!("{base}{page}")).await;
             if let Some(ms) = browser.first_paint_ms().await {
                 paint_ms.entry(page).or_default().push(ms);
@@ -226,16 +239,17 @@ async fn main() {
         "web UI at {services} services, 2 calls each, 3 clusters, {WORKSPACES} workspaces; medians of {rounds} rounds"
     );
     println!(
-        "{:<16} {:>14} {:>18} {:>12}",
-        "page", "server (ms)", "first paint (ms)", "HTML (KiB)"
+        "{:<16} {:>14} {:>18} {:>12} {:>12}",
+        "page", "server (ms)", "first paint (ms)", "HTML (KiB)", "gzip (KiB)"
     );
     for page in PAGES {
         println!(
-            "{:<16} {:>14.1} {:>18.1} {:>12.1}",
+            "{:<16} {:>14.1} {:>18.1} {:>12.1} {:>12.1}",
             page,
             median(server_ms[page].clone()),
             median(paint_ms.get(page).cloned().unwrap_or_default()),
-            bytes[page] as f64 / 1024.0
+            bytes[page] as f64 / 1024.0,
+            gzip_bytes[page] as f64 / 1024.0
         );
     }
     println!(

@@ -37,6 +37,7 @@ use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::Markup;
+use tower_http::compression::CompressionLayer;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -68,6 +69,9 @@ pub fn router() -> Router<AppState> {
         .route("/ui/assets/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(not_found))
         .layer(from_fn(security_headers))
+        // A topology of a thousand services is a megabyte of SVG, redrawn
+        // while it is open; gzip makes it a tenth of that.
+        .layer(CompressionLayer::new())
 }
 
 async fn not_found(caller: UiCaller, uri: Uri) -> UiError {
