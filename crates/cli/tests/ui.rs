@@ -246,6 +246,16 @@ async fn the_web_ui_shows_the_live_mesh_to_whoever_may_read_it() {
     assert_eq!(changed(&mut browser, "ins").await, ["+   timeout: 7s"]);
     check_page(&mut browser, &shots, "audit-entry").await;
 
+    // A bad URL gets a page saying what is wrong with it.
+    let (_, text) = browser.goto(&format!("{base}/ui/topology?since=2d")).await;
+    assert!(
+        text.contains("since: \"2d\" is not one of 1m, 5m, 15m, 1h"),
+        "{text}"
+    );
+    let (_, text) = browser.goto(&format!("{base}/ui/audit?colour=red")).await;
+    assert!(text.contains("unknown field `colour`"), "{text}");
+    let _ = browser.problems().await; // the 400s themselves
+
     // Search finds what the admin may read.
     browser.goto(&format!("{base}/ui/search?q=reviews")).await;
     assert!(!browser.texts("#service-hits li").await.is_empty());

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use maud::html;
 use serde::Deserialize;
 use weft_api::Verb;
@@ -12,7 +12,7 @@ use weft_store::AuditFilter;
 
 use super::diff;
 use super::layout::{self, Section, badge};
-use super::{Page, UiCaller, UiError};
+use super::{Page, UiCaller, UiError, UiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::iam::Caller;
@@ -61,7 +61,7 @@ fn may_verify(caller: &Caller) -> bool {
 pub async fn list(
     State(state): State<AppState>,
     UiCaller(caller): UiCaller,
-    Query(query): Query<AuditQuery>,
+    UiQuery(query): UiQuery<AuditQuery>,
 ) -> Page {
     let fail = |e: ApiError| UiError::of(&caller, e);
     let filter = AuditFilter {

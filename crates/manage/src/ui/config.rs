@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use maud::{Markup, html};
 use serde::Deserialize;
 use weft_api::Verb;
@@ -16,7 +16,7 @@ use super::diff;
 use super::estate::Estate;
 use super::layout::{self, Section};
 use super::services::Settings;
-use super::{Page, UiCaller, UiError};
+use super::{Page, UiCaller, UiError, UiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -130,7 +130,7 @@ pub async fn resource(
     State(state): State<AppState>,
     UiCaller(caller): UiCaller,
     Path(path): Path<String>,
-    Query(query): Query<ResourceQuery>,
+    UiQuery(query): UiQuery<ResourceQuery>,
 ) -> Page {
     let fail = |e: ApiError| UiError::of(&caller, e);
     let path = path.trim_matches('/').to_string();

@@ -144,6 +144,25 @@ impl FromRequestParts<AppState> for UiCaller {
     }
 }
 
+/// A page's query string; one that does not parse is answered with a
+/// page naming the problem, like every other UI error (not axum's plain
+/// text).
+pub struct UiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for UiQuery<T> {
+    type Rejection = UiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<UiQuery<T>, UiError> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(query)| UiQuery(query))
+            .map_err(|e| UiError {
+                caller: None,
+                error: ApiError::bad_request(e.body_text())
+                    .with_hint("the page's links and forms make valid ones"),
+            })
+    }
+}
+
 /// A page that could not be shown: the API's error, as HTML.
 pub struct UiError {
     caller: Option<Caller>,

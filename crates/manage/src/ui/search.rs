@@ -1,7 +1,7 @@
 //! Search across what the user may read: services, resources by name or
 //! path, clusters.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use maud::html;
 use serde::Deserialize;
 use weft_api::Verb;
@@ -9,7 +9,7 @@ use weft_api::kinds::KINDS;
 
 use super::estate::Estate;
 use super::layout;
-use super::{Page, UiCaller, UiError};
+use super::{Page, UiCaller, UiError, UiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -24,7 +24,7 @@ pub struct SearchQuery {
 pub async fn page(
     State(state): State<AppState>,
     UiCaller(caller): UiCaller,
-    Query(query): Query<SearchQuery>,
+    UiQuery(query): UiQuery<SearchQuery>,
 ) -> Page {
     let fail = |e: ApiError| UiError::of(&caller, e);
     let needle = query.q.as_deref().unwrap_or("").trim().to_lowercase();

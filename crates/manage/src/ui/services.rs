@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,7 +15,7 @@ use weft_api::traffic_stats::{ServiceAt, Totals, TrafficRow};
 
 use super::estate::{Estate, Service};
 use super::layout::{self, Section, badge, health, latency, percent, rate};
-use super::{Page, UiCaller, UiError};
+use super::{Page, UiCaller, UiError, UiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::iam::Caller;
@@ -245,7 +245,7 @@ fn row(totals: Option<&Totals>, seconds: f64) -> TrafficRow {
 pub async fn list(
     State(state): State<AppState>,
     UiCaller(caller): UiCaller,
-    Query(query): Query<ListQuery>,
+    UiQuery(query): UiQuery<ListQuery>,
 ) -> Page {
     let fail = |e: ApiError| UiError::of(&caller, e);
     let mut estate = Estate::load(&state, &caller).await.map_err(fail)?;

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use axum::Form;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::{COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use maud::html;
 use serde::Deserialize;
 use weft_store::TokenRecord;
 
+use super::UiQuery;
 use super::layout;
 use crate::AppState;
 use crate::iam::{self, hash_secret, new_secret, new_token_id};
@@ -80,7 +81,7 @@ pub struct SignInQuery {
     message: Option<String>,
 }
 
-pub async fn sign_in_page(Query(query): Query<SignInQuery>) -> Response {
+pub async fn sign_in_page(UiQuery(query): UiQuery<SignInQuery>) -> Response {
     form(
         StatusCode::OK,
         safe_next(query.next.as_deref()),

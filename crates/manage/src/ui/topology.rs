@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use weft_api::traffic_stats::{ServiceAt, Totals, TrafficRow};
 
 use super::estate::{Estate, service_url};
 use super::layout::{self, Section, health, latency, percent, rate};
-use super::{Page, UiCaller, UiError};
+use super::{Page, UiCaller, UiError, UiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -244,7 +244,7 @@ fn window(since: Option<&str>) -> Result<(&'static str, Duration), ApiError> {
 pub async fn page(
     State(state): State<AppState>,
     UiCaller(caller): UiCaller,
-    Query(query): Query<TopologyQuery>,
+    UiQuery(query): UiQuery<TopologyQuery>,
 ) -> Page {
     let fail = |e: ApiError| UiError::of(&caller, e);
     let (since_name, since) = window(query.since.as_deref()).map_err(fail)?;
