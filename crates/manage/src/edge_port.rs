@@ -133,6 +133,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), CaError
             get(directory::follow).put(directory::publish),
         )
         .route("/v1/edge/ca", post(ca::sign_intermediate))
+        .layer(axum::middleware::from_fn(crate::error::errors_as_json))
         .layer(axum::middleware::from_fn(speaks_the_edge_protocol))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

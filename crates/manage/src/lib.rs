@@ -120,8 +120,10 @@ pub fn router(state: AppState) -> Router {
             get(resources::read)
                 .put(resources::replace)
                 .post(resources::create)
-                .delete(resources::remove),
+                .delete(resources::remove)
+                .fallback(resources::other_method),
         )
+        .layer(axum::middleware::from_fn(error::errors_as_json))
         .merge(ui::router())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is under /v1 (see /v1/openapi.json)")

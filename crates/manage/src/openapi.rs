@@ -8,6 +8,8 @@ use serde_json::{Map, Value, json};
 use weft_api::kinds::{KINDS, Kind, TOP_LEVEL};
 use weft_api::validate::document_schema;
 
+use crate::request::MAX_BODY_BYTES;
+
 /// URL prefixes of every place a kind can sit, with their path parameters.
 fn places(kind: &Kind) -> Vec<(String, Vec<&'static str>)> {
     let mut out = Vec::new();
@@ -31,18 +33,57 @@ fn places(kind: &Kind) -> Vec<(String, Vec<&'static str>)> {
     out
 }
 
+/// A resource name in a URL: a DNS label (some kinds refuse a few more).
+fn name_schema() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"})
+}
+
 fn parameters(names: &[&str]) -> Value {
     Value::Array(
         names
             .iter()
-            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": name_schema()}))
             .collect(),
     )
 }
 
-fn error_responses() -> Value {
+/// An id in a URL (a token's, a root's): looked up, 404 when unknown.
+fn id_parameter() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}])
+}
+
+/// Statuses every authenticated operation can answer: a query or URL
+/// that does not parse, no valid token, a missing permission, a failure.
+const ALWAYS: [u16; 4] = [400, 401, 403, 500];
+/// What a request body adds: too large, not JSON, not valid, in
+/// conflict with what is stored.
+const WITH_BODY: [u16; 4] = [409, 413, 415, 422];
+
+/// The error responses for `statuses` (besides [`ALWAYS`]).
+fn errors(statuses: &[u16]) -> Value {
     let error = json!({"description": "see the error body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    json!({"400": error, "401": error, "403": error, "404": error, "409": error, "413": error, "422": error})
+    let mut out = Map::new();
+    for status in ALWAYS.iter().chain(statuses) {
+        out.insert(status.to_string(), error.clone());
+    }
+    Value::Object(out)
+}
+
+fn error_responses() -> Value {
+    let mut statuses = vec![404];
+    statuses.extend(WITH_BODY);
+    errors(&statuses)
+}
+
+fn json_body(schema: Value) -> Value {
+    json!({"required": true, "description": format!("JSON, at most {MAX_BODY_BYTES} bytes"),
+           "content": {"application/json": {"schema": schema}}})
+}
+
+/// `responses` with the error responses of [`ALWAYS`] and `statuses`.
+fn with_errors(mut responses: Value, statuses: &[u16]) -> Value {
+    merge(&mut responses, errors(statuses));
+    responses
 }
 
 fn merge(into: &mut Value, more: Value) {
@@ -63,7 +104,7 @@ fn build() -> Value {
             document_schema(kind, &mut generator).to_value(),
         );
         let one = json!({"$ref": format!("#/components/schemas/{}", kind.name)});
-        let body = json!({"required": true, "content": {"application/json": {"schema": one}}});
+        let body = json_body(one.clone());
         let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": one}}});
         for (prefix, params) in places(kind) {
             let collection = format!("/v1{prefix}/{}", kind.plural);
@@ -71,15 +112,15 @@ fn build() -> Value {
             item_params.push("name");
             let mut list = json!({"200": {"description": format!("the {} the caller may read", kind.plural),
                 "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": one}}}}}}});
-            merge(&mut list, error_responses());
+            merge(&mut list, errors(&[404]));
             let mut created = json!({"201": ok("created")});
             merge(&mut created, error_responses());
             let mut read = json!({"200": ok("the resource")});
-            merge(&mut read, error_responses());
+            merge(&mut read, errors(&[404]));
             let mut put = json!({"200": ok("updated or unchanged"), "201": ok("created")});
             merge(&mut put, error_responses());
             let mut deleted = json!({"200": {"description": "deleted"}});
-            merge(&mut deleted, error_responses());
+            merge(&mut deleted, errors(&[404, 409]));
             paths.insert(collection.clone(), json!({
                 "parameters": parameters(&params),
                 "get": {"summary": format!("List {}", kind.plural), "tags": [kind.name], "responses": list},
@@ -91,7 +132,8 @@ fn build() -> Value {
                 "put": {"summary": format!("Create or update a {}; send metadata.resourceVersion to fail with 409 if it changed since", kind.name),
                         "tags": [kind.name], "requestBody": body, "responses": put},
                 "delete": {"summary": format!("Delete a {}; refused with 409 while other resources name it", kind.name), "tags": [kind.name],
-                           "parameters": [{"name": "resourceVersion", "in": "query", "schema": {"type": "integer"}}],
+                           "parameters": [{"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "format": "int64"},
+                                           "description": "delete only while the resource is at this version (else 409)"}],
                            "responses": deleted},
             }));
         }
@@ -100,16 +142,17 @@ fn build() -> Value {
     schemas.insert("Error".into(), json!({
         "type": "object", "required": ["code", "message"],
         "properties": {
-            "code": {"type": "string", "enum": ["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "too_large", "internal"]},
+            "code": {"type": "string", "enum": ["invalid", "unauthenticated", "forbidden", "not_found", "method_not_allowed",
+                "conflict", "gone", "too_large", "unsupported_media_type", "stopping", "internal"]},
             "message": {"type": "string"},
             "hint": {"type": "string"},
             "details": {"type": "array", "items": {"type": "object", "properties": {
                 "document": {"type": "integer"}, "path": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}}}
         }
     }));
-    let bulk = json!({"required": true, "content": {"application/json": {"schema": {
+    let bulk = json_body(json!({
         "type": "object", "required": ["resources"], "additionalProperties": false,
-        "properties": {"resources": {"type": "array", "items": {"type": "object"}}, "dryRun": {"type": "boolean"}}}}}});
+        "properties": {"resources": {"type": "array", "items": {"type": "object"}}, "dryRun": {"type": "boolean"}}}));
     let mut bulk_ok = json!({"200": {"description": "what each document did (created, updated, unchanged, deleted) with the resource before and after"}});
     merge(&mut bulk_ok, error_responses());
     paths.insert("/v1/apply".into(), json!({"post": {"summary": "Create or update every document, atomically", "requestBody": bulk, "responses": bulk_ok}}));
@@ -122,24 +165,43 @@ fn build() -> Value {
             {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
             {"name": "path", "in": "query", "schema": {"type": "string"}},
             {"name": "user", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}}],
-        "responses": {"200": {"description": "entries"}}}}),
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0},
+             "description": "the newest this many (default 100; above 1000 taken as 1000)"}],
+        "responses": with_errors(json!({"200": {"description": "entries"}}), &[])}}),
     );
-    paths.insert("/v1/audit/verify".into(), json!({"get": {"summary": "Recompute the audit log's hash chain", "responses": {"200": {"description": "the chain report"}}}}));
+    paths.insert(
+        "/v1/audit/verify".into(),
+        json!({"get": {"summary": "Recompute the audit log's hash chain",
+        "responses": with_errors(json!({"200": {"description": "the chain report"}}), &[])}}),
+    );
+    let new_token = json!({"type": "object", "additionalProperties": false, "properties": {
+        "user": {"type": "string"}, "cluster": {"type": "string"}, "namespace": {"type": "string"},
+        "serviceAccount": {"type": "string"}, "gateway": {"type": "string"},
+        "description": {"type": "string", "maxLength": 256}, "ttlSeconds": {"type": "integer", "minimum": 1}}});
     paths.insert("/v1/tokens".into(), json!({
-        "get": {"summary": "List a user's tokens (no secrets)", "parameters": [{"name": "user", "in": "query", "schema": {"type": "string"}}], "responses": {"200": {"description": "tokens"}}},
-        "post": {"summary": "Create a token; the secret is in the answer only", "responses": {"201": {"description": "the token and its secret"}}}}));
+        "get": {"summary": "List a user's tokens, or a cluster's credentials (no secrets)",
+                "parameters": [{"name": "user", "in": "query", "schema": {"type": "string"}},
+                               {"name": "cluster", "in": "query", "schema": {"type": "string"}}],
+                "responses": with_errors(json!({"200": {"description": "tokens"}}), &[404])},
+        "post": {"summary": "Create a token; the secret is in the answer only", "requestBody": json_body(new_token),
+                 "responses": with_errors(json!({"201": {"description": "the token and its secret"}}), &[404, 409, 413, 415, 422])}}));
     paths.insert(
         "/v1/tokens/{id}".into(),
-        json!({"parameters": parameters(&["id"]),
-        "delete": {"summary": "Revoke a token", "responses": {"200": {"description": "revoked"}}}}),
+        json!({"parameters": id_parameter(),
+        "delete": {"summary": "Revoke a token (409 if it already was)",
+                   "responses": with_errors(json!({"200": {"description": "revoked"}}), &[404, 409])}}),
     );
     paths.insert("/v1/watch".into(), json!({"get": {"summary": "Stream changes the caller may read, one JSON object a line (put, delete, heartbeat, error); 410 if `since` is older than the store keeps",
         "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}, "description": "a revision, e.g. a list's `revision`; default: now"}],
-        "responses": {"200": {"description": "application/x-ndjson"}, "410": {"description": "list again and watch from the list's revision"}}}}));
+        "responses": with_errors(json!({"200": {"description": "application/x-ndjson"}}), &[410, 503])}}));
+    let new_root = json!({"type": "object", "additionalProperties": false, "properties": {
+        "certificate": {"type": "string", "description": "PEM"}, "key": {"type": "string", "description": "PEM"}}});
     paths.insert("/v1/ca/roots".into(), json!({
-        "get": {"summary": "The organization's root CAs and their state (signing, trusted, retired)", "responses": {"200": {"description": "roots"}}},
-        "post": {"summary": "Add a root, trusted but not signing: made by the server, or imported ({certificate, key} PEM)", "responses": {"201": {"description": "the root"}}}}));
+        "get": {"summary": "The organization's root CAs and their state (signing, trusted, retired)",
+                "responses": with_errors(json!({"200": {"description": "roots"}}), &[])},
+        "post": {"summary": "Add a root, trusted but not signing: made by the server, or imported ({certificate, key} PEM)",
+                 "requestBody": json_body(new_root),
+                 "responses": with_errors(json!({"201": {"description": "the root"}}), &[404, 409, 413, 415, 422])}}));
     for (change, summary) in [
         (
             "activate",
@@ -152,8 +214,8 @@ fn build() -> Value {
     ] {
         paths.insert(
             format!("/v1/ca/roots/{{id}}/{change}"),
-            json!({"parameters": parameters(&["id"]),
-            "post": {"summary": summary, "responses": {"200": {"description": "the root"}}}}),
+            json!({"parameters": id_parameter(),
+            "post": {"summary": summary, "responses": with_errors(json!({"200": {"description": "the root"}}), &[404, 409])}}),
         );
     }
     let traffic_parameters = json!([
@@ -170,19 +232,31 @@ fn build() -> Value {
             "Requests per caller and callee over the window, as for services",
         ),
     ] {
-        let mut responses = json!({"200": {"description": "the rows and the seconds they cover"}});
-        merge(&mut responses, error_responses());
+        let responses = with_errors(
+            json!({"200": {"description": "the rows and the seconds they cover"}}),
+            &[],
+        );
         paths.insert(
             format!("/v1/traffic/{what}"),
             json!({"get": {"summary": summary, "parameters": traffic_parameters, "responses": responses}}),
         );
     }
     paths.insert("/v1/prometheus/targets".into(), json!({"get": {"summary": "Where Prometheus scrapes each edge (HTTP service discovery format), for the clusters the caller may read",
-        "responses": {"200": {"description": "target groups, each with a weft_cluster label"}}}}));
-    paths.insert("/v1/whoami".into(), json!({"get": {"summary": "The caller, their teams and grants", "responses": {"200": {"description": "the caller"}}}}));
+        "responses": with_errors(json!({"200": {"description": "target groups, each with a weft_cluster label"}}), &[])}}));
+    paths.insert(
+        "/v1/whoami".into(),
+        json!({"get": {"summary": "The caller, their teams and grants",
+        "responses": with_errors(json!({"200": {"description": "the caller"}}), &[])}}),
+    );
+    paths.insert(
+        "/v1/openapi.json".into(),
+        json!({"get": {"summary": "This document", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1"}}}}),
+    );
     json!({
         "openapi": "3.1.0",
-        "info": {"title": "weft management API", "version": env!("CARGO_PKG_VERSION")},
+        "info": {"title": "weft management API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": format!("Every error is JSON in the Error shape, those answered before an operation runs too (405 names the methods in `Allow`). Request bodies are JSON (`Content-Type: application/json`, or none), at most {MAX_BODY_BYTES} bytes.")},
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {

@@ -2,9 +2,10 @@
 //! resource URLs (`/v1/tenants/retail/workspaces/checkout`).
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
 use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
 use weft_api::Kind;
@@ -31,6 +32,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             )
             .with_hint("split the manifests into several applies")
         };
+        // A body that says it is something else is refused before it is
+        // read; one that says nothing is taken as JSON.
+        let media_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+        if let Some(media_type) = media_type {
+            let essence = media_type.split(';').next().unwrap_or_default().trim();
+            let json = essence.eq_ignore_ascii_case("application/json")
+                || essence.to_ascii_lowercase().ends_with("+json");
+            if !json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "Content-Type: {media_type:?} is not JSON; the API takes application/json"
+                    ),
+                )
+                .with_hint("send the body with 'Content-Type: application/json'"));
+            }
+        }
         // Refuse on the announced length before reading anything; bodies
         // without one are cut off at the limit while they are read.
         let announced = request
@@ -77,6 +99,71 @@ pub enum Target {
     },
     /// `…/plural/name`.
     Item { kind: &'static Kind, path: String },
+}
+
+/// The part of a URL after `/v1/`.
+fn rest_of(uri: &axum::http::Uri) -> &str {
+    uri.path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .trim_end_matches('/')
+}
+
+/// A URL naming one resource (`…/plural/name`); a collection's URL is
+/// refused with 405 before anything else is read.
+pub struct ItemUrl {
+    pub kind: &'static Kind,
+    pub path: String,
+}
+
+/// A URL naming a collection (`…/plural`); an item's URL is refused with
+/// 405 before anything else is read.
+pub struct CollectionUrl {
+    pub kind: &'static Kind,
+    pub parent: Option<String>,
+}
+
+/// What a collection's URL takes, and an item's.
+pub const COLLECTION_METHODS: &str = "GET,HEAD,POST";
+pub const ITEM_METHODS: &str = "GET,HEAD,PUT,DELETE";
+
+impl<S: Send + Sync> FromRequestParts<S> for ItemUrl {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ItemUrl, ApiError> {
+        match parse_target(rest_of(&parts.uri))? {
+            Target::Item { kind, path } => Ok(ItemUrl { kind, path }),
+            Target::Collection { .. } => Err(ApiError::method_not_allowed(
+                parts.method.as_str(),
+                COLLECTION_METHODS,
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CollectionUrl {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<CollectionUrl, ApiError> {
+        match parse_target(rest_of(&parts.uri))? {
+            Target::Collection { kind, parent } => Ok(CollectionUrl { kind, parent }),
+            Target::Item { .. } => Err(ApiError::method_not_allowed(
+                parts.method.as_str(),
+                ITEM_METHODS,
+            )),
+        }
+    }
+}
+
+/// A resource URL of either shape.
+pub struct ResourceUrl(pub Target);
+
+impl<S: Send + Sync> FromRequestParts<S> for ResourceUrl {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ResourceUrl, ApiError> {
+        parse_target(rest_of(&parts.uri)).map(ResourceUrl)
+    }
 }
 
 /// Parses the part of a URL after `/v1/`. Each segment is percent-decoded

@@ -7,7 +7,7 @@
 //! whole change set to the store, which applies it in one transaction.
 
 use axum::Json;
-use axum::extract::{OriginalUri, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,7 +17,7 @@ use weft_store::{Applied, Change, Expect, Outcome, Reason, StoreError};
 use crate::AppState;
 use crate::error::{ApiError, Detail};
 use crate::iam::{Caller, record_denial};
-use crate::request::{JsonBody, Target, parse_target};
+use crate::request::{CollectionUrl, ItemUrl, JsonBody, ResourceUrl, Target};
 
 /// `POST /v1/apply` and `POST /v1/delete`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,20 +59,13 @@ enum Mode {
     Delete,
 }
 
-fn rest_of(uri: &axum::http::Uri) -> &str {
-    uri.path()
-        .strip_prefix("/v1/")
-        .unwrap_or_default()
-        .trim_end_matches('/')
-}
-
 /// `GET`: one resource, or a collection filtered to what the caller may read.
 pub async fn read(
     State(state): State<AppState>,
+    ResourceUrl(target): ResourceUrl,
     caller: Caller,
-    OriginalUri(uri): OriginalUri,
 ) -> Result<Json<Value>, ApiError> {
-    match parse_target(rest_of(&uri))? {
+    match target {
         Target::Item { kind, path } => {
             caller
                 .require(&state.store, Verb::Read, kind.name, &path)
@@ -132,20 +125,25 @@ async fn with_edge_status(
     Ok(())
 }
 
+/// Any other method on a resource URL: 405, with what that URL takes.
+pub async fn other_method(
+    method: axum::http::Method,
+    ResourceUrl(target): ResourceUrl,
+) -> ApiError {
+    let allow = match target {
+        Target::Collection { .. } => crate::request::COLLECTION_METHODS,
+        Target::Item { .. } => crate::request::ITEM_METHODS,
+    };
+    ApiError::method_not_allowed(method.as_str(), allow)
+}
+
 /// `PUT` on an item: create or update it; the document must name it.
 pub async fn replace(
     State(state): State<AppState>,
+    ItemUrl { path, .. }: ItemUrl,
     caller: Caller,
-    OriginalUri(uri): OriginalUri,
     JsonBody(doc): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Target::Item { path, .. } = parse_target(rest_of(&uri))? else {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid",
-            "PUT a single resource, or POST to a collection",
-        ));
-    };
     single(
         write(
             &state,
@@ -162,17 +160,10 @@ pub async fn replace(
 /// `POST` on a collection: create a resource in it.
 pub async fn create(
     State(state): State<AppState>,
+    CollectionUrl { kind, parent }: CollectionUrl,
     caller: Caller,
-    OriginalUri(uri): OriginalUri,
     JsonBody(doc): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Target::Collection { kind, parent } = parse_target(rest_of(&uri))? else {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid",
-            "POST to a collection, or PUT a single resource",
-        ));
-    };
     let collection = match parent.filter(|p| !p.is_empty()) {
         Some(parent) => format!("{parent}/{}", kind.plural),
         None => kind.plural.to_string(),
@@ -184,17 +175,10 @@ pub async fn create(
 /// `DELETE` on an item, optionally only at `?resourceVersion=N`.
 pub async fn remove(
     State(state): State<AppState>,
+    ItemUrl { kind, path }: ItemUrl,
     caller: Caller,
-    OriginalUri(uri): OriginalUri,
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Target::Item { kind, path } = parse_target(rest_of(&uri))? else {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid",
-            "DELETE a single resource",
-        ));
-    };
     caller
         .require(&state.store, Verb::Delete, kind.name, &path)
         .await?;
