@@ -39,6 +39,17 @@ pub struct TranslateArgs {
     /// This cluster's zone
     #[arg(long, default_value = "")]
     pub zone: String,
+    /// `readable`: weft's proxy model, as YAML; `envoy`: per proxy, the
+    /// exact xDS resources the edge would send, as JSON in the shape of
+    /// Envoy's config dump
+    #[arg(long, value_enum, default_value_t = Format::Readable)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Readable,
+    Envoy,
 }
 
 pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
@@ -86,12 +97,25 @@ pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
         }
         translation.proxies.retain(|n, _| n == node);
     }
+    let mut dumps = serde_json::Map::new();
     for (node, proxy) in &translation.proxies {
-        if let Err(e) = proxy.to_snapshot() {
-            return Err(CliError::new(Exit::Failed, format!("proxy {node}: {e}")));
+        let snapshot = proxy
+            .to_snapshot()
+            .map_err(|e| CliError::new(Exit::Failed, format!("proxy {node}: {e}")))?;
+        if args.format == Format::Envoy {
+            let dump = weft_xds::json::config_dump(&snapshot)
+                .map_err(|e| CliError::new(Exit::Failed, format!("proxy {node}: {e}")))?;
+            dumps.insert(node.clone(), dump);
         }
     }
-    print!("{}", output::yaml(&translation));
+    match args.format {
+        Format::Readable => print!("{}", output::yaml(&translation)),
+        Format::Envoy => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"proxies": dumps}))
+                .expect("JSON serializes")
+        ),
+    }
     for e in &translation.errors {
         eprintln!("error: {} {}: {}", e.path, e.field, e.message);
     }

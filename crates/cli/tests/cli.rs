@@ -1009,3 +1009,60 @@ fn daemons_read_settings_from_a_file_under_environment_and_flags() {
         );
     }
 }
+
+#[test]
+fn translate_prints_the_envoy_resources_each_proxy_would_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = write(
+        dir.path(),
+        "workloads.yaml",
+        "- {node: checkout-1, service: checkout, namespace: checkout, serviceAccount: checkout, address: 10.0.0.5, port: 15006, appPort: 8080, outboundPort: 15001}\n",
+    );
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+    let translate = |format: &str| {
+        run(std::process::Command::new(support::WEFT).args([
+            "x",
+            "translate",
+            "-f",
+            examples,
+            "--registry",
+            &registry,
+            "--cluster",
+            "us-east",
+            "--format",
+            format,
+        ]))
+    };
+    let envoy = translate("envoy");
+    assert_eq!(envoy.code, 0, "{envoy:?}");
+    let dump: serde_json::Value = serde_json::from_str(&envoy.stdout).unwrap();
+    let configs = dump["proxies"]["checkout-1"]["configs"].as_array().unwrap();
+    let of = |kind: &str| {
+        configs
+            .iter()
+            .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{kind}"))
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let listeners = of("ListenersConfigDump")["dynamic_listeners"]
+        .as_array()
+        .unwrap();
+    assert!(
+        listeners
+            .iter()
+            .any(|l| l["active_state"]["listener"]["@type"]
+                == "type.googleapis.com/envoy.config.listener.v3.Listener"),
+        "{listeners:?}"
+    );
+    assert!(
+        !of("ClustersConfigDump")["dynamic_active_clusters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The readable form is still the default's.
+    let readable = translate("readable");
+    assert_eq!(readable.code, 0, "{readable:?}");
+    assert!(readable.stdout.contains("checkout-1"), "{readable:?}");
+    let refused = translate("xml");
+    assert_eq!(refused.code, 2, "{refused:?}");
+}

@@ -31,7 +31,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext,
     SubjectAltNameMatcher, UpstreamTlsContext,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::SystemRootCerts;
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSourceSpecifier;
 
 use super::convert::{ads, duration, load_assignment, string_matcher, uint};
 use super::{Cluster, ExternalHost, FixedHost, LbPolicy, SocketAddr};
@@ -179,6 +180,14 @@ impl Cluster {
     }
 }
 
+/// The host's public CAs, where Debian, Ubuntu and Alpine keep them (the
+/// `ca-certificates` package), for TLS to hosts outside the mesh. Not
+/// `system_root_certs`: Envoy 1.40 on Linux does not count it as a trusted
+/// CA and refuses a cluster that checks the peer's name against it ("SAN-
+/// based verification of peer certificates without trusted CA"), so the
+/// proxy would NACK every JWKS or egress cluster over TLS.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 impl ExternalHost {
     pub(super) fn upstream_tls(&self) -> TransportSocket {
         TransportSocket {
@@ -189,7 +198,12 @@ impl ExternalHost {
                     common_tls_context: Some(CommonTlsContext {
                         validation_context_type: Some(ValidationContextType::ValidationContext(
                             CertificateValidationContext {
-                                system_root_certs: Some(SystemRootCerts {}),
+                                trusted_ca: Some(DataSource {
+                                    specifier: Some(DataSourceSpecifier::Filename(
+                                        SYSTEM_CA_BUNDLE.into(),
+                                    )),
+                                    ..Default::default()
+                                }),
                                 match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
                                     san_type: SanType::Dns as i32,
                                     matcher: Some(string_matcher(MatchPattern::Exact(
