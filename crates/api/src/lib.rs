@@ -12,6 +12,8 @@
 //! problem is collected with its field path) → [`Validated`] (the resource,
 //! its hierarchical path and the paths it references) → the store.
 
+pub mod analysis;
+pub mod conflicts;
 pub mod edge;
 pub mod gateway;
 pub mod iam;

@@ -6,6 +6,7 @@
 
 mod addons;
 mod admin;
+mod analyze;
 mod backup;
 mod chaos;
 mod client;
@@ -227,6 +228,26 @@ A resource that others still name (children, bindings, team members) is not dele
         /// With -f: check, but delete nothing
         #[arg(long, requires = "files")]
         dry_run: bool,
+    },
+
+    /// Conflicts and warnings in the stored configuration, or in
+    /// manifests offline (exit 4 when there is a conflict)
+    #[command(after_help = "\
+Examples:
+  weft analyze                    # the server's configuration you may read
+  weft analyze -f config/         # manifests, offline: no server needed
+  weft analyze -o json
+Conflicts (two routes for a service, two settings of a level setting one
+part, claims where nobody is authenticated, a hostname served twice) are
+refused at apply; warnings are accepted but likely not meant: settings a
+more specific one shadows, workspaces where no call is allowed,
+SecuritySettings that allow nothing, selectors naming no cluster.")]
+    Analyze {
+        /// Manifest files or directories; - for stdin (offline)
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 
     /// Show what `apply` would change, as a diff (exit 1 when something differs)
@@ -754,6 +775,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             resources::delete_one(&client()?, &kind, &name, &place)
                 .await
                 .and(ok)
+        }
+        Command::Analyze { files, format } => {
+            let client = if files.is_empty() {
+                Some(client()?)
+            } else {
+                None
+            };
+            analyze::run(client.as_ref(), &files, format).await.and(ok)
         }
         Command::Diff { files } => differs(resources::diff(&client()?, &files).await?),
         Command::Audit {

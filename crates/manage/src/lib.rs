@@ -7,9 +7,11 @@
 //! to the store as one atomic change set, which also appends the audit
 //! entries. Refused attempts are audited too.
 
+pub mod analyze;
 pub mod audit;
 pub mod bootstrap;
 pub mod ca;
+pub mod conflicts;
 pub mod directory;
 pub mod edge_port;
 pub mod edges;
@@ -104,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/apply", post(resources::apply))
         .route("/v1/delete", post(resources::delete_documents))
+        .route("/v1/analyze", get(analyze::report))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))

@@ -185,14 +185,9 @@ pub async fn remove(
     let expect = query
         .resource_version
         .map_or(Expect::Present, Expect::Version);
-    let applied = store_apply(
-        &state,
-        &caller,
-        &[Change::Delete { path, expect }],
-        &[None],
-        false,
-    )
-    .await?;
+    let changes = [Change::Delete { path, expect }];
+    crate::conflicts::check(&state, &caller, &changes, &[0]).await?;
+    let applied = store_apply(&state, &caller, &changes, &[None], false).await?;
     Ok(Json(serde_json::to_value(&applied[0]).expect("serializes")))
 }
 
@@ -329,6 +324,7 @@ async fn write(
     }
 
     let mut changes = Vec::with_capacity(valid.len());
+    let mut documents = Vec::with_capacity(valid.len());
     let mut lacking = Vec::with_capacity(valid.len());
     let mut denied = Vec::new();
     for (i, v) in valid {
@@ -376,6 +372,7 @@ async fn write(
             }
             _ => None,
         });
+        documents.push(i);
         changes.push(if mode == Mode::Delete {
             Change::Delete {
                 path: v.path,
@@ -414,6 +411,7 @@ async fn write(
         }
         return Err(error.with_details(details));
     }
+    crate::conflicts::check(state, caller, &changes, &documents).await?;
     store_apply(state, caller, &changes, &lacking, dry_run).await
 }
 

@@ -1,0 +1,251 @@
+//! What `weft analyze` reports about a configuration: the conflicts the
+//! server refuses at apply ([`crate::conflicts`]; stored ones predate
+//! that, or came in through another way), and warnings about what is
+//! accepted but likely not meant: settings shadowed by more specific
+//! ones, workspaces where no call is allowed, SecuritySettings that
+//! allow nothing, selector entries that name no cluster.
+
+use serde::{Deserialize, Serialize};
+
+use crate::conflicts::{Attached, Placed, Scopes, entries, find, overlap};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Refused at apply; the edge applies only one side.
+    Conflict,
+    /// Accepted, and probably not what was meant.
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub severity: Severity,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// The other side, for a conflict or a shadowing setting.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub other_path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub other_field: String,
+    pub message: String,
+}
+
+/// What `GET /v1/analyze` answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+const SETTINGS: [&str; 3] = ["TrafficSetting", "TelemetrySetting", "SecuritySetting"];
+
+/// Everything worth telling about `all`, conflicts first.
+pub fn analyze(all: &[Placed]) -> Vec<Finding> {
+    let mut out: Vec<Finding> = find(all)
+        .into_iter()
+        .map(|c| Finding {
+            severity: Severity::Conflict,
+            path: c.path,
+            field: c.field,
+            other_path: c.other_path,
+            other_field: c.other_field,
+            message: c.message,
+        })
+        .collect();
+    let scopes = Scopes::new(all);
+    let attached = |kind: &str| -> Vec<Attached> {
+        all.iter()
+            .filter(|p| p.resource.kind == kind)
+            .filter_map(|p| scopes.attach(p))
+            .collect()
+    };
+    for kind in SETTINGS {
+        shadowed(&attached(kind), &mut out);
+    }
+    let security = attached("SecuritySetting");
+    allows_nothing(&security, &mut out);
+    deny_all_workspaces(all, &security, &mut out);
+    unknown_clusters(all, &mut out);
+    out.sort_by(|a, b| (a.severity, &a.path, &a.field).cmp(&(b.severity, &b.path, &b.field)));
+    out
+}
+
+fn warning(path: &str, field: String, message: String) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        path: path.to_string(),
+        field,
+        other_path: String::new(),
+        other_field: String::new(),
+        message,
+    }
+}
+
+/// A part a setting sets that a more specific setting of the same kind
+/// sets again for some of its services.
+fn shadowed(settings: &[Attached], out: &mut Vec<Finding>) {
+    for general in settings {
+        let Some(parts) = general.spec().as_object() else {
+            continue;
+        };
+        for (part, _) in parts
+            .iter()
+            .filter(|(p, v)| *p != "service" && !v.is_null())
+        {
+            let specific = settings.iter().find(|s| {
+                s.workspace == general.workspace
+                    && s.level > general.level
+                    && general.service.is_none_or(|svc| s.service == Some(svc))
+                    && s.spec().get(part).is_some_and(|v| !v.is_null())
+                    && overlap(&s.coverage(), &general.coverage())
+            });
+            if let Some(specific) = specific {
+                let mut finding = warning(
+                    general.placed.path,
+                    format!("spec.{part}"),
+                    format!(
+                        "shadowed at the {} level: a more specific setting sets {part} for some of the services this one covers",
+                        specific.level.name()
+                    ),
+                );
+                finding.other_path = specific.placed.path.to_string();
+                finding.other_field = format!("spec.{part}");
+                out.push(finding);
+            }
+        }
+    }
+}
+
+fn allows_nothing(security: &[Attached], out: &mut Vec<Finding>) {
+    for setting in security {
+        let authorization = &setting.spec()["authorization"];
+        let count = |list: &str| authorization[list].as_array().map_or(0, Vec::len);
+        if authorization.is_object() && count("allow") == 0 && count("deny") > 0 {
+            out.push(warning(
+                setting.placed.path,
+                "spec.authorization".into(),
+                "deny rules and no allow rule: where this setting decides, every call is refused"
+                    .into(),
+            ));
+        }
+    }
+}
+
+fn deny_all_workspaces(all: &[Placed], security: &[Attached], out: &mut Vec<Finding>) {
+    for workspace in all.iter().filter(|p| p.resource.kind == "Workspace") {
+        let allows = security.iter().any(|s| {
+            s.workspace == workspace.path
+                && s.spec()["authorization"]["allow"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+        });
+        if !allows {
+            out.push(warning(
+                workspace.path,
+                String::new(),
+                "no SecuritySetting in this workspace allows any call: every service it selects refuses every caller (deny-all)".into(),
+            ));
+        }
+    }
+}
+
+/// Selector entries naming a cluster that does not exist; only when the
+/// configuration names clusters at all (manifests may not).
+fn unknown_clusters(all: &[Placed], out: &mut Vec<Finding>) {
+    let clusters: Vec<&str> = all
+        .iter()
+        .filter(|p| p.resource.kind == "Cluster")
+        .map(|p| p.resource.metadata.name.as_str())
+        .collect();
+    if clusters.is_empty() {
+        return;
+    }
+    for placed in all
+        .iter()
+        .filter(|p| p.resource.kind == "Workspace" || p.resource.kind.ends_with("Group"))
+    {
+        for (i, (cluster, _)) in entries(&placed.resource.spec).iter().enumerate() {
+            if cluster != "*" && !clusters.contains(&cluster.as_str()) {
+                out.push(warning(
+                    placed.path,
+                    format!("spec.namespaceSelector[{i}]"),
+                    format!("no cluster {cluster:?} exists: this entry selects nothing"),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Resource;
+
+    #[test]
+    fn warnings_name_what_is_accepted_but_not_meant() {
+        let doc = |yaml: &str| -> Resource {
+            serde_norway::from_str(&format!("apiVersion: weft.dev/v1alpha1\n{yaml}")).unwrap()
+        };
+        let ws = "tenants/t/workspaces/w";
+        let docs = [
+            (
+                "clusters/east",
+                "",
+                doc("kind: Cluster\nmetadata: {name: east}\nspec: {region: r}"),
+            ),
+            (
+                ws,
+                "tenants/t",
+                doc(
+                    "kind: Workspace\nmetadata: {name: w}\nspec: {namespaceSelector: ['east/shop', 'west/shop']}",
+                ),
+            ),
+            (
+                "tenants/t/workspaces/w/securitysettings/deny",
+                ws,
+                doc(
+                    "kind: SecuritySetting\nmetadata: {name: deny}\nspec: {authorization: {deny: [{to: [{path: {prefix: /admin}}]}]}}",
+                ),
+            ),
+            (
+                "tenants/t/workspaces/w/trafficsettings/all",
+                ws,
+                doc("kind: TrafficSetting\nmetadata: {name: all}\nspec: {timeout: 5s}"),
+            ),
+            (
+                "tenants/t/workspaces/w/trafficsettings/cart",
+                ws,
+                doc(
+                    "kind: TrafficSetting\nmetadata: {name: cart}\nspec: {service: {name: cart, namespace: shop}, timeout: 9s}",
+                ),
+            ),
+        ];
+        let placed: Vec<Placed> = docs
+            .iter()
+            .map(|(path, parent, resource)| Placed {
+                path,
+                parent,
+                resource,
+            })
+            .collect();
+        let found: Vec<(String, String)> = analyze(&placed)
+            .into_iter()
+            .map(|f| (f.path, f.field))
+            .collect();
+        let expect = |path: &str, field: &str| (path.to_string(), field.to_string());
+        assert_eq!(
+            found,
+            [
+                expect(ws, ""),
+                expect(ws, "spec.namespaceSelector[1]"),
+                expect(
+                    "tenants/t/workspaces/w/securitysettings/deny",
+                    "spec.authorization"
+                ),
+                expect("tenants/t/workspaces/w/trafficsettings/all", "spec.timeout"),
+            ]
+        );
+    }
+}
