@@ -457,6 +457,32 @@ pub struct CertificateReport {
     pub overdue: bool,
 }
 
+/// What a proxy holds, as its edge knows it (`weft proxy-config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub node: String,
+    /// Whether it accepted every resource type the edge sent.
+    pub in_sync: bool,
+    /// Per type (cds, eds, lds, rds, sds): the version sent, the version
+    /// accepted.
+    pub versions: BTreeMap<String, TypeVersions>,
+    /// The workload certificate its edge issued (the key never leaves
+    /// the workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateReport>,
+    /// The resources sent, in the shape of Envoy's `/config_dump`.
+    pub config_dump: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeVersions {
+    pub sent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<String>,
+}
+
 /// A configuration the proxy refused, in its own words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,6 +17,7 @@ mod edge;
 mod envoy;
 mod manifests;
 mod output;
+mod proxy_config;
 mod resources;
 mod server;
 mod settings;
@@ -246,6 +247,26 @@ SecuritySettings that allow nothing, selectors naming no cluster.")]
         /// Manifest files or directories; - for stdin (offline)
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+
+    /// What a live proxy holds, asked of its edge through the server
+    #[command(after_help = "\
+Examples:
+  weft proxy-config reviews-v1 --cluster east              # versions sent and accepted, certificate
+  weft proxy-config reviews-v1 --cluster east endpoints    # priority, locality, health
+  weft proxy-config client-1 --cluster east clusters -o json
+The same resources `weft x translate --format envoy` prints, as the edge sent them;
+compare with the proxy's own /config_dump.")]
+    ProxyConfig {
+        /// The proxy's node id (`weft get cluster NAME` lists them)
+        node: String,
+        /// The cluster its edge serves
+        #[arg(long)]
+        cluster: String,
+        #[arg(value_enum, default_value = "summary")]
+        section: proxy_config::Section,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -784,6 +805,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             analyze::run(client.as_ref(), &files, format).await.and(ok)
         }
+        Command::ProxyConfig {
+            node,
+            cluster,
+            section,
+            format,
+        } => proxy_config::run(&client()?, &node, &cluster, section, format)
+            .await
+            .and(ok),
         Command::Diff { files } => differs(resources::diff(&client()?, &files).await?),
         Command::Audit {
             check: Some(AuditCommand::Verify),

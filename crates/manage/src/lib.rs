@@ -19,6 +19,7 @@ pub mod error;
 pub mod iam;
 pub mod metrics;
 pub mod openapi;
+pub mod proxy_config;
 pub mod request;
 pub mod resources;
 pub mod scrape_targets;
@@ -107,6 +108,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apply", post(resources::apply))
         .route("/v1/delete", post(resources::delete_documents))
         .route("/v1/analyze", get(analyze::report))
+        .route(
+            "/v1/proxy-config/{cluster}/{node}",
+            get(proxy_config::proxy_config),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))

@@ -167,6 +167,18 @@ impl SnapshotCache {
         self.with_node(node, |entry| entry.slot.subscribe())
     }
 
+    /// The node's snapshot now, if it has one (without registering the
+    /// node, as [`SnapshotCache::subscribe`] does).
+    pub fn snapshot(&self, node: &str) -> Option<Arc<Snapshot>> {
+        let nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        nodes
+            .get(node)
+            .and_then(|entry| entry.slot.borrow().clone())
+    }
+
     pub fn status(&self, node: &str) -> Option<ProxyStatus> {
         let nodes = self
             .nodes

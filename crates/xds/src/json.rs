@@ -1,5 +1,7 @@
-//! Envoy resources in the proto3 JSON mapping, the form of Envoy's own
-//! config dump: for golden files, and for people reading what a proxy gets.
+//! Envoy resources in the proto3 JSON mapping with the `.proto` field
+//! names, the form of Envoy's own config dump: for golden files, `weft x
+//! translate --format envoy`, `weft proxy-config`, and people reading
+//! what a proxy gets.
 //!
 //! The descriptors are compiled at build time from the `.proto` files
 //! `envoy-types` was generated from (see `build.rs`), so every `Any`
@@ -50,7 +52,9 @@ pub fn to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
     let mut json = message
         .serialize_with_options(
             serde_json::value::Serializer,
-            &SerializeOptions::new().stringify_64_bit_integers(false),
+            &SerializeOptions::new()
+                .stringify_64_bit_integers(false)
+                .use_proto_field_name(true),
         )
         .map_err(|source| JsonError::Serialize {
             type_url: any.type_url.clone(),
@@ -137,13 +141,14 @@ mod tests {
             ..Default::default()
         };
         let json = to_json(&pack(&hcm)).unwrap();
-        assert_eq!(json["statPrefix"], "in");
-        let router = &json["httpFilters"][0]["typedConfig"];
+        // Field names as in the .proto files, as Envoy's dump has them.
+        assert_eq!(json["stat_prefix"], "in");
+        let router = &json["http_filters"][0]["typed_config"];
         assert_eq!(
             router["@type"],
             "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
         );
-        assert_eq!(router["suppressEnvoyHeaders"], true);
+        assert_eq!(router["suppress_envoy_headers"], true);
     }
 
     #[test]

@@ -126,9 +126,9 @@ mod tests {
                     "id": "gw#web/per-user",
                     "name": "per-user",
                     "requests": 5,
-                    "unitSeconds": 60,
-                    "shadowMode": true,
-                    "dimensions": [{"key": "path", "prefix": "/api", "stripQuery": true}],
+                    "unit_seconds": 60,
+                    "shadow_mode": true,
+                    "dimensions": [{"key": "path", "prefix": "/api", "strip_query": true}],
                 }],
             })
         );

@@ -23,14 +23,18 @@ metadata: {name: front, tenant: retail, workspace: edge}
 spec: {namespaceSelector: [east/edge]}
 ";
 
-/// What lets the gateway call the shop's services.
+/// What lets the gateway call the shop's services: the workspace's
+/// authorization (`SHOP`'s) with the gateway's identity added. (A second
+/// workspace-level setting of authorization would conflict with it.)
 pub const GATEWAY_ALLOWED: &str = "\
 apiVersion: weft.dev/v1alpha1
 kind: SecuritySetting
-metadata: {name: from-the-gateway, tenant: retail, workspace: shop}
+metadata: {name: workspace-calls, tenant: retail, workspace: shop}
 spec:
   authorization:
-    allow: [{from: [{serviceAccount: {namespace: edge, name: ingress}}]}]
+    allow:
+    - {from: [{sameWorkspace: true}]}
+    - {from: [{serviceAccount: {namespace: edge, name: ingress}}]}
 ";
 
 /// What lets the gateway call the shop's services, and Gateway `ingress`

@@ -43,6 +43,7 @@ use weft_xds::{AdsServer, SnapshotCache};
 
 mod build;
 mod kept;
+mod proxy_config;
 
 use crate::ca::EdgeCa;
 use crate::directory::{Directory, own_entry};
@@ -480,6 +481,7 @@ pub async fn run(
             "/status",
             get(|State(edge): State<Arc<Edge>>| async move { axum::Json(edge.status()) }),
         )
+        .route("/proxies/{node}/config", get(proxy_config::config))
         .with_state(edge.clone());
     let mut admin_stop = stop_rx.clone();
     let admin_server = axum::serve(options.admin, admin).with_graceful_shutdown(async move {
