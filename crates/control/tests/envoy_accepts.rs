@@ -8,6 +8,8 @@
 //! port or connecting anywhere, so a field Envoy refuses fails here.
 //! These are the resources `weft x translate --format envoy` prints.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -23,28 +25,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use prost::Message;
-use serde::Deserialize;
 use weft_agent::bootstrap::{Params, bootstrap};
 use weft_agent::workload::Workload;
-use weft_api::Resource;
-use weft_api::edge::Locality;
-use weft_control::directory::Directory;
+use support::Case;
 use weft_control::translate::{Config, translate};
 use weft_xds::{ResourceType, Snapshot};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Case {
-    cluster: String,
-    #[serde(default)]
-    trust_domain: Option<String>,
-    workloads: Vec<Workload>,
-    manifests: Vec<Resource>,
-    #[serde(default)]
-    locality: Locality,
-    #[serde(default)]
-    directory: Directory,
-}
 
 fn envoy_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("WEFT_ENVOY") {

@@ -6,33 +6,15 @@
 //! proxy's result is a consistent xDS snapshot.
 //! Regenerate after an intended change: `WEFT_UPDATE_GOLDEN=1 cargo test -p weft-control --test golden`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
-use weft_agent::workload::Workload;
-use weft_api::Resource;
-use weft_api::edge::Locality;
-use weft_control::directory::Directory;
+use support::Case;
 use weft_control::publish::Publisher;
 use weft_control::translate::{Config, translate};
 use weft_xds::{ResourceType, Snapshot};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Case {
-    cluster: String,
-    /// With a trust domain, traffic between proxies is mutual TLS.
-    #[serde(default)]
-    trust_domain: Option<String>,
-    workloads: Vec<Workload>,
-    manifests: Vec<Resource>,
-    /// Where this cluster is, and what the other clusters run.
-    #[serde(default)]
-    locality: Locality,
-    #[serde(default)]
-    directory: Directory,
-}
 
 #[test]
 fn translation_matches_golden_files() {
