@@ -108,7 +108,8 @@ fn render(config: &ProxyConfig, section: Section) -> String {
                                 text(&address["address"]),
                                 text(&address["port_value"])
                             ),
-                            text(&group["priority"]).replace("null", "0"),
+                            // Envoy leaves out priority 0.
+                            group["priority"].as_u64().unwrap_or(0).to_string(),
                             place.clone(),
                             text(&endpoint["health_status"]),
                             text(&endpoint["load_balancing_weight"]),

@@ -287,14 +287,7 @@ async fn affects(
                     .any(|c| selector_covers(&selector, &format!("{c}/{}", s.namespace)))
             })
             .collect()
-    } else if [
-        "ServiceRoute",
-        "TrafficSetting",
-        "SecuritySetting",
-        "TelemetrySetting",
-    ]
-    .contains(&kind)
-    {
+    } else if super::services::APPLYING.contains(&kind) {
         let settings = Settings::load(state, caller).await?;
         estate
             .services

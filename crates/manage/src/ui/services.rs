@@ -23,7 +23,7 @@ use crate::iam::Caller;
 /// The window the RED figures cover.
 const RED_WINDOW: Duration = Duration::from_secs(300);
 /// Kinds whose resources apply to services, and the groups they sit in.
-const APPLYING: [&str; 4] = [
+pub(super) const APPLYING: [&str; 4] = [
     "ServiceRoute",
     "TrafficSetting",
     "SecuritySetting",
