@@ -3,11 +3,15 @@
 //! that, or came in through another way), and warnings about what is
 //! accepted but likely not meant: settings shadowed by more specific
 //! ones, workspaces where no call is allowed, SecuritySettings that
-//! allow nothing, selector entries that name no cluster.
+//! allow nothing, selector entries that name no cluster; and, from what
+//! the edges report running, route subsets no instance carries.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::conflicts::{Attached, Placed, Scopes, entries, find, overlap};
+use crate::traffic::ServiceRouteSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +182,78 @@ fn unknown_clusters(all: &[Placed], out: &mut Vec<Finding>) {
     }
 }
 
+/// An instance that runs now, as its cluster's edge reports it.
+pub struct Running<'a> {
+    pub cluster: &'a str,
+    pub namespace: &'a str,
+    pub service: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// Subsets a ServiceRoute sends requests to that no running instance of
+/// its service carries the labels of (requests for them fail until one
+/// runs). Only for services that run somewhere: one not deployed yet is
+/// not news.
+pub fn idle_subsets(routes: &[Placed], running: &[Running]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for placed in routes.iter().filter(|p| p.resource.kind == "ServiceRoute") {
+        let Ok(spec) = serde_json::from_value::<ServiceRouteSpec>(placed.resource.spec.clone())
+        else {
+            continue;
+        };
+        let instances: Vec<&Running> = running
+            .iter()
+            .filter(|r| r.namespace == spec.service.namespace && r.service == spec.service.name)
+            .collect();
+        if instances.is_empty() {
+            continue;
+        }
+        for (i, rule) in spec.rules.iter().enumerate() {
+            for (j, destination) in rule.destinations.iter().enumerate() {
+                let Some(subset) = destination
+                    .subset
+                    .as_ref()
+                    .and_then(|name| spec.subsets.iter().find(|s| s.name == *name))
+                else {
+                    continue;
+                };
+                let carries = |r: &&Running| {
+                    subset
+                        .labels
+                        .iter()
+                        .all(|(k, v)| r.labels.get(k) == Some(v))
+                };
+                if instances.iter().any(carries) {
+                    continue;
+                }
+                let labels: Vec<String> = subset
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let clusters: std::collections::BTreeSet<&str> =
+                    instances.iter().map(|r| r.cluster).collect();
+                let clusters: Vec<&str> = clusters.into_iter().collect();
+                out.push(warning(
+                    placed.path,
+                    format!("spec.rules[{i}].destinations[{j}].subset"),
+                    format!(
+                        "subset {} ({}) matches none of the {} running instances of {}.{} (in {}): \
+                         its requests fail with 503 until one runs",
+                        subset.name,
+                        labels.join(", "),
+                        instances.len(),
+                        spec.service.name,
+                        spec.service.namespace,
+                        clusters.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +323,39 @@ mod tests {
                 expect("tenants/t/workspaces/w/trafficsettings/all", "spec.timeout"),
             ]
         );
+    }
+
+    #[test]
+    fn a_subset_no_running_instance_carries_is_a_warning() {
+        let route: Resource = serde_norway::from_str(
+            "apiVersion: weft.dev/v1alpha1
+kind: ServiceRoute
+metadata: {name: reviews}
+spec:
+  service: {name: reviews, namespace: shop}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v3, labels: {version: v3}}]
+  rules:
+    - destinations: [{subset: v1, weight: 50}, {subset: v3, weight: 50}]
+",
+        )
+        .unwrap();
+        let placed = [Placed {
+            path: "r",
+            parent: "",
+            resource: &route,
+        }];
+        let v1 = BTreeMap::from([("version".to_string(), "v1".to_string())]);
+        let running = |service| Running {
+            cluster: "east",
+            namespace: "shop",
+            service,
+            labels: &v1,
+        };
+        let found = idle_subsets(&placed, &[running("reviews")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "spec.rules[0].destinations[1].subset");
+        assert!(found[0].message.contains("version=v3"), "{found:?}");
+        // Nothing runs yet: nothing to say.
+        assert!(idle_subsets(&placed, &[running("ratings")]).is_empty());
     }
 }

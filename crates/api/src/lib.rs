@@ -15,6 +15,7 @@
 pub mod analysis;
 pub mod conflicts;
 pub mod edge;
+pub mod explain;
 pub mod gateway;
 pub mod iam;
 pub mod kinds;

@@ -142,6 +142,9 @@ fn report_results(results: &[Applied], dry_run: bool) {
 pub async fn apply(client: &Client, files: &[PathBuf], dry_run: bool) -> Result<(), CliError> {
     let (_, response) = bulk(client, "apply", files, dry_run).await?;
     report_results(&response.results, dry_run);
+    for w in &response.warnings {
+        eprintln!("warning: {} {}: {}", w.path, w.field, w.message);
+    }
     Ok(())
 }
 

@@ -12,20 +12,19 @@ use crate::client::{CliError, Exit};
 use crate::manifests;
 use crate::output;
 
+/// What translation reads, from files: what an edge has from the
+/// server, its registry and its directory.
 #[derive(Debug, clap::Args)]
-pub struct TranslateArgs {
+pub struct Inputs {
     /// Manifest files or directories; - for stdin
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
     /// A YAML list of workloads, as their proxies would announce them
     #[arg(long)]
-    pub registry: PathBuf,
+    pub registry: Option<PathBuf>,
     /// The cluster to translate for
     #[arg(long)]
     pub cluster: String,
-    /// Print only this proxy's resources
-    #[arg(long)]
-    pub node: Option<String>,
     /// The trust domain of workload certificates (the edge has it from the
     /// server): traffic between proxies is mutual TLS
     #[arg(long, default_value = "weft")]
@@ -39,6 +38,69 @@ pub struct TranslateArgs {
     /// This cluster's zone
     #[arg(long, default_value = "")]
     pub zone: String,
+}
+
+/// The inputs, read and parsed.
+pub struct Loaded {
+    pub config: Config,
+    pub resources: Vec<Resource>,
+    pub workloads: Vec<Workload>,
+    pub directory: Directory,
+}
+
+fn read(path: &std::path::Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))
+}
+
+impl Inputs {
+    pub fn load(&self) -> Result<Loaded, CliError> {
+        if self.files.is_empty() {
+            return Err(CliError::new(Exit::Invalid, "give the manifests with -f"));
+        }
+        let mut resources = Vec::new();
+        for doc in manifests::read(&self.files)? {
+            let resource: Resource = serde_json::from_value(doc.value).map_err(|e| {
+                CliError::new(
+                    Exit::Invalid,
+                    format!("{}: not a resource: {e}", doc.source),
+                )
+            })?;
+            resources.push(resource);
+        }
+        let workloads: Vec<Workload> = match &self.registry {
+            Some(path) => serde_norway::from_str(&read(path)?)
+                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?,
+            None => Vec::new(),
+        };
+        let directory: Directory = match &self.directory {
+            Some(path) => serde_json::from_str(&read(path)?)
+                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?,
+            None => Directory::default(),
+        };
+        let config = Config::parse(&self.cluster, &resources)
+            .with_trust_domain(Some(self.trust_domain.clone()))
+            .with_locality(Locality {
+                region: self.region.clone(),
+                zone: self.zone.clone(),
+                ..Locality::default()
+            });
+        Ok(Loaded {
+            config,
+            resources,
+            workloads,
+            directory,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TranslateArgs {
+    #[command(flatten)]
+    pub inputs: Inputs,
+    /// Print only this proxy's resources
+    #[arg(long)]
+    pub node: Option<String>,
     /// `readable`: weft's proxy model, as YAML; `envoy`: per proxy, the
     /// exact xDS resources the edge would send, as JSON in the shape of
     /// Envoy's config dump
@@ -53,46 +115,18 @@ pub enum Format {
 }
 
 pub fn run(args: TranslateArgs) -> Result<bool, CliError> {
-    let documents = manifests::read(&args.files)?;
-    let mut resources = Vec::new();
-    for doc in documents {
-        let resource: Resource = serde_json::from_value(doc.value).map_err(|e| {
-            CliError::new(
-                Exit::Invalid,
-                format!("{}: not a resource: {e}", doc.source),
-            )
-        })?;
-        resources.push(resource);
-    }
-    let text = std::fs::read_to_string(&args.registry)
-        .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
-    let workloads: Vec<Workload> = serde_norway::from_str(&text)
-        .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", args.registry.display())))?;
-    let directory: Directory = match &args.directory {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?;
-            serde_json::from_str(&text)
-                .map_err(|e| CliError::new(Exit::Invalid, format!("{}: {e}", path.display())))?
-        }
-        None => Directory::default(),
-    };
-    let config = Config::parse(&args.cluster, &resources)
-        .with_trust_domain(Some(args.trust_domain))
-        .with_locality(Locality {
-            region: args.region,
-            zone: args.zone,
-            ..Locality::default()
-        });
+    let Loaded {
+        config,
+        workloads,
+        directory,
+        ..
+    } = args.inputs.load()?;
     let mut translation = translate(&config, &workloads, &directory).per_proxy();
     if let Some(node) = &args.node {
         if !translation.proxies.contains_key(node) {
             return Err(CliError::new(
                 Exit::NotFound,
-                format!(
-                    "no workload in {} has node {node:?}",
-                    args.registry.display()
-                ),
+                format!("no workload in the registry has node {node:?}"),
             ));
         }
         translation.proxies.retain(|n, _| n == node);

@@ -452,21 +452,60 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     world.until_directory(WEST, 3).await;
     world.until_in_sync().await;
 
+    // weft explain names the failover order: here, then the same region,
+    // then the other; every request below goes the way it says.
+    let explain = |from: &str, host: &str| -> Value {
+        let run = world.server().weft(
+            &world.admin,
+            &["explain", from, host, "--cluster", "east-a", "-o", "json"],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        serde_json::from_str(&run.stdout).unwrap()
+    };
+    let order = |explanation: &Value| -> Vec<String> {
+        explanation["failover"][0]["localities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["cluster"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let reviews_order = order(&explain("client-a", "reviews"));
+    let ratings_explained = explain("client-a", "ratings");
+    let ratings_order = order(&ratings_explained);
+    eprintln!("failover order: reviews {reviews_order:?}, ratings {ratings_order:?}");
+    assert_eq!(reviews_order, ["east-a", "east-b", "west"]);
+    assert_eq!(ratings_order, ["east-b", "west"]);
+    assert_eq!(ratings_explained["verdict"]["outcome"], "forwarded");
+    let intruder_explained = explain("intruder-a", "ratings");
+    assert_eq!(intruder_explained["verdict"]["status"], 403);
+    // Instances are named SERVICE-a, -b, -w by cluster.
+    let instance = |service: &str, cluster: &str| {
+        let suffix = match cluster {
+            "east-a" => "a",
+            "east-b" => "b",
+            _ => "w",
+        };
+        format!("{service}-{suffix}")
+    };
+
     // Local first; a service with no instance here goes to the same region.
+    let first = instance("reviews", &reviews_order[0]);
     until(
-        "reviews answers from east-a",
+        "reviews answers from the first in the order",
         Duration::from_secs(30),
         async || {
             world
                 .answers(client, "reviews", 1)
                 .await
-                .contains_key("reviews-a")
+                .contains_key(&first)
         },
     )
     .await;
     let reviews = world.answers(client, "reviews", 30).await;
     eprintln!("reviews from east-a: {reviews:?}");
-    assert_eq!(reviews, BTreeMap::from([("reviews-a".to_string(), 30)]));
+    assert_eq!(reviews, BTreeMap::from([(first, 30)]));
+    let first = instance("ratings", &ratings_order[0]);
     until(
         "ratings answers through east-b's gateway",
         Duration::from_secs(30),
@@ -474,13 +513,13 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
             world
                 .answers(client, "ratings", 1)
                 .await
-                .contains_key("ratings-b")
+                .contains_key(&first)
         },
     )
     .await;
     let ratings = world.answers(client, "ratings", 30).await;
     eprintln!("ratings from east-a: {ratings:?}");
-    assert_eq!(ratings, BTreeMap::from([("ratings-b".to_string(), 30)]));
+    assert_eq!(ratings, BTreeMap::from([(first, 30)]));
 
     // The callee in the other cluster sees the caller's own identity: the
     // gateway did not open the TLS.
@@ -556,7 +595,8 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     world.stop_proxy(EAST_A, "reviews-a");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let seen = load.stop().await;
-    let (failures, first) = failures_and_first(&seen, killed, "reviews-b");
+    let next = instance("reviews", &reviews_order[1]);
+    let (failures, first) = failures_and_first(&seen, killed, &next);
     let after: BTreeMap<&str, usize> = seen
         .iter()
         .filter(|(at, _)| *at > killed + Duration::from_secs(2))
@@ -572,7 +612,7 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(first.is_some_and(|f| f < Duration::from_secs(3)));
-    assert_eq!(after.keys().collect::<Vec<_>>(), vec![&"reviews-b"]);
+    assert_eq!(after.keys().collect::<Vec<_>>(), vec![&next.as_str()]);
 
     // The local instance returns: traffic returns.
     let restarted = Instant::now();
@@ -743,7 +783,12 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
     // No instance left in the region: ratings goes to the other region.
     world.stop_proxy(EAST_B, "ratings-b");
     world
-        .until_answered_by(client, "ratings", "ratings-w", "ratings answers from west")
+        .until_answered_by(
+            client,
+            "ratings",
+            &instance("ratings", &ratings_order[1]),
+            "ratings answers from the next in its order",
+        )
         .await;
 
     // Static stability. The server stops under load: nothing fails.

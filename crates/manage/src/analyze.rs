@@ -2,13 +2,16 @@
 //! configuration ([`weft_api::analysis`]), for the resources the caller
 //! may read. The whole configuration is analyzed (a conflict's other
 //! side may sit where the caller cannot look); a side they may not read
-//! is not named.
+//! is not named. What depends on running instances (a route's subset
+//! none carries) comes from the edges' last reports, here and after
+//! each apply.
 
 use axum::Json;
 use axum::extract::State;
 use weft_api::Verb;
-use weft_api::analysis::{Report, analyze};
+use weft_api::analysis::{Finding, Report, Running, analyze, idle_subsets};
 use weft_api::conflicts::{INVOLVED, Placed};
+use weft_api::edge::{EdgeStatus, ProxyReport};
 use weft_api::kinds::kind_of_path;
 
 use crate::AppState;
@@ -33,7 +36,9 @@ pub async fn report(
         .collect();
     let readable =
         |path: &str| kind_of_path(path).is_some_and(|k| caller.can(Verb::Read, k.name, path));
-    let findings = analyze(&placed)
+    let mut findings = analyze(&placed);
+    findings.extend(running_warnings(&state, &placed).await?);
+    let findings = findings
         .into_iter()
         .filter(|f| readable(&f.path))
         .map(|mut f| {
@@ -47,4 +52,41 @@ pub async fn report(
         })
         .collect();
     Ok(Json(Report { findings }))
+}
+
+/// Each cluster's connected instances, from its edge's last report.
+async fn running(state: &AppState) -> Result<Vec<(String, ProxyReport)>, ApiError> {
+    let mut out = Vec::new();
+    for report in state.store.edge_reports().await? {
+        let status: EdgeStatus = serde_json::from_str(&report.status).unwrap_or_default();
+        out.extend(
+            status
+                .proxies
+                .into_iter()
+                .filter(|p| p.connected && p.role.is_empty())
+                .map(|p| (report.cluster.clone(), p)),
+        );
+    }
+    Ok(out)
+}
+
+/// What `placed` (ServiceRoutes among them) means given what runs now.
+pub async fn running_warnings(
+    state: &AppState,
+    placed: &[Placed<'_>],
+) -> Result<Vec<Finding>, ApiError> {
+    if !placed.iter().any(|p| p.resource.kind == "ServiceRoute") {
+        return Ok(Vec::new());
+    }
+    let running = running(state).await?;
+    let running: Vec<Running> = running
+        .iter()
+        .map(|(cluster, p)| Running {
+            cluster,
+            namespace: &p.namespace,
+            service: &p.service,
+            labels: &p.labels,
+        })
+        .collect();
+    Ok(idle_subsets(placed, &running))
 }

@@ -14,12 +14,12 @@ pub mod ca;
 pub mod conflicts;
 pub mod directory;
 pub mod edge_port;
+pub mod edge_queries;
 pub mod edges;
 pub mod error;
 pub mod iam;
 pub mod metrics;
 pub mod openapi;
-pub mod proxy_config;
 pub mod request;
 pub mod resources;
 pub mod scrape_targets;
@@ -110,8 +110,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/analyze", get(analyze::report))
         .route(
             "/v1/proxy-config/{cluster}/{node}",
-            get(proxy_config::proxy_config),
+            get(edge_queries::proxy_config),
         )
+        .route("/v1/explain/{cluster}", post(edge_queries::explain))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))

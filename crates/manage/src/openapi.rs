@@ -138,6 +138,9 @@ fn build() -> Value {
             }));
         }
     }
+    let explain_request = generator
+        .subschema_for::<weft_api::explain::ExplainRequest>()
+        .to_value();
     schemas.extend(generator.take_definitions(true));
     schemas.insert("Error".into(), json!({
         "type": "object", "required": ["code", "message"],
@@ -241,6 +244,18 @@ fn build() -> Value {
             json!({"get": {"summary": summary, "parameters": traffic_parameters, "responses": responses}}),
         );
     }
+    paths.insert("/v1/analyze".into(), json!({"get": {"summary": "Conflicts and warnings in the stored configuration (those about resources the caller may read; a side they may not read is not named)",
+        "responses": with_errors(json!({"200": {"description": "the findings"}}), &[])}}));
+    paths.insert("/v1/proxy-config/{cluster}/{node}".into(), json!({
+        "parameters": [{"name": "cluster", "in": "path", "required": true, "schema": name_schema()},
+                       {"name": "node", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}],
+        "get": {"summary": "What a live proxy holds, asked of its cluster's edge: versions sent and accepted, its certificate, its resources as in Envoy's config dump (read on the Cluster)",
+                "responses": with_errors(json!({"200": {"description": "the proxy's configuration"}}), &[404, 503])}}));
+    paths.insert("/v1/explain/{cluster}".into(), json!({
+        "parameters": parameters(&["cluster"]),
+        "post": {"summary": "What the mesh does with one request from a caller, asked of the cluster's edge: the route that matches, destinations and weights, the settings that apply and their sources, the failover order, the token check and the authorization rule that decides (read on the Cluster)",
+                 "requestBody": json_body(explain_request),
+                 "responses": with_errors(json!({"200": {"description": "the explanation"}}), &[404, 413, 415, 422, 503])}}));
     paths.insert("/v1/prometheus/targets".into(), json!({"get": {"summary": "Where Prometheus scrapes each edge (HTTP service discovery format), for the clusters the caller may read",
         "responses": with_errors(json!({"200": {"description": "target groups, each with a weft_cluster label"}}), &[])}}));
     paths.insert(

@@ -11,6 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use weft_api::conflicts::Placed;
 use weft_api::{Problems, Resource, Validated, Verb, validate};
 use weft_store::{Applied, Change, Expect, Outcome, Reason, StoreError};
 
@@ -33,6 +34,10 @@ pub struct BulkRequest {
 pub struct BulkResponse {
     pub dry_run: bool,
     pub results: Vec<Applied>,
+    /// Accepted, but worth knowing: what depends on running instances
+    /// (a route's subset none carries right now).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<weft_api::analysis::Finding>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,9 +229,21 @@ async fn bulk(
         None,
     )
     .await?;
+    let placed: Vec<Placed> = results
+        .iter()
+        .filter_map(|a| {
+            Some(Placed {
+                path: &a.path,
+                parent: "",
+                resource: a.after.as_ref()?,
+            })
+        })
+        .collect();
+    let warnings = crate::analyze::running_warnings(&state, &placed).await?;
     Ok(Json(BulkResponse {
         dry_run: request.dry_run,
         results,
+        warnings,
     }))
 }
 

@@ -5,11 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use weft_api::edge::ConfigError;
+use weft_api::edge::{ConfigError, EdgeConfig};
 
 use super::Edge;
 use crate::publish::{Publisher, coalesce};
 use crate::translate::{Config, translate};
+
+/// The configuration as translation reads it.
+pub(super) fn parse(config: &EdgeConfig) -> Config {
+    Config::parse(&config.cluster, &config.resources)
+        .with_trust_domain(config.trust.as_ref().map(|t| t.trust_domain.clone()))
+        .with_locality(config.locality.clone())
+}
 
 /// Translates and publishes whenever the configuration or the registry
 /// changes. Changes that arrive together are built once.
@@ -59,14 +66,8 @@ pub(super) async fn build_loop(edge: Arc<Edge>, hold: Duration, mut stop: watch:
             if parsed.as_ref().is_some_and(|(v, _)| *v != config.version) {
                 parsed = None;
             }
-            let (_, parsed_config) = parsed.get_or_insert_with(|| {
-                (
-                    config.version.clone(),
-                    Config::parse(&config.cluster, &config.resources)
-                        .with_trust_domain(config.trust.as_ref().map(|t| t.trust_domain.clone()))
-                        .with_locality(config.locality.clone()),
-                )
-            });
+            let (_, parsed_config) =
+                parsed.get_or_insert_with(|| (config.version.clone(), parse(&config)));
             let workloads = edge.registry.workloads();
             edge.metrics.workloads.set(workloads.len() as i64);
             let translation = translate(parsed_config, &workloads, &directory);

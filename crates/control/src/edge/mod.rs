@@ -42,6 +42,7 @@ use weft_identity::Bundle;
 use weft_xds::{AdsServer, SnapshotCache};
 
 mod build;
+mod explain;
 mod kept;
 mod proxy_config;
 
@@ -482,6 +483,7 @@ pub async fn run(
             get(|State(edge): State<Arc<Edge>>| async move { axum::Json(edge.status()) }),
         )
         .route("/proxies/{node}/config", get(proxy_config::config))
+        .route("/explain", axum::routing::post(explain::answer))
         .with_state(edge.clone());
     let mut admin_stop = stop_rx.clone();
     let admin_server = axum::serve(options.admin, admin).with_graceful_shutdown(async move {

@@ -33,6 +33,9 @@ use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpec
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLogFilter, MetadataFilter as LogMetadataFilter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::DoubleMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::double_matcher::MatchPattern as DoublePattern;
+use envoy_types::pb::envoy::r#type::v3::DoubleRange;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     LocalReplyConfig, ResponseMapper,
 };
@@ -45,6 +48,9 @@ use super::{HeaderCondition, HeaderTest, Jwks, JwtCheck, JwtProvider, RouteMatch
 pub(super) const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub(super) const JWT_PAYLOAD: &str = "payload";
 pub(super) const JWT_FAILURE: &str = "failure";
+/// The failure's code when a request carries no token (Envoy's
+/// `Status::JwtMissed`, "Jwt is missing").
+const JWT_MISSING: u16 = 1;
 
 impl JwtProvider {
     pub(super) fn to_xds(&self) -> XdsJwtProvider {
@@ -143,25 +149,41 @@ impl JwtCheck {
     }
 
     /// Envoy answers a token for another audience with 403; for the
-    /// caller it is as invalid as any other (RFC 6750): 401.
+    /// caller it is as invalid as any other (RFC 6750): 401. A missing
+    /// token where none is required also leaves a failure behind (the
+    /// provider's alternative to "missing is fine" failed): a refusal
+    /// after it (authorization's 403, a rate limit's 429) stays as it is.
     pub(super) fn local_replies() -> LocalReplyConfig {
+        let failure = |key: Option<&str>, value: ValuePattern| AccessLogFilter {
+            filter_specifier: Some(LogFilter::MetadataFilter(LogMetadataFilter {
+                matcher: Some(MetadataMatcher {
+                    filter: JWT_FILTER.into(),
+                    path: std::iter::once(JWT_FAILURE)
+                        .chain(key)
+                        .map(|key| MetadataPath {
+                            segment: Some(MetadataSegment::Key(key.into())),
+                        })
+                        .collect(),
+                    value: Some(ValueMatcher {
+                        match_pattern: Some(value),
+                    }),
+                    invert: false,
+                }),
+                match_if_key_not_found: Some(BoolValue { value: false }),
+            })),
+        };
+        // Envoy's metadata log filter ignores a matcher's `invert`: the
+        // failures other than "missing" are the codes above it.
+        let not_missing = ValuePattern::DoubleMatch(DoubleMatcher {
+            match_pattern: Some(DoublePattern::Range(DoubleRange {
+                start: f64::from(JWT_MISSING + 1),
+                end: f64::from(u16::MAX),
+            })),
+        });
+        let failed = failure(Some("code"), not_missing);
         LocalReplyConfig {
             mappers: vec![ResponseMapper {
-                filter: Some(AccessLogFilter {
-                    filter_specifier: Some(LogFilter::MetadataFilter(LogMetadataFilter {
-                        matcher: Some(MetadataMatcher {
-                            filter: JWT_FILTER.into(),
-                            path: vec![MetadataPath {
-                                segment: Some(MetadataSegment::Key(JWT_FAILURE.into())),
-                            }],
-                            value: Some(ValueMatcher {
-                                match_pattern: Some(ValuePattern::PresentMatch(true)),
-                            }),
-                            invert: false,
-                        }),
-                        match_if_key_not_found: Some(BoolValue { value: false }),
-                    })),
-                }),
+                filter: Some(failed),
                 status_code: Some(uint(401)),
                 ..Default::default()
             }],

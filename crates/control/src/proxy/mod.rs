@@ -9,6 +9,7 @@ mod authservice;
 mod cluster;
 mod convert;
 mod endpoints;
+pub mod evaluate;
 mod gateway;
 mod jwt;
 mod listener;
@@ -631,6 +632,10 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
+    /// Where the route comes from (`PATH#rules[i].matches[j]`): Envoy
+    /// logs it with each request it routes, and `weft explain` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     #[serde(flatten)]
@@ -644,9 +649,18 @@ impl Route {
     /// A route that only matches and acts.
     pub fn new(matcher: RouteMatch, action: Action) -> Route {
         Route {
+            name: None,
             matcher,
             action,
             changes: RouteChanges::default(),
+        }
+    }
+
+    /// The same route, named.
+    pub fn named(self, name: String) -> Route {
+        Route {
+            name: Some(name),
+            ..self
         }
     }
 }

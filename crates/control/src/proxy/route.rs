@@ -275,6 +275,7 @@ impl CorsPolicy {
 impl Route {
     pub(super) fn to_xds(&self) -> XdsRoute {
         let Route {
+            name,
             matcher,
             action,
             changes,
@@ -299,6 +300,7 @@ impl Route {
             Action::Redirect(redirect) => XdsAction::Redirect(redirect.to_xds()),
         };
         XdsRoute {
+            name: name.clone().unwrap_or_default(),
             r#match: Some(matcher.to_xds()),
             action: Some(action),
             request_headers_to_add: request_headers

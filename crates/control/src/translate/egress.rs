@@ -204,6 +204,7 @@ pub(super) fn egress_virtual_hosts(
             for (j, caller) in egress.from.iter().enumerate() {
                 match config.caller_ids(trust_domain, &gateway.workspace, caller) {
                     Ok(ids) => routes.extend(ids.iter().map(|id| Route {
+                        name: Some(format!("{rule}.from[{j}]")),
                         matcher: RouteMatch {
                             headers: vec![HeaderCondition {
                                 name: CLIENT_CERT.into(),

@@ -541,13 +541,18 @@ fn virtual_host(
             response_headers: rule.response_headers.as_ref().map(header_edits),
             cors: rule.cors.as_ref().map(cors_policy),
         };
-        let matchers: Vec<RouteMatch> = if rule.matches.is_empty() {
-            vec![RouteMatch::default()]
+        let matchers: Vec<(String, RouteMatch)> = if rule.matches.is_empty() {
+            vec![(format!("{path}#{at}"), RouteMatch::default())]
         } else {
-            rule.matches.iter().map(request_match).collect()
+            let matches = rule.matches.iter().map(request_match);
+            (0..)
+                .zip(matches)
+                .map(|(k, m)| (format!("{path}#{at}.matches[{k}]"), m))
+                .collect()
         };
-        for matcher in matchers {
+        for (name, matcher) in matchers {
             routes.push(Route {
+                name: Some(name),
                 matcher,
                 action: action.clone(),
                 changes: changes.clone(),

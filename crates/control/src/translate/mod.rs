@@ -17,6 +17,7 @@ mod addon;
 mod authservice;
 mod eastwest;
 mod egress;
+mod explain;
 mod gateway;
 mod locality;
 mod parse;
@@ -54,6 +55,7 @@ use routing::unknown_host;
 use security::InboundPlan;
 use telemetry::WorkloadTelemetry;
 
+pub use explain::{ExplainError, explain};
 pub use parse::Config;
 pub use plan::ServiceKey;
 use plan::ServicePlan;
@@ -377,7 +379,7 @@ pub fn translate(config: &Config, workloads: &[Workload], directory: &Directory)
             if limiter.is_some() {
                 let (cluster, endpoints) = &addons.rate_limit;
                 if let Some(from) = plan
-                    .and_then(|p| p.policy.rate_limiting_from.as_deref())
+                    .and_then(|p| p.policy.sources.get("rateLimiting"))
                     .filter(|_| endpoints.endpoints.is_empty())
                 {
                     errors.push(no_service(from, "spec.rateLimiting.rules", &config.cluster));

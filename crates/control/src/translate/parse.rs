@@ -338,6 +338,11 @@ impl<'k> LevelClaims<'k> {
         self.set_here.insert(part, path.to_string());
         true
     }
+
+    /// The setting that set each part at this level.
+    pub(super) fn into_sources(self) -> BTreeMap<&'static str, String> {
+        self.set_here
+    }
 }
 
 /// A setting attached to a workspace or one of its groups, perhaps for

@@ -81,8 +81,8 @@ pub(super) struct Policy {
     pub(super) connection_pool: Option<ConnectionPool>,
     pub(super) locality: Option<LocalityPolicy>,
     pub(super) rate_limiting: Option<weft_api::ratelimit::RateLimiting>,
-    /// The TrafficSetting `rate_limiting` comes from.
-    pub(super) rate_limiting_from: Option<String>,
+    /// The TrafficSetting each part comes from, by its field name.
+    pub(super) sources: BTreeMap<&'static str, String>,
 }
 
 /// The intermediate form: everything decided about one service.
@@ -147,9 +147,9 @@ pub(super) fn merge_policy(
             }
             if claim("rateLimiting", spec.rate_limiting.is_some()) {
                 policy.rate_limiting = spec.rate_limiting.clone();
-                policy.rate_limiting_from = Some(setting.path.clone());
             }
         }
+        policy.sources.extend(claims.into_sources());
     }
     policy
 }

@@ -18,20 +18,22 @@ impl ServicePlan<'_> {
         let mut routes = Vec::new();
         let mut caught_all = false;
         if let Some(route) = self.route {
-            for rule in &route.spec.rules {
+            for (i, rule) in route.spec.rules.iter().enumerate() {
                 let clusters: BTreeMap<String, u32> = rule
                     .destinations
                     .iter()
                     .map(|d| (self.key.cluster_name(d.subset.as_deref()), d.weight))
                     .collect();
                 let action = Action::Forward(self.forward(clusters));
+                let name = format!("{}#spec.rules[{i}]", route.path);
                 if rule.matches.is_empty() {
-                    routes.push(Route::new(RouteMatch::default(), action));
+                    routes.push(Route::new(RouteMatch::default(), action).named(name));
                     caught_all = true;
                     break;
                 }
-                for m in &rule.matches {
-                    routes.push(Route::new(request_match(m), action.clone()));
+                for (j, m) in rule.matches.iter().enumerate() {
+                    let route = Route::new(request_match(m), action.clone());
+                    routes.push(route.named(format!("{name}.matches[{j}]")));
                 }
             }
         }
@@ -108,6 +110,9 @@ pub(super) fn request_match(m: &RequestMatch) -> RouteMatch {
     }
 }
 
+/// The virtual host of names nobody serves.
+pub(super) const UNKNOWN_HOST: &str = "unknown";
+
 /// The answer for a hostname the mesh does not know, or (`declared`) one
 /// the proxy did not declare it calls.
 pub(super) fn unknown_host(declared: bool) -> VirtualHost {
@@ -117,7 +122,7 @@ pub(super) fn unknown_host(declared: bool) -> VirtualHost {
         "weft: no service by this name is reachable from here; call it as <service>, <service>.<namespace> or <service>.<namespace>.svc\n"
     };
     VirtualHost {
-        name: "unknown".into(),
+        name: UNKNOWN_HOST.into(),
         domains: vec!["*".into()],
         routes: vec![Route::new(
             RouteMatch::default(),
