@@ -46,6 +46,11 @@ fn resource(document: serde_json::Value) -> Resource {
 /// The configuration of `services` services in workspaces of
 /// `per_workspace`; routed services send `v1_weight` percent to v1.
 fn config(services: usize, per_workspace: usize, v1_weight: u32) -> Config {
+    Config::parse(CLUSTER, &resources(services, per_workspace, v1_weight))
+}
+
+/// The resources [`config`] parses.
+fn resources(services: usize, per_workspace: usize, v1_weight: u32) -> Vec<Resource> {
     let mut resources = vec![resource(json!({
         "apiVersion": "weft.dev/v1alpha1", "kind": "Tenant",
         "metadata": {"name": "bench"}, "spec": {}
@@ -90,7 +95,7 @@ fn config(services: usize, per_workspace: usize, v1_weight: u32) -> Config {
             }
         })));
     }
-    Config::parse(CLUSTER, &resources)
+    resources
 }
 
 /// Instance `n` (a unique number) of service `s`.
@@ -818,6 +823,55 @@ async fn live(
     );
 }
 
+/// What one `weft explain` costs the edge: a whole translation (with a
+/// caller imagined, or the caller's own), then the walk through it.
+fn explain_cost() {
+    use weft_api::explain::ExplainRequest;
+    use weft_control::translate::explain;
+    for (services, per_workspace) in [(1000, 1000), (10_000, 100)] {
+        let resources = resources(services, per_workspace, 90);
+        let config = Config::parse(CLUSTER, &resources).with_trust_domain(Some("bench".into()));
+        let workloads = registry(services, per_workspace);
+        let question = |from: &str| ExplainRequest {
+            from: from.into(),
+            host: "svc-0.ns-0".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            headers: [("x-canary".to_string(), "yes".to_string())].into(),
+            claims: None,
+        };
+        let timings = |from: &str| {
+            let mut runs: Vec<Duration> = (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    let answer = explain(
+                        &config,
+                        &resources,
+                        &workloads,
+                        &Directory::default(),
+                        &question(from),
+                    )
+                    .expect("the benchmark's caller exists");
+                    assert!(answer.route.is_some());
+                    started.elapsed()
+                })
+                .collect();
+            runs.sort();
+            runs[runs.len() / 2]
+        };
+        let own = timings("svc-1-v1-2");
+        let imagined = timings("ns-0/newcomer");
+        let started = Instant::now();
+        let _ = translate(&config, &workloads, &Directory::default());
+        println!(
+            "explain, {services} services: {} (a running caller), {} (an imagined one); translation alone {}",
+            ms(own),
+            ms(imagined),
+            ms(started.elapsed())
+        );
+    }
+}
+
 fn main() {
     let section = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let runtime = || {
@@ -835,6 +889,7 @@ fn main() {
         Some("full-1000") => full_build(1000, 1000),
         Some("full-10000") => full_build(10_000, 100),
         Some("incremental") => incremental(),
+        Some("explain") => explain_cost(),
         Some("declared") => declared(),
         Some("live-1000") => runtime().block_on(live(
             1000,
@@ -868,6 +923,7 @@ fn main() {
                 "full-10000",
                 "incremental",
                 "declared",
+                "explain",
                 "live-1000",
                 "live-10000",
             ] {
