@@ -1,0 +1,8 @@
+//! weft-proxy: weft's own sidecar, configured by the very xDS the edge
+//! sends Envoy. Resources arrive as Envoy's protos and are converted, once
+//! per change, into the typed form in [`config`]: it can represent only
+//! what weft-proxy does exactly as Envoy would, so a resource that asks
+//! for anything else is refused with the fields that ask for it (the
+//! proxy NACKs with that text) rather than half-honoured.
+
+pub mod config;
