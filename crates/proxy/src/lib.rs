@@ -3,6 +3,12 @@
 //! per change, into the typed form in [`config`]: it can represent only
 //! what weft-proxy does exactly as Envoy would, so a resource that asks
 //! for anything else is refused with the fields that ask for it (the
-//! proxy NACKs with that text) rather than half-honoured.
+//! proxy NACKs with that text) rather than half-honoured. [`xds`] keeps
+//! what the edge sends over delta ADS, applying a response only when all
+//! of it converts.
+//!
+//! Not yet here: listeners, the request path, and `weft sidecar --proxy
+//! weft`.
 
 pub mod config;
+pub mod xds;
