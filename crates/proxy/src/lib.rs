@@ -7,8 +7,7 @@
 //! what the edge sends over delta ADS, applying a response only when all
 //! of it converts.
 //!
-//! Not yet here: listeners, the request path, and `weft sidecar --proxy
-//! weft`.
+//! Not yet here: the request path, and `weft sidecar --proxy weft`.
 
 pub mod config;
 pub mod xds;

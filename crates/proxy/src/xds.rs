@@ -1,4 +1,6 @@
-//! weft-proxy's xDS client: one delta ADS stream to the edge. Each
+//! weft-proxy's xDS client: one delta ADS stream to the edge, for every
+//! cluster and listener, the endpoints of the EDS clusters and the route
+//! tables the listeners name (subscriptions follow them). Each
 //! response is converted whole into [`crate::config`]: if every resource
 //! in it converts, the change applies at once (a new immutable
 //! [`Resources`], swapped in) and is ACKed; if any is refused, nothing of
@@ -13,6 +15,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -23,11 +26,12 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::config::{Assignment, Cluster, Discovery, Refused, RouteTable};
+use crate::config::{Assignment, Cluster, Discovery, Listener, Refused, RouteTable};
 
 const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 /// Everything the proxy holds now: replaced whole on each accepted change.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +39,7 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub endpoints: BTreeMap<String, Arc<Assignment>>,
     pub routes: BTreeMap<String, Arc<RouteTable>>,
+    pub listeners: BTreeMap<String, Arc<Listener>>,
     /// The version of each resource, as the server named it.
     pub versions: BTreeMap<(String, String), String>,
 }
@@ -52,6 +57,7 @@ enum Converted {
     Clusters(Vec<(String, String, Cluster)>),
     Endpoints(Vec<(String, String, Assignment)>),
     Routes(Vec<(String, String, RouteTable)>),
+    Listeners(Vec<(String, String, Listener)>),
 }
 
 fn convert(response: &DeltaDiscoveryResponse) -> Result<Converted, Vec<String>> {
@@ -84,6 +90,7 @@ fn convert(response: &DeltaDiscoveryResponse) -> Result<Converted, Vec<String>> 
         CLUSTER_TYPE => each!(XdsCluster, Cluster, Clusters),
         ENDPOINT_TYPE => each!(ClusterLoadAssignment, Assignment, Endpoints),
         ROUTE_TYPE => each!(RouteConfiguration, RouteTable, Routes),
+        LISTENER_TYPE => each!(XdsListener, Listener, Listeners),
         other => {
             problems.push(format!("{other}: weft-proxy does not take this type yet"));
             Converted::Routes(Vec::new())
@@ -117,6 +124,7 @@ impl Resources {
             Converted::Clusters(items) => apply!(clusters, items),
             Converted::Endpoints(items) => apply!(endpoints, items),
             Converted::Routes(items) => apply!(routes, items),
+            Converted::Listeners(items) => apply!(listeners, items),
         }
         next
     }
@@ -129,15 +137,37 @@ impl Resources {
             .map(|c| c.name.clone())
             .collect()
     }
+
+    /// The route tables the listeners route by.
+    fn route_tables(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.chains.iter().map(|c| c.http.route_table.clone()))
+            .collect()
+    }
 }
 
-/// One ADS stream over `channel` for `node`, asking for every cluster,
-/// the endpoints of the EDS ones and the route tables `route_tables`;
-/// `held` has what the proxy holds, and keeps it when the stream ends.
+/// The request that moves a subscription from `old` names to `new` ones.
+fn resubscribe(
+    type_url: &str,
+    old: &BTreeSet<String>,
+    new: &BTreeSet<String>,
+) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names_subscribe: new.difference(old).cloned().collect(),
+        resource_names_unsubscribe: old.difference(new).cloned().collect(),
+        ..Default::default()
+    }
+}
+
+/// One ADS stream over `channel` for `node`, asking for every cluster and
+/// listener, the endpoints of the EDS clusters and the route tables the
+/// listeners name; `held` has what the proxy holds, and keeps it when
+/// the stream ends.
 pub async fn stream(
     channel: tonic::transport::Channel,
     node: Node,
-    route_tables: &[String],
     held: &watch::Sender<Arc<Resources>>,
 ) -> Result<(), XdsError> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
@@ -162,16 +192,13 @@ pub async fn stream(
         ..Default::default()
     };
     let mut eds = current.eds_clusters();
-    let opening = [
-        first(CLUSTER_TYPE, Vec::new()),
-        first(ROUTE_TYPE, route_tables.to_vec()),
-        first(ENDPOINT_TYPE, eds.iter().cloned().collect()),
-    ];
-    for request in opening {
-        if request.type_url == ENDPOINT_TYPE && request.resource_names_subscribe.is_empty() {
-            continue;
+    let mut rds = current.route_tables();
+    let _ = tx.send(first(CLUSTER_TYPE, Vec::new()));
+    let _ = tx.send(first(LISTENER_TYPE, Vec::new()));
+    for (t, names) in [(ENDPOINT_TYPE, &eds), (ROUTE_TYPE, &rds)] {
+        if !names.is_empty() {
+            let _ = tx.send(first(t, names.iter().cloned().collect()));
         }
-        let _ = tx.send(request);
     }
     let mut responses = client
         .delta_aggregated_resources(UnboundedReceiverStream::new(requests))
@@ -193,17 +220,16 @@ pub async fn stream(
         match convert(&response) {
             Ok(converted) => {
                 let next = held.borrow().with(&response, converted);
-                let now_eds = next.eds_clusters();
+                let (now_eds, now_rds) = (next.eds_clusters(), next.route_tables());
                 held.send_replace(Arc::new(next));
                 let _ = tx.send(answer(None));
-                if response.type_url == CLUSTER_TYPE && now_eds != eds {
-                    let _ = tx.send(DeltaDiscoveryRequest {
-                        type_url: ENDPOINT_TYPE.into(),
-                        resource_names_subscribe: now_eds.difference(&eds).cloned().collect(),
-                        resource_names_unsubscribe: eds.difference(&now_eds).cloned().collect(),
-                        ..Default::default()
-                    });
+                if now_eds != eds {
+                    let _ = tx.send(resubscribe(ENDPOINT_TYPE, &eds, &now_eds));
                     eds = now_eds;
+                }
+                if now_rds != rds {
+                    let _ = tx.send(resubscribe(ROUTE_TYPE, &rds, &now_rds));
+                    rds = now_rds;
                 }
             }
             Err(problems) => {
@@ -220,13 +246,12 @@ pub async fn stream(
 pub async fn follow(
     endpoint: tonic::transport::Endpoint,
     node: Node,
-    route_tables: Vec<String>,
     held: watch::Sender<Arc<Resources>>,
 ) {
     let mut pause = Duration::from_millis(100);
     loop {
         match endpoint.connect().await {
-            Ok(channel) => match stream(channel, node.clone(), &route_tables, &held).await {
+            Ok(channel) => match stream(channel, node.clone(), &held).await {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, "xDS stream ended; keeping the last good configuration")

@@ -1,6 +1,6 @@
 //! weft-proxy's xDS client against weft's own ADS server (the one the
-//! edge runs): it takes clusters, the endpoints of the EDS ones and its
-//! route tables, ACKs them; a change with a field it would not honour is
+//! edge runs): it takes clusters and listeners, the endpoints of the EDS
+//! clusters and the route tables its listeners name, ACKs them; a change with a field it would not honour is
 //! NACKed with that field's path, and the proxy keeps what it had; the
 //! next good change applies.
 
@@ -26,6 +26,15 @@ use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::util::pack_any;
 use tokio::sync::watch;
 use weft_proxy::xds::{Resources, follow};
 use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
@@ -95,6 +104,46 @@ fn outbound(cluster: &str) -> RouteConfiguration {
     }
 }
 
+/// The app's way out: plain HTTP on loopback, routed by `outbound`.
+fn outbound_listener() -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: "outbound".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                ..Default::default()
+            }),
+            route_config_name: "outbound".into(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: "outbound".into(),
+        address: Some(Address {
+            address: Some(AddressKind::SocketAddress(SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(PortSpecifier::PortValue(15001)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(FilterConfig::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -114,7 +163,7 @@ async fn takes_what_converts_and_nacks_what_it_would_not_honour_by_field() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let snapshot = |clusters: &[XdsCluster], eds: &[ClusterLoadAssignment], route: &str| {
-        Snapshot::new(clusters, eds, &[], &[outbound(route)]).unwrap()
+        Snapshot::new(clusters, eds, &[outbound_listener()], &[outbound(route)]).unwrap()
     };
     cache.set(
         NODE,
@@ -131,13 +180,14 @@ async fn takes_what_converts_and_nacks_what_it_would_not_honour_by_field() {
         id: NODE.into(),
         ..Default::default()
     };
-    let client = tokio::spawn(follow(endpoint, node, vec!["outbound".into()], held_tx));
+    let client = tokio::spawn(follow(endpoint, node, held_tx));
 
     until("the first configuration is held", || {
         let r = held.borrow();
         r.clusters.contains_key("out|reviews.shop")
             && r.endpoints.contains_key("out|reviews.shop")
             && r.routes.contains_key("outbound")
+            && r.listeners.contains_key("outbound")
     })
     .await;
     until("it is ACKed", || {

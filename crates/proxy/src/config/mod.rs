@@ -7,11 +7,17 @@
 
 mod cluster;
 mod endpoints;
+mod format;
+mod http;
+mod listener;
 mod route;
 mod tls;
 
 pub use cluster::{Balancer, Cluster, Discovery, Limits, Outlier, UpstreamProtocol, UpstreamTls};
 pub use endpoints::{Assignment, Endpoint, Locality, LocalityGroup, Target};
+pub use format::{Format, Operator, Piece};
+pub use http::{AccessLog, CountedStats, HttpFilter};
+pub use listener::{DownstreamTls, FilterChain, HttpManager, Listener};
 pub use route::{
     Action, Forward, HashOn, HeaderMatch, PathMatch, QueryMatch, Retry, RetryOn, Route, RouteMatch,
     RouteTable, ValueMatch, VirtualHost,

@@ -70,7 +70,7 @@ pub(crate) fn common_tls(
     else {
         r.refuse(
             at(here, "validation_context_type"),
-            "only the mesh's mutual TLS (SDS roots combined with SAN matchers); TLS to hosts outside the mesh is not supported yet",
+            "only the mesh's mutual TLS (SDS roots combined with SAN matchers): TLS to hosts outside the mesh is not supported yet",
         );
         return None;
     };
