@@ -370,3 +370,68 @@ fn a_listener_asking_for_more_is_refused_by_field() {
         assert!(refused.contains(field), "{field}: {refused}");
     }
 }
+
+/// The inbound route table `node` gets in golden case `case`.
+fn inbound(case: &str, node: &str) -> RouteTable {
+    let inputs =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../control/testdata/in/{case}.yaml"));
+    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
+    let config = Config::parse(&case.cluster, &case.manifests)
+        .with_trust_domain(case.trust_domain)
+        .with_locality(case.locality);
+    let translation = translate(&config, &case.workloads, &case.directory);
+    let snapshot = translation
+        .proxy_config(node)
+        .unwrap()
+        .to_snapshot()
+        .unwrap();
+    let entry = snapshot
+        .entries(ResourceType::Route)
+        .find(|e| &*e.name == "inbound")
+        .unwrap();
+    RouteTable::try_from(&RouteConfiguration::decode(entry.any.value.as_slice()).unwrap()).unwrap()
+}
+
+#[test]
+fn authorization_rules_keep_callers_requests_and_claims() {
+    use weft_proxy::config::{Permission, Principal};
+    let cart = inbound("security", "cart-1");
+    let rules = &cart.virtual_hosts[0].authorization;
+    let deny = &rules["weft.authorization.deny"];
+    let allow = &rules["weft.authorization.allow"];
+    assert!(deny.deny && !allow.deny);
+    assert_eq!(
+        deny.policies[0].name,
+        "tenants/retail/workspaces/shop/securitysettings/cart#deny[0]"
+    );
+    assert_eq!(deny.policies[0].principals, [Principal::Any]);
+    assert!(deny.policies[0].permissions.iter().any(|p| matches!(
+        p,
+        Permission::And(all) if all.iter().any(|q| matches!(q, Permission::Header(h) if h.name == ":method"))
+    )));
+    assert_eq!(
+        allow.policies[0].principals,
+        [Principal::Authenticated(ValueMatch::Exact(
+            "spiffe://acme.example/ns/shop/sa/client".into()
+        ))]
+    );
+    let orders = inbound("jwt", "orders-1");
+    let allow = &orders.virtual_hosts[0].authorization["weft.authorization.allow"];
+    let claims: Vec<&Permission> = allow
+        .policies
+        .iter()
+        .flat_map(|p| &p.permissions)
+        .flat_map(|p| match p {
+            Permission::And(all) => all.iter().collect(),
+            other => vec![other],
+        })
+        .filter(|p| matches!(p, Permission::Claim { .. }))
+        .collect();
+    assert_eq!(
+        claims,
+        [&Permission::Claim {
+            path: vec!["groups".into()],
+            values: vec!["admin".into(), "ops".into()]
+        }]
+    );
+}

@@ -10,6 +10,7 @@ mod endpoints;
 mod format;
 mod http;
 mod listener;
+mod rbac;
 mod route;
 mod tls;
 
@@ -18,6 +19,7 @@ pub use endpoints::{Assignment, Endpoint, Locality, LocalityGroup, Target};
 pub use format::{Format, Operator, Piece};
 pub use http::{AccessLog, CountedStats, HttpFilter};
 pub use listener::{DownstreamTls, FilterChain, HttpManager, Listener};
+pub use rbac::{Permission, Policy, Principal, Rules};
 pub use route::{
     Action, Forward, HashOn, HeaderMatch, PathMatch, QueryMatch, Retry, RetryOn, Route, RouteMatch,
     RouteTable, ValueMatch, VirtualHost,

@@ -1,12 +1,14 @@
 //! Route tables (RDS): virtual hosts by domain, routes in order (the
 //! first that matches wins), and what a route does: forward to weighted
 //! clusters with a timeout, retries and sticky hashing, or answer itself.
-//! Filters' per-route settings (authorization rules) stay encoded here;
-//! each filter converts its own.
+//! A virtual host also carries the authorization rules each RBAC filter
+//! applies to its requests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::rbac::{Rules, per_route};
+use super::{Refusals, Refused, duration};
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSpecifier;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
@@ -21,9 +23,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::google::protobuf::Any;
-
-use super::{Refusals, Refused, duration};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteTable {
@@ -37,8 +36,8 @@ pub struct VirtualHost {
     /// Lowercase; `*`, `*.suffix` and `prefix.*` as Envoy reads them.
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
-    /// Per-filter settings by filter name, still encoded.
-    pub filter_config: BTreeMap<String, Any>,
+    /// Authorization rules, by the name of the filter that applies them.
+    pub authorization: BTreeMap<String, Rules>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,10 +246,13 @@ fn virtual_host(vh: &XdsVirtualHost, here: &str, r: &mut Refusals) -> VirtualHos
             .enumerate()
             .map(|(j, route)| self::route(route, &format!("{here}.routes[{j}]"), r))
             .collect(),
-        filter_config: vh
+        authorization: vh
             .typed_per_filter_config
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|(filter, any)| {
+                let at = format!("{here}.typed_per_filter_config[{filter}]");
+                Some((filter.clone(), per_route(any, &at, r)?))
+            })
             .collect(),
     }
 }
