@@ -7,7 +7,14 @@
 //! what the edge sends over delta ADS, applying a response only when all
 //! of it converts.
 //!
-//! Not yet here: the request path, and `weft sidecar --proxy weft`.
+//! The request path's decisions are made by pure stages, each its own
+//! module: [`routing`], [`balance`], [`authorize`].
+//!
+//! Not yet here: connections (listeners, TLS, upstream pools), and
+//! `weft sidecar --proxy weft`.
 
+pub mod authorize;
+pub mod balance;
 pub mod config;
+pub mod routing;
 pub mod xds;
