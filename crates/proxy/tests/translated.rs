@@ -16,12 +16,12 @@ use weft_agent::workload::{Role, Workload};
 use weft_api::Resource;
 use weft_api::edge::Locality as EdgeLocality;
 use weft_control::directory::Directory;
-use weft_control::translate::{Config, translate};
+use weft_control::translate::{Config, Translation, translate};
 use weft_proxy::config::{
     Action, Assignment, Balancer, Cluster, Discovery, Listener, PathMatch, RouteTable,
     UpstreamProtocol, ValueMatch,
 };
-use weft_xds::ResourceType;
+use weft_xds::{ResourceType, Snapshot};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,6 +37,39 @@ struct Case {
     directory: Directory,
 }
 
+/// Golden case `name` translated (with `trust_domain` instead of its
+/// own, if given).
+fn translated(name: &str, trust_domain: Option<&str>) -> (Case, Translation) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../control/testdata/in/{name}.yaml"));
+    let case: Case = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let config = Config::parse(&case.cluster, &case.manifests)
+        .with_trust_domain(
+            trust_domain
+                .map(str::to_string)
+                .or(case.trust_domain.clone()),
+        )
+        .with_locality(case.locality.clone());
+    let translation = translate(&config, &case.workloads, &case.directory);
+    (case, translation)
+}
+
+/// What `node` of golden case `name` is sent.
+fn snapshot(name: &str, node: &str, trust_domain: Option<&str>) -> Snapshot {
+    let (_, translation) = translated(name, trust_domain);
+    translation
+        .proxy_config(node)
+        .unwrap()
+        .to_snapshot()
+        .unwrap()
+}
+
+/// Resource `name` of type `t` in `snapshot`, decoded.
+fn resource<T: Message + Default>(snapshot: &Snapshot, t: ResourceType, name: &str) -> T {
+    let entry = snapshot.entries(t).find(|e| &*e.name == name).unwrap();
+    T::decode(entry.any.value.as_slice()).unwrap()
+}
+
 /// Every golden case's sidecars' clusters and endpoint sets, converted:
 /// (case/node/resource, result).
 fn converted() -> Vec<(String, Result<(), String>)> {
@@ -49,11 +82,7 @@ fn converted() -> Vec<(String, Result<(), String>)> {
     let mut out = Vec::new();
     for path in paths {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let case: Case = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let config = Config::parse(&case.cluster, &case.manifests)
-            .with_trust_domain(case.trust_domain)
-            .with_locality(case.locality);
-        let translation = translate(&config, &case.workloads, &case.directory);
+        let (case, translation) = translated(&name, None);
         for w in case.workloads.iter().filter(|w| w.role == Role::Sidecar) {
             let Some(proxy) = translation.proxy_config(&w.node) else {
                 continue;
@@ -148,22 +177,13 @@ fn sidecar_clusters_endpoints_and_routes_convert_or_name_what_is_refused() {
 
 #[test]
 fn a_service_cluster_keeps_what_envoy_is_told() {
-    let inputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/in/settings.yaml");
-    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
-    let config = Config::parse(&case.cluster, &case.manifests)
-        .with_trust_domain(Some("acme.example".into()))
-        .with_locality(case.locality);
-    let translation = translate(&config, &case.workloads, &case.directory);
-    let snapshot = translation
-        .proxy_config("client-1")
-        .unwrap()
-        .to_snapshot()
-        .unwrap();
-    let pay = snapshot
-        .entries(ResourceType::Cluster)
-        .find(|e| &*e.name == "out|pay.shop")
-        .unwrap();
-    let pay = Cluster::try_from(&XdsCluster::decode(pay.any.value.as_slice()).unwrap()).unwrap();
+    let snapshot = snapshot("settings", "client-1", Some("acme.example"));
+    let pay = Cluster::try_from(&resource::<XdsCluster>(
+        &snapshot,
+        ResourceType::Cluster,
+        "out|pay.shop",
+    ))
+    .unwrap();
     assert_eq!(pay.discovery, Discovery::Eds);
     assert_eq!(pay.balancer, Balancer::LeastRequest);
     assert_eq!(pay.limits.max_connections, 10);
@@ -228,24 +248,13 @@ fn what_weft_proxy_would_not_honour_is_refused_by_field() {
 
 #[test]
 fn a_route_table_keeps_its_matches_weights_and_names() {
-    let inputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/in/matches.yaml");
-    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
-    let config = Config::parse(&case.cluster, &case.manifests)
-        .with_trust_domain(case.trust_domain)
-        .with_locality(case.locality);
-    let translation = translate(&config, &case.workloads, &case.directory);
-    let snapshot = translation
-        .proxy_config("client-1")
-        .unwrap()
-        .to_snapshot()
-        .unwrap();
-    let outbound = snapshot
-        .entries(ResourceType::Route)
-        .find(|e| &*e.name == "outbound")
-        .unwrap();
-    let table =
-        RouteTable::try_from(&RouteConfiguration::decode(outbound.any.value.as_slice()).unwrap())
-            .unwrap();
+    let snapshot = snapshot("matches", "client-1", None);
+    let table = RouteTable::try_from(&resource::<RouteConfiguration>(
+        &snapshot,
+        ResourceType::Route,
+        "outbound",
+    ))
+    .unwrap();
     let reviews = table
         .virtual_hosts
         .iter()
@@ -276,23 +285,14 @@ fn a_route_table_keeps_its_matches_weights_and_names() {
 #[test]
 fn a_sidecar_listener_keeps_its_tls_filters_and_logs() {
     use weft_proxy::config::{AccessLog, HttpFilter, Operator, Piece};
-    let inputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/in/basic.yaml");
-    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
-    let config = Config::parse(&case.cluster, &case.manifests)
-        .with_trust_domain(case.trust_domain)
-        .with_locality(case.locality);
-    let translation = translate(&config, &case.workloads, &case.directory);
-    let snapshot = translation
-        .proxy_config("cart-1")
-        .unwrap()
-        .to_snapshot()
-        .unwrap();
+    let snapshot = snapshot("basic", "cart-1", None);
     let listener = |name: &str| {
-        let entry = snapshot
-            .entries(ResourceType::Listener)
-            .find(|e| &*e.name == name)
-            .unwrap();
-        Listener::try_from(&XdsListener::decode(entry.any.value.as_slice()).unwrap()).unwrap()
+        Listener::try_from(&resource::<XdsListener>(
+            &snapshot,
+            ResourceType::Listener,
+            name,
+        ))
+        .unwrap()
     };
     let inbound = listener("inbound");
     assert_eq!(inbound.address.to_string(), "127.0.0.3:15006");
@@ -336,22 +336,8 @@ fn a_listener_asking_for_more_is_refused_by_field() {
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::google::protobuf::BoolValue;
-    let inputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/in/basic.yaml");
-    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
-    let config = Config::parse(&case.cluster, &case.manifests)
-        .with_trust_domain(case.trust_domain)
-        .with_locality(case.locality);
-    let translation = translate(&config, &case.workloads, &case.directory);
-    let snapshot = translation
-        .proxy_config("web-1")
-        .unwrap()
-        .to_snapshot()
-        .unwrap();
-    let entry = snapshot
-        .entries(ResourceType::Listener)
-        .find(|e| &*e.name == "outbound")
-        .unwrap();
-    let mut listener = XdsListener::decode(entry.any.value.as_slice()).unwrap();
+    let snapshot = snapshot("basic", "web-1", None);
+    let mut listener: XdsListener = resource(&snapshot, ResourceType::Listener, "outbound");
     let filter = &mut listener.filter_chains[0].filters[0];
     let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type else {
         panic!("a typed HCM");
@@ -373,23 +359,13 @@ fn a_listener_asking_for_more_is_refused_by_field() {
 
 /// The inbound route table `node` gets in golden case `case`.
 fn inbound(case: &str, node: &str) -> RouteTable {
-    let inputs =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../control/testdata/in/{case}.yaml"));
-    let case: Case = serde_norway::from_str(&std::fs::read_to_string(inputs).unwrap()).unwrap();
-    let config = Config::parse(&case.cluster, &case.manifests)
-        .with_trust_domain(case.trust_domain)
-        .with_locality(case.locality);
-    let translation = translate(&config, &case.workloads, &case.directory);
-    let snapshot = translation
-        .proxy_config(node)
-        .unwrap()
-        .to_snapshot()
-        .unwrap();
-    let entry = snapshot
-        .entries(ResourceType::Route)
-        .find(|e| &*e.name == "inbound")
-        .unwrap();
-    RouteTable::try_from(&RouteConfiguration::decode(entry.any.value.as_slice()).unwrap()).unwrap()
+    let snapshot = snapshot(case, node, None);
+    RouteTable::try_from(&resource::<RouteConfiguration>(
+        &snapshot,
+        ResourceType::Route,
+        "inbound",
+    ))
+    .unwrap()
 }
 
 #[test]
