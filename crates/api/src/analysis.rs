@@ -4,7 +4,8 @@
 //! accepted but likely not meant: settings shadowed by more specific
 //! ones, workspaces where no call is allowed, SecuritySettings that
 //! allow nothing, selector entries that name no cluster; and, from what
-//! the edges report running, route subsets no instance carries.
+//! the edges report running, route subsets no instance carries and
+//! running services nobody may call.
 
 use std::collections::BTreeMap;
 
@@ -254,6 +255,58 @@ pub fn idle_subsets(routes: &[Placed], running: &[Running]) -> Vec<Finding> {
     out
 }
 
+/// Running services no caller may reach: where the most specific level
+/// of SecuritySettings that authorizes (workspace < group < service)
+/// allows nothing, or no setting authorizes at all (deny-all).
+pub fn unreachable_services(all: &[Placed], running: &[Running]) -> Vec<Finding> {
+    let scopes = Scopes::new(all);
+    let security: Vec<Attached> = all
+        .iter()
+        .filter(|p| p.resource.kind == "SecuritySetting")
+        .filter_map(|p| scopes.attach(p))
+        .collect();
+    let mut services: Vec<(&str, &str, &str)> = running
+        .iter()
+        .map(|r| (r.namespace, r.service, r.cluster))
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    let mut out = Vec::new();
+    for (namespace, service, cluster) in services {
+        let here = [(cluster.to_string(), namespace.to_string())];
+        let applies = |s: &&Attached| {
+            overlap(&s.coverage(), &here)
+                && s.service
+                    .is_none_or(|(ns, name)| ns == namespace && name == service)
+                && s.spec().get("authorization").is_some_and(|a| !a.is_null())
+        };
+        let deciding: Vec<&Attached> = security.iter().filter(applies).collect();
+        let Some(level) = deciding.iter().map(|s| s.level).max() else {
+            // No setting at all: the workspace's deny-all warning says it.
+            continue;
+        };
+        let deciding: Vec<&&Attached> = deciding.iter().filter(|s| s.level == level).collect();
+        let allows = deciding.iter().any(|s| {
+            s.spec()["authorization"]["allow"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        });
+        if allows {
+            continue;
+        }
+        let first = deciding[0];
+        out.push(warning(
+            first.placed.path,
+            "spec.authorization".into(),
+            format!(
+                "nobody may call {service}.{namespace} (running in {cluster}): the {} level decides and allows no caller",
+                level.name()
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +410,63 @@ spec:
         assert!(found[0].message.contains("version=v3"), "{found:?}");
         // Nothing runs yet: nothing to say.
         assert!(idle_subsets(&placed, &[running("ratings")]).is_empty());
+    }
+
+    #[test]
+    fn a_running_service_nobody_may_call_is_named() {
+        let doc = |yaml: &str| -> Resource {
+            serde_norway::from_str(&format!("apiVersion: weft.dev/v1alpha1\n{yaml}")).unwrap()
+        };
+        let ws = "tenants/t/workspaces/w";
+        let docs = [
+            (
+                ws,
+                "tenants/t",
+                doc(
+                    "kind: Workspace\nmetadata: {name: w}\nspec: {namespaceSelector: ['east/shop']}",
+                ),
+            ),
+            (
+                "tenants/t/workspaces/w/securitysettings/all",
+                ws,
+                doc(
+                    "kind: SecuritySetting\nmetadata: {name: all}\nspec: {authorization: {allow: [{from: [{sameWorkspace: true}]}]}}",
+                ),
+            ),
+            (
+                "tenants/t/workspaces/w/securitysettings/vault",
+                ws,
+                doc(
+                    "kind: SecuritySetting\nmetadata: {name: vault}\nspec: {service: {name: vault, namespace: shop}, authorization: {deny: [{to: [{method: DELETE}]}]}}",
+                ),
+            ),
+        ];
+        let placed: Vec<Placed> = docs
+            .iter()
+            .map(|(path, parent, resource)| Placed {
+                path,
+                parent,
+                resource,
+            })
+            .collect();
+        let labels = BTreeMap::new();
+        let running = |service| Running {
+            cluster: "east",
+            namespace: "shop",
+            service,
+            labels: &labels,
+        };
+        let found = unreachable_services(&placed, &[running("vault"), running("cart")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].path,
+            "tenants/t/workspaces/w/securitysettings/vault"
+        );
+        assert!(
+            found[0]
+                .message
+                .starts_with("nobody may call vault.shop (running in east)"),
+            "{found:?}"
+        );
     }
 }

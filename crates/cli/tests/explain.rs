@@ -413,6 +413,46 @@ async fn explain_says_what_real_requests_meet() {
         "{applied:?}"
     );
 
+    // A running service whose deciding setting allows nobody is named by
+    // `weft analyze`, from what the edge reports running.
+    let sealed = write(
+        mesh.dir.path(),
+        "sealed.yaml",
+        "apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {name: other-sealed, tenant: retail, workspace: shop}
+spec:
+  service: {name: other, namespace: shop}
+  authorization:
+    deny: [{to: [{method: DELETE}]}]
+",
+    );
+    let applied = mesh.server().weft(&mesh.admin, &["apply", "-f", &sealed]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let analyzed = mesh.server().weft(&mesh.admin, &["analyze", "-o", "json"]);
+    let report: Value = serde_json::from_str(&analyzed.stdout).unwrap();
+    let nobody: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nobody may call"))
+        })
+        .collect();
+    assert_eq!(nobody.len(), 1, "{report}");
+    assert_eq!(
+        nobody[0]["path"],
+        "tenants/retail/workspaces/shop/securitysettings/other-sealed"
+    );
+    assert!(
+        nobody[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("nobody may call other.shop (running in east)")
+    );
+
     // Bad questions: a caller nobody knows, a header without a value.
     let run = mesh.server().weft(
         &mesh.admin,

@@ -9,7 +9,7 @@
 use axum::Json;
 use axum::extract::State;
 use weft_api::Verb;
-use weft_api::analysis::{Finding, Report, Running, analyze, idle_subsets};
+use weft_api::analysis::{Finding, Report, Running, analyze, idle_subsets, unreachable_services};
 use weft_api::conflicts::{INVOLVED, Placed};
 use weft_api::edge::{EdgeStatus, ProxyReport};
 use weft_api::kinds::kind_of_path;
@@ -38,6 +38,10 @@ pub async fn report(
         |path: &str| kind_of_path(path).is_some_and(|k| caller.can(Verb::Read, k.name, path));
     let mut findings = analyze(&placed);
     findings.extend(running_warnings(&state, &placed).await?);
+    findings.extend(unreachable_services(
+        &placed,
+        &running_instances(&running(&state).await?),
+    ));
     let findings = findings
         .into_iter()
         .filter(|f| readable(&f.path))
@@ -79,7 +83,11 @@ pub async fn running_warnings(
         return Ok(Vec::new());
     }
     let running = running(state).await?;
-    let running: Vec<Running> = running
+    Ok(idle_subsets(placed, &running_instances(&running)))
+}
+
+fn running_instances(running: &[(String, ProxyReport)]) -> Vec<Running<'_>> {
+    running
         .iter()
         .map(|(cluster, p)| Running {
             cluster,
@@ -87,6 +95,5 @@ pub async fn running_warnings(
             service: &p.service,
             labels: &p.labels,
         })
-        .collect();
-    Ok(idle_subsets(placed, &running))
+        .collect()
 }
