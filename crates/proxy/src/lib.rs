@@ -8,7 +8,8 @@
 //! of it converts.
 //!
 //! The request path's decisions are made by pure stages, each its own
-//! module: [`routing`], [`balance`], [`authorize`].
+//! module: [`routing`], [`balance`], [`authorize`]; [`tls`] makes the
+//! rustls settings that check peers by SPIFFE ID.
 //!
 //! Not yet here: connections (listeners, TLS, upstream pools), and
 //! `weft sidecar --proxy weft`.
@@ -17,4 +18,5 @@ pub mod authorize;
 pub mod balance;
 pub mod config;
 pub mod routing;
+pub mod tls;
 pub mod xds;
