@@ -67,12 +67,19 @@ fn refused(e: IdentityError) -> rustls::Error {
     rustls::Error::General(e.to_string())
 }
 
-/// Checks signatures the way rustls does, with ring's algorithms.
+/// Checks handshake signatures the way rustls does, with ring's
+/// algorithms: what every certificate verifier needs besides the chain.
 #[derive(Debug)]
-struct Signatures(Arc<CryptoProvider>);
+pub struct Signatures(Arc<CryptoProvider>);
+
+impl Default for Signatures {
+    fn default() -> Self {
+        Signatures(provider())
+    }
+}
 
 impl Signatures {
-    fn tls12(
+    pub fn tls12(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -86,7 +93,7 @@ impl Signatures {
         )
     }
 
-    fn tls13(
+    pub fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -100,7 +107,7 @@ impl Signatures {
         )
     }
 
-    fn schemes(&self) -> Vec<SignatureScheme> {
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
@@ -123,7 +130,7 @@ impl ClientSvidVerifier {
     pub fn new(trust: Arc<TrustStore>) -> ClientSvidVerifier {
         ClientSvidVerifier {
             trust,
-            signatures: Signatures(provider()),
+            signatures: Signatures::default(),
         }
     }
 }
@@ -200,7 +207,7 @@ impl ServerSvidVerifier {
         ServerSvidVerifier {
             trust,
             expected: Arc::new(expected),
-            signatures: Signatures(provider()),
+            signatures: Signatures::default(),
         }
     }
 }

@@ -198,15 +198,6 @@ impl Client {
     }
 }
 
-impl Clone for Client {
-    fn clone(&self) -> Self {
-        match self {
-            Client::H2(s) => Client::H2(s.clone()),
-            Client::Http1(_) => unreachable!("HTTP/1.1 connections are not shared"),
-        }
-    }
-}
-
 /// Requests done and their latencies (microseconds).
 struct Outcome {
     done: u64,
@@ -220,8 +211,13 @@ async fn max_rate(port: u16, protocol: Protocol, seconds: u64) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
+    // h2c: one connection, its streams side by side; HTTP/1.1: one
+    // connection each.
     let shared = match protocol {
-        Protocol::H2c => Some(Client::open(port, protocol).await),
+        Protocol::H2c => match Client::open(port, protocol).await {
+            Client::H2(sender) => Some(sender),
+            Client::Http1(_) => None,
+        },
         Protocol::Http1 => None,
     };
     let started = Instant::now();
@@ -229,7 +225,7 @@ async fn max_rate(port: u16, protocol: Protocol, seconds: u64) -> Outcome {
         let stop = stop.clone();
         let failed = failed.clone();
         let mut client = match &shared {
-            Some(c) => c.clone(),
+            Some(sender) => Client::H2(sender.clone()),
             None => Client::open(port, protocol).await,
         };
         workers.push(tokio::spawn(async move {

@@ -52,16 +52,12 @@ pub fn host_without_port(parts: &Parts) -> String {
     name.to_ascii_lowercase()
 }
 
-fn full_match(pattern: &str, value: &str) -> bool {
-    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|r| r.is_match(value))
-}
-
 impl ValueMatch {
     pub fn matches(&self, value: &str) -> bool {
         match self {
             ValueMatch::Exact(v) => value == v,
             ValueMatch::Prefix(p) => value.starts_with(p.as_str()),
-            ValueMatch::Regex(r) => full_match(r, value),
+            ValueMatch::Regex(pattern) => pattern.matches(value),
             ValueMatch::Present => true,
         }
     }
@@ -93,7 +89,7 @@ impl RouteMatch {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => full.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
-            PathMatch::Regex(r) => full_match(r, path),
+            PathMatch::Regex(pattern) => pattern.matches(path),
         };
         path_ok
             && self.headers.iter().all(|h| h.matches(parts))
@@ -170,7 +166,7 @@ impl Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Action, Route};
+    use crate::config::{Action, Pattern, Route};
 
     fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut builder = http::Request::builder().method(method).uri(uri);
@@ -245,7 +241,13 @@ mod tests {
                         vec![header("x-canary", ValueMatch::Exact("yes".into()), false)],
                     ),
                 ),
-                route("items", m(PathMatch::Regex("/items/[0-9]+".into()), vec![])),
+                route(
+                    "items",
+                    m(
+                        PathMatch::Regex(Pattern::new("/items/[0-9]+").unwrap()),
+                        vec![],
+                    ),
+                ),
                 route(
                     "delete",
                     m(

@@ -10,13 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use weft_api::explain::ExplainRequest;
 
-use super::Edge;
 use super::build::parse;
+use super::{Edge, problem};
 use crate::translate::{ExplainError, explain};
-
-fn problem(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({"message": message}))).into_response()
-}
 
 pub(super) async fn answer(
     State(edge): State<Arc<Edge>>,

@@ -831,3 +831,10 @@ async fn report_loop(edge: Arc<Edge>, link: ServerLink, mut stop: watch::Receive
         }
     }
 }
+
+/// An admin-port error: the status and a JSON message (the server passes
+/// the message on).
+fn problem(status: axum::http::StatusCode, message: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (status, axum::Json(serde_json::json!({"message": message}))).into_response()
+}

@@ -12,11 +12,7 @@ use axum::response::{IntoResponse, Response};
 use weft_api::edge::{ProxyConfig, TypeVersions};
 use weft_xds::ResourceType;
 
-use super::Edge;
-
-fn problem(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({"message": message}))).into_response()
-}
+use super::{Edge, problem};
 
 pub(super) async fn config(State(edge): State<Arc<Edge>>, Path(node): Path<String>) -> Response {
     let Some(snapshot) = edge.cache.snapshot(&node) else {

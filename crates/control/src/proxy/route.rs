@@ -1,6 +1,6 @@
-//! Route tables → Envoy `RouteConfiguration` (RDS): matches, weighted
-//! forwards, retries, hashing, rewrites, direct responses, redirects,
-//! header changes and CORS.
+//! Route tables, in the proxy model and as Envoy's `RouteConfiguration`
+//! (RDS): matches, weighted forwards, retries, hashing, rewrites, direct
+//! responses, redirects, header changes and CORS.
 
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, data_source::Specifier as DataSpecifier,
@@ -40,10 +40,258 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
 use envoy_types::pb::envoy::config::route::v3::route_action::HostRewriteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as XdsCorsPolicy;
 
-use super::{
-    Action, Authorization, CorsPolicy, Forward, HashOn, HeaderCondition, HeaderEdits, HeaderTest,
-    Redirect, Route, RouteChanges, RouteMatch, RouteTable, SharedLimit, ValueTest,
-};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Authorization, LoginCheck, RateLimit, SharedLimit};
+
+// ------------------------------------------------------------- the model
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// Who may call, on a listener that authorizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+    /// How many requests it takes, on a listener that limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// The shared rules its requests are counted by, on a listener with
+    /// a [`RateLimitService`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_limits: Vec<SharedLimit>,
+    /// Its sign-in check, on a gateway chain with an [`AuthService`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginCheck>,
+}
+
+/// First matching route wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Where the route comes from (`PATH#rules[i].matches[j]`): Envoy
+    /// logs it with each request it routes, and `weft explain` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(flatten)]
+    pub action: Action,
+    /// What the route changes on the way (a gateway's).
+    #[serde(flatten)]
+    pub changes: RouteChanges,
+}
+
+impl Route {
+    /// A route that only matches and acts.
+    pub fn new(matcher: RouteMatch, action: Action) -> Route {
+        Route {
+            name: None,
+            matcher,
+            action,
+            changes: RouteChanges::default(),
+        }
+    }
+
+    /// The same route, named.
+    pub fn named(self, name: String) -> Route {
+        Route {
+            name: Some(name),
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderEdits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderEdits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+}
+
+/// Headers replaced (or added), appended, and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Cross-origin requests the route answers for browsers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Exact origins, or `*` for any.
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// "/" when none of path, prefix and regex is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The whole path (without the query) matches this RE2 expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderCondition>,
+    /// Query parameters (routes only: RBAC cannot see them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryCondition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCondition {
+    pub name: String,
+    /// None: the parameter is present, with any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<ValueTest>,
+}
+
+/// How a value must read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ValueTest {
+    Exact(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderCondition {
+    pub name: String,
+    #[serde(flatten)]
+    pub test: HeaderTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderTest {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+    /// The header is absent or does not match this expression.
+    NotRegex(String),
+    Present(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    Forward(Forward),
+    DirectResponse { status: u32, body: String },
+    Redirect(Redirect),
+}
+
+/// Answers with a redirect; what is none stays as requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    /// Cluster names and their weights (shares of 100).
+    pub clusters: BTreeMap<String, u32>,
+    /// Whole-request timeout; 0 disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// Replaces the path prefix the route matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// The Host the upstream sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_rewrite: Option<String>,
+}
+
+impl Forward {
+    /// Everything to `cluster`, with Envoy's defaults for the rest.
+    pub fn to(cluster: impl Into<String>) -> Forward {
+        Forward {
+            clusters: BTreeMap::from([(cluster.into(), 100)]),
+            timeout_ms: None,
+            retries: None,
+            hash_on: None,
+            prefix_rewrite: None,
+            authority_rewrite: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub retry_on: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Each retry goes to the next priority (the next-nearest cluster)
+    /// rather than back to the one that failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub next_priority: bool,
+}
+
+/// What consistent hashing keys on (sticky sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    Header(String),
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+// ------------------------------------------------- Envoy's form of it
 
 impl HeaderCondition {
     pub(super) fn to_xds(&self) -> HeaderMatcher {

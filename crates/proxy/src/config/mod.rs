@@ -21,8 +21,8 @@ pub use http::{AccessLog, CountedStats, HttpFilter};
 pub use listener::{DownstreamTls, FilterChain, HttpManager, Listener};
 pub use rbac::{Permission, Policy, Principal, Rules};
 pub use route::{
-    Action, Forward, HashOn, HeaderMatch, PathMatch, QueryMatch, Retry, RetryOn, Route, RouteMatch,
-    RouteTable, ValueMatch, VirtualHost,
+    Action, Forward, HashOn, HeaderMatch, PathMatch, Pattern, QueryMatch, Retry, RetryOn, Route,
+    RouteMatch, RouteTable, ValueMatch, VirtualHost,
 };
 pub use tls::PeerCheck;
 

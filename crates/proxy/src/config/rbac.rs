@@ -23,7 +23,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::Refusals;
-use super::route::{HeaderMatch, ValueMatch, header_match};
+use super::route::{HeaderMatch, ValueMatch, checked_regex, header_match};
 
 /// One filter's rules for a virtual host.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,8 +210,9 @@ fn permission(p: &XdsPermission, here: &str, r: &mut Refusals) -> Option<Permiss
                 Some(MatchPattern::Prefix(v)) => {
                     Some(Permission::Path(ValueMatch::Prefix(v.clone())))
                 }
-                Some(MatchPattern::SafeRegex(re)) if regex::Regex::new(&re.regex).is_ok() => {
-                    Some(Permission::Path(ValueMatch::Regex(re.regex.clone())))
+                Some(MatchPattern::SafeRegex(re)) => {
+                    checked_regex(&re.regex, &format!("{here}.url_path"), r)
+                        .map(|pattern| Permission::Path(ValueMatch::Regex(pattern)))
                 }
                 _ => {
                     r.refuse(here, "only an exact, prefix or regex path");

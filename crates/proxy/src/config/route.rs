@@ -61,8 +61,8 @@ pub enum PathMatch {
     Prefix(String),
     /// The path without its query string is exactly it.
     Exact(String),
-    /// The path without its query string matches it whole (RE2 syntax).
-    Regex(String),
+    /// The path without its query string matches it whole.
+    Regex(Pattern),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +77,39 @@ pub struct HeaderMatch {
 pub enum ValueMatch {
     Exact(String),
     Prefix(String),
-    Regex(String),
+    Regex(Pattern),
     Present,
 }
+
+/// A regular expression (RE2 syntax) that must match a whole value, as
+/// Envoy's safe regexes do: compiled once, when the configuration
+/// arrives, not per request.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    whole: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, regex::Error> {
+        Ok(Pattern {
+            source: source.to_string(),
+            whole: regex::Regex::new(&format!("^(?:{source})$"))?,
+        })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        self.whole.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryMatch {
@@ -352,7 +382,10 @@ fn route_match(m: Option<&XdsRouteMatch>, here: &str, r: &mut Refusals) -> Route
         Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
         Some(PathSpecifier::SafeRegex(re)) => {
-            PathMatch::Regex(checked_regex(&re.regex, &format!("{here}.safe_regex"), r))
+            match checked_regex(&re.regex, &format!("{here}.safe_regex"), r) {
+                Some(pattern) => PathMatch::Regex(pattern),
+                None => PathMatch::Prefix("/".into()),
+            }
         }
         _ => {
             r.refuse(here, "only prefix, path and safe_regex");
@@ -376,15 +409,17 @@ fn route_match(m: Option<&XdsRouteMatch>, here: &str, r: &mut Refusals) -> Route
     }
 }
 
-/// A regular expression the proxy can run as RE2 would.
-fn checked_regex(pattern: &str, here: &str, r: &mut Refusals) -> String {
-    if regex::Regex::new(pattern).is_err() {
+/// A regular expression the proxy can run as RE2 would; none (refused)
+/// otherwise.
+pub(crate) fn checked_regex(pattern: &str, here: &str, r: &mut Refusals) -> Option<Pattern> {
+    let compiled = Pattern::new(pattern).ok();
+    if compiled.is_none() {
         r.refuse(
             here,
             format!("{pattern:?} is not a regular expression weft-proxy runs"),
         );
     }
-    pattern.to_string()
+    compiled
 }
 
 fn string_match(m: &StringMatcher, here: &str, r: &mut Refusals) -> ValueMatch {
@@ -395,7 +430,10 @@ fn string_match(m: &StringMatcher, here: &str, r: &mut Refusals) -> ValueMatch {
         Some(MatchPattern::Exact(v)) => ValueMatch::Exact(v.clone()),
         Some(MatchPattern::Prefix(v)) => ValueMatch::Prefix(v.clone()),
         Some(MatchPattern::SafeRegex(re)) => {
-            ValueMatch::Regex(checked_regex(&re.regex, &format!("{here}.safe_regex"), r))
+            match checked_regex(&re.regex, &format!("{here}.safe_regex"), r) {
+                Some(pattern) => ValueMatch::Regex(pattern),
+                None => ValueMatch::Present,
+            }
         }
         _ => {
             r.refuse(here, "only exact, prefix and safe_regex");
