@@ -1,14 +1,18 @@
 //! Runs one proxy: claims the instance's runtime directory, gets the
 //! workload certificate, serves it over SDS, writes the bootstrap, and
-//! runs Envoy (and the app, if any), both tied to this process, until one
-//! exits or `stop` completes; then stops the other.
+//! runs the data plane — Envoy, or weft-proxy from the same bootstrap —
+//! (and the app, if any), both tied to this process, until one exits or
+//! `stop` completes; then stops the other.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+
 use std::sync::Arc;
+use tokio::process::Command;
 
 use prost::Message;
 use weft_identity::SpiffeId;
@@ -35,9 +39,9 @@ pub struct ProxyOptions {
     /// The node id; none: the one kept from a crashed run of this
     /// instance, else `SERVICE-<random>`.
     pub node_id: Option<String>,
-    /// The Envoy binary.
-    pub envoy: PathBuf,
-    /// Envoy's admin port on 127.0.0.1 (0: Envoy picks a free one).
+    /// The proxy that runs.
+    pub data_plane: DataPlane,
+    /// The proxy's admin port on 127.0.0.1 (0: it picks a free one).
     pub admin_port: u16,
     pub envoy_log_level: String,
     /// Delta xDS (else state of the world).
@@ -47,6 +51,70 @@ pub struct ProxyOptions {
     /// A gateway's directory of server certificates
     /// ([`crate::certificates`]), served alongside the workload's.
     pub certificates: Option<PathBuf>,
+}
+
+/// Which proxy runs from the bootstrap.
+#[derive(Debug, Clone)]
+pub enum DataPlane {
+    /// Envoy: this binary.
+    Envoy(PathBuf),
+    /// weft-proxy: this program with these arguments, to which the
+    /// bootstrap (`--bootstrap FILE`) and `--admin-address-path FILE`
+    /// are added (`weft x proxy`). It speaks delta xDS only.
+    Weft {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+}
+
+impl DataPlane {
+    fn name(&self) -> &'static str {
+        match self {
+            DataPlane::Envoy(_) => "Envoy",
+            DataPlane::Weft { .. } => "weft-proxy",
+        }
+    }
+
+    /// The command line that runs it.
+    fn command(&self, options: &ProxyOptions, bootstrap: &Path, admin_address: &Path) -> Command {
+        match self {
+            DataPlane::Envoy(envoy) => {
+                let mut command = children::tied(envoy.as_os_str());
+                command
+                    .args([
+                        "--use-dynamic-base-id",
+                        // Access log lines (authorization verdicts) within a
+                        // second, not Envoy's default ten.
+                        "--file-flush-interval-msec",
+                        "1000",
+                        // A changed listener (say, mTLS strict again) takes
+                        // over at once: connections on the old one are asked
+                        // to close now.
+                        "--drain-strategy",
+                        "immediate",
+                        "--drain-time-s",
+                        "5",
+                        "--log-level",
+                        &options.envoy_log_level,
+                        "--admin-address-path",
+                    ])
+                    .arg(admin_address)
+                    .arg("-c")
+                    .arg(bootstrap);
+                command
+            }
+            DataPlane::Weft { program, args } => {
+                let mut command = children::tied(program.as_os_str());
+                command
+                    .args(args)
+                    .arg("--bootstrap")
+                    .arg(bootstrap)
+                    .arg("--admin-address-path")
+                    .arg(admin_address);
+                command
+            }
+        }
+    }
 }
 
 /// How often a gateway's certificate directory is read again.
@@ -153,7 +221,8 @@ pub async fn run(
         credential: &credential,
         sds_socket: &sds_socket,
         admin_port: options.admin_port,
-        delta: options.delta,
+        // weft-proxy speaks delta xDS only.
+        delta: options.delta || matches!(options.data_plane, DataPlane::Weft { .. }),
     })
     .encode_to_vec();
     {
@@ -169,35 +238,20 @@ pub async fn run(
     let mut envoy = runtime
         .spawn(
             "envoy",
-            children::tied(&options.envoy)
-                .args([
-                    "--use-dynamic-base-id",
-                    // Access log lines (authorization verdicts) within a
-                    // second, not Envoy's default ten.
-                    "--file-flush-interval-msec",
-                    "1000",
-                    // A changed listener (say, mTLS strict again) takes
-                    // over at once: connections on the old one are asked
-                    // to close now.
-                    "--drain-strategy",
-                    "immediate",
-                    "--drain-time-s",
-                    "5",
-                    "--log-level",
-                    &options.envoy_log_level,
-                    "--admin-address-path",
-                ])
-                .arg(&admin_address)
-                .arg("-c")
-                .arg(&path)
+            options
+                .data_plane
+                .command(options, &path, &admin_address)
                 .stdin(Stdio::null()),
         )
         .map_err(|source| AgentError::Start {
-            what: "Envoy",
-            program: format!(
-                "{}; install it with `weft envoy install` or pass --envoy PATH",
-                options.envoy.display()
-            ),
+            what: options.data_plane.name(),
+            program: match &options.data_plane {
+                DataPlane::Envoy(envoy) => format!(
+                    "{}; install it with `weft envoy install` or pass --envoy PATH",
+                    envoy.display()
+                ),
+                DataPlane::Weft { program, .. } => program.display().to_string(),
+            },
             source,
         })?;
     let admin_port = match options.admin_port {
@@ -239,13 +293,13 @@ pub async fn run(
     let code = tokio::select! {
         status = envoy.wait() => {
             let status = status.map_err(waited)?;
-            tracing::error!(%status, "Envoy exited");
+            tracing::error!(%status, proxy = options.data_plane.name(), "the proxy exited");
             if let Some(app) = app.as_mut() { children::stop(app).await; }
             status.code().unwrap_or(1).max(1)
         }
         status = app_exit => {
             let status = status.map_err(waited)?;
-            tracing::info!(%status, "the app exited; stopping Envoy");
+            tracing::info!(%status, "the app exited; stopping the proxy");
             children::stop(&mut envoy).await;
             status.code().unwrap_or(1)
         }

@@ -405,6 +405,13 @@ Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503
 The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
 Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),
+    /// weft-proxy, weft's own data plane, from the bootstrap the agent writes (what `weft sidecar --proxy weft` runs)
+    #[command(after_help = "\
+Examples:
+  weft x proxy --bootstrap /run/weft/sidecar-127.0.0.1-15006/envoy.pb
+It reads the node, the edge's address and credential, the SDS socket and the admin address from the bootstrap, and speaks delta ADS.
+Admin: /ready, /config_dump, /stats, /stats/prometheus.")]
+    Proxy(ProxyRunArgs),
     /// Run `weft up --multi-cluster` under a steady load while killing a random process of it every few seconds; report what failed
     #[command(after_help = "\
 Examples:
@@ -573,4 +580,17 @@ Examples:
 Examples:
   weft token revoke 3997dfb44efe")]
     Revoke { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyRunArgs {
+    /// The bootstrap (binary Envoy Bootstrap) the agent wrote
+    #[arg(long)]
+    pub bootstrap: std::path::PathBuf,
+    /// Where to write the admin port's address once it listens
+    #[arg(long)]
+    pub admin_address_path: Option<std::path::PathBuf>,
+    /// Log level (Envoy's names: trace, debug, info, warning, error) when RUST_LOG is not set
+    #[arg(long, default_value = "warning")]
+    pub log_level: String,
 }

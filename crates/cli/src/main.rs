@@ -41,7 +41,12 @@ use crate::commands::{
 use weft_manage::tokens::CreateToken;
 
 fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(format, "info");
+}
+
+/// Logging at `level` unless RUST_LOG says otherwise.
+fn init_logging_at(format: &str, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colours only for a person at a terminal: a log file or journal
     // would keep the escape codes as text.
     let builder = tracing_subscriber::fmt()
@@ -211,6 +216,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::new(Exit::Failed, format!("{e:#}")))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::X(XCommand::Proxy(args)) => {
+            let level = match args.log_level.as_str() {
+                "warning" => "warn",
+                "critical" => "error",
+                other => other,
+            };
+            init_logging_at(&cli.log_format, level);
+            weft_proxy::run::run(args.bootstrap, args.admin_address_path)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, e.to_string()))?;
+            ok
         }
         Command::X(XCommand::Echo(args)) => {
             init_logging(&cli.log_format);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use weft_agent::proxy::ProxyOptions;
+use weft_agent::proxy::{DataPlane, ProxyOptions};
 use weft_agent::workload::{Role, Workload};
 
 use crate::server::shutdown_signal;
@@ -39,9 +39,13 @@ pub struct SidecarArgs {
     /// answers any other name with 404 [default: every service of its workspace]
     #[arg(long, value_delimiter = ',')]
     pub calls: Vec<String>,
+    /// The data plane: Envoy, or weft-proxy (weft's own, from the same
+    /// xDS; `weft x proxy`)
+    #[arg(long = "proxy", value_enum, default_value_t = DataPlaneKind::Envoy)]
+    pub data_plane: DataPlaneKind,
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// The app to run beside Envoy, after `--`
+    /// The app to run beside the proxy, after `--`
     #[arg(last = true)]
     pub app: Vec<String>,
 }
@@ -117,6 +121,12 @@ pub struct ProxyArgs {
     pub runtime_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPlaneKind {
+    Envoy,
+    Weft,
+}
+
 fn parse_label(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -125,12 +135,27 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
 }
 
 impl ProxyArgs {
-    fn options(&self) -> Result<ProxyOptions> {
+    fn options(&self, kind: DataPlaneKind) -> Result<ProxyOptions> {
+        let data_plane = match kind {
+            DataPlaneKind::Envoy => DataPlane::Envoy(crate::envoy::find(self.envoy.as_deref())?),
+            DataPlaneKind::Weft => {
+                anyhow::ensure!(
+                    !self.sotw,
+                    "--sotw: weft-proxy speaks delta xDS only; drop --sotw or use --proxy envoy"
+                );
+                DataPlane::Weft {
+                    program: std::env::current_exe()?,
+                    args: ["x", "proxy", "--log-level", &self.envoy_log_level]
+                        .map(Into::into)
+                        .to_vec(),
+                }
+            }
+        };
         Ok(ProxyOptions {
             edge: self.edge,
             credential_file: self.credential_file.clone(),
             node_id: self.node_id.clone(),
-            envoy: crate::envoy::find(self.envoy.as_deref())?,
+            data_plane,
             admin_port: self.admin_port,
             envoy_log_level: self.envoy_log_level.clone(),
             delta: !self.sotw,
@@ -161,10 +186,14 @@ pub async fn run(args: SidecarArgs) -> Result<i32> {
         calls: Workload::parse_calls(&args.calls.join(","), &args.namespace)
             .map_err(|e| anyhow::anyhow!("--calls{e}"))?,
     };
-    let options = args.proxy.options()?;
+    let options = args.proxy.options(args.data_plane)?;
+    let proxy_name = match args.data_plane {
+        DataPlaneKind::Envoy => "Envoy",
+        DataPlaneKind::Weft => "weft-proxy",
+    };
     let announce = |w: &Workload, admin: u16| {
         println!(
-            "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}; edge {}; Envoy admin http://127.0.0.1:{admin}",
+            "weft sidecar: {}.{} node {}: inbound {} -> app {}; outbound 127.0.0.1:{}; edge {}; {proxy_name} admin http://127.0.0.1:{admin}",
             w.service,
             w.namespace,
             w.node,
@@ -198,7 +227,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<i32> {
         role: Role::Gateway,
         calls: Vec::new(),
     };
-    let mut options = args.proxy.options()?;
+    let mut options = args.proxy.options(DataPlaneKind::Envoy)?;
     if let Some(dir) = &args.certificates {
         anyhow::ensure!(
             dir.is_dir(),
@@ -244,7 +273,7 @@ pub async fn run_eastwest(args: EastwestArgs) -> Result<i32> {
         role: Role::Eastwest,
         calls: Vec::new(),
     };
-    let options = args.proxy.options()?;
+    let options = args.proxy.options(DataPlaneKind::Envoy)?;
     let announce = |w: &Workload, admin: u16| {
         println!(
             "weft eastwest: node {}: other clusters reach this one at {} (TLS passed through by SNI); edge {}; Envoy admin http://127.0.0.1:{admin}",

@@ -19,7 +19,7 @@ pub use spiffe::{
     AUTHSERVICE_ACCOUNT, EASTWEST_ACCOUNT, RATELIMIT_ACCOUNT, RESERVED_NAMESPACE, SpiffeId,
     check_trust_domain,
 };
-pub use verify::{Bundle, verify_svid};
+pub use verify::{Bundle, first_uri_san, verify_svid};
 
 pub use rustls_pki_types::CertificateDer;
 

@@ -70,6 +70,12 @@ impl Bundle {
 }
 
 /// The URI names of a certificate.
+/// The first URI SAN of a DER certificate (a SPIFFE ID), if it has one.
+pub fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    uri_sans(&parsed).first().map(|uri| uri.to_string())
+}
+
 pub(crate) fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return Vec::new();

@@ -5,18 +5,32 @@
 //! for anything else is refused with the fields that ask for it (the
 //! proxy NACKs with that text) rather than half-honoured. [`xds`] keeps
 //! what the edge sends over delta ADS, applying a response only when all
-//! of it converts.
+//! of it converts; [`sds`] keeps the agent's certificates.
 //!
-//! The request path's decisions are made by pure stages, each its own
-//! module: [`routing`], [`balance`], [`authorize`]; [`tls`] makes the
-//! rustls settings that check peers by SPIFFE ID.
-//!
-//! Not yet here: connections (listeners, TLS, upstream pools), and
-//! `weft sidecar --proxy weft`.
+//! At run time ([`run`]) the resources and secrets become an immutable
+//! [`runtime::Runtime`], swapped whole on each change. A connection is
+//! taken by [`listen`] (filter chain, mutual TLS, HTTP/1.1 or HTTP/2),
+//! each request goes through the connection manager ([`manager`]: header
+//! stamps, authorization by [`authorize`]) to the [`router`] (routes by
+//! [`routing`], endpoints by [`balance`], retries, timeouts), over pooled
+//! connections ([`upstream`]); [`record`] writes its access logs and
+//! [`stats`] counts it under Envoy's names; [`admin`] shows all of it.
 
+pub mod admin;
 pub mod authorize;
 pub mod balance;
+pub mod body;
+pub mod bootstrap;
 pub mod config;
+pub mod listen;
+pub mod manager;
+pub mod record;
+pub mod router;
 pub mod routing;
+pub mod run;
+pub mod runtime;
+pub mod sds;
+pub mod stats;
 pub mod tls;
+pub mod upstream;
 pub mod xds;

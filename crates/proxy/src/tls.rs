@@ -22,6 +22,8 @@ use crate::config::{DownstreamTls, PeerCheck, UpstreamTls};
 pub struct Secrets {
     pub certificates: BTreeMap<String, Arc<ServingCertificate>>,
     pub roots: BTreeMap<String, Arc<TrustStore>>,
+    /// Each certificate's SPIFFE ID (its URI SAN).
+    pub uris: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]

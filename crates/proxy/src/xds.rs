@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -28,10 +29,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::config::{Assignment, Cluster, Discovery, Listener, Refused, RouteTable};
 
-const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 /// Everything the proxy holds now: replaced whole on each accepted change.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +44,8 @@ pub struct Resources {
     pub listeners: BTreeMap<String, Arc<Listener>>,
     /// The version of each resource, as the server named it.
     pub versions: BTreeMap<(String, String), String>,
+    /// Each resource as it arrived, by type and name (the config dump).
+    pub raw: BTreeMap<(String, String), Any>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +54,18 @@ pub enum XdsError {
     Open(tonic::Status),
     #[error("the ADS stream failed: {0}")]
     Stream(tonic::Status),
+    #[error("the ADS stream's metadata: {0}")]
+    Metadata(String),
+    #[error("the ADS server cannot be reached: {0}")]
+    Connect(String),
 }
 
 /// What a response changes, converted; or why it cannot apply.
 enum Converted {
-    Clusters(Vec<(String, String, Cluster)>),
-    Endpoints(Vec<(String, String, Assignment)>),
-    Routes(Vec<(String, String, RouteTable)>),
-    Listeners(Vec<(String, String, Listener)>),
+    Clusters(Vec<(String, String, Cluster, Any)>),
+    Endpoints(Vec<(String, String, Assignment, Any)>),
+    Routes(Vec<(String, String, RouteTable, Any)>),
+    Listeners(Vec<(String, String, Listener, Any)>),
 }
 
 fn convert(response: &DeltaDiscoveryResponse) -> Result<Converted, Vec<String>> {
@@ -72,9 +80,12 @@ fn convert(response: &DeltaDiscoveryResponse) -> Result<Converted, Vec<String>> 
                 };
                 match <$proto>::decode(any.value.as_slice()) {
                     Ok(proto) => match <$ours>::try_from(&proto) {
-                        Ok(ours) => {
-                            out.push((resource.name.clone(), resource.version.clone(), ours))
-                        }
+                        Ok(ours) => out.push((
+                            resource.name.clone(),
+                            resource.version.clone(),
+                            ours,
+                            any.clone(),
+                        )),
                         Err(Refused {
                             resource,
                             problems: p,
@@ -113,9 +124,11 @@ impl Resources {
                 for name in &response.removed_resources {
                     next.$map.remove(name);
                     next.versions.remove(&(t.clone(), name.clone()));
+                    next.raw.remove(&(t.clone(), name.clone()));
                 }
-                for (name, version, item) in $items {
+                for (name, version, item, raw) in $items {
                     next.versions.insert((t.clone(), name.clone()), version);
+                    next.raw.insert((t.clone(), name.clone()), raw);
                     next.$map.insert(name, Arc::new(item));
                 }
             }};
@@ -161,6 +174,10 @@ fn resubscribe(
     }
 }
 
+/// What must hold of resources before they apply, beyond converting:
+/// each problem is a NACK's line (a listener that cannot bind…).
+pub type Check = dyn Fn(&Resources) -> Result<(), Vec<String>> + Send + Sync;
+
 /// One ADS stream over `channel` for `node`, asking for every cluster and
 /// listener, the endpoints of the EDS clusters and the route tables the
 /// listeners name; `held` has what the proxy holds, and keeps it when
@@ -168,6 +185,8 @@ fn resubscribe(
 pub async fn stream(
     channel: tonic::transport::Channel,
     node: Node,
+    metadata: &[(String, String)],
+    check: &Check,
     held: &watch::Sender<Arc<Resources>>,
 ) -> Result<(), XdsError> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
@@ -200,8 +219,17 @@ pub async fn stream(
             let _ = tx.send(first(t, names.iter().cloned().collect()));
         }
     }
+    let mut request = tonic::Request::new(UnboundedReceiverStream::new(requests));
+    for (key, value) in metadata {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
+            .map_err(|e| XdsError::Metadata(e.to_string()))?;
+        let value = value
+            .parse()
+            .map_err(|_| XdsError::Metadata(format!("{key}: not a header value")))?;
+        request.metadata_mut().insert(key, value);
+    }
     let mut responses = client
-        .delta_aggregated_resources(UnboundedReceiverStream::new(requests))
+        .delta_aggregated_resources(request)
         .await
         .map_err(XdsError::Open)?
         .into_inner();
@@ -217,9 +245,12 @@ pub async fn stream(
             }),
             ..Default::default()
         };
-        match convert(&response) {
-            Ok(converted) => {
-                let next = held.borrow().with(&response, converted);
+        let checked = convert(&response).and_then(|converted| {
+            let next = held.borrow().with(&response, converted);
+            check(&next).map(|()| next)
+        });
+        match checked {
+            Ok(next) => {
                 let (now_eds, now_rds) = (next.eds_clusters(), next.route_tables());
                 held.send_replace(Arc::new(next));
                 let _ = tx.send(answer(None));
@@ -241,17 +272,20 @@ pub async fn stream(
     Ok(())
 }
 
-/// Streams for as long as the proxy runs: a stream that ends or fails is
-/// opened again after a pause (up to 5 s), the resources held meanwhile.
+/// Streams for as long as the proxy runs, over channels `connect` opens:
+/// a stream that ends or fails is opened again after a pause (up to 5 s),
+/// the resources held meanwhile.
 pub async fn follow(
-    endpoint: tonic::transport::Endpoint,
+    mut connect: impl AsyncFnMut() -> Result<tonic::transport::Channel, XdsError>,
     node: Node,
+    metadata: Vec<(String, String)>,
+    check: Box<Check>,
     held: watch::Sender<Arc<Resources>>,
 ) {
     let mut pause = Duration::from_millis(100);
     loop {
-        match endpoint.connect().await {
-            Ok(channel) => match stream(channel, node.clone(), &held).await {
+        match connect().await {
+            Ok(channel) => match stream(channel, node.clone(), &metadata, &*check, &held).await {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, "xDS stream ended; keeping the last good configuration")

@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::util::pack_any;
 use tokio::sync::watch;
-use weft_proxy::xds::{Resources, follow};
+use weft_proxy::xds::{Resources, XdsError, follow};
 use weft_xds::{AdsServer, ResourceType, Snapshot, SnapshotCache};
 
 const NODE: &str = "client-1";
@@ -180,7 +180,19 @@ async fn takes_what_converts_and_nacks_what_it_would_not_honour_by_field() {
         id: NODE.into(),
         ..Default::default()
     };
-    let client = tokio::spawn(follow(endpoint, node, held_tx));
+    let connect = async move || {
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| XdsError::Connect(e.to_string()))
+    };
+    let client = tokio::spawn(follow(
+        connect,
+        node,
+        Vec::new(),
+        Box::new(|_| Ok(())),
+        held_tx,
+    ));
 
     until("the first configuration is held", || {
         let r = held.borrow();

@@ -50,6 +50,7 @@ fn secrets(domain: &Domain, account: &str, trusts: &Domain) -> Secrets {
     Secrets {
         certificates: [("default".to_string(), Arc::new(certificate))].into(),
         roots: [("ROOTCA".to_string(), Arc::new(trust))].into(),
+        uris: Default::default(),
     }
 }
 

@@ -166,6 +166,10 @@ pub fn sidecar(
         .arg(credential)
         .arg("--envoy")
         .arg(envoy())
+        .args([
+            "--proxy",
+            &std::env::var("WEFT_TEST_PROXY").unwrap_or("envoy".into()),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());

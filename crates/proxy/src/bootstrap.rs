@@ -1,0 +1,179 @@
+//! The bootstrap weft-proxy starts from: the very file the agent writes
+//! for Envoy (binary `Bootstrap`), read for what a sidecar needs — who it
+//! is (the node), where its ADS server is and how to reach it (a static
+//! cluster with mutual TLS, the credential as initial metadata), where
+//! its SDS socket is, and its admin address. Anything else in it is
+//! refused by name, as an xDS resource would be.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::core::v3::address::Address as XdsAddress;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, ApiConfigSource, Node};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use prost::Message;
+
+use crate::config::{Cluster, Discovery, Target, UpstreamTls};
+
+/// What weft-proxy takes from its bootstrap.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub node: Node,
+    /// The ADS server's address and the mutual TLS to it.
+    pub ads: SocketAddr,
+    pub ads_tls: UpstreamTls,
+    /// gRPC initial metadata for the ADS stream (the credential).
+    pub ads_metadata: Vec<(String, String)>,
+    /// The agent's SDS server (a Unix socket).
+    pub sds_socket: PathBuf,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("bootstrap {path}: {problem}")]
+pub struct BootstrapError {
+    path: String,
+    problem: String,
+}
+
+/// Reads the bootstrap at `path`.
+pub fn read(path: &Path) -> Result<Start, BootstrapError> {
+    let fail = |problem: String| BootstrapError {
+        path: path.display().to_string(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let bootstrap =
+        Bootstrap::decode(bytes.as_slice()).map_err(|e| fail(format!("not a Bootstrap: {e}")))?;
+    from_bootstrap(&bootstrap).map_err(fail)
+}
+
+fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
+    let node = bootstrap.node.clone().ok_or("node: missing")?;
+    let dynamic = bootstrap
+        .dynamic_resources
+        .as_ref()
+        .ok_or("dynamic_resources: missing")?;
+    let ads: &ApiConfigSource = dynamic
+        .ads_config
+        .as_ref()
+        .ok_or("dynamic_resources.ads_config: missing")?;
+    // Delta only: the state-of-the-world protocol is not implemented.
+    if ads.api_type
+        != envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType::DeltaGrpc as i32
+    {
+        return Err(
+            "dynamic_resources.ads_config.api_type: weft-proxy speaks delta xDS only (DELTA_GRPC)"
+                .into(),
+        );
+    }
+    let [service] = ads.grpc_services.as_slice() else {
+        return Err("dynamic_resources.ads_config.grpc_services: exactly one".into());
+    };
+    let Some(TargetSpecifier::EnvoyGrpc(target)) = &service.target_specifier else {
+        return Err("dynamic_resources.ads_config.grpc_services[0]: only envoy_grpc".into());
+    };
+    let ads_metadata = service
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    let statics = bootstrap
+        .static_resources
+        .as_ref()
+        .map(|s| s.clusters.as_slice())
+        .unwrap_or_default();
+    let ads_cluster = statics
+        .iter()
+        .find(|c| c.name == target.cluster_name)
+        .ok_or_else(|| {
+            format!(
+                "static_resources.clusters: no cluster {:?} (the ADS server's)",
+                target.cluster_name
+            )
+        })?;
+    let converted = Cluster::try_from(ads_cluster).map_err(|e| e.to_string())?;
+    let ads_address = match &converted.discovery {
+        Discovery::Static(assignment) => assignment
+            .groups
+            .iter()
+            .flat_map(|g| &g.endpoints)
+            .find_map(|e| match e.address {
+                Target::Ip(address) => Some(address),
+                Target::Host(..) => None,
+            }),
+        _ => None,
+    }
+    .ok_or_else(|| format!("Cluster {}: one static IP endpoint", converted.name))?;
+    let ads_tls = converted.tls.clone().ok_or_else(|| {
+        format!(
+            "Cluster {}: the ADS server is reached over mutual TLS",
+            converted.name
+        )
+    })?;
+    // The SDS socket: the one static cluster whose endpoint is a pipe.
+    let sds_socket = statics
+        .iter()
+        .filter_map(|c| c.load_assignment.as_ref())
+        .flat_map(|a| &a.endpoints)
+        .flat_map(|l| &l.lb_endpoints)
+        .find_map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(endpoint)) => match &endpoint.address {
+                Some(Address {
+                    address: Some(XdsAddress::Pipe(pipe)),
+                }) => Some(PathBuf::from(&pipe.path)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .ok_or("static_resources.clusters: no cluster reaches an SDS socket (a pipe)")?;
+    let admin = bootstrap
+        .admin
+        .as_ref()
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(XdsAddress::SocketAddress(s)) => {
+                let port = match s.port_specifier {
+                    Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
+                    _ => return None,
+                };
+                Some(SocketAddr::new(s.address.parse().ok()?, port))
+            }
+            _ => None,
+        })
+        .ok_or("admin.address: an IP socket address")?;
+    Ok(Start {
+        node,
+        ads: ads_address,
+        ads_tls,
+        ads_metadata,
+        sds_socket,
+        admin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
+
+    #[test]
+    fn a_state_of_the_world_bootstrap_is_refused_by_field() {
+        let bootstrap = Bootstrap {
+            node: Some(Node::default()),
+            dynamic_resources: Some(DynamicResources {
+                ads_config: Some(ApiConfigSource::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let error = from_bootstrap(&bootstrap).unwrap_err();
+        assert!(
+            error.starts_with("dynamic_resources.ads_config.api_type"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The HTTP connection manager: what happens to each request a listener
+//! takes, in Envoy's order — the caller's certificate forwarded or not
+//! (`x-forwarded-client-cert` is always dropped first), hop-by-hop
+//! headers removed, a request id given, then the chain's filters in
+//! order (header stamps, header to metadata, authorization), then the
+//! router; the access logs once the response has been sent.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::authorize::{Caller, Verdict, authorize};
+use crate::body::{Boxed, Counted, full};
+use crate::config::{HttpFilter, VirtualHost};
+use crate::record::Record;
+use crate::router::{self, Outcome};
+use crate::runtime::{ChainRuntime, Runtime};
+use crate::stats::Stats;
+
+/// What a connection proved and where it came in.
+pub struct Downstream {
+    pub chain: Arc<ChainRuntime>,
+    /// The caller's SPIFFE ID, from its verified certificate.
+    pub peer: Option<Arc<str>>,
+    /// SHA-256 of the caller's certificate, hex (`Hash=` of the XFCC).
+    pub peer_hash: Option<String>,
+    pub remote: SocketAddr,
+    pub runtime: watch::Receiver<Arc<Runtime>>,
+    pub stats: Arc<Stats>,
+}
+
+/// A local reply: its status, body, flags and details.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub flags: &'static str,
+    pub details: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: &str, flags: &'static str, details: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_string(),
+            flags,
+            details: details.to_string(),
+        }
+    }
+}
+
+/// Headers that belong to one connection, never passed on.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `te` only as gRPC uses it.
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        headers.remove(http::header::TE);
+    }
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn new_request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// Serves one request of `downstream`'s connection.
+pub async fn handle(
+    downstream: Arc<Downstream>,
+    request: Request<Incoming>,
+) -> Result<Response<Boxed>, Infallible> {
+    let started = Instant::now();
+    let start = SystemTime::now();
+    let runtime = downstream.runtime.borrow().clone();
+    let chain = &downstream.chain;
+    let manager = &chain.config.http;
+    chain.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+    let (mut parts, body) = request.into_parts();
+    let received = Arc::new(AtomicU64::new(0));
+    let body = Counted::new(body, received.clone());
+    let mut record = Record {
+        start,
+        duration: Default::default(),
+        method: parts.method.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |p| p.as_str().to_string()),
+        authority: parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default(),
+        headers: http::HeaderMap::new(),
+        protocol: protocol(parts.version),
+        code: 0,
+        flags: String::new(),
+        details: String::new(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        route: None,
+        cluster: None,
+        upstream_host: None,
+        upstream_host_name: None,
+        upstream_peer: None,
+        downstream_peer: downstream.peer.clone(),
+        remote: downstream.remote,
+        metadata: Vec::new(),
+    };
+
+    strip_hop_by_hop(&mut parts.headers);
+    let xfcc = HeaderName::from_static("x-forwarded-client-cert");
+    parts.headers.remove(&xfcc);
+    if manager.forward_caller
+        && let Some(peer) = &downstream.peer
+    {
+        let mut value = String::new();
+        if let Some(local) = &chain.local_uri {
+            value.push_str(&format!("By={local};"));
+        }
+        if let Some(hash) = &downstream.peer_hash {
+            value.push_str(&format!("Hash={hash};"));
+        }
+        value.push_str(&format!("URI={peer}"));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(xfcc, v);
+        }
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    if !parts.headers.contains_key(&request_id)
+        && let Ok(id) = HeaderValue::from_str(&new_request_id())
+    {
+        parts.headers.insert(request_id, id);
+    }
+    record.headers = parts.headers.clone();
+
+    // The virtual host, once: authorization and the router both need it.
+    let table = runtime.resources.routes.get(&manager.route_table).cloned();
+    let host = crate::routing::host_without_port(&parts);
+    let virtual_host: Option<&VirtualHost> = table.as_deref().and_then(|t| t.virtual_host(&host));
+
+    let mut outcome = None;
+    for filter in &manager.filters {
+        match filter {
+            HttpFilter::RequestHeaders { set, remove } => {
+                for (name, value) in set {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        parts.headers.insert(n, v);
+                    }
+                }
+                for name in remove {
+                    parts.headers.remove(name.as_str());
+                }
+            }
+            HttpFilter::HeaderToMetadata {
+                header,
+                namespace,
+                key,
+                remove,
+            } => {
+                if let Some(value) = parts
+                    .headers
+                    .get(header.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
+                    record
+                        .metadata
+                        .push((namespace.clone(), key.clone(), value.to_string()));
+                }
+                if *remove {
+                    parts.headers.remove(header.as_str());
+                }
+            }
+            HttpFilter::Rbac { .. } => {
+                let Some(vh) = virtual_host else {
+                    continue;
+                };
+                let caller = Caller {
+                    principal: downstream.peer.as_deref(),
+                    address: downstream.remote.ip(),
+                    claims: None,
+                };
+                match authorize(std::slice::from_ref(filter), vh, &parts, &caller) {
+                    Verdict::Allowed => {
+                        chain.stats.rbac_allowed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    denied @ Verdict::Denied(_) => {
+                        chain.stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
+                        outcome = Some(Outcome::Local(Reply::new(
+                            403,
+                            "RBAC: access denied",
+                            "",
+                            &denied.details().unwrap_or_default(),
+                        )));
+                        break;
+                    }
+                }
+            }
+            HttpFilter::Router => {
+                outcome = Some(match virtual_host.and_then(|vh| vh.route(&parts)) {
+                    None => {
+                        chain.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                        Outcome::Local(Reply::new(404, "", "NR", "route_not_found"))
+                    }
+                    Some((_, route)) => {
+                        record.route = Some(Arc::from(route.name.as_str()));
+                        router::route(&runtime, route, parts, body, &mut record).await
+                    }
+                });
+                break;
+            }
+        }
+    }
+    let outcome =
+        outcome.unwrap_or_else(|| Outcome::Local(Reply::new(404, "", "NR", "route_not_found")));
+    let response = match outcome {
+        Outcome::Upstream(response) => {
+            record.details = "via_upstream".into();
+            response
+        }
+        Outcome::Local(reply) => {
+            if !reply.flags.is_empty() {
+                if !record.flags.is_empty() {
+                    record.flags.push(',');
+                }
+                record.flags.push_str(reply.flags);
+            }
+            record.details = reply.details;
+            let mut response = Response::new(full(reply.body.clone()));
+            *response.status_mut() =
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if !reply.body.is_empty() {
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                );
+            }
+            response
+        }
+    };
+    record.code = response.status().as_u16();
+    let (mut head, body) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let sent = Arc::new(AtomicU64::new(0));
+    let logged = downstream.clone();
+    let body = Counted::new(body, sent).on_end(move |bytes| {
+        record.bytes_sent = bytes;
+        record.bytes_received = received.load(Ordering::Relaxed);
+        record.duration = started.elapsed();
+        record.log(&logged.chain.config.http.access_logs, &logged.stats);
+    });
+    Ok(Response::from_parts(head, crate::body::boxed(body)))
+}

@@ -1,0 +1,172 @@
+//! weft-proxy as a process: read the bootstrap, follow the agent's SDS
+//! socket and the edge's ADS stream (over mutual TLS with the workload
+//! certificate, the edge's identity checked), rebuild the runtime form on
+//! every change of either, serve the admin port and the listeners.
+//!
+//! One multi-threaded tokio runtime serves everything: the process is
+//! pinned or limited from outside (taskset, cgroups), and tokio sizes its
+//! workers to the cores it may use. See docs/dataplane.md for the
+//! measurements behind that choice.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bootstrap::{self, Start};
+use crate::listen::Sockets;
+use crate::runtime::Runtime;
+use crate::stats::Stats;
+use crate::tls::Secrets;
+use crate::xds::{self, Resources, XdsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("the admin port {address}: {source}; hint: pick another with --admin-port")]
+    Admin {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the admin address to {path}: {source}")]
+    AdminPath {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The secret names the configuration uses, and the ADS stream's.
+fn secret_names(start: &Start, resources: &Resources) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = [
+        start.ads_tls.certificate.clone(),
+        start.ads_tls.trust.clone(),
+    ]
+    .into();
+    for cluster in resources.clusters.values() {
+        if let Some(tls) = &cluster.tls {
+            names.insert(tls.certificate.clone());
+            names.insert(tls.trust.clone());
+        }
+    }
+    for listener in resources.listeners.values() {
+        for chain in &listener.chains {
+            if let Some(tls) = &chain.tls {
+                names.insert(tls.certificate.clone());
+                names.insert(tls.trust.clone());
+            }
+        }
+    }
+    names
+}
+
+/// A gRPC channel to the ADS server over mutual TLS with the current
+/// secrets.
+async fn ads_channel(
+    start: &Start,
+    secrets: &watch::Receiver<Arc<Secrets>>,
+) -> Result<tonic::transport::Channel, XdsError> {
+    let config = secrets
+        .borrow()
+        .client_config(&start.ads_tls)
+        .map_err(|e| XdsError::Connect(format!("{e} (waiting for the agent's SDS)")))?;
+    let config = Arc::new(config);
+    let address = start.ads;
+    let sni = start.ads_tls.sni.clone();
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| XdsError::Connect(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let config = config.clone();
+            let sni = sni.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(address).await?;
+                let _ = tcp.set_nodelay(true);
+                let name = ServerName::try_from(sni)
+                    .unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()));
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| XdsError::Connect(e.to_string()))
+}
+
+/// Runs the proxy of the bootstrap at `bootstrap`; writes where its admin
+/// port listens to `admin_address_path`, as Envoy's flag of that name.
+/// Returns only on a startup error.
+pub async fn run(bootstrap: PathBuf, admin_address_path: Option<PathBuf>) -> Result<(), RunError> {
+    let start = Arc::new(bootstrap::read(&bootstrap)?);
+    let stats = Arc::new(Stats::default());
+    let (names_tx, names) = watch::channel(secret_names(&start, &Resources::default()));
+    let (secrets_tx, secrets) = watch::channel(Arc::new(Secrets::default()));
+    tokio::spawn(crate::sds::follow(
+        start.sds_socket.clone(),
+        start.node.clone(),
+        names,
+        secrets_tx,
+    ));
+    let (held_tx, held) = watch::channel(Arc::new(Resources::default()));
+    let ads_start = start.clone();
+    let ads_secrets = secrets.clone();
+    let connect = async move || ads_channel(&ads_start, &ads_secrets).await;
+    let sockets = Arc::new(Sockets::default());
+    let binds = sockets.clone();
+    tokio::spawn(xds::follow(
+        connect,
+        start.node.clone(),
+        start.ads_metadata.clone(),
+        Box::new(move |resources| binds.check(resources)),
+        held_tx,
+    ));
+
+    let (runtime_tx, runtime) = watch::channel(Arc::new(Runtime::empty()));
+    let builder_start = start.clone();
+    let builder_stats = stats.clone();
+    tokio::spawn(async move {
+        let (mut held, mut secrets) = (held, secrets);
+        loop {
+            let resources = held.borrow_and_update().clone();
+            let current = secrets.borrow_and_update().clone();
+            names_tx.send_if_modified(|names| {
+                let now = secret_names(&builder_start, &resources);
+                let changed = *names != now;
+                *names = now;
+                changed
+            });
+            let previous = runtime_tx.borrow().clone();
+            let next = Runtime::build(&previous, resources, current, &builder_stats);
+            runtime_tx.send_replace(Arc::new(next));
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                r = secrets.changed() => if r.is_err() { return },
+            }
+        }
+    });
+
+    let admin = TcpListener::bind(start.admin)
+        .await
+        .map_err(|source| RunError::Admin {
+            address: start.admin,
+            source,
+        })?;
+    let bound = admin.local_addr().map_err(|source| RunError::Admin {
+        address: start.admin,
+        source,
+    })?;
+    if let Some(path) = &admin_address_path {
+        std::fs::write(path, bound.to_string()).map_err(|source| RunError::AdminPath {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    tracing::info!(node = %start.node.id, admin = %bound, "weft-proxy started");
+    tokio::spawn(crate::admin::serve(admin, runtime.clone(), stats.clone()));
+    crate::listen::run(runtime, sockets, stats).await;
+    Ok(())
+}
