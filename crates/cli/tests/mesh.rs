@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::mesh::{Mesh, logged, sidecar, with_echo_app};
+use support::mesh::{DataPlane, Mesh, logged, on_both_data_planes, sidecar, with_echo_app};
 use support::tokens::{Issuer, JwksServer};
 use support::{Proc, WEFT, free_port, metric, until, weft_up, write};
 
@@ -39,9 +39,8 @@ spec:
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn routes_split_match_and_stick() {
-    let mut mesh = Mesh::start().await;
+async fn routes_split_match_and_stick(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     let _v2 = mesh.workload("reviews", "reviews-v2", "v2");
     let (_client, port) = mesh.client();
@@ -144,9 +143,8 @@ async fn routes_split_match_and_stick() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn resilience_settings_act_on_real_failures() {
-    let mut mesh = Mesh::start().await;
+async fn resilience_settings_act_on_real_failures(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let _a = mesh.workload("reviews", "reviews-a", "v1");
     let _b = mesh.workload("reviews", "reviews-b", "v1");
     let (_client, port) = mesh.client();
@@ -231,9 +229,8 @@ async fn resilience_settings_act_on_real_failures() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn registry_follows_workloads_and_edge_outlives_server() {
-    let mut mesh = Mesh::start().await;
+async fn registry_follows_workloads_and_edge_outlives_server(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let mut a = mesh.workload("reviews", "reviews-a", "v1");
     let (_client, port) = mesh.client();
     until("reviews-a answers", Duration::from_secs(20), async || {
@@ -388,13 +385,15 @@ async fn registry_follows_workloads_and_edge_outlives_server() {
 /// Crash-only agents: `weft sidecar` killed with SIGKILL takes its Envoy
 /// and its app along, and the very same command started again serves at
 /// once (no port held by an orphan, no leftover socket in the way).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_again() {
-    let mut mesh = Mesh::start().await;
+async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_again(
+    data_plane: DataPlane,
+) {
+    let mut mesh = Mesh::on(data_plane).await;
     let (_client, port) = mesh.client();
     let credential = mesh.credential("reviews");
     let log = mesh.dir.path().join("reviews-v1.log");
     let mut command = sidecar(
+        data_plane,
         "reviews-v1",
         "reviews",
         "reviews",
@@ -402,7 +401,10 @@ async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_a
         &credential,
         &log,
     );
-    command.args(["--inbound", &format!("127.0.0.1:{}", free_port())]);
+    // Its own ports: the other data plane's run of this test is running.
+    command
+        .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+        .args(["--outbound-port", &free_port().to_string()]);
     with_echo_app(&mut command, "reviews", "reviews-v1", Some("v1"));
     let mut first = Proc(command.spawn().unwrap());
     mesh.until_in_sync(2).await;
@@ -437,9 +439,8 @@ async fn a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_a
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_settings_never_reach_proxies_and_nacks_show() {
-    let mut mesh = Mesh::start().await;
+async fn bad_settings_never_reach_proxies_and_nacks_show(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let bad = write(mesh.dir.path(), "bad.yaml", &setting("  timeout: soon\n"));
     let run = mesh.server().weft(&mesh.admin, &["apply", "-f", &bad]);
     assert_eq!(run.code, 3, "{run:?}");
@@ -612,13 +613,12 @@ async fn weft_up_runs_a_mesh_and_stops_it() {
 
 /// gRPC (HTTP/2 without TLS) through the client's sidecar: the call, its
 /// status in trailers and its metadata pass through, and routes apply.
-#[tokio::test(flavor = "multi_thread")]
-async fn grpc_passes_through_and_follows_routes() {
+async fn grpc_passes_through_and_follows_routes(data_plane: DataPlane) {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let mut mesh = Mesh::start().await;
+    let mut mesh = Mesh::on(data_plane).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     let _v2 = mesh.workload("reviews", "reviews-v2", "v2");
     let (_client, port) = mesh.client();
@@ -789,9 +789,8 @@ fn edge_client(credential: &Path) -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates() {
-    let mut mesh = Mesh::start().await;
+async fn strict_mtls_refuses_plaintext_missing_and_foreign_certificates(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let (_v1, _client, _port) = mesh.reviews_and_client().await;
     let inbound = inbound_port(&mesh, "reviews-v1").await;
 
@@ -978,10 +977,9 @@ async fn status_of(mesh: &Mesh, port: u16, method: reqwest::Method, path: &str) 
         .map_or(0, |r| r.status().as_u16())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn authorization_is_deny_all_until_allowed_and_deny_wins() {
+async fn authorization_is_deny_all_until_allowed_and_deny_wins(data_plane: DataPlane) {
     use reqwest::Method;
-    let mut mesh = Mesh::start().await;
+    let mut mesh = Mesh::on(data_plane).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     let (_client, port) = mesh.client();
     let other_credential = mesh.credential("other");
@@ -1085,10 +1083,9 @@ spec:
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn certificates_rotate_under_load_without_failed_requests() {
+async fn certificates_rotate_under_load_without_failed_requests(data_plane: DataPlane) {
     // Certificates of 20 s are renewed every 10 s or so.
-    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let mut mesh = Mesh::on_with(data_plane, &["--svid-ttl", "20s"]).await;
     let (_v1, _client, port) = mesh.reviews_and_client().await;
     let inbound = inbound_port(&mesh, "reviews-v1").await;
     let client_credential = mesh.credential("client");
@@ -1216,9 +1213,8 @@ fn served_certificate(port: u16, ca: &Path, chain: &Path, key: &Path) -> String 
     text[start..end].to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn permissive_mode_takes_plaintext_and_strict_refuses_it() {
-    let mut mesh = Mesh::start().await;
+async fn permissive_mode_takes_plaintext_and_strict_refuses_it(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     let (_client, port) = mesh.client();
     mesh.until_in_sync(2).await;
@@ -1500,10 +1496,9 @@ spec:
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn root_rotation_loses_no_requests() {
+async fn root_rotation_loses_no_requests(data_plane: DataPlane) {
     // Certificates of 20 s: each step reaches every proxy in about 10 s.
-    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let mut mesh = Mesh::on_with(data_plane, &["--svid-ttl", "20s"]).await;
     let (_v1, _client, port) = mesh.reviews_and_client().await;
     let roots = || {
         let run = mesh
@@ -1619,10 +1614,9 @@ async fn root_rotation_loses_no_requests() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
+async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible(data_plane: DataPlane) {
     // Certificates of 20 s: renewal is due at 10 s, overdue after 15 s.
-    let mut mesh = Mesh::start_with(&["--svid-ttl", "20s"]).await;
+    let mut mesh = Mesh::on_with(data_plane, &["--svid-ttl", "20s"]).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     mesh.until_in_sync(1).await;
     let status = mesh.edge_status().await;
@@ -1683,9 +1677,8 @@ async fn a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible() {
     assert!(left > 9 * 365 * 24 * 3600, "{left}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rollout_under_load_loses_no_requests() {
-    let mut mesh = Mesh::start().await;
+async fn a_rollout_under_load_loses_no_requests(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let (mut v1, _client, port) = mesh.reviews_and_client().await;
     // Another service, which the rollout must leave alone.
     let _ratings = mesh.workload("ratings", "ratings-v1", "v1");
@@ -1754,9 +1747,8 @@ async fn a_rollout_under_load_loses_no_requests() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_proxy_that_declares_its_calls_holds_only_those() {
-    let mut mesh = Mesh::start().await;
+async fn a_proxy_that_declares_its_calls_holds_only_those(data_plane: DataPlane) {
+    let mut mesh = Mesh::on(data_plane).await;
     let _reviews = mesh.workload("reviews", "reviews-v1", "v1");
     let _ratings = mesh.workload("ratings", "ratings-v1", "v1");
     let credential = mesh.credential("client");
@@ -1901,3 +1893,119 @@ async fn an_installed_weft_runs_up_from_any_directory() {
     assert!(body["version"].is_string(), "reviews answers: {body}");
     assert!(up.stop(), "weft up did not stop within 10 s of SIGTERM");
 }
+
+/// Envoy and weft-proxy in one mesh: an Envoy client calls a weft-proxy
+/// service and a weft-proxy client an Envoy service, over mutual TLS;
+/// each callee sees the caller's SPIFFE ID, and a SecuritySetting that
+/// allows only `client` refuses another caller on either data plane.
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_and_weft_proxy_sidecars_call_each_other() {
+    let mut mesh = Mesh::on(DataPlane::Weft).await;
+    let _reviews = mesh.workload("reviews", "reviews-weft", "v1");
+    let client = mesh.credential("client");
+    let weft_client_port = free_port();
+    let _weft_client = mesh.sidecar("client", "client-weft", None, &client, weft_client_port);
+    let other = mesh.credential("other");
+    let other_port = free_port();
+    let _other = mesh.sidecar("other", "other-weft", None, &other, other_port);
+    mesh.data_plane = DataPlane::Envoy;
+    let _ratings = mesh.workload("ratings", "ratings-envoy", "v1");
+    let envoy_client_port = free_port();
+    let _envoy_client = mesh.sidecar("client", "client-envoy", None, &client, envoy_client_port);
+    mesh.until_in_sync(5).await;
+    let caller_of = |body: &Option<Value>| {
+        body.as_ref().and_then(|b| {
+            b["headers"]["x-forwarded-client-cert"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    for (from, port, to) in [
+        ("Envoy", envoy_client_port, "reviews"),
+        ("weft-proxy", weft_client_port, "ratings"),
+    ] {
+        until(
+            &format!("{from} reaches {to}"),
+            Duration::from_secs(20),
+            async || mesh.call(port, to, "/", &[]).await.0 == 200,
+        )
+        .await;
+        let (status, body) = mesh.call(port, to, "/", &[]).await;
+        assert_eq!(status, 200);
+        let forwarded = caller_of(&body).unwrap_or_default();
+        assert!(
+            forwarded.contains("URI=spiffe://weft/ns/shop/sa/client"),
+            "{to} saw {forwarded:?} from the {from} client"
+        );
+    }
+
+    // Only `client` may call either service now.
+    for service in ["reviews", "ratings"] {
+        mesh.apply(
+            &format!(
+                "apiVersion: weft.dev/v1alpha1
+kind: SecuritySetting
+metadata: {{name: {service}-callers, tenant: retail, workspace: shop}}
+spec:
+  service: {{name: {service}, namespace: shop}}
+  authorization:
+    allow:
+      - from: [{{serviceAccount: {{name: client, namespace: shop}}}}]
+"
+            ),
+            5,
+        )
+        .await;
+    }
+    for to in ["reviews", "ratings"] {
+        assert_eq!(
+            mesh.call(other_port, to, "/", &[]).await.0,
+            403,
+            "other reached {to}"
+        );
+    }
+    assert_eq!(
+        mesh.call(envoy_client_port, "reviews", "/", &[]).await.0,
+        200
+    );
+    assert_eq!(
+        mesh.call(weft_client_port, "ratings", "/", &[]).await.0,
+        200
+    );
+    // Each callee's own log names the refused caller.
+    for (node, to) in [("reviews-weft", "reviews"), ("ratings-envoy", "ratings")] {
+        until(
+            &format!("{node} logs the refusal"),
+            Duration::from_secs(10),
+            async || {
+                logged(
+                    &mesh.sidecar_log(node),
+                    &[
+                        ("side", "inbound"),
+                        ("response_code", "403"),
+                        ("caller", "spiffe://weft/ns/shop/sa/other"),
+                        ("authority", to),
+                    ],
+                )
+            },
+        )
+        .await;
+    }
+}
+
+on_both_data_planes!(
+    routes_split_match_and_stick,
+    resilience_settings_act_on_real_failures,
+    registry_follows_workloads_and_edge_outlives_server,
+    a_killed_sidecar_takes_its_children_along_and_the_same_command_serves_again,
+    bad_settings_never_reach_proxies_and_nacks_show,
+    grpc_passes_through_and_follows_routes,
+    strict_mtls_refuses_plaintext_missing_and_foreign_certificates,
+    authorization_is_deny_all_until_allowed_and_deny_wins,
+    certificates_rotate_under_load_without_failed_requests,
+    permissive_mode_takes_plaintext_and_strict_refuses_it,
+    root_rotation_loses_no_requests,
+    a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible,
+    a_rollout_under_load_loses_no_requests,
+    a_proxy_that_declares_its_calls_holds_only_those,
+);

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::browser::Browser;
 use support::load::metric_sum;
-use support::mesh::{Edge, answers, call, credential, envoy_stat, sidecar, with_echo_app};
+use support::mesh::{
+    DataPlane, Edge, answers, call, credential, envoy_stat, on_both_data_planes, sidecar,
+    with_echo_app,
+};
 use support::{
     Proc, Server, WEFT, envoy, free_port, metric, show_log_tails, until, weft_up, write,
 };
@@ -85,6 +88,8 @@ struct World {
     admin: String,
     clusters: Vec<Cluster>,
     http: reqwest::Client,
+    /// The proxy sidecars run.
+    data_plane: DataPlane,
 }
 
 impl Drop for World {
@@ -96,7 +101,7 @@ impl Drop for World {
 }
 
 impl World {
-    async fn start() -> World {
+    async fn start(data_plane: DataPlane) -> World {
         let dir = tempfile::tempdir().unwrap();
         let edge_listen = format!("127.0.0.1:{}", free_port());
         let server = Server::start_with(
@@ -132,6 +137,7 @@ impl World {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            data_plane,
         };
         for c in 0..3 {
             world.start_edge(c).await;
@@ -223,6 +229,7 @@ impl World {
         let log = self.dir.path().join(format!("{node}.log"));
         let service_name = service.unwrap_or(account);
         let mut command = sidecar(
+            self.data_plane,
             node,
             service_name,
             account,
@@ -433,13 +440,14 @@ fn failures_and_first(
     (failures, first)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_control_planes() {
+async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_control_planes(
+    data_plane: DataPlane,
+) {
     const EAST_A: usize = 0;
     const EAST_B: usize = 1;
     const WEST: usize = 2;
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut world = World::start().await;
+    let mut world = World::start(data_plane).await;
     let client = world.proxy(EAST_A, "client-a", "client", None);
     let intruder = world.proxy(EAST_A, "intruder-a", "intruder", None);
     world.proxy(EAST_A, "reviews-a", "reviews", Some("reviews"));
@@ -880,12 +888,13 @@ async fn three_clusters_route_locally_fail_over_by_locality_and_survive_their_co
 /// Crash-only gateways: `weft eastwest` killed with SIGKILL takes its
 /// Envoy along, and the same command started again carries calls across
 /// clusters again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_eastwest_gateway_takes_its_envoy_along_and_the_same_command_serves_again() {
+async fn a_killed_eastwest_gateway_takes_its_envoy_along_and_the_same_command_serves_again(
+    data_plane: DataPlane,
+) {
     const EAST_A: usize = 0;
     const EAST_B: usize = 1;
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut world = World::start().await;
+    let mut world = World::start(data_plane).await;
     let client = world.proxy(EAST_A, "client-a", "client", None);
     // ratings runs in east-b only: every call crosses east-b's gateway.
     world.proxy(EAST_B, "ratings-b", "ratings", Some("ratings"));
@@ -1087,13 +1096,12 @@ async fn no_request_fails_while_random_processes_are_killed() {
 /// `shop.example.com`): 80/20 between them; one ingress gateway killed under load
 /// leaves all traffic to the other without a failed request, and its
 /// traffic returns once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tier1_gateway_splits_across_clusters_and_fails_over() {
+async fn a_tier1_gateway_splits_across_clusters_and_fails_over(data_plane: DataPlane) {
     const EAST_A: usize = 0;
     const EAST_B: usize = 1;
     const WEST: usize = 2;
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut world = World::start().await;
+    let mut world = World::start(data_plane).await;
     let (tier1_port, ingress_port) = (free_port(), free_port());
     let manifest = format!(
         "apiVersion: weft.dev/v1alpha1
@@ -1207,3 +1215,9 @@ spec:
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 }
+
+on_both_data_planes!(
+    three_clusters_route_locally_fail_over_by_locality_and_survive_their_control_planes,
+    a_killed_eastwest_gateway_takes_its_envoy_along_and_the_same_command_serves_again,
+    a_tier1_gateway_splits_across_clusters_and_fails_over,
+);

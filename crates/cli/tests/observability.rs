@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::load::metric_sum;
-use support::mesh::{Mesh, logged, sidecar, with_echo_app};
+use support::mesh::{DataPlane, Mesh, logged, sidecar, with_echo_app};
 use support::otlp::{Collector, ReceivedSpan, attribute};
 use support::prometheus::Prometheus;
 use support::{Proc, WEFT, free_port, until, write};
@@ -407,6 +407,7 @@ async fn one_trace_follows_a_call_across_services_and_the_logs_name_it() {
     let reviews_out = free_port();
     let credential = mesh.credential("reviews");
     let mut reviews = sidecar(
+        DataPlane::Envoy,
         "reviews-v1",
         "reviews",
         "reviews",

@@ -30,6 +30,21 @@ pub struct Start {
     /// The agent's SDS server (a Unix socket).
     pub sds_socket: PathBuf,
     pub admin: SocketAddr,
+    /// Where counted stats are sent (OTLP over the ADS server's
+    /// connection), if anywhere.
+    pub metrics: Option<MetricsSink>,
+    /// Upper bounds of the duration histograms (microseconds).
+    pub histogram_bounds: Option<Vec<f64>>,
+}
+
+/// Envoy's OpenTelemetry stats sink, as weft's agent configures it.
+#[derive(Debug, Clone)]
+pub struct MetricsSink {
+    /// Resource attributes naming the proxy.
+    pub attributes: Vec<(String, String)>,
+    /// Only stats whose full name starts with it are sent.
+    pub prefix: String,
+    pub every: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +160,16 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
             _ => None,
         })
         .ok_or("admin.address: an IP socket address")?;
+    let metrics = match bootstrap.stats_sinks.as_slice() {
+        [] => None,
+        [sink] => Some(metrics_sink(sink, &target.cluster_name, bootstrap)?),
+        _ => return Err("stats_sinks: at most one".into()),
+    };
+    let histogram_bounds = bootstrap
+        .stats_config
+        .as_ref()
+        .and_then(|c| c.histogram_bucket_settings.first())
+        .map(|b| b.buckets.clone());
     Ok(Start {
         node,
         ads: ads_address,
@@ -152,6 +177,95 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
         ads_metadata,
         sds_socket,
         admin,
+        metrics,
+        histogram_bounds,
+    })
+}
+
+const OTEL_SINK: &str = "envoy.stat_sinks.open_telemetry";
+
+/// The OpenTelemetry sink: over the ADS server's cluster, as deltas, with
+/// static resource attributes, dropping every stat outside one prefix.
+fn metrics_sink(
+    sink: &envoy_types::pb::envoy::config::metrics::v3::StatsSink,
+    ads_cluster: &str,
+    bootstrap: &Bootstrap,
+) -> Result<MetricsSink, String> {
+    use envoy_types::pb::envoy::config::metrics::v3::stats_sink::ConfigType;
+    use envoy_types::pb::envoy::extensions::stat_sinks::open_telemetry::v3::SinkConfig;
+    use envoy_types::pb::envoy::extensions::stat_sinks::open_telemetry::v3::sink_config::ProtocolSpecifier;
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::StaticConfigResourceDetectorConfig;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::MatcherType;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::predicate::MatchType;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::predicate::single_predicate::Matcher as PredicateMatcher;
+    use envoy_types::pb::xds::r#type::matcher::v3::string_matcher::MatchPattern;
+    let here = "stats_sinks[0]";
+    let Some(ConfigType::TypedConfig(any)) = &sink.config_type else {
+        return Err(format!("{here}: only a typed_config"));
+    };
+    if sink.name != OTEL_SINK {
+        return Err(format!("{here}: only {OTEL_SINK}"));
+    }
+    let config = SinkConfig::decode(any.value.as_slice())
+        .map_err(|e| format!("{here}.typed_config: {e}"))?;
+    match &config.protocol_specifier {
+        Some(ProtocolSpecifier::GrpcService(service))
+            if matches!(&service.target_specifier,
+                Some(TargetSpecifier::EnvoyGrpc(g)) if g.cluster_name == ads_cluster) => {}
+        _ => {
+            return Err(format!(
+                "{here}.typed_config.grpc_service: only the ADS server's cluster"
+            ));
+        }
+    }
+    if !config.report_counters_as_deltas || !config.report_histograms_as_deltas {
+        return Err(format!("{here}.typed_config: only deltas"));
+    }
+    let mut attributes = Vec::new();
+    for detector in &config.resource_detectors {
+        let detected = detector
+            .typed_config
+            .as_ref()
+            .and_then(|a| StaticConfigResourceDetectorConfig::decode(a.value.as_slice()).ok())
+            .ok_or_else(|| format!("{here}.typed_config.resource_detectors: only static ones"))?;
+        attributes.extend(detected.attributes);
+    }
+    // What is kept: the stats a "not prefix P" predicate does not drop.
+    let prefix = config
+        .custom_metric_conversions
+        .as_ref()
+        .and_then(|m| match &m.matcher_type {
+            Some(MatcherType::MatcherList(list)) => list.matchers.first(),
+            _ => None,
+        })
+        .and_then(|field| match &field.predicate.as_ref()?.match_type {
+            Some(MatchType::NotMatcher(inner)) => match &inner.match_type {
+                Some(MatchType::SinglePredicate(single)) => match &single.matcher {
+                    Some(PredicateMatcher::ValueMatch(m)) => match &m.match_pattern {
+                        Some(MatchPattern::Prefix(p)) => Some(p.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .ok_or_else(|| {
+            format!(
+                "{here}.typed_config.custom_metric_conversions: only dropping what is not under one prefix"
+            )
+        })?;
+    let every = bootstrap
+        .stats_flush_interval
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(5), |d| {
+            std::time::Duration::new(d.seconds.max(1) as u64, 0)
+        });
+    Ok(MetricsSink {
+        attributes,
+        prefix,
+        every,
     })
 }
 

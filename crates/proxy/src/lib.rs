@@ -14,7 +14,8 @@
 //! stamps, authorization by [`authorize`]) to the [`router`] (routes by
 //! [`routing`], endpoints by [`balance`], retries, timeouts), over pooled
 //! connections ([`upstream`]); [`record`] writes its access logs and
-//! [`stats`] counts it under Envoy's names; [`admin`] shows all of it.
+//! [`stats`] counts it under Envoy's names, [`export`] sends the edge its
+//! share; [`admin`] shows all of it.
 
 pub mod admin;
 pub mod authorize;
@@ -22,6 +23,7 @@ pub mod balance;
 pub mod body;
 pub mod bootstrap;
 pub mod config;
+pub mod export;
 pub mod listen;
 pub mod manager;
 pub mod record;

@@ -102,7 +102,7 @@ async fn ads_channel(
 /// Returns only on a startup error.
 pub async fn run(bootstrap: PathBuf, admin_address_path: Option<PathBuf>) -> Result<(), RunError> {
     let start = Arc::new(bootstrap::read(&bootstrap)?);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(start.histogram_bounds.clone()));
     let (names_tx, names) = watch::channel(secret_names(&start, &Resources::default()));
     let (secrets_tx, secrets) = watch::channel(Arc::new(Secrets::default()));
     tokio::spawn(crate::sds::follow(
@@ -124,6 +124,13 @@ pub async fn run(bootstrap: PathBuf, admin_address_path: Option<PathBuf>) -> Res
         Box::new(move |resources| binds.check(resources)),
         held_tx,
     ));
+
+    if let Some(sink) = start.metrics.clone() {
+        let export_start = start.clone();
+        let export_secrets = secrets.clone();
+        let connect = async move || ads_channel(&export_start, &export_secrets).await;
+        tokio::spawn(crate::export::run(sink, stats.clone(), connect));
+    }
 
     let (runtime_tx, runtime) = watch::channel(Arc::new(Runtime::empty()));
     let builder_start = start.clone();

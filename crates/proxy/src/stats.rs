@@ -14,42 +14,90 @@ use std::sync::{Arc, Mutex};
 
 pub type Counter = Arc<AtomicU64>;
 
-/// Upper bounds of the duration histograms, in microseconds.
-const BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
+/// Upper bounds of the duration histograms, in microseconds, unless the
+/// bootstrap gives others (Envoy's defaults, in milliseconds there).
+const DEFAULT_BOUNDS_US: [f64; 14] = [
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    25_000.0,
+    50_000.0,
+    100_000.0,
+    250_000.0,
+    500_000.0,
+    1_000_000.0,
+    2_500_000.0,
+    5_000_000.0,
+    10_000_000.0,
 ];
 
-/// A histogram: counts per bucket, their sum and count.
-#[derive(Default)]
+/// A histogram: counts per bucket (one more for values above every
+/// bound), their sum and count.
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_US.len()],
+    bounds: Arc<[f64]>,
+    buckets: Vec<AtomicU64>,
     count: AtomicU64,
     sum: AtomicU64,
 }
 
 impl Histogram {
-    pub fn record(&self, value: u64) {
-        if let Some(i) = BUCKETS_US.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    fn new(bounds: Arc<[f64]>) -> Histogram {
+        Histogram {
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
         }
+    }
+
+    pub fn record(&self, value: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| value as f64 <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Counts per bucket (not cumulative), count and sum, now.
+    pub fn read(&self) -> (Vec<u64>, u64, u64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
     }
 }
 
 /// A stat's name and tags (sorted), as one key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     pub name: String,
     pub tags: Vec<(String, String)>,
 }
 
 /// Every stat of the proxy.
-#[derive(Default)]
 pub struct Stats {
     counters: Mutex<BTreeMap<Key, Counter>>,
     histograms: Mutex<BTreeMap<Key, Arc<Histogram>>>,
+    bounds: Arc<[f64]>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::new(None)
+    }
 }
 
 fn plain(name: &str) -> Key {
@@ -60,6 +108,36 @@ fn plain(name: &str) -> Key {
 }
 
 impl Stats {
+    /// Stats whose histograms have `bounds` (microseconds) or the default.
+    pub fn new(bounds: Option<Vec<f64>>) -> Stats {
+        Stats {
+            counters: Mutex::default(),
+            histograms: Mutex::default(),
+            bounds: bounds.unwrap_or_else(|| DEFAULT_BOUNDS_US.to_vec()).into(),
+        }
+    }
+
+    /// The counters and histograms whose names start with `prefix`.
+    pub fn under(&self, prefix: &str) -> (Vec<(Key, u64)>, Vec<(Key, Arc<Histogram>)>) {
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| k.name.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect();
+        let histograms = self
+            .histograms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| k.name.starts_with(prefix))
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        (counters, histograms)
+    }
+
     /// The counter `name` (created at zero).
     pub fn counter(&self, name: &str) -> Counter {
         self.tagged_counter(plain(name))
@@ -96,7 +174,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key)
-            .or_default()
+            .or_insert_with(|| Arc::new(Histogram::new(self.bounds.clone())))
             .clone()
     }
 
@@ -140,7 +218,7 @@ impl Stats {
                 let _ = writeln!(out, "# TYPE {name} histogram");
             }
             let mut cumulative = 0;
-            for (bound, count) in BUCKETS_US.iter().zip(&h.buckets) {
+            for (bound, count) in h.bounds.iter().zip(&h.buckets) {
                 cumulative += count.load(Ordering::Relaxed);
                 let le = ("le".to_string(), bound.to_string());
                 let _ = writeln!(

@@ -122,6 +122,7 @@ impl GatewayMesh {
         );
         let log = self.dir.path().join(format!("{node}.log"));
         let mut command = super::mesh::sidecar(
+            super::mesh::DataPlane::Envoy,
             node,
             service,
             service,

@@ -147,9 +147,51 @@ impl Edge {
     }
 }
 
-/// A `weft sidecar` command line in namespace `shop`, Envoy and logs
-/// included; the caller adds the rest (ports, app, flags).
+/// Which proxy a sidecar runs: sidecar tests run once with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPlane {
+    Envoy,
+    Weft,
+}
+
+impl DataPlane {
+    /// `weft sidecar --proxy`'s value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            DataPlane::Envoy => "envoy",
+            DataPlane::Weft => "weft",
+        }
+    }
+}
+
+/// Runs each `async fn NAME(data_plane: DataPlane)` as two tests,
+/// `NAME::envoy` and `NAME::weft_proxy`: one test body, both data planes.
+#[allow(unused_macros)]
+macro_rules! on_both_data_planes {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use $crate::support::mesh::DataPlane;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn envoy() {
+                super::$test(DataPlane::Envoy).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn weft_proxy() {
+                super::$test(DataPlane::Weft).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_data_planes;
+
+/// A `weft sidecar` command line in namespace `shop` running
+/// `data_plane`, logs included; the caller adds the rest (ports, app,
+/// flags).
 pub fn sidecar(
+    data_plane: DataPlane,
     node: &str,
     service: &str,
     account: &str,
@@ -166,10 +208,7 @@ pub fn sidecar(
         .arg(credential)
         .arg("--envoy")
         .arg(envoy())
-        .args([
-            "--proxy",
-            &std::env::var("WEFT_TEST_PROXY").unwrap_or("envoy".into()),
-        ])
+        .args(["--proxy", data_plane.flag()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
@@ -276,9 +315,11 @@ pub struct Mesh {
     /// Cluster `east`'s edge.
     pub edge: Edge,
     pub credentials: BTreeMap<String, PathBuf>,
-    /// Each sidecar's Envoy admin port, by node.
+    /// Each sidecar's proxy admin port, by node.
     pub envoy_admin: BTreeMap<String, u16>,
     pub http: reqwest::Client,
+    /// The proxy the next sidecars run.
+    pub data_plane: DataPlane,
 }
 
 impl Drop for Mesh {
@@ -295,6 +336,15 @@ impl Mesh {
     }
 
     pub async fn start_with(edge_flags: &[&str]) -> Mesh {
+        Mesh::on_with(DataPlane::Envoy, edge_flags).await
+    }
+
+    /// A mesh whose sidecars run `data_plane`.
+    pub async fn on(data_plane: DataPlane) -> Mesh {
+        Mesh::on_with(data_plane, &[]).await
+    }
+
+    pub async fn on_with(data_plane: DataPlane, edge_flags: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&dir.path().join("server"), None);
         let admin = server.admin_token();
@@ -318,6 +368,7 @@ impl Mesh {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            data_plane,
         };
         mesh.start_edge().await;
         mesh
@@ -406,7 +457,15 @@ impl Mesh {
         let admin = free_port();
         self.envoy_admin.insert(node.to_string(), admin);
         let log = self.dir.path().join(format!("{node}.log"));
-        let mut command = sidecar(node, service, service, self.edge.xds_port, credential, &log);
+        let mut command = sidecar(
+            self.data_plane,
+            node,
+            service,
+            service,
+            self.edge.xds_port,
+            credential,
+            &log,
+        );
         command
             .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
             .args(["--admin-port", &admin.to_string()])
