@@ -87,6 +87,9 @@ pub struct Key {
     pub tags: Vec<(String, String)>,
 }
 
+/// Counters (their values) and histograms under a prefix.
+pub type Under = (Vec<(Key, u64)>, Vec<(Key, Arc<Histogram>)>);
+
 /// Every stat of the proxy.
 pub struct Stats {
     counters: Mutex<BTreeMap<Key, Counter>>,
@@ -118,7 +121,7 @@ impl Stats {
     }
 
     /// The counters and histograms whose names start with `prefix`.
-    pub fn under(&self, prefix: &str) -> (Vec<(Key, u64)>, Vec<(Key, Arc<Histogram>)>) {
+    pub fn under(&self, prefix: &str) -> Under {
         let counters = self
             .counters
             .lock()
