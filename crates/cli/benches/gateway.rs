@@ -23,7 +23,7 @@ mod support;
 use std::time::Duration;
 
 use support::load::{Path, closed_loop, compare, fixed_load, metric_sum};
-use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
+use support::mesh::{DataPlane, Edge, SHOP, credential, sidecar, with_echo_app};
 use support::redis::Redis;
 use support::tls::{self, TestCa};
 use support::{Proc, Server, WEFT, envoy, free_port, until, write};
@@ -105,6 +105,7 @@ async fn main() {
     };
     let reviews = account("reviews");
     let mut command = sidecar(
+        DataPlane::Envoy,
         "reviews-1",
         "reviews",
         "reviews",
@@ -120,6 +121,7 @@ async fn main() {
     let client = account("client");
     let outbound = free_port();
     let mut command = sidecar(
+        DataPlane::Envoy,
         "client-1",
         "client",
         "client",

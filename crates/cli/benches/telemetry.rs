@@ -21,7 +21,7 @@ mod support;
 use std::time::Duration;
 
 use support::load::{Path, compare, fixed_load, metric_sum};
-use support::mesh::{Edge, SHOP, credential, sidecar, with_echo_app};
+use support::mesh::{DataPlane, Edge, SHOP, credential, sidecar, with_echo_app};
 use support::otlp::Collector;
 use support::{Proc, Server, free_port, until, write};
 
@@ -91,6 +91,7 @@ async fn main() {
         );
         let node = format!("{service}-1");
         let mut command = sidecar(
+            DataPlane::Envoy,
             &node,
             service,
             service,
