@@ -1285,11 +1285,10 @@ spec:
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn end_user_tokens_are_checked_and_their_claims_authorize() {
+async fn end_user_tokens_are_checked_and_their_claims_authorize(data_plane: DataPlane) {
     let key = Issuer::new("k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let mut mesh = Mesh::start().await;
+    let mut mesh = Mesh::on(data_plane).await;
     let _v1 = mesh.workload("reviews", "reviews-v1", "v1");
     let (_client, port) = mesh.client();
     mesh.until_in_sync(2).await;
@@ -2008,4 +2007,5 @@ on_both_data_planes!(
     a_sidecar_that_stops_renewing_and_the_cas_expiry_are_visible,
     a_rollout_under_load_loses_no_requests,
     a_proxy_that_declares_its_calls_holds_only_those,
+    end_user_tokens_are_checked_and_their_claims_authorize,
 );

@@ -11,7 +11,7 @@
 //! [`runtime::Runtime`], swapped whole on each change. A connection is
 //! taken by [`listen`] (filter chain, mutual TLS, HTTP/1.1 or HTTP/2),
 //! each request goes through the connection manager ([`manager`]: header
-//! stamps, authorization by [`authorize`]) to the [`router`] (routes by
+//! stamps, end-user [`tokens`], authorization by [`authorize`]) to the [`router`] (routes by
 //! [`routing`], endpoints by [`balance`], retries, timeouts), over pooled
 //! connections ([`upstream`]); [`record`] writes its access logs and
 //! [`stats`] counts it under Envoy's names, [`export`] sends the edge its
@@ -34,5 +34,6 @@ pub mod runtime;
 pub mod sds;
 pub mod stats;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 pub mod xds;

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::manager::{Downstream, handle};
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::stats::Stats;
+use crate::tokens::KeyStore;
 use crate::xds::Resources;
 
 /// How long a connection may take to send its first byte (TLS or not).
@@ -115,6 +116,7 @@ pub async fn run(
     mut runtime: watch::Receiver<Arc<Runtime>>,
     sockets: Arc<Sockets>,
     stats: Arc<Stats>,
+    keys: Arc<KeyStore>,
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
@@ -145,6 +147,7 @@ pub async fn run(
                         settings_rx,
                         runtime.clone(),
                         stats.clone(),
+                        keys.clone(),
                         drain.subscribe(),
                     ));
                     tracing::info!(listener = %name, address = %listener.config.address, "listening");
@@ -174,6 +177,7 @@ async fn accept(
     settings: watch::Receiver<Arc<ListenerRuntime>>,
     runtime: watch::Receiver<Arc<Runtime>>,
     stats: Arc<Stats>,
+    keys: Arc<KeyStore>,
     drain: watch::Receiver<u64>,
 ) {
     loop {
@@ -189,10 +193,11 @@ async fn accept(
         let listener = settings.borrow().clone();
         let runtime = runtime.clone();
         let stats = stats.clone();
+        let keys = keys.clone();
         let mut drain = drain.clone();
         drain.mark_unchanged();
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp, remote, listener, runtime, stats, drain).await {
+            if let Err(e) = connection(tcp, remote, listener, runtime, stats, keys, drain).await {
                 tracing::debug!(%remote, error = %e, "connection closed");
             }
         });
@@ -205,6 +210,7 @@ async fn connection(
     listener: Arc<ListenerRuntime>,
     runtime: watch::Receiver<Arc<Runtime>>,
     stats: Arc<Stats>,
+    keys: Arc<KeyStore>,
     drain: watch::Receiver<u64>,
 ) -> Result<(), String> {
     let is_tls = if listener.config.inspects_tls {
@@ -231,6 +237,7 @@ async fn connection(
                 remote,
                 runtime,
                 stats,
+                keys,
             });
             serve(TokioIo::new(tcp), downstream, drain).await
         }
@@ -259,6 +266,7 @@ async fn connection(
                 remote,
                 runtime,
                 stats,
+                keys,
             });
             serve(TokioIo::new(tls), downstream, drain).await
         }

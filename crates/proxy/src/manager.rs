@@ -22,6 +22,7 @@ use crate::record::Record;
 use crate::router::{self, Outcome};
 use crate::runtime::{ChainRuntime, Runtime};
 use crate::stats::Stats;
+use crate::tokens::{self, Checked, KeyStore, TokenFailure};
 
 /// What a connection proved and where it came in.
 pub struct Downstream {
@@ -33,6 +34,7 @@ pub struct Downstream {
     pub remote: SocketAddr,
     pub runtime: watch::Receiver<Arc<Runtime>>,
     pub stats: Arc<Stats>,
+    pub keys: Arc<KeyStore>,
 }
 
 /// A local reply: its status, body, flags and details.
@@ -41,6 +43,7 @@ pub struct Reply {
     pub body: String,
     pub flags: &'static str,
     pub details: String,
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 impl Reply {
@@ -50,8 +53,23 @@ impl Reply {
             body: body.to_string(),
             flags,
             details: details.to_string(),
+            headers: Vec::new(),
         }
     }
+}
+
+/// A refused token's 401, as Envoy's `jwt_authn` answers it.
+fn token_refused(failure: TokenFailure, authority: &str, path: &str) -> Reply {
+    let path = path.split('?').next().unwrap_or_default();
+    let mut challenge = format!("Bearer realm=\"http://{authority}{path}\"");
+    if failure != TokenFailure::Missing {
+        challenge.push_str(", error=\"invalid_token\"");
+    }
+    let mut reply = Reply::new(401, failure.message(), "", &failure.details());
+    reply
+        .headers
+        .push((http::header::WWW_AUTHENTICATE, challenge));
+    reply
 }
 
 /// Headers that belong to one connection, never passed on.
@@ -186,6 +204,10 @@ pub async fn handle(
     let virtual_host: Option<&VirtualHost> = table.as_deref().and_then(|t| t.virtual_host(&host));
 
     let mut outcome = None;
+    // The valid token's claims (authorization reads them), and the token
+    // check's failure code (1: no token, where none was required).
+    let mut claims: Option<serde_json::Value> = None;
+    let mut token_failure: Option<u32> = None;
     for filter in &manager.filters {
         match filter {
             HttpFilter::RequestHeaders { set, remove } => {
@@ -227,7 +249,7 @@ pub async fn handle(
                 let caller = Caller {
                     principal: downstream.peer.as_deref(),
                     address: downstream.remote.ip(),
-                    claims: None,
+                    claims: claims.as_ref(),
                 };
                 match authorize(std::slice::from_ref(filter), vh, &parts, &caller) {
                     Verdict::Allowed => {
@@ -240,6 +262,61 @@ pub async fn handle(
                             "RBAC: access denied",
                             "",
                             &denied.details().unwrap_or_default(),
+                        )));
+                        break;
+                    }
+                }
+            }
+            HttpFilter::TokenCheck(check) => {
+                let Some(rule) = check.rules.iter().find(|r| r.matcher.matches(&parts)) else {
+                    continue;
+                };
+                match tokens::check(
+                    rule,
+                    &check.providers,
+                    &parts,
+                    &downstream.keys,
+                    &downstream.runtime,
+                )
+                .await
+                {
+                    Checked::Passed { missing } => {
+                        if missing {
+                            token_failure = Some(TokenFailure::Missing.code());
+                        }
+                    }
+                    Checked::Valid {
+                        provider,
+                        claims: valid,
+                    } => {
+                        chain.stats.jwt_allowed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = check.providers.get(&provider) {
+                            for (claim, header) in &p.claim_to_headers {
+                                let value = match valid.get(claim) {
+                                    Some(serde_json::Value::String(s)) => s.clone(),
+                                    Some(other) => other.to_string(),
+                                    None => continue,
+                                };
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(header.as_bytes()),
+                                    HeaderValue::from_str(&value),
+                                ) {
+                                    parts.headers.insert(n, v);
+                                }
+                            }
+                            if !p.forward {
+                                parts.headers.remove(http::header::AUTHORIZATION);
+                            }
+                        }
+                        claims = Some(valid);
+                    }
+                    Checked::Refused(failure) => {
+                        chain.stats.jwt_denied.fetch_add(1, Ordering::Relaxed);
+                        token_failure = Some(failure.code());
+                        outcome = Some(Outcome::Local(token_refused(
+                            failure,
+                            &record.authority,
+                            &record.path,
                         )));
                         break;
                     }
@@ -267,7 +344,12 @@ pub async fn handle(
             record.details = "via_upstream".into();
             response
         }
-        Outcome::Local(reply) => {
+        Outcome::Local(mut reply) => {
+            // A token check's failure turns later refusals into 401s (the
+            // connection manager's local reply mapper).
+            if manager.token_failures_are_401 && token_failure.is_some_and(|code| code >= 2) {
+                reply.status = 401;
+            }
             if !reply.flags.is_empty() {
                 if !record.flags.is_empty() {
                     record.flags.push(',');
@@ -283,6 +365,11 @@ pub async fn handle(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain"),
                 );
+            }
+            for (name, value) in reply.headers {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, v);
+                }
             }
             response
         }

@@ -174,6 +174,6 @@ pub async fn run(bootstrap: PathBuf, admin_address_path: Option<PathBuf>) -> Res
     }
     tracing::info!(node = %start.node.id, admin = %bound, "weft-proxy started");
     tokio::spawn(crate::admin::serve(admin, runtime.clone(), stats.clone()));
-    crate::listen::run(runtime, sockets, stats).await;
+    crate::listen::run(runtime, sockets, stats, Arc::default()).await;
     Ok(())
 }

@@ -120,6 +120,8 @@ pub struct HttpStats {
     pub rq_total: Counter,
     pub rbac_allowed: Counter,
     pub rbac_denied: Counter,
+    pub jwt_allowed: Counter,
+    pub jwt_denied: Counter,
     pub no_route: Counter,
 }
 
@@ -130,6 +132,8 @@ impl HttpStats {
             rq_total: c("downstream_rq_total"),
             rbac_allowed: c("rbac.allowed"),
             rbac_denied: c("rbac.denied"),
+            jwt_allowed: c("jwt_authn.allowed"),
+            jwt_denied: c("jwt_authn.denied"),
             no_route: c("no_route"),
         }
     }

@@ -28,7 +28,10 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::value::Kind;
 use prost::Message;
 
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+
 use super::format::Format;
+use super::jwt::{TokenCheck, token_check};
 use super::{Refusals, at};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,8 @@ pub enum HttpFilter {
     /// (by its name): refuse what a deny rule matches, or what no allow
     /// rule matches.
     Rbac { name: String, deny: bool },
+    /// End-user tokens checked by the rules (Envoy's `jwt_authn`).
+    TokenCheck(std::sync::Arc<TokenCheck>),
     /// Forwards by the route table; always last.
     Router,
 }
@@ -87,6 +92,8 @@ const STDERR_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 const STATS_LOG: &str = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config";
 const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+const JWT_AUTHN: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 
 fn decode<T: Message + Default>(any: &Any, here: &str, r: &mut Refusals) -> Option<T> {
     match T::decode(any.value.as_slice()) {
@@ -222,13 +229,12 @@ pub(crate) fn http_filter(
                 remove: rule.remove,
             })
         }
+        JWT_AUTHN if filter.name == JWT_FILTER => {
+            let config: JwtAuthentication = decode(any, &config_at, r)?;
+            token_check(&config, &config_at, r).map(|c| HttpFilter::TokenCheck(c.into()))
+        }
         other => {
-            let why = if filter.name == JWT_FILTER {
-                "end-user token checks are not supported yet".to_string()
-            } else {
-                format!("{other} is not supported yet")
-            };
-            r.refuse(&config_at, why);
+            r.refuse(&config_at, format!("{other} is not supported yet"));
             None
         }
     }

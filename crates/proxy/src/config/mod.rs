@@ -9,6 +9,7 @@ mod cluster;
 mod endpoints;
 mod format;
 mod http;
+mod jwt;
 mod listener;
 mod rbac;
 mod route;
@@ -18,6 +19,7 @@ pub use cluster::{Balancer, Cluster, Discovery, Limits, Outlier, UpstreamProtoco
 pub use endpoints::{Assignment, Endpoint, Locality, LocalityGroup, Target};
 pub use format::{Format, Operator, Piece};
 pub use http::{AccessLog, CountedStats, HttpFilter};
+pub use jwt::{Keys, Provider, TokenCheck, TokenRule};
 pub use listener::{DownstreamTls, FilterChain, HttpManager, Listener};
 pub use rbac::{Permission, Policy, Principal, Rules};
 pub use route::{

@@ -367,7 +367,7 @@ fn route(route: &XdsRoute, here: &str, r: &mut Refusals) -> Route {
     }
 }
 
-fn route_match(m: Option<&XdsRouteMatch>, here: &str, r: &mut Refusals) -> RouteMatch {
+pub(crate) fn route_match(m: Option<&XdsRouteMatch>, here: &str, r: &mut Refusals) -> RouteMatch {
     let m = m.cloned().unwrap_or_default();
     let supported = XdsRouteMatch {
         path_specifier: m.path_specifier.clone(),

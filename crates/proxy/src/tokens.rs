@@ -1,0 +1,365 @@
+//! End-user tokens checked as Envoy's `jwt_authn` checks them: the
+//! bearer token of `Authorization` (or the `access_token` query
+//! parameter), its issuer one of the rule's providers, its signature by
+//! one of that provider's keys, its time (with the provider's clock
+//! skew) and audience. A failure answers 401 with Envoy's message, and
+//! the details name it (`jwt_authn_access_denied{Jwt_is_expired}`).
+//!
+//! Remote keys (JWKS) are fetched through their cluster when first
+//! needed, kept, and fetched again every refresh interval (sooner after
+//! a failure); a request waits for the first fetch up to its timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::config::{Keys, Provider, Target, TokenRule};
+use crate::runtime::Runtime;
+
+/// Why a token was refused, with Envoy's status codes and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFailure {
+    Missing,
+    NotYetValid,
+    Expired,
+    BadFormat,
+    UnknownIssuer,
+    BadAudience,
+    NoKey,
+    BadSignature,
+    KeysUnavailable,
+}
+
+impl TokenFailure {
+    /// Envoy's message, sent as the body of the 401.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenFailure::Missing => "Jwt is missing",
+            TokenFailure::NotYetValid => "Jwt not yet valid",
+            TokenFailure::Expired => "Jwt is expired",
+            TokenFailure::BadFormat => {
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+            }
+            TokenFailure::UnknownIssuer => "Jwt issuer is not configured",
+            TokenFailure::BadAudience => "Audiences in Jwt are not allowed",
+            TokenFailure::NoKey => "Jwks doesn't have key to match kid or alg from Jwt",
+            TokenFailure::BadSignature => "Jwt verification fails",
+            TokenFailure::KeysUnavailable => "Jwks remote fetch is failed",
+        }
+    }
+
+    /// Envoy's status code: 1 for a missing token, above for the rest
+    /// (the local reply mapper answers 401 from 2 up).
+    pub fn code(self) -> u32 {
+        match self {
+            TokenFailure::Missing => 1,
+            TokenFailure::NotYetValid => 2,
+            TokenFailure::Expired => 3,
+            TokenFailure::BadFormat => 4,
+            TokenFailure::UnknownIssuer => 21,
+            TokenFailure::BadAudience => 22,
+            TokenFailure::NoKey => 24,
+            TokenFailure::BadSignature => 25,
+            TokenFailure::KeysUnavailable => 26,
+        }
+    }
+
+    /// Envoy's response code details.
+    pub fn details(self) -> String {
+        format!(
+            "jwt_authn_access_denied{{{}}}",
+            self.message().replace(' ', "_")
+        )
+    }
+}
+
+/// The request's bearer token, if it carries one.
+pub fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_string());
+    }
+    parts.uri.query()?.split('&').find_map(|pair| {
+        pair.strip_prefix("access_token=").map(|t| {
+            percent_encoding::percent_decode_str(t)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The token's claims, unverified: only to pick the provider by issuer.
+fn unverified_claims(token: &str) -> Result<Value, TokenFailure> {
+    if token.split('.').count() != 3 {
+        return Err(TokenFailure::BadFormat);
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
+        .map_err(|_| TokenFailure::BadFormat)
+}
+
+/// Checks `token` against `provider`'s `keys`; its claims when valid.
+pub fn verify(token: &str, provider: &Provider, keys: &JwkSet) -> Result<Value, TokenFailure> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenFailure::BadFormat)?;
+    let candidates: Vec<_> = keys
+        .keys
+        .iter()
+        .filter(|k| match (&header.kid, &k.common.key_id) {
+            (Some(kid), Some(id)) => kid == id,
+            _ => true,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(TokenFailure::NoKey);
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = provider.clock_skew.as_secs();
+    validation.required_spec_claims.clear();
+    validation.validate_nbf = true;
+    if provider.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&provider.audiences);
+    }
+    validation.set_issuer(&[&provider.issuer]);
+    let mut failure = TokenFailure::NoKey;
+    for jwk in candidates {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        use jsonwebtoken::errors::ErrorKind;
+        match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => {
+                failure = match e.kind() {
+                    ErrorKind::ExpiredSignature => return Err(TokenFailure::Expired),
+                    ErrorKind::ImmatureSignature => return Err(TokenFailure::NotYetValid),
+                    ErrorKind::InvalidAudience => return Err(TokenFailure::BadAudience),
+                    ErrorKind::InvalidIssuer => return Err(TokenFailure::UnknownIssuer),
+                    ErrorKind::InvalidAlgorithm => TokenFailure::NoKey,
+                    _ => TokenFailure::BadSignature,
+                }
+            }
+        }
+    }
+    Err(failure)
+}
+
+/// The keys the proxy holds for remote JWKS, by URI and cluster.
+#[derive(Default)]
+pub struct KeyStore {
+    remote: Mutex<HashMap<(String, String), watch::Receiver<Option<Arc<JwkSet>>>>>,
+}
+
+impl KeyStore {
+    /// The current keys of `keys`, waiting for a first fetch up to its
+    /// timeout.
+    pub async fn get(
+        &self,
+        keys: &Keys,
+        runtime: &watch::Receiver<Arc<Runtime>>,
+    ) -> Result<Arc<JwkSet>, TokenFailure> {
+        let (uri, cluster, timeout, refresh, retry) = match keys {
+            Keys::Inline(text) => {
+                return serde_json::from_str(text)
+                    .map(Arc::new)
+                    .map_err(|_| TokenFailure::KeysUnavailable);
+            }
+            Keys::Remote {
+                uri,
+                cluster,
+                timeout,
+                refresh,
+                retry,
+            } => (uri, cluster, *timeout, *refresh, *retry),
+        };
+        let mut current = {
+            let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+            remote
+                .entry((uri.clone(), cluster.clone()))
+                .or_insert_with(|| {
+                    let (tx, rx) = watch::channel(None);
+                    tokio::spawn(refresh_keys(
+                        uri.clone(),
+                        cluster.clone(),
+                        timeout,
+                        refresh,
+                        retry,
+                        runtime.clone(),
+                        tx,
+                    ));
+                    rx
+                })
+                .clone()
+        };
+        let held = current.borrow_and_update().clone();
+        if let Some(keys) = held {
+            return Ok(keys);
+        }
+        let _ = tokio::time::timeout(timeout, current.changed()).await;
+        current
+            .borrow()
+            .clone()
+            .ok_or(TokenFailure::KeysUnavailable)
+    }
+}
+
+/// Fetches the keys again and again until nobody holds them.
+async fn refresh_keys(
+    uri: String,
+    cluster: String,
+    timeout: Duration,
+    refresh: Duration,
+    retry: Duration,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    keys: watch::Sender<Option<Arc<JwkSet>>>,
+) {
+    loop {
+        let current = runtime.borrow().clone();
+        let pause = match tokio::time::timeout(timeout, fetch(&uri, &cluster, &current)).await {
+            Ok(Ok(set)) => {
+                keys.send_replace(Some(Arc::new(set)));
+                refresh
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%uri, %cluster, error = %e, "JWKS fetch failed");
+                retry
+            }
+            Err(_) => {
+                tracing::warn!(%uri, %cluster, "JWKS fetch timed out");
+                retry
+            }
+        };
+        tokio::time::sleep(pause).await;
+        if keys.is_closed() && keys.receiver_count() == 0 {
+            return;
+        }
+    }
+}
+
+/// The largest JWKS document taken.
+const MAX_JWKS: usize = 1024 * 1024;
+
+async fn fetch(uri: &str, cluster: &str, runtime: &Runtime) -> Result<JwkSet, String> {
+    let uri: http::Uri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
+    let cluster = runtime
+        .clusters
+        .get(cluster)
+        .ok_or_else(|| format!("no cluster {cluster}"))?;
+    if cluster.config.tls.is_some() {
+        return Err("JWKS over TLS is not supported by weft-proxy".into());
+    }
+    let endpoint = cluster
+        .assignment
+        .groups
+        .iter()
+        .flat_map(|g| &g.endpoints)
+        .next()
+        .ok_or("the cluster has no endpoint")?;
+    let address = match &endpoint.address {
+        Target::Ip(a) => *a,
+        Target::Host(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("the host name resolves to nothing")?,
+    };
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
+}
+
+/// What the token check decided for one request.
+pub enum Checked {
+    /// No rule applies, or the rule lets a request without a token pass.
+    Passed {
+        missing: bool,
+    },
+    /// A valid token of `provider`.
+    Valid {
+        provider: String,
+        claims: Value,
+    },
+    Refused(TokenFailure),
+}
+
+/// Checks the request's token by `rule` of a filter whose providers are
+/// `providers`.
+pub async fn check(
+    rule: &TokenRule,
+    providers: &std::collections::BTreeMap<String, Provider>,
+    parts: &Parts,
+    store: &KeyStore,
+    runtime: &watch::Receiver<Arc<Runtime>>,
+) -> Checked {
+    let Some(token) = bearer(parts) else {
+        return if rule.allow_missing {
+            Checked::Passed { missing: true }
+        } else {
+            Checked::Refused(TokenFailure::Missing)
+        };
+    };
+    let claims = match unverified_claims(&token) {
+        Ok(claims) => claims,
+        Err(failure) => return Checked::Refused(failure),
+    };
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some((name, provider)) = rule
+        .providers
+        .iter()
+        .filter_map(|name| providers.get(name).map(|p| (name, p)))
+        .find(|(_, p)| p.issuer == issuer)
+    else {
+        return Checked::Refused(TokenFailure::UnknownIssuer);
+    };
+    let keys = match store.get(&provider.keys, runtime).await {
+        Ok(keys) => keys,
+        Err(failure) => return Checked::Refused(failure),
+    };
+    match verify(&token, provider, &keys) {
+        Ok(claims) => Checked::Valid {
+            provider: name.clone(),
+            claims,
+        },
+        Err(failure) => Checked::Refused(failure),
+    }
+}
