@@ -157,10 +157,13 @@ pub fn verify(token: &str, provider: &Provider, keys: &JwkSet) -> Result<Value, 
     Err(failure)
 }
 
+/// A remote JWKS as fetched so far (None before the first fetch).
+type Fetched = watch::Receiver<Option<Arc<JwkSet>>>;
+
 /// The keys the proxy holds for remote JWKS, by URI and cluster.
 #[derive(Default)]
 pub struct KeyStore {
-    remote: Mutex<HashMap<(String, String), watch::Receiver<Option<Arc<JwkSet>>>>>,
+    remote: Mutex<HashMap<(String, String), Fetched>>,
 }
 
 impl KeyStore {
