@@ -36,6 +36,10 @@ const FILES: &[&str] = &[
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    // Bootstraps, which weft-proxy also reads as YAML, and the stats sink
+    // weft's agent configures in them.
+    "envoy/config/bootstrap/v3/bootstrap.proto",
+    "envoy/extensions/stat_sinks/open_telemetry/v3/open_telemetry.proto",
 ];
 
 fn main() {

@@ -341,17 +341,18 @@ fn envoy_binary() -> std::path::PathBuf {
     if root.exists() { root } else { "envoy".into() }
 }
 
-/// Envoy with one worker: a listener routing everything to the upstream,
-/// in the protocol the client spoke.
-fn start_envoy(upstream: u16, dir: &std::path::Path) -> Target {
-    let port = free_port();
-    let admin = free_port();
-    let config = format!(
+/// The configuration both proxies run, in Envoy's YAML: a listener on
+/// `port` routing everything to the upstream, in the protocol the client
+/// spoke.
+fn proxy_config(port: u16, admin: u16, upstream: u16) -> String {
+    format!(
         r#"
+node: {{id: bench}}
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
   listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -360,6 +361,7 @@ static_resources:
           stat_prefix: bench
           codec_type: AUTO
           route_config:
+            name: bench
             virtual_hosts:
             - name: all
               domains: ["*"]
@@ -378,7 +380,35 @@ static_resources:
       cluster_name: upstream
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
 "#
-    );
+    )
+}
+
+/// weft-proxy (this binary run as `weft-proxy CONFIG`, the library
+/// `weft x proxy` runs) from the very configuration Envoy gets.
+fn start_weft_proxy(upstream: u16, dir: &std::path::Path) -> Target {
+    let port = free_port();
+    let path = dir.join("weft-proxy.yaml");
+    std::fs::write(&path, proxy_config(port, free_port(), upstream)).expect("the config");
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(std::env::current_exe().expect("this benchmark"))
+        .arg("weft-proxy")
+        .arg(&path)
+        .env(PINNED, "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("weft-proxy starts");
+    Target {
+        name: "weft-proxy",
+        port,
+        process: Some(child),
+    }
+}
+
+/// Envoy with one worker.
+fn start_envoy(upstream: u16, dir: &std::path::Path) -> Target {
+    let port = free_port();
+    let config = proxy_config(port, free_port(), upstream);
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, config).expect("the Envoy config");
     let child = Command::new("taskset")
@@ -471,6 +501,21 @@ fn main() {
         runtime.block_on(forwarder(listen, to));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("weft-proxy") {
+        // As `weft x proxy` runs: one multi-threaded runtime, its workers
+        // as many as the cores the process may use (one, pinned).
+        weft_identity::tls::install_provider();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let config = std::path::PathBuf::from(&args[2]);
+        if let Err(e) = runtime.block_on(weft_proxy::run::run(config, None)) {
+            eprintln!("weft-proxy: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // The load and the upstream on core 1, the proxies on core 0.
     if std::env::var_os(PINNED).is_none() {
         let status = Command::new("taskset")
@@ -507,6 +552,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
             process: None,
         },
         start_envoy(upstream_port, &dir),
+        start_weft_proxy(upstream_port, &dir),
         start_forwarder(upstream_port),
     ];
     for t in &targets {
@@ -612,7 +658,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         let Some(direct) = find("direct") else {
             continue;
         };
-        for name in ["Envoy 1.40", "bare hyper forwarder"] {
+        for name in ["Envoy 1.40", "weft-proxy", "bare hyper forwarder"] {
             if let Some((p50, p90, p99)) = find(name) {
                 println!(
                     "  {:<9} {:<21} {:.3} / {:.3} / {:.3} ms",
@@ -624,6 +670,42 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
                 );
             }
         }
+    }
+    // The issue's targets, as ratios in this one run.
+    println!("\nweft-proxy against Envoy and the forwarder (this run):");
+    for protocol in [Protocol::Http1, Protocol::H2c] {
+        let find = |mode: &str, name: &str| {
+            rows.iter()
+                .find(|r| r.0 == protocol.name() && r.1 == mode && r.2 == name)
+        };
+        let (Some(weft), Some(envoy), Some(bare)) = (
+            find("max", "weft-proxy"),
+            find("max", "Envoy 1.40"),
+            find("max", "bare hyper forwarder"),
+        ) else {
+            continue;
+        };
+        let added_p99 = |name: &str| {
+            let direct = find("1k/s", "direct")?.7;
+            Some(find("1k/s", name)?.7 - direct)
+        };
+        println!(
+            "  {:<9} requests/s per core {:.2}x Envoy (target >= 3), {:.2}x the forwarder (target >= 0.8); \
+             CPU per request {:.2}x Envoy; RSS {:.1} MiB vs {:.1} (target <= 20); added p99 at 1,000/s {}",
+            protocol.name(),
+            weft.3 / envoy.3,
+            weft.3 / bare.3,
+            weft.4 / envoy.4,
+            weft.8,
+            envoy.8,
+            match (added_p99("weft-proxy"), added_p99("Envoy 1.40")) {
+                (Some(w), Some(e)) if e > 0.0 => format!(
+                    "{w:.3} ms vs {e:.3} ms = {:.2}x Envoy (target <= 0.2)",
+                    w / e
+                ),
+                _ => "n/a".into(),
+            }
+        );
     }
     let chart = chart(&rows);
     if std::fs::write(svg, chart).is_ok() {

@@ -16,25 +16,41 @@ use envoy_types::pb::envoy::config::core::v3::{Address, ApiConfigSource, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use prost::Message;
 
-use crate::config::{Cluster, Discovery, Target, UpstreamTls};
+use crate::config::{Cluster, Discovery, Listener, Target, UpstreamTls};
+use crate::xds::Resources;
 
 /// What weft-proxy takes from its bootstrap.
 #[derive(Debug, Clone)]
 pub struct Start {
     pub node: Node,
+    pub source: Source,
+    pub admin: SocketAddr,
+    /// Upper bounds of the duration histograms (microseconds).
+    pub histogram_bounds: Option<Vec<f64>>,
+}
+
+/// Where the listeners and clusters come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Delta ADS from the edge, secrets from the agent (a sidecar).
+    Ads(Box<AdsLink>),
+    /// Given whole in the bootstrap's static resources, plaintext only.
+    Static(Resources),
+}
+
+/// How a sidecar reaches its edge and its agent.
+#[derive(Debug, Clone)]
+pub struct AdsLink {
     /// The ADS server's address and the mutual TLS to it.
-    pub ads: SocketAddr,
-    pub ads_tls: UpstreamTls,
+    pub address: SocketAddr,
+    pub tls: UpstreamTls,
     /// gRPC initial metadata for the ADS stream (the credential).
-    pub ads_metadata: Vec<(String, String)>,
+    pub metadata: Vec<(String, String)>,
     /// The agent's SDS server (a Unix socket).
     pub sds_socket: PathBuf,
-    pub admin: SocketAddr,
     /// Where counted stats are sent (OTLP over the ADS server's
     /// connection), if anywhere.
     pub metrics: Option<MetricsSink>,
-    /// Upper bounds of the duration histograms (microseconds).
-    pub histogram_bounds: Option<Vec<f64>>,
 }
 
 /// Envoy's OpenTelemetry stats sink, as weft's agent configures it.
@@ -54,13 +70,24 @@ pub struct BootstrapError {
     problem: String,
 }
 
-/// Reads the bootstrap at `path`.
+/// Reads the bootstrap at `path`: binary protobuf, or YAML or JSON (by
+/// the extension) as Envoy takes them.
 pub fn read(path: &Path) -> Result<Start, BootstrapError> {
     let fail = |problem: String| BootstrapError {
         path: path.display().to_string(),
         problem,
     };
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let mut bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    if matches!(extension, "yaml" | "yml" | "json") {
+        let json: serde_json::Value =
+            serde_norway::from_slice(&bytes).map_err(|e| fail(format!("not YAML or JSON: {e}")))?;
+        bytes = weft_xds::json::from_json("envoy.config.bootstrap.v3.Bootstrap", json)
+            .map_err(|e| fail(e.to_string()))?;
+    }
     let bootstrap =
         Bootstrap::decode(bytes.as_slice()).map_err(|e| fail(format!("not a Bootstrap: {e}")))?;
     from_bootstrap(&bootstrap).map_err(fail)
@@ -68,6 +95,80 @@ pub fn read(path: &Path) -> Result<Start, BootstrapError> {
 
 fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
     let node = bootstrap.node.clone().ok_or("node: missing")?;
+    let admin = bootstrap
+        .admin
+        .as_ref()
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(XdsAddress::SocketAddress(s)) => {
+                let port = match s.port_specifier {
+                    Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
+                    _ => return None,
+                };
+                Some(SocketAddr::new(s.address.parse().ok()?, port))
+            }
+            _ => None,
+        })
+        .ok_or("admin.address: an IP socket address")?;
+    let histogram_bounds = bootstrap
+        .stats_config
+        .as_ref()
+        .and_then(|c| c.histogram_bucket_settings.first())
+        .map(|b| b.buckets.clone());
+    let source = match &bootstrap.dynamic_resources {
+        Some(_) => Source::Ads(Box::new(ads_link(bootstrap)?)),
+        None => Source::Static(static_resources(bootstrap)?),
+    };
+    Ok(Start {
+        node,
+        source,
+        admin,
+        histogram_bounds,
+    })
+}
+
+/// A static bootstrap's listeners and clusters, converted as xDS's are.
+fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, String> {
+    if !bootstrap.stats_sinks.is_empty() {
+        return Err("stats_sinks: only with dynamic_resources (ADS)".into());
+    }
+    let mut resources = Resources::default();
+    let statics = bootstrap.static_resources.clone().unwrap_or_default();
+    let mut problems = Vec::new();
+    for (i, cluster) in statics.clusters.iter().enumerate() {
+        match Cluster::try_from(cluster) {
+            Ok(c) if c.tls.is_none() => {
+                let key = (crate::xds::CLUSTER_TYPE.to_string(), c.name.clone());
+                resources.raw.insert(key, envoy_types::util::pack_any(cluster.clone()));
+                resources.clusters.insert(c.name.clone(), c.into());
+            }
+            Ok(c) => problems.push(format!(
+                "static_resources.clusters[{i}] ({}): TLS needs the agent's SDS (dynamic_resources)",
+                c.name
+            )),
+            Err(e) => problems.push(format!("static_resources.clusters[{i}]: {e}")),
+        }
+    }
+    for (i, listener) in statics.listeners.iter().enumerate() {
+        match Listener::try_from(listener) {
+            Ok(l) => {
+                let key = (crate::xds::LISTENER_TYPE.to_string(), l.name.clone());
+                resources
+                    .raw
+                    .insert(key, envoy_types::util::pack_any(listener.clone()));
+                resources.listeners.insert(l.name.clone(), l.into());
+            }
+            Err(e) => problems.push(format!("static_resources.listeners[{i}]: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(resources)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn ads_link(bootstrap: &Bootstrap) -> Result<AdsLink, String> {
     let dynamic = bootstrap
         .dynamic_resources
         .as_ref()
@@ -91,7 +192,7 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
     let Some(TargetSpecifier::EnvoyGrpc(target)) = &service.target_specifier else {
         return Err("dynamic_resources.ads_config.grpc_services[0]: only envoy_grpc".into());
     };
-    let ads_metadata = service
+    let metadata = service
         .initial_metadata
         .iter()
         .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
@@ -111,7 +212,7 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
             )
         })?;
     let converted = Cluster::try_from(ads_cluster).map_err(|e| e.to_string())?;
-    let ads_address = match &converted.discovery {
+    let address = match &converted.discovery {
         Discovery::Static(assignment) => assignment
             .groups
             .iter()
@@ -123,7 +224,7 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
         _ => None,
     }
     .ok_or_else(|| format!("Cluster {}: one static IP endpoint", converted.name))?;
-    let ads_tls = converted.tls.clone().ok_or_else(|| {
+    let tls = converted.tls.clone().ok_or_else(|| {
         format!(
             "Cluster {}: the ADS server is reached over mutual TLS",
             converted.name
@@ -145,40 +246,17 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
             _ => None,
         })
         .ok_or("static_resources.clusters: no cluster reaches an SDS socket (a pipe)")?;
-    let admin = bootstrap
-        .admin
-        .as_ref()
-        .and_then(|a| a.address.as_ref())
-        .and_then(|a| match &a.address {
-            Some(XdsAddress::SocketAddress(s)) => {
-                let port = match s.port_specifier {
-                    Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
-                    _ => return None,
-                };
-                Some(SocketAddr::new(s.address.parse().ok()?, port))
-            }
-            _ => None,
-        })
-        .ok_or("admin.address: an IP socket address")?;
     let metrics = match bootstrap.stats_sinks.as_slice() {
         [] => None,
         [sink] => Some(metrics_sink(sink, &target.cluster_name, bootstrap)?),
         _ => return Err("stats_sinks: at most one".into()),
     };
-    let histogram_bounds = bootstrap
-        .stats_config
-        .as_ref()
-        .and_then(|c| c.histogram_bucket_settings.first())
-        .map(|b| b.buckets.clone());
-    Ok(Start {
-        node,
-        ads: ads_address,
-        ads_tls,
-        ads_metadata,
+    Ok(AdsLink {
+        address,
+        tls,
+        metadata,
         sds_socket,
-        admin,
         metrics,
-        histogram_bounds,
     })
 }
 
@@ -276,10 +354,22 @@ mod tests {
 
     #[test]
     fn a_state_of_the_world_bootstrap_is_refused_by_field() {
+        use envoy_types::pb::envoy::config::bootstrap::v3::Admin;
+        use envoy_types::pb::envoy::config::core::v3::SocketAddress;
         let bootstrap = Bootstrap {
             node: Some(Node::default()),
             dynamic_resources: Some(DynamicResources {
                 ads_config: Some(ApiConfigSource::default()),
+                ..Default::default()
+            }),
+            admin: Some(Admin {
+                address: Some(Address {
+                    address: Some(XdsAddress::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".into(),
+                        port_specifier: Some(PortSpecifier::PortValue(0)),
+                        ..Default::default()
+                    })),
+                }),
                 ..Default::default()
             }),
             ..Default::default()

@@ -87,10 +87,8 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// (a listener that exists keeps its last warm settings).
 fn warm(listener: &ListenerRuntime, runtime: &Runtime) -> bool {
     listener.chains.iter().all(|c| {
-        runtime
-            .resources
-            .routes
-            .contains_key(&c.config.http.route_table)
+        let http = &c.config.http;
+        (http.inline_routes.is_some() || runtime.resources.routes.contains_key(&http.route_table))
             && !matches!(c.tls, Some(Err(_)))
     })
 }

@@ -199,7 +199,10 @@ pub async fn handle(
     record.headers = parts.headers.clone();
 
     // The virtual host, once: authorization and the router both need it.
-    let table = runtime.resources.routes.get(&manager.route_table).cloned();
+    let table = manager
+        .inline_routes
+        .clone()
+        .or_else(|| runtime.resources.routes.get(&manager.route_table).cloned());
     let host = crate::routing::host_without_port(&parts);
     let virtual_host: Option<&VirtualHost> = table.as_deref().and_then(|t| t.virtual_host(&host));
 

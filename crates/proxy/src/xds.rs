@@ -155,7 +155,9 @@ impl Resources {
     fn route_tables(&self) -> BTreeSet<String> {
         self.listeners
             .values()
-            .flat_map(|l| l.chains.iter().map(|c| c.http.route_table.clone()))
+            .flat_map(|l| &l.chains)
+            .filter(|c| c.http.inline_routes.is_none())
+            .map(|c| c.http.route_table.clone())
             .collect()
     }
 }

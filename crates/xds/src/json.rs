@@ -37,6 +37,22 @@ pub enum JsonError {
     },
 }
 
+/// A message of type `name` (`envoy.config.bootstrap.v3.Bootstrap`) from
+/// its JSON form (`Any`s by their `@type`), as binary protobuf: how a
+/// configuration written as YAML or JSON, as Envoy takes it, is read.
+pub fn from_json(name: &str, json: serde_json::Value) -> Result<Vec<u8>, JsonError> {
+    use prost::Message;
+    let descriptor = ENVOY
+        .get_message_by_name(name)
+        .ok_or_else(|| JsonError::UnknownType(name.to_string()))?;
+    let message =
+        DynamicMessage::deserialize(descriptor, json).map_err(|source| JsonError::Serialize {
+            type_url: name.to_string(),
+            source,
+        })?;
+    Ok(message.encode_to_vec())
+}
+
 /// `any` as JSON, with its `@type`.
 pub fn to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();

@@ -21,6 +21,7 @@ use prost::Message;
 
 use super::endpoints::{Target, target};
 use super::http::{self, AccessLog, HttpFilter, http_filter, token_failure_replies};
+use super::route::RouteTable;
 use super::tls::{PeerCheck, common_tls};
 use super::{Refusals, Refused, at};
 
@@ -56,6 +57,9 @@ pub struct HttpManager {
     pub stat_prefix: String,
     /// The route table (RDS) requests are routed by.
     pub route_table: String,
+    /// The route table itself, when the listener carries it (a static
+    /// bootstrap's) rather than naming one for RDS.
+    pub inline_routes: Option<std::sync::Arc<RouteTable>>,
     /// In order, the router last.
     pub filters: Vec<HttpFilter>,
     pub access_logs: Vec<AccessLog>,
@@ -504,7 +508,21 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
     ) {
         r.refuse(field("strip_port_mode"), "only strip_any_host_port");
     }
+    let mut inline_routes = None;
     let route_table = match route_specifier {
+        Some(RouteSpecifier::RouteConfig(inline)) => match RouteTable::try_from(inline) {
+            Ok(table) => {
+                let name = table.name.clone();
+                inline_routes = Some(std::sync::Arc::new(table));
+                name
+            }
+            Err(refused) => {
+                for problem in refused.problems {
+                    r.refuse(field("route_config"), problem);
+                }
+                String::new()
+            }
+        },
         Some(RouteSpecifier::Rds(rds))
             if matches!(
                 rds.config_source
@@ -516,7 +534,10 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
             rds.route_config_name.clone()
         }
         _ => {
-            r.refuse(field("route_specifier"), "only RDS over the ADS stream");
+            r.refuse(
+                field("route_specifier"),
+                "only RDS over the ADS stream, or a route_config",
+            );
             String::new()
         }
     };
@@ -578,6 +599,7 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
     HttpManager {
         stat_prefix: stat_prefix.clone(),
         route_table,
+        inline_routes,
         filters,
         access_logs,
         forward_caller,
