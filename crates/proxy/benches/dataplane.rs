@@ -384,11 +384,17 @@ static_resources:
 }
 
 /// weft-proxy (this binary run as `weft-proxy CONFIG`, the library
-/// `weft x proxy` runs) from the very configuration Envoy gets.
+/// `weft x proxy` runs) from the very configuration Envoy gets, written
+/// as binary protobuf as the agent writes sidecars' bootstraps (read as
+/// YAML, the proto descriptors would stay in its memory).
 fn start_weft_proxy(upstream: u16, dir: &std::path::Path) -> Target {
     let port = free_port();
-    let path = dir.join("weft-proxy.yaml");
-    std::fs::write(&path, proxy_config(port, free_port(), upstream)).expect("the config");
+    let path = dir.join("weft-proxy.pb");
+    let yaml: serde_json::Value =
+        serde_norway::from_str(&proxy_config(port, free_port(), upstream)).expect("YAML");
+    let binary = weft_xds::json::from_json("envoy.config.bootstrap.v3.Bootstrap", yaml)
+        .expect("a Bootstrap");
+    std::fs::write(&path, binary).expect("the config");
     let child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(std::env::current_exe().expect("this benchmark"))

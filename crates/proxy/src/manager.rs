@@ -196,7 +196,10 @@ pub async fn handle(
     {
         parts.headers.insert(request_id, id);
     }
-    record.headers = parts.headers.clone();
+    // Kept for the request logs only when there are any.
+    if !manager.access_logs.is_empty() {
+        record.headers = parts.headers.clone();
+    }
 
     // The virtual host, once: authorization and the router both need it.
     let table = manager
