@@ -9,7 +9,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use crate::config::{Assignment, Balancer, Endpoint};
+use crate::config::{Assignment, Balancer, Endpoint, Target};
 
 /// Envoy's default overprovisioning factor, in percent.
 const OVERPROVISIONING: u64 = 140;
@@ -26,6 +26,40 @@ pub struct Draw<'a> {
     pub hash: Option<u64>,
     /// Requests in flight to an endpoint (least request).
     pub active: &'a dyn Fn(&Endpoint) -> usize,
+    /// The cluster's hash ring, built once for its endpoints (ring hash).
+    pub ring: Option<&'a Ring>,
+}
+
+/// A hash ring over every endpoint of an assignment: points for each (by
+/// its address and weight), sorted. A pick walks from the request's hash
+/// to the first point of an endpoint it may use, which is what a ring
+/// built of those endpoints alone would give, since an endpoint's points
+/// do not depend on the others.
+pub struct Ring(Vec<(u64, Target)>);
+
+impl Ring {
+    pub fn new(assignment: &Assignment) -> Ring {
+        let mut points: Vec<(u64, Target)> = assignment
+            .groups
+            .iter()
+            .flat_map(|g| &g.endpoints)
+            .flat_map(|e| {
+                (0..RING_POINTS * u64::from(e.weight.max(1)))
+                    .map(move |i| (hash_of((format!("{:?}", e.address), i)), e.address.clone()))
+            })
+            .collect();
+        points.sort_by_key(|(point, _)| *point);
+        Ring(points)
+    }
+
+    fn pick<'a>(&self, members: &[&'a Endpoint], hash: u64) -> Option<&'a Endpoint> {
+        let at = self.0.partition_point(|(point, _)| *point < hash);
+        self.0[at..]
+            .iter()
+            .chain(&self.0[..at])
+            .find_map(|(_, target)| members.iter().find(|e| e.address == *target))
+            .copied()
+    }
 }
 
 /// Each priority's share of the load, in percent, by Envoy's rule.
@@ -146,7 +180,18 @@ fn pick<'a>(members: &[&'a Endpoint], policy: Balancer, draw: &mut Draw) -> Opti
             let Some(hash) = draw.hash else {
                 return by_weight(members, (draw.random)());
             };
-            ring_pick(members, hash)
+            match draw.ring {
+                Some(ring) => ring.pick(members, hash),
+                None => Ring::new(&Assignment {
+                    cluster: String::new(),
+                    groups: vec![crate::config::LocalityGroup {
+                        priority: 0,
+                        locality: Default::default(),
+                        endpoints: members.iter().map(|e| (*e).clone()).collect(),
+                    }],
+                })
+                .pick(members, hash),
+            }
         }
     }
 }
@@ -155,21 +200,6 @@ fn hash_of(value: impl Hash) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()
-}
-
-/// Consistent hashing: points for each endpoint (by its address and
-/// weight) on a ring; the first point at or after the request's hash.
-fn ring_pick<'a>(members: &[&'a Endpoint], hash: u64) -> Option<&'a Endpoint> {
-    let mut ring: Vec<(u64, &Endpoint)> = members
-        .iter()
-        .flat_map(|e| {
-            (0..RING_POINTS * u64::from(e.weight.max(1)))
-                .map(move |i| (hash_of((format!("{:?}", e.address), i)), *e))
-        })
-        .collect();
-    ring.sort_by_key(|(point, _)| *point);
-    let at = ring.partition_point(|(point, _)| *point < hash);
-    ring.get(at).or_else(|| ring.first()).map(|(_, e)| *e)
 }
 
 #[cfg(test)]
@@ -234,6 +264,7 @@ mod tests {
                 turn,
                 hash,
                 active: &none,
+                ring: None,
             };
             choose(&set, healthy, policy, &mut draw).map(port)
         };
@@ -248,6 +279,19 @@ mod tests {
         // A ring sends one key to one endpoint, every time.
         let first = chosen(&all, Balancer::RingHash, 0, Some(42));
         assert!((0..20).all(|t| chosen(&all, Balancer::RingHash, t, Some(42)) == first));
+        // The cluster's ring built once picks as a ring of the members
+        // alone, the unhealthy skipped.
+        let ring = Ring::new(&set);
+        let only_two = |e: &Endpoint| port(e) == 2;
+        for hash in [1, 42, 1 << 40, u64::MAX - 7] {
+            let members: Vec<&Endpoint> = set.groups[0].endpoints.iter().collect();
+            let alone: Vec<&Endpoint> = members.iter().copied().filter(|e| only_two(e)).collect();
+            assert_eq!(
+                ring.pick(&members, hash),
+                Ring::new(&set).pick(&members, hash)
+            );
+            assert_eq!(ring.pick(&alone, hash).map(port), Some(2));
+        }
         // Nothing healthy: priority 0 still serves (panic mode).
         let nothing = |_: &Endpoint| false;
         assert!(matches!(
@@ -270,6 +314,7 @@ mod tests {
             turn: 0,
             hash: None,
             active: &busy,
+            ring: None,
         };
         let picks: Vec<u16> = (0..10)
             .filter_map(|_| choose(&set, &|_| true, Balancer::LeastRequest, &mut draw).map(port))

@@ -174,13 +174,10 @@ impl Record {
                 tags,
             }
         };
-        let counter = key(&counted.counter, &counted.counter_tags);
         let limit = counted.max_series.map_or(usize::MAX, |m| m as usize);
-        // A scope at its limit of series counts no new ones, as Envoy's.
-        if stats.series(&counter.name) < limit || stats.has(&counter) {
-            stats
-                .tagged_counter(counter)
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let counter = key(&counted.counter, &counted.counter_tags);
+        if let Some(counter) = stats.tagged_counter_within(counter, limit) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let value = self.text(&counted.histogram_value).parse().unwrap_or(0);
             stats
                 .histogram(key(&counted.histogram, &counted.histogram_tags))

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{Assignment, Cluster, Discovery, FilterChain, Listener, Target};
+use crate::balance::Ring;
+use crate::config::{Assignment, Balancer, Cluster, Discovery, FilterChain, Listener, Target};
 use crate::stats::{Counter, Stats};
 use crate::tls::Secrets;
 use crate::upstream::Pools;
@@ -28,6 +29,8 @@ pub struct ClusterRuntime {
     pub name: Arc<str>,
     pub config: Arc<Cluster>,
     pub assignment: Arc<Assignment>,
+    /// The hash ring of a ring hash cluster, built with its endpoints.
+    pub ring: Option<Ring>,
     /// Mutual TLS to the endpoints; None when the cluster has none.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The cluster's TLS names a secret not held yet.
@@ -169,6 +172,7 @@ impl Runtime {
                 }),
                 Discovery::Static(a) | Discovery::Dns(a) => Arc::new(a.clone()),
             };
+            let ring = (config.balancer == Balancer::RingHash).then(|| Ring::new(&assignment));
             let kept = previous
                 .clusters
                 .get(name)
@@ -181,6 +185,7 @@ impl Runtime {
                         name: old.name.clone(),
                         config: config.clone(),
                         assignment,
+                        ring,
                         tls: old.tls.clone(),
                         tls_missing: old.tls_missing,
                         shared: old.shared.clone(),
@@ -201,6 +206,7 @@ impl Runtime {
                         name: Arc::from(name.as_str()),
                         config: config.clone(),
                         assignment,
+                        ring,
                         tls,
                         tls_missing,
                         shared: Arc::new(ClusterShared {

@@ -155,21 +155,17 @@ impl Stats {
             .clone()
     }
 
-    pub fn has(&self, key: &Key) -> bool {
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
-    }
-
-    /// How many tagged series of `name` exist (a stats scope's limit).
-    pub fn series(&self, name: &str) -> usize {
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|k| k.name == name)
-            .count()
+    /// The counter `key`, unless it would be a new series of a name that
+    /// already has `limit` (a stats scope's limit, as Envoy's: a full
+    /// scope counts no new series).
+    pub fn tagged_counter_within(&self, key: Key, limit: usize) -> Option<Counter> {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = counters.get(&key) {
+            return Some(counter.clone());
+        }
+        // Counting happens only for a series not seen yet.
+        let series = counters.keys().filter(|k| k.name == key.name).count();
+        (series < limit).then(|| counters.entry(key).or_default().clone())
     }
 
     pub fn histogram(&self, key: Key) -> Arc<Histogram> {
@@ -341,5 +337,19 @@ mod tests {
             )),
             "http.inbound.rbac.denied: 1\n"
         );
+    }
+
+    #[test]
+    fn a_full_scope_counts_no_new_series() {
+        let stats = Stats::default();
+        let key = |code: &str| Key {
+            name: "weft.inbound_requests".into(),
+            tags: vec![("code".into(), code.into())],
+        };
+        assert!(stats.tagged_counter_within(key("200"), 2).is_some());
+        assert!(stats.tagged_counter_within(key("404"), 2).is_some());
+        assert!(stats.tagged_counter_within(key("503"), 2).is_none());
+        // A series it has keeps counting.
+        assert!(stats.tagged_counter_within(key("200"), 2).is_some());
     }
 }
