@@ -1,15 +1,18 @@
 //! The data plane's cost, measured in one run with interleaved rounds:
-//! requests straight to the upstream, through Envoy 1.40, and through a
-//! bare hyper forwarder (the practical limit of a Rust proxy: it only
-//! moves requests), each proxy pinned to core 0 and this process (load
-//! generator and upstream) to core 1. HTTP/1.1 and h2c keep-alive, at
-//! the highest rate the load reaches and at a fixed 1,000 requests/s.
+//! requests straight to the upstream, through Envoy 1.40, through
+//! weft-proxy (both from the same configuration), through a bare hyper
+//! forwarder (the practical limit of a Rust proxy: it only moves
+//! requests), and through a sidecar pair of each proxy (client to server
+//! over mutual TLS with SPIFFE checks and an RBAC rule, as weft
+//! configures sidecars); every proxy pinned to core 0 and this process
+//! (load generator and upstream) to core 1. HTTP/1.1 and h2c keep-alive,
+//! at the highest rate the load reaches and at a fixed 1,000 requests/s.
 //! Prints requests/s, CPU seconds per 10,000 requests, the latency the
-//! proxy adds (p50/p90/p99 over direct) and resident memory, and writes
-//! the figures as an SVG chart. weft-proxy joins the rounds once it
-//! serves traffic. Prints figures; asserts nothing.
+//! proxy adds (p50/p90/p99 over direct), resident memory and weft-proxy's
+//! ratios, and writes the figures as an SVG chart. Prints figures;
+//! asserts nothing.
 //!
-//! cargo bench -p weft-proxy --bench dataplane [-- --seconds N --rounds N --svg PATH]
+//! cargo bench -p weft-proxy --bench dataplane [-- --seconds N --rounds N --svg PATH --no-pairs]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -330,7 +333,8 @@ fn rss_mib(pid: u32) -> f64 {
 struct Target {
     name: &'static str,
     port: u16,
-    process: Option<Child>,
+    /// The proxy's processes (a pair has two); none for direct.
+    processes: Vec<Child>,
 }
 
 fn envoy_binary() -> std::path::PathBuf {
@@ -407,7 +411,212 @@ fn start_weft_proxy(upstream: u16, dir: &std::path::Path) -> Target {
     Target {
         name: "weft-proxy",
         port,
-        process: Some(child),
+        processes: vec![child],
+    }
+}
+
+/// The mesh's mutual TLS, from a CA made for the benchmark: PEMs of the
+/// client's and the server's SVIDs and of the roots.
+struct Identities {
+    client: (String, String),
+    server: (String, String),
+    roots: String,
+}
+
+const TRUST_DOMAIN: &str = "bench";
+
+fn identities() -> Identities {
+    use weft_identity::{Authority, CertRequest, SpiffeId, certificates_to_pem};
+    let day = Duration::from_secs(86_400);
+    let root = Authority::root(TRUST_DOMAIN, day).expect("a root");
+    let request = CertRequest::intermediate(TRUST_DOMAIN, "bench").expect("a CSR");
+    let signed = root
+        .sign_intermediate(&request.csr, "bench", day)
+        .expect("an intermediate");
+    let ca = Authority::from_parts(signed, request.key, Vec::new()).expect("a CA");
+    let svid = |account: &str| {
+        let id = SpiffeId::workload(TRUST_DOMAIN, "bench", account).expect("an id");
+        let request = CertRequest::workload(&id).expect("a CSR");
+        let leaf = ca.issue_svid(&request.csr, &id, day).expect("an SVID");
+        let chain: Vec<_> = std::iter::once(leaf).chain(ca.chain()).collect();
+        (certificates_to_pem(&chain), request.key.serialize_pem())
+    };
+    Identities {
+        client: svid("client"),
+        server: svid("server"),
+        roots: certificates_to_pem(&[root.certificate().clone()]),
+    }
+}
+
+/// A secret's YAML: an SVID (chain and key) or the roots.
+fn secrets_yaml(svid: &(String, String), roots: &str) -> String {
+    let quoted = |pem: &str| serde_json::to_string(pem).expect("a string");
+    format!(
+        "  secrets:\n  - name: default\n    tls_certificate: {{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}\n  - name: ROOTCA\n    validation_context: {{trusted_ca: {{inline_string: {}}}}}\n",
+        quoted(&svid.0),
+        quoted(&svid.1),
+        quoted(roots)
+    )
+}
+
+/// A TLS context's common part: this proxy's SVID, the roots, and the one
+/// peer SPIFFE ID accepted.
+fn common_tls(peer: &str) -> String {
+    format!(
+        "common_tls_context: {{tls_certificate_sds_secret_configs: [{{name: default}}], combined_validation_context: {{default_validation_context: {{match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: \"spiffe://{TRUST_DOMAIN}/ns/bench/sa/{peer}\"}}}}]}}, validation_context_sds_secret_config: {{name: ROOTCA}}}}}}"
+    )
+}
+
+const HTTP_OPTIONS: &str = r#"typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}"#;
+
+/// The sidecar pair, as weft configures it: the client's outbound
+/// listener (plaintext from the app) to the server over mutual TLS; the
+/// server's inbound listener (mutual TLS, the client's SPIFFE ID checked,
+/// an RBAC rule allowing only it) to the app.
+fn pair_configs(
+    client: (u16, u16),
+    server: (u16, u16),
+    upstream: u16,
+    ids: &Identities,
+) -> (String, String) {
+    let listener = |name: &str,
+                    port: u16,
+                    tls: &str,
+                    filters: &str,
+                    extra_vh: &str,
+                    cluster: &str| {
+        format!(
+            r#"  listeners:
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - {tls}filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: {name}
+              domains: ["*"]
+              routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]{extra_vh}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        )
+    };
+    let cluster = |name: &str, port: u16, tls: &str| {
+        format!(
+            r#"  - name: {name}
+    connect_timeout: 1s
+    {HTTP_OPTIONS}{tls}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#
+        )
+    };
+    let admin = |port: u16| {
+        format!(
+            "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
+        )
+    };
+    let client_yaml = format!(
+        "node: {{id: client}}\n{}static_resources:\n{}{}  clusters:\n{}",
+        admin(client.1),
+        secrets_yaml(&ids.client, &ids.roots),
+        listener("outbound", client.0, "", "", "", "server"),
+        cluster(
+            "server",
+            server.0,
+            &format!(
+                "\n    transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {}}}}}",
+                common_tls("server")
+            )
+        ),
+    );
+    let rbac = r#"
+          - name: authz
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC, rules: {}}"#;
+    let allow_client = format!(
+        r#"
+              typed_per_filter_config:
+                authz:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
+                  rbac: {{rules: {{policies: {{client: {{permissions: [{{any: true}}], principals: [{{authenticated: {{principal_name: {{exact: "spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"}}}}}}]}}}}}}}}"#
+    );
+    let server_tls = format!(
+        "transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: true, {}}}}}\n      ",
+        common_tls("client")
+    );
+    let server_yaml = format!(
+        "node: {{id: server}}\n{}static_resources:\n{}{}  clusters:\n{}",
+        admin(server.1),
+        secrets_yaml(&ids.server, &ids.roots),
+        listener("inbound", server.0, &server_tls, rbac, &allow_client, "app"),
+        cluster("app", upstream, ""),
+    );
+    (client_yaml, server_yaml)
+}
+
+/// Starts one proxy of `kind` ("envoy" or "weft-proxy") on core 0 with
+/// the YAML `config`.
+fn spawn_proxy(kind: &str, config: &str, dir: &std::path::Path, name: &str) -> Child {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if kind == "envoy" {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).expect("the config");
+        command.arg(envoy_binary()).args([
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+            "-c",
+        ]);
+        command.arg(&path);
+    } else {
+        let path = dir.join(format!("{name}.pb"));
+        let yaml: serde_json::Value = serde_norway::from_str(config).expect("YAML");
+        let binary = weft_xds::json::from_json("envoy.config.bootstrap.v3.Bootstrap", yaml)
+            .expect("a Bootstrap");
+        std::fs::write(&path, binary).expect("the config");
+        command
+            .arg(std::env::current_exe().expect("this benchmark"))
+            .arg("weft-proxy")
+            .arg(&path)
+            .env(PINNED, "1");
+    }
+    command.spawn().expect("the proxy starts")
+}
+
+/// A sidecar pair of `kind`, both on core 0.
+fn start_pair(
+    kind: &str,
+    name: &'static str,
+    upstream: u16,
+    ids: &Identities,
+    dir: &std::path::Path,
+) -> Target {
+    let (client, server) = ((free_port(), free_port()), (free_port(), free_port()));
+    let (client_yaml, server_yaml) = pair_configs(client, server, upstream, ids);
+    let processes = vec![
+        spawn_proxy(kind, &server_yaml, dir, &format!("{kind}-server")),
+        spawn_proxy(kind, &client_yaml, dir, &format!("{kind}-client")),
+    ];
+    Target {
+        name,
+        port: client.0,
+        processes,
     }
 }
 
@@ -436,7 +645,7 @@ fn start_envoy(upstream: u16, dir: &std::path::Path) -> Target {
     Target {
         name: "Envoy 1.40",
         port,
-        process: Some(child),
+        processes: vec![child],
     }
 }
 
@@ -457,7 +666,7 @@ fn start_forwarder(upstream: u16) -> Target {
     Target {
         name: "bare hyper forwarder",
         port,
-        process: Some(child),
+        processes: vec![child],
     }
 }
 
@@ -555,12 +764,23 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         Target {
             name: "direct",
             port: upstream_port,
-            process: None,
+            processes: Vec::new(),
         },
         start_envoy(upstream_port, &dir),
         start_weft_proxy(upstream_port, &dir),
         start_forwarder(upstream_port),
     ];
+    if !std::env::args().any(|a| a == "--no-pairs") {
+        let ids = identities();
+        targets.push(start_pair("envoy", ENVOY_PAIR, upstream_port, &ids, &dir));
+        targets.push(start_pair(
+            "weft-proxy",
+            WEFT_PAIR,
+            upstream_port,
+            &ids,
+            &dir,
+        ));
+    }
     for t in &targets {
         until_answers(t.port, Protocol::Http1).await;
     }
@@ -573,14 +793,15 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         for protocol in [Protocol::Http1, Protocol::H2c] {
             for (mode, fixed) in [("max", false), ("1k/s", true)] {
                 for t in &targets {
-                    let pid = t.process.as_ref().map(Child::id);
-                    let cpu_before = pid.map(cpu_seconds).unwrap_or(0.0);
+                    let pids: Vec<u32> = t.processes.iter().map(Child::id).collect();
+                    let cpu = || pids.iter().copied().map(cpu_seconds).sum::<f64>();
+                    let cpu_before = cpu();
                     let outcome = if fixed {
                         fixed_rate(t.port, protocol, seconds).await
                     } else {
                         max_rate(t.port, protocol, seconds).await
                     };
-                    let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before;
+                    let cpu = cpu() - cpu_before;
                     let mut sorted = outcome.latencies.clone();
                     sorted.sort_unstable();
                     let figures = Figures {
@@ -593,7 +814,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
                         p50: percentile(&sorted, 0.50),
                         p90: percentile(&sorted, 0.90),
                         p99: percentile(&sorted, 0.99),
-                        rss: pid.map(rss_mib).unwrap_or(0.0),
+                        rss: pids.iter().copied().map(rss_mib).sum(),
                         failed: outcome.failed,
                     };
                     match all
@@ -609,7 +830,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         println!("round {} of {rounds} done", round + 1);
     }
     for t in &mut targets {
-        if let Some(p) = t.process.as_mut() {
+        for p in &mut t.processes {
             let _ = p.kill();
             let _ = p.wait();
         }
@@ -664,7 +885,13 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         let Some(direct) = find("direct") else {
             continue;
         };
-        for name in ["Envoy 1.40", "weft-proxy", "bare hyper forwarder"] {
+        for name in [
+            "Envoy 1.40",
+            "weft-proxy",
+            "bare hyper forwarder",
+            ENVOY_PAIR,
+            WEFT_PAIR,
+        ] {
             if let Some((p50, p90, p99)) = find(name) {
                 println!(
                     "  {:<9} {:<21} {:.3} / {:.3} / {:.3} ms",
@@ -712,6 +939,22 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
                 _ => "n/a".into(),
             }
         );
+    }
+    for protocol in [Protocol::Http1, Protocol::H2c] {
+        let find = |mode: &str, name: &str| {
+            rows.iter()
+                .find(|r| r.0 == protocol.name() && r.1 == mode && r.2 == name)
+        };
+        if let (Some(weft), Some(envoy)) = (find("max", WEFT_PAIR), find("max", ENVOY_PAIR)) {
+            println!(
+                "  {:<9} the pair (mTLS, authorization): requests/s {:.2}x Envoy's pair; CPU per request {:.2}x; RSS {:.1} MiB vs {:.1}",
+                protocol.name(),
+                weft.3 / envoy.3,
+                weft.4 / envoy.4,
+                weft.8,
+                envoy.8
+            );
+        }
     }
     let chart = chart(&rows);
     if std::fs::write(svg, chart).is_ok() {
@@ -791,6 +1034,9 @@ fn chart(rows: &[Row]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{y:.0}\" font-family=\"sans-serif\">\n{body}</svg>\n"
     )
 }
+
+const ENVOY_PAIR: &str = "Envoy pair, mTLS+RBAC";
+const WEFT_PAIR: &str = "weft-proxy pair, mTLS+RBAC";
 
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("weft-dataplane-{}", std::process::id()));

@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use prost::Message;
 
 use crate::config::{Cluster, Discovery, Listener, Target, UpstreamTls};
+use crate::tls::Secrets;
 use crate::xds::Resources;
+use std::sync::Arc;
 
 /// What weft-proxy takes from its bootstrap.
 #[derive(Debug, Clone)]
@@ -34,8 +36,9 @@ pub struct Start {
 pub enum Source {
     /// Delta ADS from the edge, secrets from the agent (a sidecar).
     Ads(Box<AdsLink>),
-    /// Given whole in the bootstrap's static resources, plaintext only.
-    Static(Resources),
+    /// Given whole in the bootstrap's static resources, with their
+    /// secrets.
+    Static(Resources, Arc<Secrets>),
 }
 
 /// How a sidecar reaches its edge and its agent.
@@ -117,7 +120,11 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
         .map(|b| b.buckets.clone());
     let source = match &bootstrap.dynamic_resources {
         Some(_) => Source::Ads(Box::new(ads_link(bootstrap)?)),
-        None => Source::Static(static_resources(bootstrap)?),
+        None => {
+            let statics = bootstrap.static_resources.clone().unwrap_or_default();
+            let secrets = crate::sds::secrets_of(&statics.secrets)?;
+            Source::Static(static_resources(bootstrap)?, Arc::new(secrets))
+        }
     };
     Ok(Start {
         node,
@@ -137,15 +144,13 @@ fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, String> {
     let mut problems = Vec::new();
     for (i, cluster) in statics.clusters.iter().enumerate() {
         match Cluster::try_from(cluster) {
-            Ok(c) if c.tls.is_none() => {
+            Ok(c) => {
                 let key = (crate::xds::CLUSTER_TYPE.to_string(), c.name.clone());
-                resources.raw.insert(key, envoy_types::util::pack_any(cluster.clone()));
+                resources
+                    .raw
+                    .insert(key, envoy_types::util::pack_any(cluster.clone()));
                 resources.clusters.insert(c.name.clone(), c.into());
             }
-            Ok(c) => problems.push(format!(
-                "static_resources.clusters[{i}] ({}): TLS needs the agent's SDS (dynamic_resources)",
-                c.name
-            )),
             Err(e) => problems.push(format!("static_resources.clusters[{i}]: {e}")),
         }
     }

@@ -401,17 +401,10 @@ async fn attempt_once(
     let dial = Dial {
         address,
         connect_timeout: cluster.config.connect_timeout,
-        tls: cluster.tls.clone().map(|c| {
-            (
-                c,
-                cluster
-                    .config
-                    .tls
-                    .as_ref()
-                    .map(|t| t.sni.clone())
-                    .unwrap_or_default(),
-            )
-        }),
+        tls: cluster
+            .tls
+            .clone()
+            .map(|c| (c, cluster.server_name().to_string())),
         http2,
     };
     let per_try = retry.and_then(|r| r.per_try_timeout);

@@ -164,10 +164,11 @@ pub async fn run(bootstrap: PathBuf, admin_address_path: Option<PathBuf>) -> Res
             follow_edge(&start, &link, &sockets, &stats, held_tx, secrets_tx);
             None
         }
-        Source::Static(resources) => {
+        Source::Static(resources, static_secrets) => {
             sockets
                 .check(resources)
                 .map_err(|problems| RunError::Listen(problems.join("; ")))?;
+            secrets_tx.send_replace(static_secrets.clone());
             held_tx.send_replace(Arc::new(resources.clone()));
             Some((held_tx, secrets_tx))
         }

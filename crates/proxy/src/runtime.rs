@@ -192,15 +192,18 @@ impl Runtime {
                     }
                 }
                 None => {
-                    let (tls, tls_missing) = match &config.tls {
+                    let settings = match (&config.tls, &config.public_tls) {
+                        (Some(mesh), _) => Some(secrets.client_config(mesh)),
+                        (None, Some(public)) => Some(crate::tls::public_client_config(public)),
+                        (None, None) => None,
+                    };
+                    let (tls, tls_missing) = match settings {
                         None => (None, false),
-                        Some(settings) => match secrets.client_config(settings) {
-                            Ok(c) => (Some(Arc::new(c)), false),
-                            Err(e) => {
-                                tracing::debug!(cluster = %name, error = %e, "cluster TLS not ready");
-                                (None, true)
-                            }
-                        },
+                        Some(Ok(c)) => (Some(Arc::new(c)), false),
+                        Some(Err(e)) => {
+                            tracing::debug!(cluster = %name, error = %e, "cluster TLS not ready");
+                            (None, true)
+                        }
                     };
                     ClusterRuntime {
                         name: Arc::from(name.as_str()),
@@ -290,6 +293,17 @@ fn endpoints_of(assignment: &Assignment) -> impl Iterator<Item = SocketAddr> + '
             Target::Ip(a) => Some(a),
             Target::Host(..) => None,
         })
+}
+
+impl ClusterRuntime {
+    /// The server name its TLS sends (empty: none).
+    pub fn server_name(&self) -> &str {
+        match (&self.config.tls, &self.config.public_tls) {
+            (Some(mesh), _) => &mesh.sni,
+            (None, Some(public)) => &public.sni,
+            (None, None) => "",
+        }
+    }
 }
 
 impl ClusterShared {

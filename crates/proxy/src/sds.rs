@@ -113,6 +113,17 @@ impl Held {
     }
 }
 
+/// Secrets given whole (a static bootstrap's), by name.
+pub fn secrets_of(list: &[Secret]) -> Result<Secrets, String> {
+    let mut held = Held::default();
+    for (i, secret) in list.iter().enumerate() {
+        decode(secret)
+            .and_then(|d| held.take(&secret.name, d))
+            .map_err(|e| format!("static_resources.secrets[{i}] ({}): {e}", secret.name))?;
+    }
+    Ok(held.secrets)
+}
+
 async fn channel(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket: PathBuf = socket.to_path_buf();
     // The URI is not used: every connection is the Unix socket.

@@ -15,7 +15,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DistinguishedName, SignatureScheme};
 use weft_identity::tls::{ServingCertificate, Signatures, TrustStore, provider};
 
-use crate::config::{DownstreamTls, PeerCheck, UpstreamTls};
+use crate::config::{DownstreamTls, PeerCheck, PublicTls, UpstreamTls};
 
 /// The secrets the proxy holds, by the names SDS gives them.
 #[derive(Default)]
@@ -24,6 +24,19 @@ pub struct Secrets {
     pub roots: BTreeMap<String, Arc<TrustStore>>,
     /// Each certificate's SPIFFE ID (its URI SAN).
     pub uris: BTreeMap<String, String>,
+}
+
+/// Names only: a secret's content is never printed.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field(
+                "certificates",
+                &self.certificates.keys().collect::<Vec<_>>(),
+            )
+            .field("roots", &self.roots.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +93,25 @@ impl Secrets {
         config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
+}
+
+/// TLS to a host outside the mesh: the CAs of `tls.ca_file`, the server
+/// name checked as any TLS client checks it, no client certificate.
+pub fn public_client_config(tls: &PublicTls) -> Result<rustls::ClientConfig, TlsError> {
+    let pem = std::fs::read_to_string(&tls.ca_file)
+        .map_err(|e| TlsError::Settings(format!("{}: {e}", tls.ca_file.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = weft_identity::certificates_from_pem("the trusted CAs", &pem)
+        .map_err(|e| TlsError::Settings(format!("{}: {e}", tls.ca_file.display())))?;
+    // A bundle may hold a certificate rustls cannot use; the rest serve.
+    let (_, _) = roots.add_parsable_certificates(certificates);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Settings(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
 }
 
 /// Checks a peer's chain against the roots and its SPIFFE ID against the

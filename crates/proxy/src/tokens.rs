@@ -261,8 +261,8 @@ async fn fetch(uri: &str, cluster: &str, runtime: &Runtime) -> Result<JwkSet, St
         .clusters
         .get(cluster)
         .ok_or_else(|| format!("no cluster {cluster}"))?;
-    if cluster.config.tls.is_some() {
-        return Err("JWKS over TLS is not supported by weft-proxy".into());
+    if cluster.tls_missing {
+        return Err("the cluster's TLS settings are not ready".into());
     }
     let endpoint = cluster
         .assignment
@@ -282,10 +282,6 @@ async fn fetch(uri: &str, cluster: &str, runtime: &Runtime) -> Result<JwkSet, St
     let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
     let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(
             http::header::HOST,
@@ -293,6 +289,30 @@ async fn fetch(uri: &str, cluster: &str, runtime: &Runtime) -> Result<JwkSet, St
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
+    let body = match &cluster.tls {
+        None => get(tcp, request).await?,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(cluster.server_name().to_string())
+                .map_err(|e| format!("server name: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            get(tls, request).await?
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
+}
+
+/// One HTTP/1.1 GET over `io`; the body of a 2xx answer.
+async fn get<I>(io: I, request: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
     let response = sender
         .send_request(request)
         .await
@@ -300,12 +320,11 @@ async fn fetch(uri: &str, cluster: &str, runtime: &Runtime) -> Result<JwkSet, St
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let body = Limited::new(response.into_body(), MAX_JWKS)
+    Ok(Limited::new(response.into_body(), MAX_JWKS)
         .collect()
         .await
         .map_err(|e| e.to_string())?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
+        .to_bytes())
 }
 
 /// What the token check decided for one request.

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub limits: Limits,
     pub outlier: Option<Outlier>,
     pub tls: Option<UpstreamTls>,
+    /// TLS to a host outside the mesh (a JWKS or an external API).
+    pub public_tls: Option<PublicTls>,
     pub protocol: UpstreamProtocol,
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: Option<u32>,
@@ -104,6 +106,17 @@ pub struct UpstreamTls {
     pub trust: String,
     /// Which peer identities are accepted.
     pub peers: PeerCheck,
+    pub alpn: Vec<String>,
+}
+
+/// TLS to a host outside the mesh: its certificate checked against the
+/// CAs of a file for the server name sent, no client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicTls {
+    /// The name sent and checked (Envoy's SNI and its one exact DNS SAN).
+    pub sni: String,
+    /// A PEM file of trusted CAs (the system's bundle).
+    pub ca_file: std::path::PathBuf,
     pub alpn: Vec<String>,
 }
 
@@ -282,7 +295,7 @@ impl TryFrom<&XdsCluster> for Cluster {
         let outlier = outlier_detection.as_ref().map(|o| outlier(o, &mut r));
         let (protocol, idle_timeout, max_requests) =
             http_options(typed_extension_protocol_options, &mut r);
-        let tls = transport_socket.as_ref().and_then(|socket| {
+        let either = transport_socket.as_ref().and_then(|socket| {
             if socket.name != TLS_SOCKET {
                 r.refuse("transport_socket.name", format!("only {TLS_SOCKET}"));
                 return None;
@@ -297,6 +310,11 @@ impl TryFrom<&XdsCluster> for Cluster {
             };
             upstream_tls(&context, &mut r)
         });
+        let (tls, public_tls) = match either {
+            Some(Tls::Mesh(mesh)) => (Some(mesh), None),
+            Some(Tls::Public(public)) => (None, Some(public)),
+            None => (None, None),
+        };
         let connect_timeout = duration(connect_timeout.as_ref(), "connect_timeout", &mut r)
             .unwrap_or(Duration::from_secs(5));
         let converted = Cluster {
@@ -307,6 +325,7 @@ impl TryFrom<&XdsCluster> for Cluster {
             limits,
             outlier,
             tls,
+            public_tls,
             protocol,
             idle_timeout,
             max_requests_per_connection: max_requests,
@@ -563,7 +582,12 @@ fn http_options(
     out
 }
 
-fn upstream_tls(context: &UpstreamTlsContext, r: &mut Refusals) -> Option<UpstreamTls> {
+enum Tls {
+    Mesh(UpstreamTls),
+    Public(PublicTls),
+}
+
+fn upstream_tls(context: &UpstreamTlsContext, r: &mut Refusals) -> Option<Tls> {
     let here = "transport_socket.typed_config";
     let supported = UpstreamTlsContext {
         common_tls_context: context.common_tls_context.clone(),
@@ -573,16 +597,98 @@ fn upstream_tls(context: &UpstreamTlsContext, r: &mut Refusals) -> Option<Upstre
     if *context != supported {
         r.refuse(here, "only common_tls_context and sni");
     }
+    if let Some(public) = public_tls(context, here, r) {
+        return public.map(Tls::Public);
+    }
     let common = common_tls(
         context.common_tls_context.as_ref(),
         &at(here, "common_tls_context"),
         r,
     )?;
-    Some(UpstreamTls {
+    Some(Tls::Mesh(UpstreamTls {
         sni: context.sni.clone(),
         certificate: common.certificate,
         trust: common.trust,
         peers: common.peers,
         alpn: common.alpn,
-    })
+    }))
+}
+
+/// TLS to a host outside the mesh, when `context` asks for it (a plain
+/// validation context, no certificate of the proxy's): the CAs of a file,
+/// and one exact DNS SAN that is the SNI — exactly what a standard
+/// server-name check does. None: not this shape.
+#[allow(deprecated)]
+fn public_tls(
+    context: &UpstreamTlsContext,
+    here: &str,
+    r: &mut Refusals,
+) -> Option<Option<PublicTls>> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let common = context.common_tls_context.as_ref()?;
+    let Some(ValidationContextType::ValidationContext(validation)) =
+        &common.validation_context_type
+    else {
+        return None;
+    };
+    let here = at(here, "common_tls_context");
+    let only = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext {
+        validation_context_type: common.validation_context_type.clone(),
+        alpn_protocols: common.alpn_protocols.clone(),
+        ..Default::default()
+    };
+    if *common != only {
+        r.refuse(
+            &here,
+            "to a host outside the mesh, only a validation context and ALPN",
+        );
+    }
+    let validation_at = at(&here, "validation_context");
+    let plain = CertificateValidationContext {
+        trusted_ca: validation.trusted_ca.clone(),
+        match_typed_subject_alt_names: validation.match_typed_subject_alt_names.clone(),
+        ..Default::default()
+    };
+    if *validation != plain {
+        r.refuse(
+            &validation_at,
+            "only trusted_ca and match_typed_subject_alt_names",
+        );
+    }
+    let ca_file = match validation
+        .trusted_ca
+        .as_ref()
+        .and_then(|d| d.specifier.as_ref())
+    {
+        Some(Specifier::Filename(file)) => std::path::PathBuf::from(file),
+        _ => {
+            r.refuse(at(&validation_at, "trusted_ca"), "only a filename");
+            return Some(None);
+        }
+    };
+    let names_the_sni = matches!(
+        validation.match_typed_subject_alt_names.as_slice(),
+        [san] if san.san_type == SanType::Dns as i32
+            && matches!(
+                san.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()),
+                Some(MatchPattern::Exact(name)) if *name == context.sni
+            )
+            && !san.matcher.as_ref().is_some_and(|m| m.ignore_case)
+    );
+    if !names_the_sni || context.sni.is_empty() {
+        r.refuse(
+            at(&validation_at, "match_typed_subject_alt_names"),
+            "only one exact DNS name, the SNI",
+        );
+        return Some(None);
+    }
+    Some(Some(PublicTls {
+        sni: context.sni.clone(),
+        ca_file,
+        alpn: common.alpn_protocols.clone(),
+    }))
 }

@@ -15,7 +15,9 @@ mod rbac;
 mod route;
 mod tls;
 
-pub use cluster::{Balancer, Cluster, Discovery, Limits, Outlier, UpstreamProtocol, UpstreamTls};
+pub use cluster::{
+    Balancer, Cluster, Discovery, Limits, Outlier, PublicTls, UpstreamProtocol, UpstreamTls,
+};
 pub use endpoints::{Assignment, Endpoint, Locality, LocalityGroup, Target};
 pub use format::{Format, Operator, Piece};
 pub use http::{AccessLog, CountedStats, HttpFilter};
