@@ -794,7 +794,12 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
             for (mode, fixed) in [("max", false), ("1k/s", true)] {
                 for t in &targets {
                     let pids: Vec<u32> = t.processes.iter().map(Child::id).collect();
-                    let cpu = || pids.iter().copied().map(cpu_seconds).sum::<f64>();
+                    let cpu = || {
+                        pids.iter()
+                            .copied()
+                            .map(cpu_seconds)
+                            .fold(0.0, |a, b| a + b)
+                    };
                     let cpu_before = cpu();
                     let outcome = if fixed {
                         fixed_rate(t.port, protocol, seconds).await
@@ -814,7 +819,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
                         p50: percentile(&sorted, 0.50),
                         p90: percentile(&sorted, 0.90),
                         p99: percentile(&sorted, 0.99),
-                        rss: pids.iter().copied().map(rss_mib).sum(),
+                        rss: pids.iter().copied().map(rss_mib).fold(0.0, |a, b| a + b),
                         failed: outcome.failed,
                     };
                     match all
@@ -869,7 +874,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
             list.iter().map(|f| f.failed).sum::<u64>(),
         );
         println!(
-            "{:<9} {:<5} {:<21} {:>9.0} {:>11.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>7}",
+            "{:<9} {:<5} {:<27} {:>9.0} {:>11.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>7}",
             row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9
         );
         rows.push(row);
@@ -894,7 +899,7 @@ async fn run(seconds: u64, rounds: usize, svg: &str) {
         ] {
             if let Some((p50, p90, p99)) = find(name) {
                 println!(
-                    "  {:<9} {:<21} {:.3} / {:.3} / {:.3} ms",
+                    "  {:<9} {:<27} {:.3} / {:.3} / {:.3} ms",
                     protocol.name(),
                     name,
                     p50 - direct.0,
