@@ -30,19 +30,21 @@ pub struct Draw<'a> {
     pub ring: Option<&'a Ring>,
 }
 
-/// A hash ring over every endpoint of an assignment: points for each (by
-/// its address and weight), sorted. A pick walks from the request's hash
+/// A hash ring over a set of endpoints: points for each (by its address
+/// and weight), sorted. A pick walks from the request's hash
 /// to the first point of an endpoint it may use, which is what a ring
 /// built of those endpoints alone would give, since an endpoint's points
 /// do not depend on the others.
 pub struct Ring(Vec<(u64, Target)>);
 
 impl Ring {
+    /// The ring of every endpoint of `assignment`.
     pub fn new(assignment: &Assignment) -> Ring {
-        let mut points: Vec<(u64, Target)> = assignment
-            .groups
-            .iter()
-            .flat_map(|g| &g.endpoints)
+        Ring::of(assignment.groups.iter().flat_map(|g| &g.endpoints))
+    }
+
+    fn of<'a>(endpoints: impl Iterator<Item = &'a Endpoint>) -> Ring {
+        let mut points: Vec<(u64, Target)> = endpoints
             .flat_map(|e| {
                 (0..RING_POINTS * u64::from(e.weight.max(1)))
                     .map(move |i| (hash_of((format!("{:?}", e.address), i)), e.address.clone()))
@@ -182,15 +184,7 @@ fn pick<'a>(members: &[&'a Endpoint], policy: Balancer, draw: &mut Draw) -> Opti
             };
             match draw.ring {
                 Some(ring) => ring.pick(members, hash),
-                None => Ring::new(&Assignment {
-                    cluster: String::new(),
-                    groups: vec![crate::config::LocalityGroup {
-                        priority: 0,
-                        locality: Default::default(),
-                        endpoints: members.iter().map(|e| (*e).clone()).collect(),
-                    }],
-                })
-                .pick(members, hash),
+                None => Ring::of(members.iter().copied()).pick(members, hash),
             }
         }
     }

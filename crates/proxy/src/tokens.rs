@@ -160,10 +160,12 @@ pub fn verify(token: &str, provider: &Provider, keys: &JwkSet) -> Result<Value, 
 /// A remote JWKS as fetched so far (None before the first fetch).
 type Fetched = watch::Receiver<Option<Arc<JwkSet>>>;
 
-/// The keys the proxy holds for remote JWKS, by URI and cluster.
+/// The keys the proxy holds: remote JWKS by URI and cluster, and inline
+/// ones parsed once (not on every request), by their text.
 #[derive(Default)]
 pub struct KeyStore {
     remote: Mutex<HashMap<(String, String), Fetched>>,
+    inline: Mutex<HashMap<String, Arc<JwkSet>>>,
 }
 
 impl KeyStore {
@@ -176,9 +178,15 @@ impl KeyStore {
     ) -> Result<Arc<JwkSet>, TokenFailure> {
         let (uri, cluster, timeout, refresh, retry) = match keys {
             Keys::Inline(text) => {
-                return serde_json::from_str(text)
+                let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(keys) = inline.get(text) {
+                    return Ok(keys.clone());
+                }
+                let keys: Arc<JwkSet> = serde_json::from_str(text)
                     .map(Arc::new)
-                    .map_err(|_| TokenFailure::KeysUnavailable);
+                    .map_err(|_| TokenFailure::KeysUnavailable)?;
+                inline.insert(text.clone(), keys.clone());
+                return Ok(keys);
             }
             Keys::Remote {
                 uri,
@@ -219,7 +227,7 @@ impl KeyStore {
     }
 }
 
-/// Fetches the keys again and again until nobody holds them.
+/// Fetches the keys again and again, for as long as the proxy runs.
 async fn refresh_keys(
     uri: String,
     cluster: String,
@@ -246,9 +254,6 @@ async fn refresh_keys(
             }
         };
         tokio::time::sleep(pause).await;
-        if keys.is_closed() && keys.receiver_count() == 0 {
-            return;
-        }
     }
 }
 
