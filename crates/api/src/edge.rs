@@ -391,6 +391,11 @@ pub struct DirectoryReport {
     /// Other clusters, and the services they run in all.
     pub clusters: usize,
     pub services: usize,
+    /// Other clusters with an east-west gateway to send through: fewer
+    /// than `clusters` while a cluster's gateway has not registered yet
+    /// (its services are known, not reachable).
+    #[serde(default)]
+    pub reachable: usize,
     /// Read back from disk, not yet refreshed from the server.
     #[serde(default)]
     pub from_disk: bool,

@@ -350,17 +350,22 @@ impl World {
         .await;
     }
 
-    /// Waits until cluster `c`'s edge knows `services` services elsewhere;
-    /// returns how long that took.
+    /// Waits until cluster `c`'s edge knows `services` services elsewhere
+    /// and a gateway into every other cluster; returns how long that took.
     async fn until_directory(&self, c: usize, services: u64) -> Duration {
         let started = Instant::now();
         until(
             &format!(
-                "{} knows {services} services elsewhere",
+                "{} knows {services} services elsewhere and every other cluster's gateway",
                 self.clusters[c].name
             ),
             Duration::from_secs(30),
-            async || self.edge_status(c).await["directory"]["services"] == services,
+            async || {
+                let directory = &self.edge_status(c).await["directory"];
+                directory["services"] == services
+                    && directory["clusters"] == (self.clusters.len() - 1) as u64
+                    && directory["reachable"] == directory["clusters"]
+            },
         )
         .await;
         started.elapsed()

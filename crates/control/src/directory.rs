@@ -100,6 +100,14 @@ impl Directory {
     pub fn services(&self) -> usize {
         self.clusters.values().map(|c| c.services.len()).sum()
     }
+
+    /// Other clusters with at least one east-west gateway to send to.
+    pub fn reachable(&self) -> usize {
+        self.clusters
+            .values()
+            .filter(|c| c.site.as_ref().is_some_and(|s| !s.gateways.is_empty()))
+            .count()
+    }
 }
 
 /// This cluster's entry: where it is, its gateways, each service with
@@ -228,6 +236,21 @@ mod tests {
             ],
         }));
         assert_eq!(directory.services(), 1);
+        assert_eq!(directory.reachable(), 0, "west has no gateway yet");
+        let with_gateway = Site {
+            gateways: vec!["10.1.0.1:15443".into()],
+            ..Site::default()
+        };
+        assert!(directory.apply(DirectoryUpdate {
+            revision: 4,
+            full: false,
+            changes: vec![change(
+                "west",
+                "site",
+                Some(DirectoryItem::Site(with_gateway))
+            )],
+        }));
+        assert_eq!(directory.reachable(), 1);
         assert!(!directory.apply(DirectoryUpdate {
             revision: 4,
             full: false,

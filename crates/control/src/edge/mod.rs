@@ -333,6 +333,7 @@ impl Edge {
                     revision: directory.revision,
                     clusters: directory.clusters.len(),
                     services: directory.services(),
+                    reachable: directory.reachable(),
                     from_disk: *from_disk,
                 })
             },
