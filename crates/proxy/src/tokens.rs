@@ -8,6 +8,8 @@
 //! Remote keys (JWKS) are fetched through their cluster when first
 //! needed, kept, and fetched again every refresh interval (sooner after
 //! a failure); a request waits for the first fetch up to its timeout.
+//! Keys the configuration no longer names are let go: a JWKS stops
+//! being fetched, inline keys are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::config::{Keys, Provider, Target, TokenRule};
+use crate::config::{HttpFilter, Keys, Provider, Target, TokenRule};
 use crate::runtime::Runtime;
 
 /// Why a token was refused, with Envoy's status codes and messages.
@@ -159,13 +161,34 @@ pub fn verify(token: &str, provider: &Provider, keys: &JwkSet) -> Result<Value, 
 
 /// A remote JWKS as fetched so far (None before the first fetch).
 type Fetched = watch::Receiver<Option<Arc<JwkSet>>>;
+/// Remote JWKS by URI and cluster.
+type Remote = Arc<Mutex<HashMap<(String, String), Fetched>>>;
 
 /// The keys the proxy holds: remote JWKS by URI and cluster, and inline
 /// ones parsed once (not on every request), by their text.
 #[derive(Default)]
 pub struct KeyStore {
-    remote: Mutex<HashMap<(String, String), Fetched>>,
+    remote: Remote,
     inline: Mutex<HashMap<String, Arc<JwkSet>>>,
+}
+
+/// The keys the token checks of `runtime`'s listeners name.
+fn keys_in_use(runtime: &Runtime) -> impl Iterator<Item = &Keys> {
+    runtime
+        .listeners
+        .values()
+        .flat_map(|l| &l.chains)
+        .flat_map(|c| &c.config.http.filters)
+        .filter_map(|f| match f {
+            HttpFilter::TokenCheck(check) => Some(check.providers.values().map(|p| &p.keys)),
+            _ => None,
+        })
+        .flatten()
+}
+
+fn names_remote(runtime: &Runtime, uri: &str, cluster: &str) -> bool {
+    keys_in_use(runtime)
+        .any(|k| matches!(k, Keys::Remote { uri: u, cluster: c, .. } if u == uri && c == cluster))
 }
 
 impl KeyStore {
@@ -185,6 +208,12 @@ impl KeyStore {
                 let keys: Arc<JwkSet> = serde_json::from_str(text)
                     .map(Arc::new)
                     .map_err(|_| TokenFailure::KeysUnavailable)?;
+                // A new text: the configuration changed; keep only what
+                // it names now.
+                let current = runtime.borrow().clone();
+                inline.retain(|held, _| {
+                    keys_in_use(&current).any(|k| matches!(k, Keys::Inline(t) if t == held))
+                });
                 inline.insert(text.clone(), keys.clone());
                 return Ok(keys);
             }
@@ -205,10 +234,13 @@ impl KeyStore {
                     tokio::spawn(refresh_keys(
                         uri.clone(),
                         cluster.clone(),
-                        timeout,
-                        refresh,
-                        retry,
+                        Pace {
+                            timeout,
+                            refresh,
+                            retry,
+                        },
                         runtime.clone(),
+                        self.remote.clone(),
                         tx,
                     ));
                     rx
@@ -227,18 +259,32 @@ impl KeyStore {
     }
 }
 
-/// Fetches the keys again and again, for as long as the proxy runs.
-async fn refresh_keys(
-    uri: String,
-    cluster: String,
+/// How often a JWKS is fetched.
+struct Pace {
     timeout: Duration,
     refresh: Duration,
     retry: Duration,
-    runtime: watch::Receiver<Arc<Runtime>>,
+}
+
+/// Fetches the keys again and again, for as long as the configuration
+/// names them; then takes them out of `remote` and ends.
+async fn refresh_keys(
+    uri: String,
+    cluster: String,
+    Pace {
+        timeout,
+        refresh,
+        retry,
+    }: Pace,
+    mut runtime: watch::Receiver<Arc<Runtime>>,
+    remote: Remote,
     keys: watch::Sender<Option<Arc<JwkSet>>>,
 ) {
     loop {
-        let current = runtime.borrow().clone();
+        let current = runtime.borrow_and_update().clone();
+        if !names_remote(&current, &uri, &cluster) {
+            break;
+        }
         let pause = match tokio::time::timeout(timeout, fetch(&uri, &cluster, &current)).await {
             Ok(Ok(set)) => {
                 keys.send_replace(Some(Arc::new(set)));
@@ -253,8 +299,31 @@ async fn refresh_keys(
                 retry
             }
         };
-        tokio::time::sleep(pause).await;
+        // Until the next fetch; a configuration change in between may
+        // end the refreshing sooner.
+        let next = tokio::time::sleep(pause);
+        tokio::pin!(next);
+        let named = loop {
+            tokio::select! {
+                () = &mut next => break true,
+                changed = runtime.changed() => {
+                    if changed.is_err()
+                        || !names_remote(&runtime.borrow_and_update(), &uri, &cluster)
+                    {
+                        break false;
+                    }
+                }
+            }
+        };
+        if !named {
+            break;
+        }
     }
+    remote
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(uri.clone(), cluster.clone()));
+    tracing::debug!(%uri, %cluster, "JWKS no longer named; no longer fetched");
 }
 
 /// The largest JWKS document taken.
@@ -388,5 +457,155 @@ pub async fn check(
             claims,
         },
         Err(failure) => Checked::Refused(failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::bootstrap::{self, Source};
+    use crate::stats::Stats;
+    use crate::xds::Resources;
+
+    /// A JWKS server on plain HTTP that counts the fetches it answers.
+    async fn counting_jwks() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counted = fetches.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = socket.read(&mut request).await;
+                    let body = r#"{"keys":[]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (address, fetches)
+    }
+
+    /// The resources of a listener whose token check names a JWKS at
+    /// `jwks`, refreshed every 100 ms.
+    fn resources_naming(jwks: std::net::SocketAddr) -> (Resources, Arc<crate::tls::Secrets>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.yaml");
+        let yaml = format!(
+            r#"
+node: {{id: tokens}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
+static_resources:
+  listeners:
+  - name: front
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config: {{name: front}}
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                login:
+                  issuer: https://login.test
+                  remote_jwks:
+                    http_uri: {{uri: "http://{jwks}/jwks.json", cluster: jwks, timeout: 1s}}
+                    cache_duration: 0.1s
+              rules: [{{match: {{prefix: /}}, requires: {{provider_name: login}}}}]
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: jwks
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: jwks
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+"#,
+            jwks.port()
+        );
+        std::fs::write(&path, yaml).unwrap();
+        match bootstrap::read(&path).unwrap().source {
+            Source::Static(resources, secrets) => (resources, secrets),
+            Source::Ads(_) => unreachable!("the bootstrap is static"),
+        }
+    }
+
+    fn fetched(store: &KeyStore) -> usize {
+        store.remote.lock().unwrap().len()
+    }
+
+    /// A JWKS is fetched again while a listener names it; once the
+    /// configuration no longer does, the fetching stops and the keys are
+    /// let go.
+    #[tokio::test]
+    async fn keys_the_configuration_stops_naming_are_let_go() {
+        let (jwks, fetches) = counting_jwks().await;
+        let (resources, secrets) = resources_naming(jwks);
+        let stats = Stats::new(None);
+        let naming = Runtime::build(
+            &Runtime::empty(),
+            Arc::new(resources.clone()),
+            secrets.clone(),
+            &stats,
+        );
+        let keys = keys_in_use(&naming).next().expect("a token check").clone();
+        let (runtime_tx, runtime) = watch::channel(Arc::new(naming));
+        let store = KeyStore::default();
+        store
+            .get(&keys, &runtime)
+            .await
+            .expect("the keys are fetched");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refreshed = fetches.load(Ordering::SeqCst);
+        assert!(refreshed >= 2, "fetched {refreshed} times in 500 ms");
+        assert_eq!(fetched(&store), 1);
+
+        // Inline keys the configuration does not name are dropped when
+        // others come.
+        let inline = |text: &str| Keys::Inline(text.into());
+        store
+            .get(&inline(r#"{"keys":[]}"#), &runtime)
+            .await
+            .unwrap();
+        store
+            .get(&inline(r#"{"keys": []}"#), &runtime)
+            .await
+            .unwrap();
+        assert_eq!(store.inline.lock().unwrap().len(), 1);
+
+        let mut without = resources;
+        without.listeners.clear();
+        let previous = runtime.borrow().clone();
+        runtime_tx.send_replace(Arc::new(Runtime::build(
+            &previous,
+            Arc::new(without),
+            secrets,
+            &stats,
+        )));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while fetched(&store) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the JWKS is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopped_at = fetches.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), stopped_at, "still fetched");
     }
 }
