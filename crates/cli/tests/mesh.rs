@@ -55,6 +55,12 @@ async fn routes_split_match_and_stick(data_plane: DataPlane) {
     // Unknown names get a clear 404, not a hang.
     let (status, _) = mesh.call(port, "nope", "/", &[]).await;
     assert_eq!(status, 404);
+    // Nothing translated allows an upgrade: a websocket handshake is
+    // refused before any filter runs (Envoy's 403), never half-passed to
+    // the app as a plain request.
+    let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+    let (status, _) = mesh.call(port, "reviews", "/", &upgrade).await;
+    assert_eq!(status, 403, "a websocket upgrade");
 
     let took = mesh
         .apply(

@@ -20,7 +20,7 @@ use crate::body::{Boxed, Counted, full};
 use crate::config::{HttpFilter, VirtualHost};
 use crate::record::Record;
 use crate::router::{self, Outcome};
-use crate::runtime::{ChainRuntime, Runtime};
+use crate::runtime::{ChainRuntime, HttpStats, Runtime};
 use crate::stats::Stats;
 use crate::tokens::{self, Checked, KeyStore, TokenFailure};
 
@@ -126,6 +126,36 @@ fn new_request_id() -> String {
     )
 }
 
+/// What Envoy refuses before any filter runs when, as in all weft
+/// translates, the connection manager has no `upgrade_configs` and no
+/// route matches CONNECT: an HTTP/1.1 upgrade (but to h2c, which is only
+/// dropped) is answered 403 and its connection closed; a CONNECT finds
+/// no route.
+fn protocol_switch_refused(parts: &http::request::Parts, stats: &HttpStats) -> Option<Reply> {
+    if parts.method == http::Method::CONNECT {
+        stats.no_route.fetch_add(1, Ordering::Relaxed);
+        return Some(Reply::new(404, "", "NR", "route_not_found"));
+    }
+    if parts.version == Version::HTTP_2 {
+        return None;
+    }
+    let asks_upgrade = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = parts
+        .headers
+        .get(http::header::UPGRADE)
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    match upgrade {
+        Some(to) if asks_upgrade && to != b"h2c" => Some(Reply::new(403, "", "", "upgrade_failed")),
+        _ => None,
+    }
+}
+
 /// Serves one request of `downstream`'s connection.
 pub async fn handle(
     downstream: Arc<Downstream>,
@@ -172,6 +202,9 @@ pub async fn handle(
         metadata: Vec::new(),
     };
 
+    let mut outcome = protocol_switch_refused(&parts, &chain.stats).map(Outcome::Local);
+    // Envoy closes the connection of a refused upgrade.
+    let close = outcome.is_some() && parts.version != Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
     let xfcc = HeaderName::from_static("x-forwarded-client-cert");
     parts.headers.remove(&xfcc);
@@ -209,12 +242,16 @@ pub async fn handle(
     let host = crate::routing::host_without_port(&parts);
     let virtual_host: Option<&VirtualHost> = table.as_deref().and_then(|t| t.virtual_host(&host));
 
-    let mut outcome = None;
     // The valid token's claims (authorization reads them), and the token
     // check's failure code (1: no token, where none was required).
     let mut claims: Option<serde_json::Value> = None;
     let mut token_failure: Option<u32> = None;
-    for filter in &manager.filters {
+    let filters = if outcome.is_some() {
+        &[][..]
+    } else {
+        &manager.filters[..]
+    };
+    for filter in filters {
         match filter {
             HttpFilter::RequestHeaders { set, remove } => {
                 for (name, value) in set {
@@ -383,6 +420,10 @@ pub async fn handle(
     record.code = response.status().as_u16();
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    if close {
+        head.headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let sent = Arc::new(AtomicU64::new(0));
     let logged = downstream.clone();
     let body = Counted::new(body, sent).on_end(move |bytes| {
@@ -392,4 +433,39 @@ pub async fn handle(
         record.log(&logged.chain.config.http.access_logs, &logged.stats);
     });
     Ok(Response::from_parts(head, crate::body::boxed(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(method: &str, version: Version, headers: &[(&str, &str)]) -> Option<u16> {
+        let mut request = Request::builder().method(method).uri("/").version(version);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        let stats = HttpStats::new(&Stats::new(None), "test");
+        protocol_switch_refused(&parts, &stats).map(|r| r.status)
+    }
+
+    #[test]
+    fn upgrades_and_connect_are_refused_as_envoy_refuses_them() {
+        let h1 = Version::HTTP_11;
+        let websocket = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(refused("GET", h1, &websocket), Some(403));
+        // h2c is dropped, not refused; an Upgrade header alone asks nothing.
+        let h2c = [
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ];
+        assert_eq!(refused("GET", h1, &h2c), None);
+        assert_eq!(refused("GET", h1, &[("upgrade", "websocket")]), None);
+        assert_eq!(refused("GET", h1, &[("connection", "upgrade")]), None);
+        assert_eq!(refused("CONNECT", h1, &[]), Some(404));
+        assert_eq!(refused("GET", Version::HTTP_2, &websocket), None);
+    }
 }

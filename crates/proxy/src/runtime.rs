@@ -129,7 +129,7 @@ pub struct HttpStats {
 }
 
 impl HttpStats {
-    fn new(stats: &Stats, prefix: &str) -> HttpStats {
+    pub(crate) fn new(stats: &Stats, prefix: &str) -> HttpStats {
         let c = |stat: &str| stats.counter(&format!("http.{prefix}.{stat}"));
         HttpStats {
             rq_total: c("downstream_rq_total"),
