@@ -401,7 +401,7 @@ Exit status 3 when a resource could not be translated (listed on stderr).")]
     #[command(after_help = "\
 Examples:
   weft x echo --service reviews --version v2 --listen 127.0.0.1:9080
-Query parameters inject behavior: ?status=503, ?delay=300ms, ?fail=INSTANCE (503 on that instance only).
+Query parameters inject behavior: ?status=503, ?delay=300ms, ?trickle=2s (the body sent slowly), ?fail=INSTANCE (503 on that instance only).
 The same port serves gRPC (h2c): grpc.health.v1.Health, SERVING for \"\" and for --service.
 Every response names the instance in the x-echo-instance header.")]
     Echo(echo::EchoArgs),

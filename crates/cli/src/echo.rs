@@ -2,6 +2,7 @@
 //! service, version and instance, and the request it saw; query parameters
 //! let tests inject behavior:
 //! `?status=503` answers with that status, `?delay=300ms` waits first,
+//! `?trickle=2s` sends the headers at once and the body over that time,
 //! `?fail=NAME` answers 503 only on the instance called NAME, and
 //! `?call=HOST` (with `--outbound`) first calls HOST through the sidecar,
 //! passing on the W3C trace context as an app in a traced mesh must, and
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use serde::Serialize;
@@ -127,7 +128,41 @@ async fn answer(
             })
             .collect(),
     };
-    (status, Json(serde_json::to_value(body).unwrap_or_default()))
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let trickle = query
+        .get("trickle")
+        .and_then(|d| humantime::parse_duration(d).ok())
+        .map(|d| d.min(Duration::from_secs(60)));
+    match trickle {
+        None => (status, [(CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(over) => (
+            status,
+            [(CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(trickled(body, over)),
+        )
+            .into_response(),
+    }
+}
+
+/// `body` in ten pieces, the first at once and the others spread over
+/// `over`.
+fn trickled(
+    body: Vec<u8>,
+    over: Duration,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> {
+    const PIECES: usize = 10;
+    let size = body.len().div_ceil(PIECES).max(1);
+    let pieces: Vec<Vec<u8>> = body.chunks(size).map(<[u8]>::to_vec).collect();
+    let pause = over / PIECES as u32;
+    tokio_stream::StreamExt::then(
+        tokio_stream::iter(pieces.into_iter().enumerate()),
+        move |(i, piece)| async move {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            Ok(piece)
+        },
+    )
 }
 
 pub async fn run(args: EchoArgs) -> Result<()> {

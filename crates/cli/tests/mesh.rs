@@ -233,6 +233,35 @@ async fn resilience_settings_act_on_real_failures(data_plane: DataPlane) {
         "the timeout took {:?}",
         started.elapsed()
     );
+    // It covers the whole response: a body still coming when it runs out
+    // is cut short (the stream reset) and logged as a response timeout.
+    let started = Instant::now();
+    let response = mesh
+        .http
+        .get(format!("http://127.0.0.1:{port}/?trickle=3s"))
+        .header("host", "reviews")
+        .send()
+        .await
+        .expect("the headers come in time");
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await;
+    assert!(body.is_err(), "the body outlived the timeout: {body:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the body was cut after {:?}",
+        started.elapsed()
+    );
+    until("the cut is logged", Duration::from_secs(10), async || {
+        logged(
+            &mesh.sidecar_log("client-1"),
+            &[
+                ("path", "/?trickle=3s"),
+                ("response_code", "200"),
+                ("response_flags", "UT"),
+            ],
+        )
+    })
+    .await;
 }
 
 async fn registry_follows_workloads_and_edge_outlives_server(data_plane: DataPlane) {

@@ -12,7 +12,7 @@
 //! taken by [`listen`] (filter chain, mutual TLS, HTTP/1.1 or HTTP/2),
 //! each request goes through the connection manager ([`manager`]: header
 //! stamps, end-user [`tokens`], authorization by [`authorize`]) to the [`router`] (routes by
-//! [`routing`], endpoints by [`balance`], retries, timeouts), over pooled
+//! [`routing`], endpoints by [`balance`], retries, [`timeouts`]), over pooled
 //! connections ([`upstream`]); [`record`] writes its access logs and
 //! [`stats`] counts it under Envoy's names, [`export`] sends the edge its
 //! share; [`admin`] shows all of it.
@@ -33,6 +33,7 @@ pub mod run;
 pub mod runtime;
 pub mod sds;
 pub mod stats;
+pub mod timeouts;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

@@ -200,6 +200,7 @@ pub async fn handle(
         downstream_peer: downstream.peer.clone(),
         remote: downstream.remote,
         metadata: Vec::new(),
+        cut_short: Arc::default(),
     };
 
     let mut outcome = protocol_switch_refused(&parts, &chain.stats).map(Outcome::Local);
@@ -427,6 +428,13 @@ pub async fn handle(
     let sent = Arc::new(AtomicU64::new(0));
     let logged = downstream.clone();
     let body = Counted::new(body, sent).on_end(move |bytes| {
+        if record.cut_short.load(Ordering::Relaxed) {
+            if !record.flags.is_empty() {
+                record.flags.push(',');
+            }
+            record.flags.push_str("UT");
+            record.details = "response_timeout".into();
+        }
         record.bytes_sent = bytes;
         record.bytes_received = received.load(Ordering::Relaxed);
         record.duration = started.elapsed();

@@ -40,6 +40,9 @@ pub struct Record {
     pub remote: SocketAddr,
     /// Values the filters set: namespace, key, value.
     pub metadata: Vec<(String, String, String)>,
+    /// The response was cut short when the route's (or the try's) time
+    /// ran out after it began (set while it is sent).
+    pub cut_short: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An operator's value: text, a number, or unset.

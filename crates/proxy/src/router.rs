@@ -8,7 +8,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -23,6 +23,7 @@ use crate::config::{Action, Forward, HashOn, Retry, RetryOn, Route, Target, Upst
 use crate::manager::Reply;
 use crate::record::Record;
 use crate::runtime::{ClusterRuntime, Runtime, retry_backoff};
+use crate::timeouts::{Clock, Deadline, Expired};
 use crate::upstream::{Dial, Failure};
 
 /// What the router gives back.
@@ -187,7 +188,13 @@ pub async fn route(
         Some(t) => Some(t),
         None => Some(DEFAULT_TIMEOUT),
     };
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let (clock, received) = Clock::new(timeout);
+    let body = if body.is_end_stream() {
+        received.now();
+        body
+    } else {
+        body.on_end(move |_| received.now())
+    };
     let retry = forward.retry.as_ref();
     let keep = retry.is_some() && body.size_hint().upper().is_some_and(|n| n <= RETRY_BUFFER);
     let mut sendable = if keep {
@@ -217,7 +224,7 @@ pub async fn route(
             &tried,
             &tried_priorities,
             retry,
-            deadline,
+            &clock,
             record,
         )
         .await;
@@ -334,7 +341,7 @@ async fn attempt_once(
     tried: &[SocketAddr],
     tried_priorities: &[u32],
     retry: Option<&Retry>,
-    deadline: Option<Instant>,
+    clock: &Clock,
     record: &mut Record,
 ) -> Attempt {
     let shared = &cluster.shared;
@@ -408,19 +415,14 @@ async fn attempt_once(
         http2,
     };
     let per_try = retry.and_then(|r| r.per_try_timeout);
-    let now = Instant::now();
-    let left = deadline.map(|d| d.saturating_duration_since(now));
-    let limit = match (left, per_try) {
-        (Some(l), Some(p)) => Some(l.min(p)),
-        (l, p) => l.or(p),
-    };
+    let mut expiry = clock.expiry(per_try);
     let _in_flight = shared.begin(address);
     shared.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     let max_connections = cluster.config.limits.max_connections as usize;
     let sent = shared.pools.send(&dial, max_connections, request);
-    let result = match limit {
-        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-        None => Some(sent.await),
+    let result = tokio::select! {
+        answer = sent => Ok(answer),
+        expired = &mut expiry => Err(expired),
     };
     let total = cluster
         .assignment
@@ -429,14 +431,23 @@ async fn attempt_once(
         .map(|g| g.endpoints.len())
         .sum();
     match result {
-        Some(Ok(answer)) => {
+        Ok(Ok(answer)) => {
             let status = answer.response.status().as_u16();
             shared.stats.response(status);
             shared.observe(&cluster.config, total, address, status >= 500);
             record.upstream_peer = answer.peer;
-            Attempt::Answered(answer.response.map(boxed), address)
+            // The rest of the response within the same times.
+            let stats = shared.clone();
+            let cut_short = record.cut_short.clone();
+            let response = answer.response.map(|body| {
+                boxed(Deadline::new(boxed(body), expiry, move || {
+                    stats.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                    cut_short.store(true, Ordering::Relaxed);
+                }))
+            });
+            Attempt::Answered(response, address)
         }
-        Some(Err(failure)) => {
+        Ok(Err(failure)) => {
             if failure == Failure::Connect {
                 shared.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
             }
@@ -445,12 +456,11 @@ async fn attempt_once(
             }
             Attempt::Failed(failure, address)
         }
-        None => {
+        Err(expired) => {
             shared.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                Attempt::TimedOut
-            } else {
-                Attempt::TriedTooLong(address)
+            match expired {
+                Expired::Route => Attempt::TimedOut,
+                Expired::Try => Attempt::TriedTooLong(address),
             }
         }
     }
