@@ -61,6 +61,40 @@ async fn routes_split_match_and_stick(data_plane: DataPlane) {
     let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
     let (status, _) = mesh.call(port, "reviews", "/", &upgrade).await;
     assert_eq!(status, 403, "a websocket upgrade");
+    // What Envoy's connection manager and router add, either proxy adds:
+    // the scheme on the way in, the server's name and the upstream's time
+    // on the way out; the caller's `x-envoy-*` control headers are
+    // dropped, never obeyed (a 1 ms timeout would fail the call).
+    let response = mesh
+        .http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "reviews")
+        .header("x-envoy-upstream-rq-timeout-ms", "1")
+        .header("x-envoy-max-retries", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["server"], "envoy");
+    let upstream_ms = response.headers()["x-envoy-upstream-service-time"].clone();
+    assert!(
+        upstream_ms
+            .to_str()
+            .is_ok_and(|ms| ms.parse::<u64>().is_ok()),
+        "{upstream_ms:?}"
+    );
+    let seen: Value = response.json().await.unwrap();
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-proto"], "http", "{headers}");
+    // The inbound route keeps no time of its own (the caller's side
+    // does), so it tells the app none.
+    for dropped in [
+        "x-envoy-upstream-rq-timeout-ms",
+        "x-envoy-max-retries",
+        "x-envoy-expected-rq-timeout-ms",
+    ] {
+        assert!(headers.get(dropped).is_none(), "{dropped}: {headers}");
+    }
 
     let took = mesh
         .apply(

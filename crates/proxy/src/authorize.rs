@@ -209,7 +209,9 @@ mod tests {
                 name: "allow".into(),
                 deny: false,
             },
-            HttpFilter::Router,
+            HttpFilter::Router {
+                envoy_headers: true,
+            },
         ];
         let loopback = "127.0.0.1".parse().unwrap();
         let client = Caller {

@@ -1,9 +1,11 @@
 //! The HTTP connection manager: what happens to each request a listener
 //! takes, in Envoy's order — the caller's certificate forwarded or not
 //! (`x-forwarded-client-cert` is always dropped first), hop-by-hop
-//! headers removed, a request id given, then the chain's filters in
-//! order (header stamps, header to metadata, authorization), then the
-//! router; the access logs once the response has been sent.
+//! headers removed, the scheme (`x-forwarded-proto`) and a request id
+//! given when the caller gave none, then the chain's filters in order
+//! (header stamps, header to metadata, authorization), then the router;
+//! every response named by the `server` header; the access logs once the
+//! response has been sent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -156,6 +158,30 @@ fn protocol_switch_refused(parts: &http::request::Parts, stats: &HttpStats) -> O
     }
 }
 
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The `x-envoy-*` request headers that would steer the router (its
+/// timeouts, retries, tracing): Envoy drops them from a request it does
+/// not take as internal. weft-proxy takes none as internal (Envoy does
+/// for a lone internal address in `x-forwarded-for`, and then obeys
+/// them): a caller never steers it this way.
+const ENVOY_CONTROL_HEADERS: [&str; 14] = [
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
 /// Serves one request of `downstream`'s connection.
 pub async fn handle(
     downstream: Arc<Downstream>,
@@ -207,6 +233,9 @@ pub async fn handle(
     // Envoy closes the connection of a refused upgrade.
     let close = outcome.is_some() && parts.version != Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
+    for name in ENVOY_CONTROL_HEADERS {
+        parts.headers.remove(name);
+    }
     let xfcc = HeaderName::from_static("x-forwarded-client-cert");
     parts.headers.remove(&xfcc);
     if manager.forward_caller
@@ -223,6 +252,14 @@ pub async fn handle(
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(xfcc, v);
         }
+    }
+    // As a proxy inside the network (no `use_remote_address`), Envoy
+    // keeps the scheme the caller names and names it when none does.
+    if !parts.headers.contains_key(FORWARDED_PROTO) {
+        let scheme = if chain.tls.is_some() { "https" } else { "http" };
+        parts
+            .headers
+            .insert(FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
     let request_id = HeaderName::from_static("x-request-id");
     if !parts.headers.contains_key(&request_id)
@@ -366,7 +403,7 @@ pub async fn handle(
                     }
                 }
             }
-            HttpFilter::Router => {
+            HttpFilter::Router { envoy_headers } => {
                 outcome = Some(match virtual_host.and_then(|vh| vh.route(&parts)) {
                     None => {
                         chain.stats.no_route.fetch_add(1, Ordering::Relaxed);
@@ -374,7 +411,8 @@ pub async fn handle(
                     }
                     Some((_, route)) => {
                         record.route = Some(Arc::from(route.name.as_str()));
-                        router::route(&runtime, route, parts, body, &mut record).await
+                        router::route(&runtime, route, parts, body, &mut record, *envoy_headers)
+                            .await
                     }
                 });
                 break;
@@ -421,6 +459,8 @@ pub async fn handle(
     record.code = response.status().as_u16();
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    head.headers
+        .insert(http::header::SERVER, manager.server_name.clone());
     if close {
         head.headers
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -32,6 +32,13 @@ pub enum Outcome {
     Local(Reply),
 }
 
+/// The time the upstream is expected to answer in, in milliseconds.
+const EXPECTED_TIMEOUT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+/// The time the upstream took to begin its answer, in milliseconds.
+const UPSTREAM_SERVICE_TIME: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-upstream-service-time");
+
 /// Envoy's route timeout when a route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest request body kept in memory so it can be sent again.
@@ -149,13 +156,16 @@ async fn address_of(target: &Target) -> Option<SocketAddr> {
     }
 }
 
-/// Forwards `parts` and `body` by `route`, filling in `record`.
+/// Forwards `parts` and `body` by `route`, filling in `record`;
+/// `envoy_headers`: tells the upstream the time it is expected to take
+/// and the caller the time the upstream took, as Envoy's router does.
 pub async fn route(
     runtime: &Runtime,
     route: &Route,
-    parts: Parts,
+    mut parts: Parts,
     body: Counted<Incoming>,
     record: &mut Record,
+    envoy_headers: bool,
 ) -> Outcome {
     let forward = match &route.action {
         Action::Respond { status, body } => {
@@ -196,6 +206,13 @@ pub async fn route(
         body.on_end(move |_| received.now())
     };
     let retry = forward.retry.as_ref();
+    let began = std::time::Instant::now();
+    if envoy_headers && let Some(expected) = retry.and_then(|r| r.per_try_timeout).or(timeout) {
+        parts.headers.insert(
+            EXPECTED_TIMEOUT,
+            HeaderValue::from(expected.as_millis() as u64),
+        );
+    }
     let keep = retry.is_some() && body.size_hint().upper().is_some_and(|n| n <= RETRY_BUFFER);
     let mut sendable = if keep {
         match body.collect().await {
@@ -277,6 +294,12 @@ pub async fn route(
         }
         return match result {
             Attempt::Answered(mut response, _) => {
+                if envoy_headers {
+                    response.headers_mut().insert(
+                        UPSTREAM_SERVICE_TIME,
+                        HeaderValue::from(began.elapsed().as_millis() as u64),
+                    );
+                }
                 if let Some(cookie) = set_cookie {
                     response
                         .headers_mut()

@@ -310,7 +310,12 @@ fn a_sidecar_listener_keeps_its_tls_filters_and_logs() {
     ));
     assert!(matches!(filters[1], HttpFilter::Rbac { deny: true, .. }));
     assert!(matches!(filters[2], HttpFilter::Rbac { deny: false, .. }));
-    assert_eq!(filters[3], &HttpFilter::Router);
+    assert_eq!(
+        filters[3],
+        &HttpFilter::Router {
+            envoy_headers: true
+        }
+    );
     let json = chain
         .http
         .access_logs

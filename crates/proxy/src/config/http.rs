@@ -57,8 +57,10 @@ pub enum HttpFilter {
     Rbac { name: String, deny: bool },
     /// End-user tokens checked by the rules (Envoy's `jwt_authn`).
     TokenCheck(std::sync::Arc<TokenCheck>),
-    /// Forwards by the route table; always last.
-    Router,
+    /// Forwards by the route table; always last. `envoy_headers`: the
+    /// request's expected timeout and the response's upstream time are
+    /// told in `x-envoy-*` headers (unless `suppress_envoy_headers`).
+    Router { envoy_headers: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,9 +122,40 @@ pub(crate) fn http_filter(
     let config_at = at(here, "typed_config");
     match any.type_url.as_str() {
         ROUTER => {
-            let router: Router = decode(any, &config_at, r)?;
-            r.unset(&config_at, &router);
-            Some(HttpFilter::Router)
+            let Router {
+                dynamic_stats,
+                start_child_span,
+                upstream_log,
+                upstream_log_options,
+                suppress_envoy_headers,
+                strict_check_headers,
+                respect_expected_rq_timeout,
+                suppress_grpc_request_failure_code_stats,
+                upstream_http_filters,
+                reject_connect_request_early_data,
+            } = decode(any, &config_at, r)?;
+            let field = |name: &str| at(&config_at, name);
+            r.unset(&field("dynamic_stats"), &dynamic_stats);
+            r.unset(&field("start_child_span"), &start_child_span);
+            r.unset(&field("upstream_log"), &upstream_log);
+            r.unset(&field("upstream_log_options"), &upstream_log_options);
+            r.unset(&field("strict_check_headers"), &strict_check_headers);
+            r.unset(
+                &field("respect_expected_rq_timeout"),
+                &respect_expected_rq_timeout,
+            );
+            r.unset(
+                &field("suppress_grpc_request_failure_code_stats"),
+                &suppress_grpc_request_failure_code_stats,
+            );
+            r.unset(&field("upstream_http_filters"), &upstream_http_filters);
+            r.unset(
+                &field("reject_connect_request_early_data"),
+                &reject_connect_request_early_data,
+            );
+            Some(HttpFilter::Router {
+                envoy_headers: !suppress_envoy_headers,
+            })
         }
         RBAC => {
             let rbac: RbacFilter = decode(any, &config_at, r)?;
@@ -395,4 +428,53 @@ pub(crate) fn token_failure_replies(config: &LocalReplyConfig) -> bool {
         && path == ["failure", "code"]
         && !matcher.invert
         && from_missing_up
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::BoolValue;
+    use envoy_types::util::pack_any;
+
+    use super::*;
+
+    fn router(config: Router) -> (Option<HttpFilter>, Vec<String>) {
+        let filter = XdsHttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(FilterConfig::TypedConfig(pack_any(config))),
+            ..Default::default()
+        };
+        let mut refusals = Refusals(Vec::new());
+        let converted = http_filter(&filter, "http_filters[0]", &mut refusals);
+        (converted, refusals.0)
+    }
+
+    #[test]
+    fn the_router_adds_envoy_headers_unless_suppressed_and_refuses_the_rest() {
+        let (converted, refused) = router(Router::default());
+        assert_eq!(
+            converted,
+            Some(HttpFilter::Router {
+                envoy_headers: true
+            })
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        let (converted, _) = router(Router {
+            suppress_envoy_headers: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            converted,
+            Some(HttpFilter::Router {
+                envoy_headers: false
+            })
+        );
+        let (_, refused) = router(Router {
+            dynamic_stats: Some(BoolValue { value: false }),
+            ..Default::default()
+        });
+        assert_eq!(
+            refused,
+            ["http_filters[0].typed_config.dynamic_stats: not supported by weft-proxy"]
+        );
+    }
 }

@@ -68,6 +68,8 @@ pub struct HttpManager {
     pub forward_caller: bool,
     /// A token check's failures answer 401 (but a missing optional token).
     pub token_failures_are_401: bool,
+    /// The `server` header of every response (Envoy's `server_name`).
+    pub server_name: ::http::HeaderValue,
 }
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -399,7 +401,6 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
         ("http_protocol_options", http_protocol_options.is_some()),
         ("http2_protocol_options", http2_protocol_options.is_some()),
         ("http3_protocol_options", http3_protocol_options.is_some()),
-        ("server_name", !server_name.is_empty()),
         (
             "server_header_transformation",
             *server_header_transformation != 0,
@@ -583,8 +584,9 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
         .enumerate()
         .filter_map(|(i, f)| http_filter(f, &format!("{here}.http_filters[{i}]"), r))
         .collect();
-    if filters.last() != Some(&HttpFilter::Router)
-        || filters.iter().filter(|f| **f == HttpFilter::Router).count() != 1
+    let is_router = |f: &HttpFilter| matches!(f, HttpFilter::Router { .. });
+    if !filters.last().is_some_and(is_router)
+        || filters.iter().filter(|f| is_router(f)).count() != 1
     {
         r.refuse(
             field("http_filters"),
@@ -596,6 +598,16 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
         .enumerate()
         .filter_map(|(i, log)| http::access_log(log, &format!("{here}.access_log[{i}]"), r))
         .collect();
+    // Envoy's own name when none is given.
+    let server_name = if server_name.is_empty() {
+        "envoy"
+    } else {
+        server_name
+    };
+    let server_name = ::http::HeaderValue::from_str(server_name).unwrap_or_else(|_| {
+        r.refuse(field("server_name"), "not a valid header value");
+        ::http::HeaderValue::from_static("envoy")
+    });
     HttpManager {
         stat_prefix: stat_prefix.clone(),
         route_table,
@@ -604,5 +616,6 @@ fn http_manager(hcm: &HttpConnectionManager, here: &str, r: &mut Refusals) -> Ht
         access_logs,
         forward_caller,
         token_failures_are_401,
+        server_name,
     }
 }
