@@ -144,40 +144,49 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_time_counts_from_the_request_received_whole() {
-        let (clock, received) = Clock::new(Some(Duration::from_secs(2)));
-        let expiry = clock.expiry(Some(Duration::from_secs(5)));
-        let waiting = tokio::spawn(expiry);
-        // An upload of 10 s: no time is used up meanwhile.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(!waiting.is_finished());
-        let at = Instant::now();
-        received.now();
-        assert_eq!(waiting.await.unwrap(), Expired::Route);
-        assert_eq!(Instant::now() - at, Duration::from_secs(2));
-        // A try shorter than what the route has left ends first.
-        let (clock, received) = Clock::new(Some(Duration::from_secs(2)));
-        received.now();
-        let try_at = Instant::now();
-        assert_eq!(
-            clock.expiry(Some(Duration::from_millis(300))).await,
-            Expired::Try
-        );
-        assert_eq!(Instant::now() - try_at, Duration::from_millis(300));
-        // A try begun after the route's time has run out ends at once.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(
-            clock.expiry(Some(Duration::from_millis(300))).await,
-            Expired::Route
-        );
+    const ROUTE: Duration = Duration::from_millis(200);
+
+    /// How long `expiry` took, and what ran out.
+    async fn timed(expiry: Expiry) -> (Duration, Expired) {
+        let began = Instant::now();
+        let expired = expiry.await;
+        (began.elapsed(), expired)
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn the_time_counts_from_the_request_received_whole() {
+        let (clock, received) = Clock::new(Some(ROUTE));
+        let mut expiry = clock.expiry(Some(Duration::from_secs(5)));
+        // An upload of twice the route's timeout uses none of it.
+        let during_upload = tokio::time::timeout(2 * ROUTE, &mut expiry).await;
+        assert!(during_upload.is_err(), "expired before the request ended");
+        received.now();
+        let (took, expired) = timed(expiry).await;
+        assert_eq!(expired, Expired::Route);
+        assert!(took >= ROUTE && took < ROUTE * 10, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_shorter_try_ends_first_and_a_late_one_at_once() {
+        let (clock, received) = Clock::new(Some(Duration::from_secs(30)));
+        received.now();
+        let (took, expired) = timed(clock.expiry(Some(ROUTE))).await;
+        assert_eq!(expired, Expired::Try);
+        assert!(took >= ROUTE && took < ROUTE * 10, "{took:?}");
+
+        let (clock, received) = Clock::new(Some(ROUTE));
+        received.now();
+        tokio::time::sleep(ROUTE).await;
+        let (took, expired) = timed(clock.expiry(Some(Duration::from_secs(30)))).await;
+        assert_eq!(expired, Expired::Route);
+        assert!(took < ROUTE, "{took:?}");
+    }
+
+    #[tokio::test]
     async fn no_timeout_never_expires() {
         let (clock, received) = Clock::new(None);
         received.now();
-        let never = tokio::time::timeout(Duration::from_secs(3600), clock.expiry(None)).await;
+        let never = tokio::time::timeout(2 * ROUTE, clock.expiry(None)).await;
         assert!(never.is_err());
     }
 }
