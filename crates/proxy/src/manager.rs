@@ -74,14 +74,15 @@ fn token_refused(failure: TokenFailure, authority: &str, path: &str) -> Reply {
     reply
 }
 
-/// Headers that belong to one connection, never passed on.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+/// Headers that belong to one connection, never passed on (names made
+/// once: looking one up by text parses it every time).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -95,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     // `te` only as gRPC uses it.
@@ -165,21 +166,21 @@ const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto")
 /// not take as internal. weft-proxy takes none as internal (Envoy does
 /// for a lone internal address in `x-forwarded-for`, and then obeys
 /// them): a caller never steers it this way.
-const ENVOY_CONTROL_HEADERS: [&str; 14] = [
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names",
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-max-retries",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-force-trace",
-    "x-envoy-ip-tags",
-    "x-envoy-original-url",
-    "x-envoy-hedge-on-per-try-timeout",
+const ENVOY_CONTROL_HEADERS: [HeaderName; 14] = [
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-original-url"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
 ];
 
 /// Serves one request of `downstream`'s connection.
@@ -233,8 +234,15 @@ pub async fn handle(
     // Envoy closes the connection of a refused upgrade.
     let close = outcome.is_some() && parts.version != Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
-    for name in ENVOY_CONTROL_HEADERS {
-        parts.headers.remove(name);
+    // Most requests carry none: one look at the names first.
+    if parts
+        .headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-envoy-"))
+    {
+        for name in &ENVOY_CONTROL_HEADERS {
+            parts.headers.remove(name);
+        }
     }
     let xfcc = HeaderName::from_static("x-forwarded-client-cert");
     parts.headers.remove(&xfcc);

@@ -198,12 +198,11 @@ pub async fn route(
         Some(t) => Some(t),
         None => Some(DEFAULT_TIMEOUT),
     };
-    let (clock, received) = Clock::new(timeout);
-    let body = if body.is_end_stream() {
-        received.now();
-        body
+    let (clock, body) = if body.is_end_stream() {
+        (Clock::started(timeout), body)
     } else {
-        body.on_end(move |_| received.now())
+        let (clock, received) = Clock::new(timeout);
+        (clock, body.on_end(move |_| received.now()))
     };
     let retry = forward.retry.as_ref();
     let began = std::time::Instant::now();

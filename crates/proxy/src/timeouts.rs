@@ -29,9 +29,16 @@ pub type Expiry = Pin<Box<dyn Future<Output = Expired> + Send>>;
 
 /// The route's timeout of one request.
 pub struct Clock {
-    /// When the request was received whole; None until then.
-    received: watch::Receiver<Option<Instant>>,
+    received: WhenReceived,
     route: Option<Duration>,
+}
+
+/// When the request was received whole.
+enum WhenReceived {
+    /// Already (a request without a body, or one read whole).
+    At(Instant),
+    /// Told by [`Received`] (None until then).
+    Told(watch::Receiver<Option<Instant>>),
 }
 
 /// Tells the clock the request has been received whole.
@@ -48,31 +55,51 @@ impl Received {
 }
 
 impl Clock {
-    /// A clock for a route's `timeout` (None: none), and what starts it.
+    /// A clock for a route's `timeout` (None: none) of a request still
+    /// arriving, and what starts it.
     pub fn new(route: Option<Duration>) -> (Clock, Received) {
         let (tx, received) = watch::channel(None);
-        (Clock { received, route }, Received(tx))
+        let clock = Clock {
+            received: WhenReceived::Told(received),
+            route,
+        };
+        (clock, Received(tx))
+    }
+
+    /// A clock for a request received whole already: it runs from now
+    /// (most requests: no channel to set up).
+    pub fn started(route: Option<Duration>) -> Clock {
+        Clock {
+            received: WhenReceived::At(Instant::now()),
+            route,
+        }
     }
 
     /// When the route's time, or a try begun now with `per_try`, runs
     /// out: whichever comes first.
     pub fn expiry(&self, per_try: Option<Duration>) -> Expiry {
-        let mut received = self.received.clone();
         let route = self.route;
         let began = Instant::now();
+        let received = match &self.received {
+            WhenReceived::At(at) => Ok(*at),
+            WhenReceived::Told(told) => Err(told.clone()),
+        };
         Box::pin(async move {
             if route.is_none() && per_try.is_none() {
                 return std::future::pending().await;
             }
-            let received = loop {
-                if let Some(at) = *received.borrow_and_update() {
-                    break at;
-                }
-                if received.changed().await.is_err() {
-                    // The request was dropped before it ended: nothing
-                    // is waiting for this any more.
-                    return std::future::pending().await;
-                }
+            let received = match received {
+                Ok(at) => at,
+                Err(mut told) => loop {
+                    if let Some(at) = *told.borrow_and_update() {
+                        break at;
+                    }
+                    if told.changed().await.is_err() {
+                        // The request was dropped before it ended:
+                        // nothing is waiting for this any more.
+                        return std::future::pending().await;
+                    }
+                },
             };
             let route_at = route.map(|t| received + t);
             let try_at = per_try.map(|t| began.max(received) + t);
