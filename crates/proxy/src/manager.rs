@@ -163,9 +163,9 @@ const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto")
 
 /// The `x-envoy-*` request headers that would steer the router (its
 /// timeouts, retries, tracing): Envoy drops them from a request it does
-/// not take as internal. weft-proxy takes none as internal (Envoy does
-/// for a lone internal address in `x-forwarded-for`, and then obeys
-/// them): a caller never steers it this way.
+/// not take as internal, and with no `internal_address_config` Envoy
+/// 1.40 takes none as internal (checked with a private address in
+/// `x-forwarded-for`): a caller never steers either proxy this way.
 const ENVOY_CONTROL_HEADERS: [HeaderName; 14] = [
     HeaderName::from_static("x-envoy-retriable-status-codes"),
     HeaderName::from_static("x-envoy-retriable-header-names"),

@@ -28,13 +28,16 @@ async fn routes_split_match_and_stick(data_plane: DataPlane) {
     // What Envoy's connection manager and router add, either proxy adds:
     // the scheme on the way in, the server's name and the upstream's time
     // on the way out; the caller's `x-envoy-*` control headers are
-    // dropped, never obeyed (a 1 ms timeout would fail the call).
+    // dropped, never obeyed (a 1 ms timeout would fail the call): with no
+    // `internal_address_config`, no caller is internal.
     let response = mesh
         .http
         .get(format!("http://127.0.0.1:{port}/"))
         .header("host", "reviews")
         .header("x-envoy-upstream-rq-timeout-ms", "1")
         .header("x-envoy-max-retries", "5")
+        // Even from a private address, as an internal caller would be.
+        .header("x-forwarded-for", "10.0.0.1")
         .send()
         .await
         .unwrap();
