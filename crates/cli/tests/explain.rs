@@ -4,7 +4,7 @@
 //! logs the route's name), the same destinations in the weights it
 //! names, the same status, the same deciding rule (Envoy names the deny
 //! policy that refused). The cross-cluster failover order is checked
-//! against real failover in `multicluster.rs`.
+//! against real failover in `multicluster/failover.rs`.
 
 mod support;
 
