@@ -2,13 +2,17 @@
 //! for Envoy (binary `Bootstrap`), read for what a sidecar needs — who it
 //! is (the node), where its ADS server is and how to reach it (a static
 //! cluster with mutual TLS, the credential as initial metadata), where
-//! its SDS socket is, and its admin address. Anything else in it is
-//! refused by name, as an xDS resource would be.
+//! its SDS socket is, and its admin address. Without dynamic resources it
+//! is a static configuration (YAML or JSON too, as Envoy takes it): its
+//! listeners, clusters and secrets, converted as xDS resources are.
+//! Anything else in it is refused by name, as an xDS resource would be.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
 use envoy_types::pb::envoy::config::core::v3::address::Address as XdsAddress;
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -19,7 +23,6 @@ use prost::Message;
 use crate::config::{Cluster, Discovery, Listener, Target, UpstreamTls};
 use crate::tls::Secrets;
 use crate::xds::Resources;
-use std::sync::Arc;
 
 /// What weft-proxy takes from its bootstrap.
 #[derive(Debug, Clone)]
@@ -121,9 +124,12 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
     let source = match &bootstrap.dynamic_resources {
         Some(_) => Source::Ads(Box::new(ads_link(bootstrap)?)),
         None => {
+            if !bootstrap.stats_sinks.is_empty() {
+                return Err("stats_sinks: only with dynamic_resources (ADS)".into());
+            }
             let statics = bootstrap.static_resources.clone().unwrap_or_default();
             let secrets = crate::sds::secrets_of(&statics.secrets)?;
-            Source::Static(static_resources(bootstrap)?, Arc::new(secrets))
+            Source::Static(static_resources(&statics)?, Arc::new(secrets))
         }
     };
     Ok(Start {
@@ -135,12 +141,8 @@ fn from_bootstrap(bootstrap: &Bootstrap) -> Result<Start, String> {
 }
 
 /// A static bootstrap's listeners and clusters, converted as xDS's are.
-fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, String> {
-    if !bootstrap.stats_sinks.is_empty() {
-        return Err("stats_sinks: only with dynamic_resources (ADS)".into());
-    }
+fn static_resources(statics: &StaticResources) -> Result<Resources, String> {
     let mut resources = Resources::default();
-    let statics = bootstrap.static_resources.clone().unwrap_or_default();
     let mut problems = Vec::new();
     for (i, cluster) in statics.clusters.iter().enumerate() {
         match Cluster::try_from(cluster) {

@@ -394,7 +394,7 @@ async fn attempt_once(
             turn: shared.turn.fetch_add(1, Ordering::Relaxed),
             hash,
             active: &active,
-            ring: cluster.ring.as_ref(),
+            ring: cluster.ring.as_deref(),
         };
         balance::choose(
             &cluster.assignment,

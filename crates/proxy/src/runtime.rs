@@ -29,8 +29,9 @@ pub struct ClusterRuntime {
     pub name: Arc<str>,
     pub config: Arc<Cluster>,
     pub assignment: Arc<Assignment>,
-    /// The hash ring of a ring hash cluster, built with its endpoints.
-    pub ring: Option<Ring>,
+    /// The hash ring of a ring hash cluster, built with its endpoints
+    /// (and kept while they stay the same).
+    pub ring: Option<Arc<Ring>>,
     /// Mutual TLS to the endpoints; None when the cluster has none.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The cluster's TLS names a secret not held yet.
@@ -172,7 +173,14 @@ impl Runtime {
                 }),
                 Discovery::Static(a) | Discovery::Dns(a) => Arc::new(a.clone()),
             };
-            let ring = (config.balancer == Balancer::RingHash).then(|| Ring::new(&assignment));
+            let ring = (config.balancer == Balancer::RingHash).then(|| {
+                previous
+                    .clusters
+                    .get(name)
+                    .filter(|old| *old.assignment == *assignment)
+                    .and_then(|old| old.ring.clone())
+                    .unwrap_or_else(|| Arc::new(Ring::new(&assignment)))
+            });
             let kept = previous
                 .clusters
                 .get(name)
